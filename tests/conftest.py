@@ -1,0 +1,50 @@
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (hf_models, ...) import by name
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float = 0.0, what: str = ""):
+    """torch.testing.assert_close, but the message says where the worst element is and its neighbours."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values at {torch.nonzero(~torch.isfinite(actual))[:5].tolist()}"
+    err = (actual - expected).abs()
+    bound = atol + rtol * expected.abs()
+    if (err > bound).any():
+        worst = torch.argmax(err - bound)
+        index = np.unravel_index(worst.item(), tuple(actual.shape))
+        raise AssertionError(
+            f"{what}: {(err > bound).sum().item()} of {err.numel()} elements differ; worst at {tuple(int(i) for i in index)}: "
+            f"got {actual[index].item():.6g}, expected {expected[index].item():.6g} "
+            f"(max abs err {err.max().item():.3g}, rtol {rtol}, atol {atol})"
+        )
+
+
+def run_cli(*args, cwd=None, env_extra=None):
+    """Run `python -m zdiff ...` in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "zdiff", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)

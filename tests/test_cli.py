@@ -1,0 +1,64 @@
+"""End to end through `python -m zdiff`: outputs, exit codes, one-line errors."""
+
+import json
+
+from conftest import run_cli
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("zdiff 0.")
+
+
+def test_check_zaya1_8b_reports_counts(repo):
+    result = run_cli("check", repo / "examples/specs/zaya1-8b.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "total, tied embedding counted once           8.840 B" in result.stdout
+    assert "without embeddings / LM head                 8.303 B" in result.stdout
+    assert "active per token, without embeddings         0.754 B" in result.stdout
+    assert "KV cache: 40,960 bytes per token" in result.stdout
+
+
+def test_check_json(repo):
+    result = run_cli("check", "qwen3-moe-tiny", "--json", "--context", "128")
+    data = json.loads(result.stdout)
+    assert data["name"] == "qwen3-moe-tiny" and data["decode_flops_per_token"]["context"] == 128
+    assert data["params"]["total"] == 1398848
+
+
+def test_bad_spec_is_one_line_and_exit_2(tmp_path, repo):
+    text = (repo / "examples/specs/zaya1-tiny.yaml").read_text().replace("head_dim: 32", "head_dim: 72")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = run_cli("check", bad)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("zdiff: error: model.attention.head_dim: must be a multiple of 16")
+    assert "got 72" in lines[0] and f"bad.yaml:{text.splitlines().index('    head_dim: 72') + 1}" in lines[0]
+
+
+def test_missing_spec_file_exit_2():
+    result = run_cli("check", "nowhere.yaml")
+    assert result.returncode == 2 and "spec file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_import_errors_exit_2(tmp_path):
+    result = run_cli("import", tmp_path / "missing", tmp_path / "out")
+    assert result.returncode == 2 and "HF model directory not found" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_then_load(tmp_path):
+    from hf_models import tiny_qwen3_moe
+
+    tiny_qwen3_moe(0).save_pretrained(tmp_path / "hf")
+    result = run_cli("import", tmp_path / "hf", tmp_path / "ck", "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ck" / "spec.yaml").is_file() and "imported hf (gqa, 3 layers)" in result.stdout
+
+
+def test_demo_runs():
+    result = run_cli("demo", "--tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert "zaya1-8b" in result.stdout and "continuation" in result.stdout

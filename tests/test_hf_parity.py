@@ -1,0 +1,111 @@
+"""zdiff's reference model equals transformers' on imported checkpoints (fp32, 1e-4 relative)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import assert_close
+from hf_models import tiny_qwen3_moe, tiny_zaya
+
+import zdiff
+from zdiff.checkpoint.hf_import import import_hf
+from zdiff.spec import load_spec
+
+
+def _import(hf_model, tmp_path, **save_kw):
+    hf_dir, out = tmp_path / "hf", tmp_path / "zdiff"
+    hf_model.save_pretrained(hf_dir, **save_kw)
+    import_hf(hf_dir, out)
+    return zdiff.load_model(out), out
+
+
+def _compare(hf_model, model, vocab, seed=0, batch=3, length=19):
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = hf_model(ids).logits
+        actual = model(ids)
+    assert expected.abs().max() > 0.5  # the random model is not degenerate
+    assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item(), what="logits")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_zaya_parity(tmp_path, seed):
+    hf = tiny_zaya(seed)
+    model, out = _import(hf, tmp_path)
+    spec = load_spec(out / "spec.yaml")
+    assert spec.model.attention.kind == "ccgqa" and spec.model.moe.router.kind == "zaya_mlp"
+    _compare(hf, model, 96, seed)
+
+
+def test_zaya_parity_with_attention_bias_and_wider_convs(tmp_path):
+    hf = tiny_zaya(3, attention_bias=True, cca_time0=3, cca_time1=2, num_experts_per_tok=1)
+    model, _ = _import(hf, tmp_path)
+    assert model.spec.attention.cca.receptive_field == 3
+    _compare(hf, model, 96, 3)
+
+
+def test_zaya_balancing_bias_comes_from_the_file(tmp_path):
+    """transformers resets the skip expert's bias to -1 on load; the file's value is the true one."""
+    hf = tiny_zaya(0)
+    with torch.no_grad():
+        hf.model.layers[1].mlp.gate.balancing_biases[-1] = 0.37
+    model, _ = _import(hf, tmp_path)
+    assert model.layers[1].moe.router.balancing_bias[-1].item() == pytest.approx(0.37)
+    assert model.layers[1].moe.router.balancing_bias.dtype == torch.float32
+
+
+def test_skip_expert_routes_produce_zero_output(tmp_path):
+    """Push every token to the skip expert: the MoE output must vanish in both implementations."""
+    hf = tiny_zaya(0)
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.mlp.gate.balancing_biases[-1] = 10.0
+    model, _ = _import(hf, tmp_path)
+    _compare(hf, model, 96, 0)
+    out = model.forward_full(torch.randint(0, 96, (1, 7)))
+    assert all((r.experts == model.spec.moe.num_experts).all() and (r.weights == 0).all() for r in out.routings)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_qwen3_moe_parity(tmp_path, seed):
+    hf = tiny_qwen3_moe(seed)
+    model, out = _import(hf, tmp_path)
+    spec = load_spec(out / "spec.yaml")
+    assert spec.model.attention.kind == "gqa" and spec.model.moe.top_k == 2 and not spec.model.tie_embeddings
+    _compare(hf, model, 96, seed)
+
+
+def test_qwen3_moe_parity_unnormalised_top_k(tmp_path):
+    hf = tiny_qwen3_moe(2, norm_topk_prob=False, num_experts_per_tok=3)
+    model, _ = _import(hf, tmp_path)
+    assert not model.spec.moe.router.normalize_top_k
+    _compare(hf, model, 96, 2)
+
+
+def test_sharded_checkpoint_and_tokenizer_files(tmp_path):
+    hf = tiny_zaya(0)
+    hf_dir = tmp_path / "hf"
+    hf.save_pretrained(hf_dir, max_shard_size="100KB")
+    assert (hf_dir / "model.safetensors.index.json").is_file()
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))
+    import_hf(hf_dir, tmp_path / "out")
+    assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+    _compare(hf, zdiff.load_model(tmp_path / "out"), 96, 0)
+
+
+def test_import_cast_to_bf16_and_load_in_fp32(tmp_path):
+    hf = tiny_zaya(0)
+    hf.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "out", dtype=torch.bfloat16)
+    bf16 = zdiff.load_model(tmp_path / "out")
+    assert bf16.embed.weight.dtype == torch.bfloat16
+    assert bf16.layers[0].moe.router.balancing_bias.dtype == torch.float32
+    ids = torch.randint(0, 96, (2, 11))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        low = bf16(ids)
+        high = zdiff.load_model(tmp_path / "out", dtype=torch.float32)(ids)
+    # bf16 weights: the answer moves, but stays close to the fp32 model on the same rounded weights
+    assert_close(low, high, rtol=0.1, atol=0.1 * high.abs().max().item(), what="bf16 vs fp32 compute")
+    assert (low - ref).abs().max() > 0  # the cast really happened

@@ -1,0 +1,1 @@
+"""Per-target config spaces, static pruning, tuned JSON tables and the sympy cost model (issue #7)."""

@@ -1,0 +1,220 @@
+"""Import Hugging Face checkpoints (ZAYA1 `zaya`, Qwen3-MoE `qwen3_moe`) as zdiff checkpoints.
+
+The mapping is explicit in both directions: the config keys zdiff reads, the ones it
+refuses (features the spec language cannot express), and one tensor name per zdiff
+parameter. Anything unmapped is an error, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, SpecError
+from ..spec import Spec, dump_spec, spec_from_dict
+from .atomic import atomic_directory
+from .store import SPEC_FILE, _few, copy_tokenizer
+from .tensors import TensorSource, write_tensors
+
+SUPPORTED = ("zaya", "qwen3_moe")
+
+# zdiff name inside a layer -> HF name inside `model.layers.N.`
+_ZAYA_LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "moe_norm.weight": "post_attention_layernorm.weight",
+    "attn_residual.out_scale": "post_attention_residual_scale.hidden_states_scale",
+    "attn_residual.out_bias": "post_attention_residual_scale.hidden_states_bias",
+    "attn_residual.residual_scale": "post_attention_residual_scale.residual_scale",
+    "attn_residual.residual_bias": "post_attention_residual_scale.residual_bias",
+    "moe_residual.out_scale": "post_mlp_residual_scale.hidden_states_scale",
+    "moe_residual.out_bias": "post_mlp_residual_scale.hidden_states_bias",
+    "moe_residual.residual_scale": "post_mlp_residual_scale.residual_scale",
+    "moe_residual.residual_bias": "post_mlp_residual_scale.residual_bias",
+    "attn.q_proj.": "self_attn.qkv_proj.q_proj.",
+    "attn.k_proj.": "self_attn.qkv_proj.k_proj.",
+    "attn.v_proj_current.": "self_attn.qkv_proj.v_proj_current.",
+    "attn.v_proj_delayed.": "self_attn.qkv_proj.v_proj_delayed.",
+    "attn.conv_depthwise.": "self_attn.qkv_proj.conv_qk_depthwise.",
+    "attn.conv_grouped.": "self_attn.qkv_proj.conv_qk_grouped.",
+    "attn.key_temperature": "self_attn.qk_norm.temp",
+    "attn.o_proj.": "self_attn.o_proj.",
+    "moe.router.down_proj.": "mlp.gate.down_proj.",
+    "moe.router.state_scale": "mlp.gate.router_states_scale",
+    "moe.router.norm.weight": "mlp.gate.router_mlp.norm.weight",
+    "moe.router.fc1.": "mlp.gate.router_mlp.fc1.",
+    "moe.router.fc2.": "mlp.gate.router_mlp.fc2.",
+    "moe.router.out_proj.": "mlp.gate.router_mlp.out_proj.",
+    "moe.router.balancing_bias": "mlp.gate.balancing_biases",
+    "moe.experts.gate_up": "mlp.experts.gate_up_proj",
+    "moe.experts.down": "mlp.experts.down_proj",
+}
+_QWEN_LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "moe_norm.weight": "post_attention_layernorm.weight",
+    "attn.q_proj.": "self_attn.q_proj.",
+    "attn.k_proj.": "self_attn.k_proj.",
+    "attn.v_proj.": "self_attn.v_proj.",
+    "attn.o_proj.": "self_attn.o_proj.",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
+    "moe.router.weight": "mlp.gate.weight",
+    "moe.experts.gate_up": "mlp.experts.gate_up_proj",  # fused layout; per-expert files are stacked below
+    "moe.experts.down": "mlp.experts.down_proj",
+}
+_TOP = {
+    "embed.weight": "model.embed_tokens.weight",
+    "embed_scale": "model.input_hidden_states_scale",
+    "embed_bias": "model.input_hidden_states_bias",
+    "final_norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_LAYER_NAME = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+def hf_name(model_type: str, name: str) -> str:
+    """The HF tensor name of a zdiff parameter or buffer."""
+    if name in _TOP:
+        return _TOP[name]
+    match = _LAYER_NAME.match(name)
+    table = _ZAYA_LAYER if model_type == "zaya" else _QWEN_LAYER
+    if match:
+        layer, rest = match.groups()
+        for ours, theirs in table.items():
+            if rest.startswith(ours):
+                return f"model.layers.{layer}.{theirs}{rest[len(ours):]}"
+    raise KeyError(f"no HF name for zdiff tensor {name} ({model_type})")
+
+
+def _refuse(field: str, value, why: str):
+    raise CheckpointError(f"config.json: {field} = {value!r} is not supported ({why})")
+
+
+def _rope(cfg: dict, layer_type: str | None) -> dict:
+    params = cfg.get("rope_parameters") or {}
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default":
+        _refuse("rope_parameters.rope_type", rope_type, "only plain RoPE")
+    theta = params.get("rope_theta", cfg.get("rope_theta"))
+    if theta is None:
+        raise CheckpointError("config.json: no rope_theta (in rope_parameters or at top level)")
+    fraction = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    return {"rope_theta": float(theta), "rope_fraction": float(fraction)}
+
+
+def spec_from_hf_config(cfg: dict, name: str) -> Spec:
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED:
+        raise CheckpointError(f"config.json: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
+    if cfg.get("hidden_act", "silu") != "silu":
+        _refuse("hidden_act", cfg["hidden_act"], "experts are SwiGLU with silu")
+    heads = cfg["num_attention_heads"]
+    attention = {
+        "num_heads": heads,
+        "num_kv_heads": cfg.get("num_key_value_heads", heads),
+        "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        "bias": bool(cfg.get("attention_bias", False)),
+    }
+    model = {
+        "vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"], "num_layers": cfg["num_hidden_layers"],
+        "norm_eps": float(cfg["rms_norm_eps"]), "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+    }
+    num_experts = cfg.get("num_experts", cfg.get("num_local_experts"))
+    moe = {"num_experts": num_experts, "top_k": cfg["num_experts_per_tok"], "ffn_size": cfg["moe_intermediate_size"]}
+    if model_type == "zaya":
+        layer_types = cfg.get("layer_types") or ["hybrid"]
+        if set(layer_types) != {"hybrid"}:
+            _refuse("layer_types", sorted(set(layer_types)), "sliding-window layers")
+        if cfg.get("lm_head_bias"):
+            _refuse("lm_head_bias", True, "the LM head is tied and bias-free")
+        attention.update(kind="ccgqa", qk_norm="l2", **_rope(cfg, "hybrid"),
+                         cca={"depthwise_kernel": cfg.get("cca_time0", 2), "grouped_kernel": cfg.get("cca_time1", 2)})
+        model["residual_scaling"] = True
+        moe.update(skip_expert=True, router={"kind": "zaya_mlp", "hidden_size": cfg.get("router_hidden_size", 256)},
+                   balancing_bias={"enabled": True})
+    else:
+        if cfg.get("mlp_only_layers"):
+            _refuse("mlp_only_layers", cfg["mlp_only_layers"], "every layer must be MoE")
+        if cfg.get("decoder_sparse_step", 1) != 1:
+            _refuse("decoder_sparse_step", cfg["decoder_sparse_step"], "every layer must be MoE")
+        if cfg.get("use_sliding_window"):
+            _refuse("use_sliding_window", True, "sliding-window layers")
+        attention.update(kind="gqa", qk_norm="rms", **_rope(cfg, None))
+        model["residual_scaling"] = False
+        moe.update(router={"kind": "linear", "normalize_top_k": bool(cfg.get("norm_topk_prob", False))})
+    model.update(attention=attention, moe=moe)
+    try:
+        return spec_from_dict({"name": name, "model": model})
+    except SpecError as err:
+        raise CheckpointError(f"config.json describes a model zdiff cannot build: {err}") from None
+
+
+def _load_source_tensor(source: TensorSource, model_type: str, name: str, layer_prefix_experts: int | None):
+    """One zdiff tensor from the HF files (stacking per-expert Qwen3 tensors when needed)."""
+    theirs = hf_name(model_type, name)
+    if theirs in source:
+        return source.get(theirs), [theirs]
+    match = _LAYER_NAME.match(name)
+    if model_type == "qwen3_moe" and match and match.group(2) in ("moe.experts.gate_up", "moe.experts.down"):
+        layer, rest = match.groups()
+        base = f"model.layers.{layer}.mlp.experts"
+        parts = ("gate_proj", "up_proj") if rest.endswith("gate_up") else ("down_proj",)
+        names = [f"{base}.{e}.{p}.weight" for e in range(layer_prefix_experts) for p in parts]
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise CheckpointError(f"missing tensor(s) {_few(missing)} (nor fused {theirs})")
+        per_expert = [torch.cat([source.get(f"{base}.{e}.{p}.weight") for p in parts], dim=0)
+                      for e in range(layer_prefix_experts)]
+        return torch.stack(per_expert), names
+    raise CheckpointError(f"missing tensor {theirs} (for zdiff {name})")
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtype: torch.dtype | None = None) -> Spec:
+    from ..runtime import Transformer
+
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"HF model directory not found: {hf_dir}")
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{hf_dir}: no config.json")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    spec = spec_from_hf_config(cfg, name=hf_dir.resolve().name)
+    model_type = cfg["model_type"]
+    source = TensorSource(hf_dir)
+    with torch.device("meta"):
+        expected = Transformer(spec.model).state_dict()
+
+    used: set[str] = set()
+    converted: dict[str, torch.Tensor] = {}
+    for name, meta in expected.items():
+        if name.endswith("balancing_bias") and model_type == "qwen3_moe":
+            converted[name] = torch.zeros(meta.shape)  # Qwen3 has none; zeros leave routing unchanged
+            continue
+        tensor, names = _load_source_tensor(source, model_type, name, spec.model.moe.num_experts)
+        if tuple(tensor.shape) != tuple(meta.shape):
+            raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies {list(meta.shape)} (zdiff {name})")
+        if dtype is not None and tensor.is_floating_point() and not name.endswith("balancing_bias"):
+            tensor = tensor.to(dtype)
+        converted[name] = tensor
+        used.update(names)
+    # a tied checkpoint may still store lm_head.weight; anything else unused means a mismatch
+    unused = [n for n in source.names() if n not in used and not (spec.model.tie_embeddings and n == "lm_head.weight")]
+    if unused:
+        raise CheckpointError(f"{hf_dir}: tensor(s) zdiff does not know how to use: {_few(unused)}")
+
+    with atomic_directory(out_dir, force=force) as tmp:
+        (tmp / SPEC_FILE).write_text(dump_spec(spec))
+        write_tensors(tmp, converted.items(), metadata={"spec_hash": spec.hash(), "imported_from": model_type})
+        copied = copy_tokenizer(hf_dir, tmp)
+        provenance = {"source": str(hf_dir.resolve()), "model_type": model_type, "tokenizer_files": copied,
+                      "hf_config": cfg}
+        (tmp / "import.json").write_text(json.dumps(provenance, indent=1))
+    return spec

@@ -1,0 +1,130 @@
+"""The reference model: plain PyTorch, exact, any spec, any TiDAR pattern.
+
+Every kernel zdiff generates is tested against this module, and this module is tested
+against transformers (ZAYA1, Qwen3-MoE). It favours clarity over speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..spec import ModelSpec
+from .attention import Attention
+from .moe import MoE, Routing
+from .norms import ResidualScaling, RMSNorm
+from .rope import rope_cos_sin
+
+
+@dataclass
+class ForwardOutput:
+    logits: torch.Tensor  # (B, T, V) fp32
+    routings: list[Routing]  # one per layer, for load statistics and balancing-bias updates
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.attn = Attention(spec)
+        self.moe_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.moe = MoE(spec, layer_idx)
+        if spec.residual_scaling:
+            self.attn_residual = ResidualScaling(spec.hidden_size)
+            self.moe_residual = ResidualScaling(spec.hidden_size)
+
+    def _add(self, name: str, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        scaling = getattr(self, name, None)
+        return scaling(out, residual) if scaling is not None else residual + out
+
+    def forward(self, x, router_state, cos, sin, predecessors, visible):
+        """x is the fp32 residual stream; sublayers run in the parameter dtype."""
+        dtype = self.attn_norm.weight.dtype
+        x = self._add("attn_residual", self.attn(self.attn_norm(x.to(dtype)), cos, sin, predecessors, visible), x)
+        out, router_state, routing = self.moe(self.moe_norm(x.to(dtype)), router_state)
+        return self._add("moe_residual", out, x), router_state, routing
+
+
+class Transformer(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        if spec.residual_scaling:
+            self.embed_scale = nn.Parameter(torch.ones(spec.hidden_size))
+            self.embed_bias = nn.Parameter(torch.zeros(spec.hidden_size))
+        self.layers = nn.ModuleList(Block(spec, i) for i in range(spec.num_layers))
+        self.final_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def forward(self, input_ids, positions=None, predecessors=None, visible=None) -> torch.Tensor:
+        return self.forward_full(input_ids, positions, predecessors, visible).logits
+
+    def forward_full(self, input_ids, positions=None, predecessors=None, visible=None) -> ForwardOutput:
+        """input_ids (B, T). positions and predecessors: (T,) or (B, T) long, predecessor -1 for none;
+        visible: (T, T) or (B, T, T) bool, row = query. Defaults: a plain causal sequence."""
+        B, T = input_ids.shape
+        device = input_ids.device
+        rows = torch.arange(T, device=device)
+        positions = rows if positions is None else positions
+        predecessors = rows - 1 if predecessors is None else predecessors
+        visible = torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
+        positions = positions.expand(B, T)
+        predecessors = predecessors.expand(B, T)
+        visible = visible.expand(B, T, T)
+
+        h = self.embed(input_ids)
+        if self.spec.residual_scaling:
+            h = (h + self.embed_bias) * self.embed_scale
+        x = h.float()
+        attn = self.spec.attention
+        cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, self.dtype)
+        router_state, routings = None, []
+        for layer in self.layers:
+            x, router_state, routing = layer(x, router_state, cos, sin, predecessors, visible)
+            routings.append(routing)
+        h = self.final_norm(x.to(self.dtype))
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return ForwardOutput(logits=(h @ head.t()).float(), routings=routings)
+
+
+@torch.no_grad()
+def init_weights(model: Transformer, seed: int = 0, std: float = 0.02) -> Transformer:
+    """Deterministic random initialisation for training from scratch and for tests.
+
+    Scales and norms start at one, biases at zero, the key temperature at one (transformers
+    initialises it at zero, which would make a fresh model's attention uniform), convs with
+    PyTorch's default, matrices N(0, std).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if "conv_" in name:
+            fan_in = p.shape[1] * p.shape[2] if p.dim() == 3 else model.spec.attention.head_dim
+            bound = fan_in ** -0.5
+            p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+        elif p.dim() >= 2:
+            p.copy_(torch.empty(p.shape).normal_(0.0, std, generator=gen))
+        elif leaf in ("bias", "out_bias", "residual_bias", "embed_bias"):
+            p.zero_()
+        else:  # norm weights, residual scales, key temperature, router state scale
+            p.fill_(1.0)
+    return model
+
+
+def cast_model(model: Transformer, dtype: torch.dtype | None = None, device=None) -> Transformer:
+    """Move and cast parameters; balancing biases stay fp32 (they take updates of ~1e-3 around -1)."""
+    model = model.to(device=device, dtype=dtype)
+    for layer in model.layers:
+        layer.moe.router.balancing_bias = layer.moe.router.balancing_bias.float()
+    return model
+
+
+def build_model(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32, device=None) -> Transformer:
+    return cast_model(init_weights(Transformer(spec), seed=seed), dtype=dtype, device=device)

@@ -1,0 +1,146 @@
+"""The spec dataclasses: the single source of truth for everything zdiff generates.
+
+Each field's type annotation is also its schema: ``zdiff.spec.loader`` converts YAML into
+these classes by reading the annotations (unknown keys and wrong types are caught there),
+and ``zdiff.spec.validate`` checks the rules that relate fields to each other. Field
+comments are the user-facing documentation of the spec language.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+TargetName = Literal["mi300x", "mi355x", "h100", "h200", "cpu"]
+TARGET_NAMES: tuple[str, ...] = ("mi300x", "mi355x", "h100", "h200", "cpu")
+
+
+@dataclass(frozen=True)
+class CCASpec:
+    """Compressed convolutional attention: two causal convolutions over the [q|k] channels."""
+
+    depthwise_kernel: int = 2  # taps of the per-channel conv (HF: cca_time0)
+    grouped_kernel: int = 2  # taps of the per-head conv, one group per q or k head (HF: cca_time1)
+
+    @property
+    def receptive_field(self) -> int:
+        """How many predecessors a token's q/k depend on (2 for ZAYA1)."""
+        return (self.depthwise_kernel - 1) + (self.grouped_kernel - 1)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    kind: Literal["gqa", "ccgqa"]
+    num_heads: int  # query heads
+    num_kv_heads: int
+    head_dim: int
+    rope_fraction: float = 1.0  # share of each head's dims that RoPE rotates (rotate-half on the first dims)
+    rope_theta: float = 10000.0
+    # none: raw q/k; rms: per-head RMSNorm with weights (Qwen3); l2: q,k scaled to norm sqrt(head_dim),
+    # k times a learned per-KV-head temperature (ZAYA1 CCA)
+    qk_norm: Literal["none", "rms", "l2"] = "none"
+    bias: bool = False  # biases on the q/k/v/o projections
+    cca: CCASpec | None = None  # ccgqa only; defaults to CCASpec() there
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rope_fraction)
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    kind: Literal["linear", "zaya_mlp"]
+    hidden_size: int | None = None  # zaya_mlp: width of the router MLP (ZAYA1: 256)
+    normalize_top_k: bool = False  # renormalise the chosen probabilities to sum to 1 (Qwen3: norm_topk_prob)
+
+
+@dataclass(frozen=True)
+class BalancingBiasSpec:
+    """Aux-loss-free load balancing: a bias added to the router probabilities for top-k choice only."""
+
+    enabled: bool = False
+    rule: Literal["sign"] = "sign"  # b_e += rate * sign(mean load - load_e) after each training step
+    update_rate: float = 1e-3
+    skip_init: float = -1.0  # initial bias of the skip expert (ZAYA1 starts it at -1)
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    num_experts: int
+    top_k: int
+    ffn_size: int  # expert SwiGLU width I: gate_up is (E, 2I, H), down is (E, H, I)
+    router: RouterSpec
+    skip_expert: bool = False  # an extra router class whose output is zero (ZAYA1)
+    balancing_bias: BalancingBiasSpec = field(default_factory=BalancingBiasSpec)
+
+    @property
+    def router_classes(self) -> int:
+        return self.num_experts + int(self.skip_expert)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    attention: AttentionSpec
+    moe: MoESpec
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    # ZAYA1: x <- (x + b_r)*s_r + (f(norm(x)) + b_o)*s_o, and (e + b)*s on the embedding output
+    residual_scaling: bool = False
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    block_size: int = 16
+    mask_token_id: int | None = None  # null: no mask token yet (an AR checkpoint before conversion)
+    proposals: int = 3  # proposal blocks per decode forward (P)
+    acceptance_levels: tuple[int, ...] | None = None  # one per proposal, in 0..block_size-1; null: evenly spread
+    loss_alpha: float = 1.0  # L = (alpha * L_AR + L_diff) / (1 + alpha)
+
+    @property
+    def max_drafts(self) -> int:
+        """m: drafts verified per step (slots 1..b-1 of the chosen proposal block)."""
+        return self.block_size - 1
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    kind: Literal["lossless", "logit_mix", "greedy"] = "lossless"
+    mix_weight: float | None = None  # logit_mix only: w in softmax(w*z_AR + (1-w)*z_draft)
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: ModelSpec
+    name: str = "unnamed"
+    diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    targets: tuple[TargetName, ...] = ("cpu",)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    def hash(self) -> str:
+        """Stable content hash: generated artefacts record it to say which spec they came from."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    """asdict keeps tuples; YAML and JSON want lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

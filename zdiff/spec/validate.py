@@ -1,0 +1,134 @@
+"""Rules that relate spec fields to each other, and the defaults that depend on them.
+
+``validate`` returns a new, fully resolved Spec (derived defaults filled in), so every
+later stage reads concrete values and never re-derives a default on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import SpecError
+from .schema import CCASpec, Spec
+
+
+def _positive(path: str, value: int | float) -> None:
+    if value <= 0:
+        raise SpecError(path, value, "must be positive")
+
+
+def _at_least(path: str, value: int, low: int) -> None:
+    if value < low:
+        raise SpecError(path, value, f"must be at least {low}")
+
+
+def default_acceptance_levels(block_size: int, proposals: int) -> tuple[int, ...]:
+    """P levels spread evenly over 0..b-1, always including 0 (every draft rejected).
+
+    With P = b this is every level, as in the TiDAR paper. The cost model (zdiff cost)
+    recommends levels for a measured acceptance distribution; this is only the fallback.
+    """
+    top = block_size - 1
+    if proposals == 1:
+        return (0,)
+    return tuple(sorted({round(i * top / (proposals - 1)) for i in range(proposals)}))
+
+
+def validate(spec: Spec) -> Spec:
+    model = spec.model
+    for name in ("vocab_size", "hidden_size", "num_layers"):
+        _positive(f"model.{name}", getattr(model, name))
+    _positive("model.norm_eps", model.norm_eps)
+
+    attn = model.attention
+    for name in ("num_heads", "num_kv_heads", "head_dim"):
+        _positive(f"model.attention.{name}", getattr(attn, name))
+    if attn.num_heads % attn.num_kv_heads:
+        raise SpecError(
+            "model.attention.num_heads", attn.num_heads,
+            f"must be divisible by model.attention.num_kv_heads ({attn.num_kv_heads})",
+        )
+    if attn.head_dim % 16:
+        raise SpecError("model.attention.head_dim", attn.head_dim, "must be a multiple of 16 (matrix-instruction tiles)")
+    if not 0.0 < attn.rope_fraction <= 1.0:
+        raise SpecError("model.attention.rope_fraction", attn.rope_fraction, "must be in (0, 1]")
+    rotary = attn.head_dim * attn.rope_fraction
+    if rotary != int(rotary) or int(rotary) % 2:
+        raise SpecError(
+            "model.attention.rope_fraction", attn.rope_fraction,
+            f"must rotate an even whole number of the {attn.head_dim} head dims (gives {rotary:g})",
+        )
+    _positive("model.attention.rope_theta", attn.rope_theta)
+    if attn.kind == "ccgqa":
+        cca = attn.cca or CCASpec()
+        _at_least("model.attention.cca.depthwise_kernel", cca.depthwise_kernel, 1)
+        _at_least("model.attention.cca.grouped_kernel", cca.grouped_kernel, 1)
+        if attn.num_kv_heads * attn.head_dim % 2:
+            raise SpecError("model.attention.num_kv_heads", attn.num_kv_heads, "ccgqa splits the value width in halves; kv width must be even")
+        attn = dataclasses.replace(attn, cca=cca)
+    elif attn.cca is not None:
+        raise SpecError("model.attention.cca", spec.model.attention.cca, "is only allowed with kind: ccgqa")
+
+    moe = model.moe
+    for name in ("num_experts", "top_k", "ffn_size"):
+        _positive(f"model.moe.{name}", getattr(moe, name))
+    if moe.top_k > moe.num_experts:
+        raise SpecError("model.moe.top_k", moe.top_k, f"must not exceed model.moe.num_experts ({moe.num_experts})")
+    router = moe.router
+    if router.kind == "zaya_mlp":
+        if router.hidden_size is None:
+            raise SpecError("model.moe.router.hidden_size", None, "is required for router kind zaya_mlp")
+        _positive("model.moe.router.hidden_size", router.hidden_size)
+    elif router.hidden_size is not None:
+        raise SpecError("model.moe.router.hidden_size", router.hidden_size, "is only used by router kind zaya_mlp")
+    if moe.balancing_bias.update_rate < 0:
+        raise SpecError("model.moe.balancing_bias.update_rate", moe.balancing_bias.update_rate, "must not be negative")
+    model = dataclasses.replace(model, attention=attn)
+
+    diff = spec.diffusion
+    _at_least("diffusion.block_size", diff.block_size, 1)
+    if diff.mask_token_id is not None and not 0 <= diff.mask_token_id < model.vocab_size:
+        raise SpecError("diffusion.mask_token_id", diff.mask_token_id, f"must be in 0..{model.vocab_size - 1} (model.vocab_size)")
+    _at_least("diffusion.proposals", diff.proposals, 1)
+    if diff.proposals > diff.block_size:
+        raise SpecError("diffusion.proposals", diff.proposals, f"cannot exceed the {diff.block_size} acceptance levels 0..block_size-1")
+    levels = diff.acceptance_levels
+    if levels is None:
+        levels = default_acceptance_levels(diff.block_size, diff.proposals)
+        if len(levels) != diff.proposals:
+            raise SpecError("diffusion.acceptance_levels", None, "cannot be spread evenly for these proposals; list them")
+    else:
+        if len(levels) != diff.proposals:
+            raise SpecError("diffusion.acceptance_levels", list(levels), f"must list exactly diffusion.proposals ({diff.proposals}) levels")
+        for i, level in enumerate(levels):
+            if not 0 <= level <= diff.max_drafts:
+                raise SpecError(f"diffusion.acceptance_levels[{i}]", level, f"must be in 0..{diff.max_drafts} (block_size - 1)")
+        if list(levels) != sorted(set(levels)):
+            raise SpecError("diffusion.acceptance_levels", list(levels), "must be strictly increasing")
+    if diff.loss_alpha < 0:
+        raise SpecError("diffusion.loss_alpha", diff.loss_alpha, "must not be negative")
+    diff = dataclasses.replace(diff, acceptance_levels=tuple(levels))
+
+    sampler = spec.sampler
+    if sampler.kind == "logit_mix":
+        if sampler.mix_weight is None:
+            raise SpecError("sampler.mix_weight", None, "is required for kind logit_mix")
+        if not 0.0 <= sampler.mix_weight <= 1.0:
+            raise SpecError("sampler.mix_weight", sampler.mix_weight, "must be in [0, 1]")
+    elif sampler.mix_weight is not None:
+        raise SpecError("sampler.mix_weight", sampler.mix_weight, "is only used by kind logit_mix")
+    _positive("sampler.temperature", sampler.temperature)
+    if sampler.top_k < 0:
+        raise SpecError("sampler.top_k", sampler.top_k, "must be 0 (off) or positive")
+    if not 0.0 < sampler.top_p <= 1.0:
+        raise SpecError("sampler.top_p", sampler.top_p, "must be in (0, 1]")
+
+    if not spec.targets:
+        raise SpecError("targets", [], "must name at least one target")
+    for i, target in enumerate(spec.targets):
+        if target in spec.targets[:i]:
+            raise SpecError(f"targets[{i}]", target, "is listed twice")
+    if not spec.name.strip():
+        raise SpecError("name", spec.name, "must not be blank")
+
+    return dataclasses.replace(spec, model=model, diffusion=diff)
