@@ -36,11 +36,19 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
+    train(TrainConfig(**fields), resume=args.resume)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(prompt=args.prompt, new_tokens=args.tokens, seed=args.seed)
-    return 0
+    summary = run_demo(out=args.out, prompt=args.prompt)
+    return 0 if summary["verdict"] == "PASS" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the file's dtype)")
     imp.set_defaults(run=_cmd_import)
 
+    tr = sub.add_parser("train", help="train AR, or convert AR -> TiDAR diffusion (--mode tidar --init CKPT)")
+    tr.add_argument("spec", help="spec YAML or preset name")
+    tr.add_argument("--data", default="stdlib", help="text file or directory (recursive); 'stdlib' (default): "
+                    "this Python's standard library source")
+    tr.add_argument("--mode", choices=["ar", "tidar"], required=True)
+    tr.add_argument("--init", help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
+    tr.add_argument("--steps", type=int, required=True)
+    tr.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    tr.add_argument("--batch-size", type=int, default=16, help="global batch (sequences per step)")
+    tr.add_argument("--seq-len", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--warmup", type=int, default=50)
+    tr.add_argument("--min-lr-ratio", type=float, default=0.1)
+    tr.add_argument("--weight-decay", type=float, default=0.1)
+    tr.add_argument("--clip", type=float, default=1.0)
+    tr.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype (bf16: autocast)")
+    tr.add_argument("--checkpoint-every", type=int, default=100)
+    tr.add_argument("--eval-every", type=int, default=0)
+    tr.add_argument("--eval-windows", type=int, default=64)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
+    tr.set_defaults(run=_cmd_train)
+
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
+    demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):")
-    demo.add_argument("--tokens", type=int, default=24)
-    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_cmd_demo)
     return parser
 

@@ -63,8 +63,13 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
-    def forward(self, input_ids, positions=None, predecessors=None, visible=None) -> torch.Tensor:
-        return self.forward_full(input_ids, positions, predecessors, visible).logits
+    def forward(self, input_ids, positions=None, predecessors=None, visible=None, return_routings: bool = False):
+        """Logits (B, T, V) fp32; with return_routings, a ForwardOutput that also holds each layer's routing.
+
+        Training goes through here (not forward_full) so that DDP / FSDP forward hooks run.
+        """
+        out = self.forward_full(input_ids, positions, predecessors, visible)
+        return out if return_routings else out.logits
 
     def forward_full(self, input_ids, positions=None, predecessors=None, visible=None) -> ForwardOutput:
         """input_ids (B, T). positions and predecessors: (T,) or (B, T) long, predecessor -1 for none;

@@ -106,3 +106,25 @@ class MoE(nn.Module):
         out = self.experts(x.reshape(B * T, H), routing).view(B, T, H)
         next_state = None if next_state is None else next_state.view(B, T, -1)
         return out, next_state, routing
+
+
+def expert_load(routings: list[Routing], num_experts: int) -> torch.Tensor:
+    """(layers, num_experts) token-choice counts of the real experts (the skip expert is not counted)."""
+    return torch.stack([torch.bincount(r.experts.flatten(), minlength=num_experts + 1)[:num_experts].float()
+                        for r in routings])
+
+
+@torch.no_grad()
+def update_balancing_bias(model, load: torch.Tensor) -> None:
+    """The 'sign' rule: b_e += rate * sign(mean load - load_e), per layer, real experts only.
+
+    `load` must already be summed over data-parallel ranks so every rank applies the same step.
+    The skip expert keeps its bias: its share is a modelling choice, not an imbalance.
+    """
+    rule = model.spec.moe.balancing_bias
+    if not rule.enabled:
+        return
+    for layer, counts in zip(model.layers, load):
+        bias = layer.moe.router.balancing_bias
+        step = rule.update_rate * torch.sign(counts.mean() - counts).to(bias.device)
+        bias[: len(counts)] += step

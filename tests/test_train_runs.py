@@ -1,0 +1,127 @@
+"""`zdiff train` end to end: exact resume after SIGKILL, data parallel = single process, CLI errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_cli
+from training_helpers import micro_corpus, micro_spec
+
+FAST = ["--batch-size", "4", "--seq-len", "24", "--warmup", "3", "--eval-windows", "4", "--lr", "3e-3"]
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_cmd(spec, corpus, out, steps, *extra):
+    return [sys.executable, "-m", "zdiff", "train", str(spec), "--data", str(corpus), "--mode", "tidar",
+            "--steps", str(steps), "--out", str(out), "--checkpoint-every", "5", *FAST, *extra]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path)
+    steps = 40
+    whole = subprocess.run(_train_cmd(spec, corpus, tmp_path / "whole", steps), env=_env(), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+
+    victim = subprocess.Popen(_train_cmd(spec, corpus, tmp_path / "killed", steps), env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (latest.is_file() and latest.read_text().strip() >= "step_0000010"):
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    records = _records(tmp_path / "killed")
+    assert records[-1]["step"] < steps  # it really died mid-run
+
+    resumed = subprocess.run(_train_cmd(spec, corpus, tmp_path / "killed", steps, "--resume"), env=_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _records(tmp_path / "whole"), _records(tmp_path / "killed")
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # no gaps, no duplicates
+    for ra, rb in zip(a, b):
+        for key in ("loss", "ar_loss", "diffusion_loss", "heldout_ar_nats", "heldout_diffusion_nats"):
+            assert ra.get(key) == rb.get(key), (ra["step"], key)
+    wa = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "whole" / "loss.png").stat().st_size > 1000
+
+
+def _torchrun(nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "zdiff", *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_data_parallel_matches_single_process(tmp_path, sharding):
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path)
+    args = ["train", str(spec), "--data", str(corpus), "--mode", "tidar", "--steps", "8",
+            "--checkpoint-every", "4", *FAST]
+    single = run_cli(*args, "--out", tmp_path / "single", env_extra={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr
+    extra = ["--fsdp"] if sharding == "fsdp" else []
+    multi = _torchrun(2, *args, "--out", str(tmp_path / "multi"), *extra)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert json.loads((tmp_path / "multi" / "run.json").read_text())["world_size"] == 2
+    a = [r for r in _records(tmp_path / "single") if "loss" in r]
+    b = [r for r in _records(tmp_path / "multi") if "loss" in r]
+    assert len(a) == len(b) == 8
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4), ra["step"]
+    wa = load_file(tmp_path / "single" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "multi" / "final" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
+
+
+def test_train_cli_errors(tmp_path):
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
+    base = ["train", spec, "--data", corpus, "--mode", "ar", "--out", tmp_path / "run", *FAST]
+    ok = run_cli(*base, "--steps", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "run" / "final" / "spec.yaml").is_file()
+    again = run_cli(*base, "--steps", "2")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    changed = run_cli(*base, "--steps", "3", "--resume")
+    assert changed.returncode == 2 and "--steps was 2 in the interrupted run, now 3" in changed.stderr
+    missing = run_cli("train", spec, "--data", tmp_path / "nope", "--mode", "ar", "--steps", "1", "--out", tmp_path / "r2")
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+    assert "Traceback" not in missing.stderr + changed.stderr + again.stderr
+    odd = run_cli("train", spec, "--data", corpus, "--mode", "ar", "--steps", "1", "--out", tmp_path / "r3",
+                  "--batch-size", "0")
+    assert odd.returncode == 2 and "--batch-size must be at least 1, got 0" in odd.stderr
+
+
+def test_conversion_from_an_ar_checkpoint(tmp_path):
+    """--init with a checkpoint of another model is refused; with the right one, TiDAR training starts from it."""
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
+    ar = run_cli("train", spec, "--data", corpus, "--mode", "ar", "--steps", "2", "--out", tmp_path / "ar", *FAST)
+    assert ar.returncode == 0, ar.stderr
+    wrong = run_cli("train", "zaya1-tiny", "--data", corpus, "--mode", "tidar", "--steps", "1",
+                    "--init", tmp_path / "ar" / "final", "--out", tmp_path / "bad", *FAST)
+    assert wrong.returncode == 2 and "model.hidden_size (128 in the spec, 32 in the checkpoint)" in wrong.stderr
+    td = run_cli("train", spec, "--data", corpus, "--mode", "tidar", "--steps", "2", "--init", tmp_path / "ar" / "final",
+                 "--out", tmp_path / "td", *FAST)
+    assert td.returncode == 0, td.stderr
+    info = json.loads((tmp_path / "td" / "run.json").read_text())
+    assert "initialised from" in info["note"]
+    first = _records(tmp_path / "td")[0]
+    assert first["diffusion_loss"] is not None and first["ar_loss"] < _records(tmp_path / "ar")[0]["ar_loss"]

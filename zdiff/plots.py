@@ -1,0 +1,54 @@
+"""Plots people would rather look at than read. matplotlib is optional (extra `plots`)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def loss_curve(records: list[dict], path: Path, title: str) -> bool:
+    """Training losses per step (and held-out points) -> PNG. False when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None or not records:
+        return False
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "heldout_ar_nats" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in train]
+    ax.plot(steps, [r["ar_loss"] for r in train], lw=0.8, label="AR loss (train)")
+    if any(r.get("diffusion_loss") is not None for r in train):
+        ax.plot(steps, [r["diffusion_loss"] for r in train], lw=0.8, label="diffusion loss (train)")
+        ax.plot(steps, [r["loss"] for r in train], lw=0.8, label="TiDAR loss (train)")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["heldout_ar_nats"] for r in evals], "o-", label="AR loss (held-out)")
+        if "heldout_diffusion_nats" in evals[0]:
+            ax.plot([r["step"] for r in evals], [r["heldout_diffusion_nats"] for r in evals], "s-",
+                    label="diffusion loss (held-out)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,66 @@
+"""Training objectives: plain AR, and TiDAR's L = (alpha * L_AR + L_diff) / (1 + alpha).
+
+A batch is a window of S + 1 tokens per sequence. AR: rows x_0..x_{S-1} predict
+x_1..x_S. TiDAR: the input is [x_0..x_{S-1} | M x S] in the training layout; clean row j
+predicts x_{j+1} (AR), mask row j predicts x_j (diffusion, no shift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ZdiffError
+from ..pattern import training_pattern
+from ..runtime.moe import Routing
+from ..spec import Spec
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    ar: torch.Tensor  # mean nats per token
+    diffusion: torch.Tensor | None
+    routings: list[Routing]
+
+
+def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+
+
+class Objective:
+    """Builds the inputs of one mode once per sequence length and computes its loss."""
+
+    def __init__(self, spec: Spec, mode: str, seq_len: int):
+        if mode not in ("ar", "tidar"):
+            raise ZdiffError(f"--mode must be ar or tidar, got {mode!r}")
+        self.mode, self.seq_len = mode, seq_len
+        self.alpha = spec.diffusion.loss_alpha
+        self.mask_id = spec.diffusion.mask_token_id
+        if mode == "tidar":
+            if self.mask_id is None:
+                raise ZdiffError("diffusion.mask_token_id is null: TiDAR training needs a mask token "
+                                 "(set it in the spec, or convert with --init, which adds one)")
+            pattern = training_pattern(seq_len, spec.diffusion.block_size)
+            self.positions = pattern.positions()
+            self.predecessors = pattern.predecessors()
+            self.visible = pattern.dense_mask()
+
+    def __call__(self, model, window: torch.Tensor) -> LossParts:
+        """window: (B, S + 1) token ids."""
+        x, labels = window[:, :-1], window[:, 1:]
+        if self.mode == "ar":
+            out = model(x, return_routings=True)
+            ar = _ce(out.logits, labels)
+            return LossParts(ar, ar.detach(), None, out.routings)
+        device = window.device
+        ids = torch.cat([x, torch.full_like(x, self.mask_id)], dim=1)
+        out = model(ids, positions=self.positions.to(device), predecessors=self.predecessors.to(device),
+                    visible=self.visible.to(device), return_routings=True)
+        S = self.seq_len
+        ar = _ce(out.logits[:, :S], labels)
+        diffusion = _ce(out.logits[:, S:], x)
+        total = (self.alpha * ar + diffusion) / (1 + self.alpha)
+        return LossParts(total, ar.detach(), diffusion.detach(), out.routings)

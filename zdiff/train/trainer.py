@@ -1,0 +1,323 @@
+"""`zdiff train`: AR pre-training and TiDAR conversion, single-process or under torchrun.
+
+Layout of --out:
+  run.json                 the configuration (a resumed run must match it)
+  metrics.jsonl            one JSON line per step (and per evaluation)
+  loss.png                 the loss curves
+  checkpoints/step_N/      spec.yaml + model.safetensors + trainer.pt (optimizer, step)
+  latest                   name of the newest complete checkpoint
+  final/                   a zdiff checkpoint of the end state (zdiff.load_model reads it)
+Checkpoints are written to a temp directory and renamed, and `latest` is replaced
+atomically, so a run killed at any instant resumes from a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..checkpoint.atomic import atomic_directory, atomic_write_text
+from ..checkpoint.store import SPEC_FILE, copy_tokenizer, load_model
+from ..checkpoint.tensors import write_tensors
+from ..errors import ZdiffError
+from ..plots import loss_curve
+from ..runtime import build_model
+from ..runtime.moe import expert_load, update_balancing_bias
+from ..spec import Spec, dump_spec, load_spec
+from .convert import add_mask_token
+from .data import Tokenizer, split_corpus
+from .evaluate import evaluate
+from .objective import Objective
+from .schedule import learning_rate
+
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    spec: str
+    data: str
+    mode: str
+    steps: int
+    out: str
+    init: str | None = None
+    batch_size: int = 16  # global, across data-parallel ranks
+    seq_len: int = 256
+    lr: float = 1e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    dtype: str = "fp32"  # compute: fp32, or bf16 autocast (weights and optimizer stay fp32)
+    checkpoint_every: int = 100
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_windows: int = 64
+    seed: int = 0
+    fsdp: bool = False
+
+    def check(self, world: int) -> None:
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows"):
+            if getattr(self, name) < 1:
+                raise ZdiffError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ZdiffError(f"--lr must be positive, got {self.lr}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ZdiffError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.batch_size % world:
+            raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
+
+
+# --- distributed -------------------------------------------------------------------------
+
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _wrap(model, cfg: TrainConfig, world: int, device):
+    if world == 1:
+        return model
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.layers:
+            fully_shard(layer)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    # experts that no token of a batch chose get no gradient: DDP must not wait for them
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def _state_dicts(model, optimizer):
+    """Full (unsharded) model and optimizer state, the same call for plain, DDP and FSDP2 models."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _load_state_dicts(model, optimizer, model_state, optim_state):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+
+
+# --- run directory -----------------------------------------------------------------------
+
+
+class RunDir:
+    def __init__(self, out: str):
+        self.root = Path(out)
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / "metrics.jsonl"
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.checkpoints / pointer.read_text().strip()
+        return path if path.is_dir() else None
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records a killed run logged after its last checkpoint; the resumed run redoes them."""
+        kept = [r for r in self.read_metrics() if r["step"] <= step]
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def save(self, step: int, spec: Spec, model_state: dict, optim_state: dict, tokenizer_dir: Path | None):
+        name = f"step_{step:07d}"
+        with atomic_directory(self.checkpoints / name, force=True) as tmp:
+            _write_model(tmp, spec, model_state, tokenizer_dir)
+            torch.save({"step": step, "optimizer": optim_state}, tmp / "trainer.pt")
+        atomic_write_text(self.root / "latest", name + "\n")
+        for old in sorted(self.checkpoints.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_model(directory: Path, spec: Spec, state: dict, tokenizer_dir: Path | None) -> None:
+    (directory / SPEC_FILE).write_text(dump_spec(spec))
+    write_tensors(directory, state.items(), metadata={"spec_hash": spec.hash()})
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, directory)
+
+
+# --- model and spec ----------------------------------------------------------------------
+
+
+def _prepare(cfg: TrainConfig, device):
+    """(model, spec, tokenizer, tokenizer_dir, note) for a fresh start or a conversion."""
+    spec = load_spec(cfg.spec)
+    if cfg.init is None:
+        tokenizer = Tokenizer(None, spec.model.vocab_size)
+        return build_model(spec.model, seed=cfg.seed), spec, tokenizer, None, "random initialisation"
+    init_dir = Path(cfg.init)
+    model = load_model(init_dir, dtype=torch.float32)
+    init_spec = load_spec(init_dir / SPEC_FILE)
+    if init_spec.model != spec.model:
+        field = _first_difference(dataclasses.asdict(spec.model), dataclasses.asdict(init_spec.model), "model")
+        raise ZdiffError(f"{field}: the spec and the --init checkpoint disagree")
+    spec = dataclasses.replace(init_spec, diffusion=spec.diffusion, sampler=spec.sampler, targets=spec.targets, name=spec.name)
+    tokenizer_json = init_dir / "tokenizer.json"
+    tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
+    note = f"initialised from {init_dir}"
+    if cfg.mode == "tidar":
+        model, spec, mask_note = add_mask_token(model, spec, tokenizer)
+        note += f"; {mask_note}"
+    return model, spec, tokenizer, init_dir, note
+
+
+def _first_difference(a: dict, b: dict, path: str) -> str:
+    for key in a:
+        if a[key] != b.get(key):
+            if isinstance(a[key], dict) and isinstance(b.get(key), dict):
+                return _first_difference(a[key], b[key], f"{path}.{key}")
+            return f"{path}.{key} ({a[key]!r} in the spec, {b.get(key)!r} in the checkpoint)"
+    return path
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    rank, world, device = _init_distributed()
+    cfg.check(world)
+    run = RunDir(cfg.out)
+    latest = run.latest()
+    if latest is not None and not resume:
+        raise ZdiffError(f"{run.root} already holds a run (checkpoint {latest.name}); pass --resume or another --out")
+    if resume and latest is None:
+        raise ZdiffError(f"--resume: no checkpoint in {run.root}")
+    if resume:
+        saved = json.loads((run.root / "run.json").read_text())["config"]
+        mine = dataclasses.asdict(cfg)
+        for key in mine:
+            if saved.get(key) != mine[key]:
+                raise ZdiffError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in the interrupted run, "
+                                 f"now {mine[key]!r}; a resumed run must use the same settings")
+
+    model, spec, tokenizer, tokenizer_dir, note = _prepare(cfg, device)
+    model = model.to(device).train()
+    train_data, heldout = split_corpus(cfg.data, tokenizer)
+    objective = Objective(spec, cfg.mode, cfg.seq_len)
+    tidar_eval = Objective(spec, "tidar", cfg.seq_len) if spec.diffusion.mask_token_id is not None else None
+    wrapped = _wrap(model, cfg, world, device)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+
+    start = 0
+    if resume:
+        trainer_state = torch.load(latest / "trainer.pt", weights_only=False)
+        from ..checkpoint.tensors import TensorSource
+
+        source = TensorSource(latest)
+        model_state = {name: source.get(name) for name in source.names()}
+        _load_state_dicts(wrapped, optimizer, model_state, trainer_state["optimizer"])
+        start = trainer_state["step"]
+        if rank == 0:
+            run.truncate_metrics(start)
+    elif rank == 0:
+        run.root.mkdir(parents=True, exist_ok=True)
+        info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
+                "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens), "heldout_tokens": len(heldout.tokens),
+                "train_files": train_data.num_files, "heldout_files": heldout.num_files}
+        atomic_write_text(run.root / "run.json", json.dumps(info, indent=1))
+        run.truncate_metrics(0)
+    if rank == 0:
+        log(f"[train] {cfg.mode} on {spec.name}: {note}; {train_data.num_files} training files "
+            f"({len(train_data.tokens):,} tokens), {heldout.num_files} held-out; world size {world}"
+            + (f"; resuming at step {start}" if start else ""))
+
+    local = cfg.batch_size // world
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
+    metrics_file = run.metrics.open("a") if rank == 0 else None
+    tick, last = time.perf_counter(), {}
+    for step in range(start, cfg.steps):
+        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)[rank * local:(rank + 1) * local]
+        with autocast:
+            parts = objective(wrapped, window.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.clip)
+        optimizer.step()
+        update_balancing_bias(model, _all_sum(expert_load(parts.routings, spec.model.moe.num_experts)))
+
+        stats = torch.tensor([parts.total.item(), parts.ar.item(),
+                              parts.diffusion.item() if parts.diffusion is not None else 0.0])
+        stats = _all_sum(stats) / world
+        now = time.perf_counter()
+        last = {"step": step + 1, "loss": stats[0].item(), "ar_loss": stats[1].item(),
+                "diffusion_loss": stats[2].item() if parts.diffusion is not None else None,
+                "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": cfg.batch_size * cfg.seq_len / (now - tick)}
+        tick = now
+        if metrics_file:
+            metrics_file.write(json.dumps(last) + "\n")
+            metrics_file.flush()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
+
+        done = step + 1 == cfg.steps
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
+            result = {"step": step + 1, **evaluate(wrapped, heldout, tidar_eval, cfg.seq_len, cfg.eval_windows, device=device)}
+            if metrics_file:
+                metrics_file.write(json.dumps(result) + "\n")
+        if (step + 1) % cfg.checkpoint_every == 0 or done:
+            model_state, optim_state = _state_dicts(wrapped, optimizer)
+            if rank == 0:
+                run.save(step + 1, spec, model_state, optim_state, tokenizer_dir)
+                loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
+    bar.close()
+
+    final_eval = evaluate(wrapped, heldout, tidar_eval, cfg.seq_len, cfg.eval_windows, device=device)
+    summary = {"step": cfg.steps, **final_eval}
+    if rank == 0:
+        metrics_file.write(json.dumps(summary) + "\n")
+        metrics_file.close()
+        model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
+        with atomic_directory(run.root / "final", force=True) as tmp:
+            _write_model(tmp, spec, model_state, tokenizer_dir)
+        loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
+        log(f"[train] done: final loss {last.get('loss', float('nan')):.4f}; held-out AR "
+            f"{final_eval['heldout_ar_bits_per_byte']:.4f} bits/byte"
+            + (f", diffusion {final_eval['heldout_diffusion_nats']:.4f} nats" if "heldout_diffusion_nats" in final_eval else "")
+            + f" -> {run.root / 'final'}")
+    elif world > 1:
+        _state_dicts(wrapped, optimizer)  # collective: every rank takes part in gathering the final state
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return {"final_loss": last.get("loss"), **final_eval}
