@@ -58,7 +58,16 @@ def test_import_then_load(tmp_path):
     assert (tmp_path / "ck" / "spec.yaml").is_file() and "imported hf (gqa, 3 layers)" in result.stdout
 
 
-def test_demo_runs():
-    result = run_cli("demo", "--tokens", "4")
-    assert result.returncode == 0, result.stderr
-    assert "zaya1-8b" in result.stdout and "continuation" in result.stdout
+def test_demo_runs_end_to_end_on_a_small_plan(tmp_path):
+    """The main job with a few steps: every stage runs and reports; the exit code follows the verdict."""
+    result = run_cli("demo", "--out", tmp_path / "demo", "--ar-steps", "6", "--tidar-steps", "4", "--batch-size", "4",
+                     "--seq-len", "32", "--eval-windows", "4")
+    assert result.returncode in (0, 1), result.stderr
+    out = result.stdout
+    for expected in ("zaya1-8b", "AR training", "TiDAR conversion", "AR model", "after TiDAR conversion",
+                     "AR loss change", "greedy AR sample"):
+        assert expected in out, expected
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert result.returncode == (0 if summary["verdict"] == "PASS" else 1)
+    assert (tmp_path / "demo" / "tidar" / "final" / "spec.yaml").is_file()
+    assert (tmp_path / "demo" / "ar" / "loss.png").is_file()

@@ -50,6 +50,7 @@ MALFORMED = [
     ("diffusion.acceptance_levels", [0, 4, 2], "diffusion.acceptance_levels", "strictly increasing"),
     ("diffusion.acceptance_levels", [0, 2, 8], "diffusion.acceptance_levels[2]", "must be in 0..7"),
     ("diffusion.acceptance_levels", [0, 2], "diffusion.acceptance_levels", "exactly diffusion.proposals (3)"),
+    ("diffusion.acceptance_levels", [1, 2, 4], "diffusion.acceptance_levels", "must include 0"),
     ("diffusion.proposals", 9, "diffusion.proposals", "cannot exceed the 8 acceptance levels"),
     ("sampler.top_p", 0.0, "sampler.top_p", "must be in (0, 1]"),
     ("sampler.mix_weight", 0.5, "sampler.mix_weight", "only used by kind logit_mix"),
@@ -143,7 +144,7 @@ def test_presets_load_and_round_trip(name):
 def test_valid_random_specs_round_trip(kv, group, head_dim, experts, block, data):
     top_k = data.draw(st.integers(1, experts))
     proposals = data.draw(st.integers(1, block))
-    levels = sorted(data.draw(st.sets(st.integers(0, block - 1), min_size=proposals, max_size=proposals)))
+    levels = [0] + sorted(data.draw(st.sets(st.integers(1, block - 1), min_size=proposals - 1, max_size=proposals - 1)))
     d = tiny_dict()
     d["model"]["attention"].update(num_heads=kv * group, num_kv_heads=kv, head_dim=head_dim)
     d["model"]["moe"].update(num_experts=experts, top_k=top_k)

@@ -125,3 +125,44 @@ def test_conversion_from_an_ar_checkpoint(tmp_path):
     assert "initialised from" in info["note"]
     first = _records(tmp_path / "td")[0]
     assert first["diffusion_loss"] is not None and first["ar_loss"] < _records(tmp_path / "ar")[0]["ar_loss"]
+
+
+def test_bf16_autocast_trains(tmp_path):
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        r = run_cli("train", spec, "--data", corpus, "--mode", "tidar", "--steps", "3", "--dtype", dtype,
+                    "--out", tmp_path / dtype, *FAST)
+        assert r.returncode == 0, r.stderr
+        runs[dtype] = [x for x in _records(tmp_path / dtype) if "loss" in x]
+    first32, first16 = runs["fp32"][0]["loss"], runs["bf16"][0]["loss"]
+    assert first16 != first32 and first16 == pytest.approx(first32, rel=0.02)  # same batch, bf16 compute
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in runs["bf16"])
+
+
+def test_convert_an_imported_hf_checkpoint_with_its_tokenizer(tmp_path):
+    """The headline path: transformers checkpoint -> zdiff import -> TiDAR conversion with its tokenizer.json."""
+    from hf_models import tiny_qwen3_moe
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    corpus = micro_corpus(tmp_path, files=4)
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train([str(p) for p in sorted(corpus.iterdir())], trainers.BpeTrainer(vocab_size=90, special_tokens=["[UNK]"]))
+    hf_dir = tmp_path / "hf"
+    tiny_qwen3_moe(0).save_pretrained(hf_dir)  # vocabulary 96: ids 90..95 are spare
+    tok.save(str(hf_dir / "tokenizer.json"))
+    assert run_cli("import", hf_dir, tmp_path / "ck").returncode == 0
+    r = run_cli("train", tmp_path / "ck" / "spec.yaml", "--data", corpus, "--mode", "tidar", "--steps", "2",
+                "--init", tmp_path / "ck", "--out", tmp_path / "conv", *FAST)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "conv" / "run.json").read_text())
+    assert info["tokenizer"].endswith("tokenizer.json") and "mask token 90 (a spare id" in info["note"]
+    import zdiff
+
+    converted = zdiff.load_model(tmp_path / "conv" / "final")
+    assert (tmp_path / "conv" / "final" / "tokenizer.json").is_file()
+    from zdiff.spec import load_spec
+
+    assert load_spec(tmp_path / "conv" / "final" / "spec.yaml").diffusion.mask_token_id == 90
+    assert converted.spec.vocab_size == 96

@@ -45,9 +45,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import DemoPlan, run_demo
 
-    summary = run_demo(out=args.out, prompt=args.prompt)
+    overrides = {name: getattr(args, name) for name in ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows")}
+    plan = DemoPlan(**{name: value for name, value in overrides.items() if value is not None})
+    summary = run_demo(out=args.out, plan=plan, prompt=args.prompt)
     return 0 if summary["verdict"] == "PASS" else 1
 
 
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):")
+    # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
+    for flag in ("--ar-steps", "--tidar-steps", "--batch-size", "--seq-len", "--eval-windows"):
+        demo.add_argument(flag, type=int, help="override the demo plan")
     demo.set_defaults(run=_cmd_demo)
     return parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..errors import ZdiffError
 from .segments import KeyRange, Pattern, Segment
 
@@ -13,6 +15,15 @@ def _blocks(total: int, block_size: int):
         yield i, first, min(block_size, total - first)
 
 
+@lru_cache(maxsize=4096)  # patterns are immutable; decoding asks for the same few shapes
+def causal_pattern(length: int) -> Pattern:
+    """A plain causal sequence (AR prefill)."""
+    if length < 1:
+        raise ZdiffError(f"causal pattern needs length >= 1, got {length}")
+    return Pattern("causal", (Segment("prompt", 0, length, 0, -1, (CAUSAL,)),), 1)
+
+
+@lru_cache(maxsize=4096)  # patterns are immutable; decoding asks for the same few shapes
 def training_pattern(seq_len: int, block_size: int) -> Pattern:
     """[x_0 .. x_{S-1} | M x S]: clean half causal; mask block i sees clean positions < i*b and itself.
 
@@ -31,6 +42,7 @@ def training_pattern(seq_len: int, block_size: int) -> Pattern:
     return Pattern("training", tuple(segments), block_size)
 
 
+@lru_cache(maxsize=4096)  # patterns are immutable; decoding asks for the same few shapes
 def prefill_pattern(prompt_len: int, block_size: int) -> Pattern:
     """The prompt (causal), then one mask block at the next b positions that sees the whole prompt.
 
@@ -46,20 +58,21 @@ def prefill_pattern(prompt_len: int, block_size: int) -> Pattern:
     ), b)
 
 
+@lru_cache(maxsize=4096)  # patterns are immutable; decoding asks for the same few shapes
 def decode_pattern(context_len: int, drafts: int, block_size: int, levels: tuple[int, ...]) -> Pattern:
     """One decode step, with the committed context spelled out as (non-query) rows.
 
     context: x_{<L-1}, rows 0..C-1 (in the KV cache in practice; C = L - 1).
     verify:  [c, d_1..d_m] at positions L-1..L-1+m, causal over context + itself.
     proposal[a=...]: b masks at positions L+a.., seeing the context, verify rows 0..a and
-    itself; its first mask follows verify row a.
+    itself; its first mask follows verify row a. No levels: a plain AR step (verify rows only).
     """
     C, m, b = context_len, drafts, block_size
     if C < 0:
         raise ZdiffError(f"decode pattern: context_len must be >= 0, got {C}")
     if not 0 <= m < b:
         raise ZdiffError(f"decode pattern: drafts must be in 0..{b - 1} (block_size - 1), got {m}")
-    if not levels or list(levels) != sorted(set(levels)) or not all(0 <= a <= m for a in levels):
+    if list(levels) != sorted(set(levels)) or not all(0 <= a <= m for a in levels):
         raise ZdiffError(f"decode pattern: levels must be strictly increasing in 0..{m} (drafts), got {list(levels)}")
     L = C + 1
     segments = []

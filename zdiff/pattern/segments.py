@@ -88,10 +88,22 @@ class Pattern:
                 return seg
         raise IndexError(row)
 
-    def positions(self) -> torch.Tensor:
+    @cached_property
+    def _positions(self) -> torch.Tensor:
         return torch.cat([torch.arange(s.length) + s.position0 for s in self.segments])
 
+    def positions(self) -> torch.Tensor:
+        return self._positions.clone()
+
     def predecessors(self) -> torch.Tensor:
+        return self._predecessors.clone()
+
+    def query_mask(self) -> torch.Tensor:
+        """(query rows, num_rows) bool: the rows this pass computes, against every key."""
+        return self._query_mask.clone()
+
+    @cached_property
+    def _predecessors(self) -> torch.Tensor:
         parts = []
         for s in self.segments:
             pred = torch.arange(s.start - 1, s.stop - 1)
@@ -99,11 +111,18 @@ class Pattern:
             parts.append(pred)
         return torch.cat(parts)
 
+    @cached_property
+    def _query_mask(self) -> torch.Tensor:
+        return self._mask_from(self.query_start)
+
     def dense_mask(self) -> torch.Tensor:
         """(num_rows, num_rows) bool, row = query. The brute-force truth every kernel must equal."""
-        mask = torch.zeros(self.num_rows, self.num_rows, dtype=torch.bool)
+        return self._mask_from(0)
+
+    def _mask_from(self, first_row: int) -> torch.Tensor:
+        mask = torch.zeros(self.num_rows - first_row, self.num_rows, dtype=torch.bool)
         for s in self.segments:
-            for row in range(s.start, s.stop):
+            for row in range(max(s.start, first_row), s.stop):
                 for lo, hi in s.keys_of(row):
-                    mask[row, lo:hi] = True
+                    mask[row - first_row, lo:hi] = True
         return mask

@@ -75,17 +75,21 @@ class Attention(nn.Module):
             self.key_temperature = nn.Parameter(torch.ones(a.num_kv_heads))
         self.o_proj = nn.Linear(q_width, H, bias=a.bias)
 
-    def project(self, x: torch.Tensor, predecessors: torch.Tensor):
-        """x (B, T, H) -> q (B, T, Hq, D), k and v (B, T, Hkv, D), before QK norm and RoPE."""
+    def project(self, x: torch.Tensor, predecessors: torch.Tensor, cache=None):
+        """x (B, T, H) -> q (B, T, Hq, D), k and v (B, T, Hkv, D), before QK norm and RoPE.
+
+        With a layer cache, `predecessors` index the extended rows [cache.state rows | x rows]
+        and this pass's projected [q|k] and delayed values are stashed for a later commit.
+        """
         a = self.spec
         B, T, _ = x.shape
         q, k = self.q_proj(x), self.k_proj(x)
         if a.kind == "gqa":
             v = self.v_proj(x)
             return q.view(B, T, -1, a.head_dim), k.view(B, T, -1, a.head_dim), v.view(B, T, -1, a.head_dim)
-        return self._cca(x, q, k, predecessors)
+        return self._cca(x, q, k, predecessors, cache)
 
-    def _cca(self, x, q, k, predecessors):
+    def _cca(self, x, q, k, predecessors, cache=None):
         a = self.spec
         B, T, _ = x.shape
         D, group = a.head_dim, a.group_size
@@ -98,6 +102,12 @@ class Attention(nn.Module):
         # a missing token contributes a zero [q|k] row, so the depthwise output of a missing
         # position is just its bias.
         qk = torch.cat([q, k], dim=-1)  # (B, T, C)
+        delayed = self.v_proj_delayed(x)  # (B, T, kv/2)
+        if cache is not None:
+            # prepend the committed tail (the last receptive_field tokens) so chains can reach it
+            cache.stash_projections(qk, delayed)
+            qk = torch.cat([cache.state_qk, qk], dim=1)
+            delayed = torch.cat([cache.state_delayed, delayed], dim=1)
         k0, k1 = a.cca.depthwise_kernel, a.cca.grouped_kernel
         chain = predecessor_chain(predecessors, k0 + k1 - 1)
         dw_weight, dw_bias = self.conv_depthwise.weight[:, 0, :], self.conv_depthwise.bias  # (C, k0), (C,)
@@ -108,20 +118,20 @@ class Attention(nn.Module):
 
         groups = a.num_heads + a.num_kv_heads
         g_weight = self.conv_grouped.weight.view(groups, D, D, k1)  # (group, out, in, tap)
-        grouped = self.conv_grouped.bias.view(groups, D).expand(B, T, groups, D)
+        grouped = self.conv_grouped.bias.view(groups, D).expand(B, qk.shape[1], groups, D)
         for j in range(k1):
-            back = depthwise_at(j).view(B, T, groups, D)
+            back = depthwise_at(j).view(B, qk.shape[1], groups, D)
             grouped = grouped + torch.einsum("btgi,goi->btgo", back, g_weight[..., k1 - 1 - j])
         q_width = a.num_heads * D
-        grouped = grouped.reshape(B, T, -1)
+        grouped = grouped.reshape(B, qk.shape[1], -1)[:, -T:]
+        predecessors = predecessors[:, -T:]
         q_out = grouped[..., :q_width].view(B, T, -1, D) + q_res
         k_out = grouped[..., q_width:].view(B, T, -1, D) + k_res
 
         # values: first half from this token, second half from its predecessor (v_delayed of a zero
         # input when there is none, which is the bias or zero)
-        delayed_all = self.v_proj_delayed(x)
         no_pred = self.v_proj_delayed(x.new_zeros(x.shape[-1]))
-        v = torch.cat([self.v_proj_current(x), gather_rows(delayed_all, predecessors, fill=no_pred)], dim=-1)
+        v = torch.cat([self.v_proj_current(x), gather_rows(delayed, predecessors, fill=no_pred)], dim=-1)
         return q_out, k_out, v.view(B, T, -1, D)
 
     def normalize_qk(self, q, k):
@@ -136,11 +146,15 @@ class Attention(nn.Module):
             return q, k * self.key_temperature[None, None, :, None]
         return q, k
 
-    def forward(self, x, cos, sin, predecessors, visible):
+    def forward(self, x, cos, sin, predecessors, visible, cache=None):
+        """visible is (B, T, T) over this pass's rows, or with a cache (B, T, cache slots + T)."""
         B, T, _ = x.shape
-        q, k, v = self.project(x, predecessors)
+        q, k, v = self.project(x, predecessors, cache)
         q, k = self.normalize_qk(q, k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.stash_kv(k, v)
+            k, v = torch.cat([cache.k, k], dim=1), torch.cat([cache.v, v], dim=1)
         out = attention_reference(q, k, v, visible, scale=self.spec.head_dim ** -0.5)
         return self.o_proj(out.reshape(B, T, -1))
 

@@ -39,10 +39,11 @@ class Block(nn.Module):
         scaling = getattr(self, name, None)
         return scaling(out, residual) if scaling is not None else residual + out
 
-    def forward(self, x, router_state, cos, sin, predecessors, visible):
+    def forward(self, x, router_state, cos, sin, predecessors, visible, cache=None):
         """x is the fp32 residual stream; sublayers run in the parameter dtype."""
         dtype = self.attn_norm.weight.dtype
-        x = self._add("attn_residual", self.attn(self.attn_norm(x.to(dtype)), cos, sin, predecessors, visible), x)
+        attn = self.attn(self.attn_norm(x.to(dtype)), cos, sin, predecessors, visible, cache)
+        x = self._add("attn_residual", attn, x)
         out, router_state, routing = self.moe(self.moe_norm(x.to(dtype)), router_state)
         return self._add("moe_residual", out, x), router_state, routing
 
@@ -63,17 +64,22 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
 
-    def forward(self, input_ids, positions=None, predecessors=None, visible=None, return_routings: bool = False):
+    def forward(self, input_ids, positions=None, predecessors=None, visible=None, return_routings: bool = False,
+                cache=None):
         """Logits (B, T, V) fp32; with return_routings, a ForwardOutput that also holds each layer's routing.
 
         Training goes through here (not forward_full) so that DDP / FSDP forward hooks run.
         """
-        out = self.forward_full(input_ids, positions, predecessors, visible)
+        out = self.forward_full(input_ids, positions, predecessors, visible, cache)
         return out if return_routings else out.logits
 
-    def forward_full(self, input_ids, positions=None, predecessors=None, visible=None) -> ForwardOutput:
+    def forward_full(self, input_ids, positions=None, predecessors=None, visible=None, cache=None) -> ForwardOutput:
         """input_ids (B, T). positions and predecessors: (T,) or (B, T) long, predecessor -1 for none;
-        visible: (T, T) or (B, T, T) bool, row = query. Defaults: a plain causal sequence."""
+        visible: (T, T) or (B, T, T) bool, row = query. Defaults: a plain causal sequence.
+
+        With a `DecodeCache` (zdiff.generate.cache), the rows are new tokens after the cached
+        ones: predecessors index [cache state rows | new rows], visible is (B, T, cache slots + T),
+        and the pass's K/V and CCA projections are stashed for `cache.commit`."""
         B, T = input_ids.shape
         device = input_ids.device
         rows = torch.arange(T, device=device)
@@ -81,8 +87,8 @@ class Transformer(nn.Module):
         predecessors = rows - 1 if predecessors is None else predecessors
         visible = torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
         positions = positions.expand(B, T)
-        predecessors = predecessors.expand(B, T)
-        visible = visible.expand(B, T, T)
+        predecessors = predecessors.expand(B, predecessors.shape[-1])
+        visible = visible.expand(B, T, visible.shape[-1])
 
         h = self.embed(input_ids)
         if self.spec.residual_scaling:
@@ -91,8 +97,9 @@ class Transformer(nn.Module):
         attn = self.spec.attention
         cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, self.dtype)
         router_state, routings = None, []
-        for layer in self.layers:
-            x, router_state, routing = layer(x, router_state, cos, sin, predecessors, visible)
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache.layers[i]
+            x, router_state, routing = layer(x, router_state, cos, sin, predecessors, visible, layer_cache)
             routings.append(routing)
         h = self.final_norm(x.to(self.dtype))
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight

@@ -105,6 +105,9 @@ def validate(spec: Spec) -> Spec:
                 raise SpecError(f"diffusion.acceptance_levels[{i}]", level, f"must be in 0..{diff.max_drafts} (block_size - 1)")
         if list(levels) != sorted(set(levels)):
             raise SpecError("diffusion.acceptance_levels", list(levels), "must be strictly increasing")
+        if levels[0] != 0:
+            # a step that accepts no draft reads its next drafts from the level-0 block
+            raise SpecError("diffusion.acceptance_levels", list(levels), "must include 0 (the block used when every draft is rejected)")
     if diff.loss_alpha < 0:
         raise SpecError("diffusion.loss_alpha", diff.loss_alpha, "must not be negative")
     diff = dataclasses.replace(diff, acceptance_levels=tuple(levels))

@@ -1,0 +1,47 @@
+"""A tiny model with a 8-token vocabulary (id 7 is the mask) whose distributions are far from uniform."""
+
+import torch
+
+from zdiff.runtime import Transformer, init_weights
+from zdiff.spec import parse_spec
+
+TINY_VOCAB_SPEC = """
+name: vocab8
+model:
+  vocab_size: 8
+  hidden_size: 32
+  num_layers: 2
+  residual_scaling: true
+  attention: {kind: ccgqa, num_heads: 2, num_kv_heads: 1, head_dim: 16, rope_fraction: 0.5, qk_norm: l2}
+  moe:
+    num_experts: 2
+    top_k: 1
+    ffn_size: 32
+    skip_expert: true
+    router: {kind: zaya_mlp, hidden_size: 8}
+diffusion: {block_size: 4, mask_token_id: 7, proposals: 3, acceptance_levels: [0, 1, 3]}
+sampler: {kind: lossless}
+"""
+
+
+def tiny_vocab_model(seed: int = 0):
+    spec = parse_spec(TINY_VOCAB_SPEC)
+    model = init_weights(Transformer(spec.model), seed=seed, std=0.35).eval()
+    return model, spec
+
+
+def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> float:
+    """Pearson's goodness-of-fit test; cells expected below 5 are pooled into one."""
+    counts, probs = counts.double().flatten(), expected_probs.double().flatten()
+    n = counts.sum()
+    expected = probs * n
+    small = expected < 5
+    if small.any():
+        counts = torch.cat([counts[~small], counts[small].sum().view(1)])
+        expected = torch.cat([expected[~small], expected[small].sum().view(1)])
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "samples landed where the target has probability 0"
+    counts, expected = counts[keep], expected[keep]
+    stat = ((counts - expected) ** 2 / expected).sum()
+    dof = len(counts) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat / 2))

@@ -1,0 +1,80 @@
+"""Decoding state: a preallocated KV cache plus the CCA state, with commit and rollback.
+
+Per layer it holds K/V of every committed token (up to `lengths[b]` per sequence) and, for
+CCGQA, the *projected* [q|k] rows and delayed-value halves of the last `receptive_field`
+committed tokens: exactly what the causal convolutions and the value shift of a new token
+can reach. A forward pass only *stashes* its rows' K/V and projections; `commit` appends the
+rows that verification accepted. Rejected rows are simply never committed: rollback costs
+nothing and recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..spec import ModelSpec
+
+
+class LayerCache:
+    def __init__(self, spec: ModelSpec, batch: int, max_len: int, dtype, device):
+        a = spec.attention
+        self.k = torch.zeros(batch, max_len, a.num_kv_heads, a.head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.receptive_field = a.cca.receptive_field if a.kind == "ccgqa" else 0
+        channels = (a.num_heads + a.num_kv_heads) * a.head_dim
+        self.state_qk = torch.zeros(batch, self.receptive_field, channels, dtype=dtype, device=device)
+        self.state_delayed = torch.zeros(batch, self.receptive_field, a.num_kv_heads * a.head_dim // 2,
+                                         dtype=dtype, device=device)
+        self.pending: dict[str, torch.Tensor] = {}
+
+    def stash_projections(self, qk: torch.Tensor, delayed: torch.Tensor) -> None:
+        self.pending["qk"], self.pending["delayed"] = qk, delayed
+
+    def stash_kv(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.pending["k"], self.pending["v"] = k, v
+
+    @torch.no_grad()
+    def commit(self, b: int, start: int, rows: torch.Tensor) -> None:
+        n = len(rows)
+        self.k[b, start:start + n] = self.pending["k"][b, rows]
+        self.v[b, start:start + n] = self.pending["v"][b, rows]
+        if self.receptive_field:
+            rf = self.receptive_field
+            self.state_qk[b] = torch.cat([self.state_qk[b], self.pending["qk"][b, rows]])[-rf:]
+            self.state_delayed[b] = torch.cat([self.state_delayed[b], self.pending["delayed"][b, rows]])[-rf:]
+
+
+class DecodeCache:
+    def __init__(self, spec: ModelSpec, batch: int, max_len: int, dtype=torch.float32, device=None):
+        self.max_len = max_len
+        self.lengths = [0] * batch
+        self.layers = [LayerCache(spec, batch, max_len, dtype, device) for _ in range(spec.num_layers)]
+        self.receptive_field = self.layers[0].receptive_field
+
+    def state_predecessors(self, b: int) -> list[int]:
+        """Predecessors of the state rows in the extended row space (-1 where the chain ends)."""
+        rf, C = self.receptive_field, self.lengths[b]
+        return [j - 1 if j > 0 and C - rf + j - 1 >= 0 else -1 for j in range(rf)]
+
+    def extended_index(self, b: int, pattern_row: int) -> int:
+        """Map a brute-force pattern row (context rows 0..C-1, then new rows) to the extended space."""
+        rf, C = self.receptive_field, self.lengths[b]
+        if pattern_row < 0:
+            return -1
+        if pattern_row >= C:
+            return rf + pattern_row - C
+        if rf == 0:
+            return -1  # plain GQA has no convolution state: predecessors are not read
+        assert pattern_row >= C - rf, "a predecessor chain reached past the CCA state"
+        return pattern_row - (C - rf)
+
+    def commit(self, b: int, rows: list[int]) -> None:
+        """Append this pass's new rows `rows` (in order) to sequence b."""
+        if not rows:
+            return
+        if self.lengths[b] + len(rows) > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {self.lengths[b]} + {len(rows)} > {self.max_len}")
+        index = torch.tensor(rows, device=self.layers[0].k.device)
+        for layer in self.layers:
+            layer.commit(b, self.lengths[b], index)
+        self.lengths[b] += len(rows)

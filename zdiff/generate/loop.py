@@ -1,0 +1,224 @@
+"""Prefill, AR decoding and TiDAR decoding over a batch of ragged prompts.
+
+One TiDAR step per forward pass: verify the pending token c and the drafts d_1..d_m
+(causal rows), and draft the next block at each acceptance level a (bidirectional rows
+that see the cache and verify rows 0..a). Each sequence accepts its own number of drafts;
+its accepted rows are committed to the cache, the others are dropped, and its next drafts
+come from the block at the largest level <= accepted count. AR decoding is the same step
+with no drafts and no proposal blocks, so both loops share one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ZdiffError
+from ..spec import DiffusionSpec
+from ..pattern import Pattern, causal_pattern, decode_pattern, prefill_pattern
+from .cache import DecodeCache
+from .sampling import SamplingParams, draw_gumbel, gumbel_argmax, probabilities, target_probs, verify_greedy, verify_stochastic
+
+
+@dataclass
+class SequenceState:
+    prompt: list[int]
+    generated: list[int] = field(default_factory=list)
+    pending: int = -1  # c: committed, not yet in the cache
+    drafts: list[int] = field(default_factory=list)
+    draft_q: torch.Tensor | None = None  # (m, V) distributions the drafts were sampled from
+    draft_logits: torch.Tensor | None = None  # (m, V) raw draft logits (logit_mix)
+    accepted: list[int] = field(default_factory=list)  # drafts accepted per decode step
+    forward_passes: int = 0
+    done: bool = False
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # new tokens per prompt
+    accepted: list[list[int]]  # accepted drafts per step, per prompt
+    forward_passes: list[int]
+    seconds: float
+    mode: str
+    block_size: int
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.total_tokens / max(1, sum(self.forward_passes))
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.total_tokens / self.seconds if self.seconds > 0 else float("inf")
+
+    def histogram(self) -> list[int]:
+        """How many decode steps committed 1, 2, ..., block_size tokens (accepted drafts + 1)."""
+        counts = [0] * self.block_size
+        for steps in self.accepted:
+            for n in steps:
+                counts[n] += 1
+        return counts
+
+    def summary(self) -> dict:
+        return {"mode": self.mode, "tokens": self.total_tokens, "forward_passes": sum(self.forward_passes),
+                "tokens_per_forward": self.tokens_per_forward, "tokens_per_s": self.tokens_per_second,
+                "seconds": self.seconds, "tokens_per_step_histogram": self.histogram()}
+
+
+class _Batch:
+    """Stacks each sequence's rows (a pattern over its cached context plus new rows) into one pass."""
+
+    def __init__(self, model, cache: DecodeCache, pad_id: int):
+        self.model, self.cache, self.pad_id = model, cache, pad_id
+
+    @torch.no_grad()
+    def run(self, plans: list[tuple[list[int], Pattern] | None]) -> torch.Tensor:
+        cache, device = self.cache, self.model.embed.weight.device
+        B, rf, S = len(plans), cache.receptive_field, cache.max_len
+        R = max(len(p[0]) for p in plans if p is not None)
+        ids = torch.full((B, R), self.pad_id, dtype=torch.long)
+        positions = torch.zeros(B, R, dtype=torch.long)
+        preds = torch.full((B, rf + R), -1, dtype=torch.long)
+        visible = torch.zeros(B, R, S + R, dtype=torch.bool)
+        visible[:, torch.arange(R), S + torch.arange(R)] = True  # padding rows see themselves
+        for b, plan in enumerate(plans):
+            if plan is None:
+                continue
+            row_ids, pattern = plan
+            C, n = cache.lengths[b], len(row_ids)
+            assert pattern.query_start == C and pattern.num_rows == C + n
+            ids[b, :n] = torch.tensor(row_ids)
+            positions[b, :n] = pattern.positions()[C:]
+            preds[b, :rf] = torch.tensor(cache.state_predecessors(b), dtype=torch.long)
+            preds[b, rf:rf + n] = torch.tensor([cache.extended_index(b, int(p)) for p in pattern.predecessors()[C:]])
+            mask = pattern.query_mask()  # (n, C + n)
+            visible[b, :n, :C] = mask[:, :C]
+            visible[b, :n, S:S + n] = mask[:, C:]
+            visible[b, :n, S + n:] = False
+        return self.model(ids.to(device), positions=positions.to(device), predecessors=preds.to(device),
+                          visible=visible.to(device), cache=cache)
+
+
+def _sample(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    if params.kind == "greedy":
+        return torch.argmax(probs, dim=-1)
+    return gumbel_argmax(probs.cpu(), draw_gumbel(probs.shape, generator))
+
+
+def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingParams(), *,
+             diffusion: DiffusionSpec | None = None, mode: str = "tidar", max_new_tokens: int = 64,
+             stop_tokens: tuple[int, ...] = (), seed: int = 0, progress=None) -> GenerationResult:
+    """Generate up to `max_new_tokens` per prompt (token ids in, token ids out).
+
+    `diffusion` (block size, acceptance levels, mask token) is required for TiDAR decoding;
+    `progress`, if given, is called with the running token count after every step.
+    """
+    if mode not in ("ar", "tidar"):
+        raise ZdiffError(f"mode must be ar or tidar, got {mode!r}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ZdiffError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ZdiffError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if mode == "tidar" and (diffusion is None or diffusion.mask_token_id is None):
+        raise ZdiffError("TiDAR decoding needs diffusion settings with a mask token (a converted checkpoint has them)")
+    b = diffusion.block_size if diffusion is not None else 1
+    levels = tuple(diffusion.acceptance_levels) if diffusion is not None else (0,)
+    mask_id = diffusion.mask_token_id if diffusion is not None else None
+    banned = tuple(sorted(set(params.banned) | ({mask_id} if mask_id is not None else set())))
+    params = SamplingParams(**{**params.__dict__, "banned": banned})
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+
+    seqs = [SequenceState(prompt=list(p)) for p in prompts]
+    cache = DecodeCache(model.spec, len(seqs), max(map(len, prompts)) + max_new_tokens + 2 * b + 2,
+                        dtype=model.dtype, device=model.embed.weight.device)
+    batch = _Batch(model, cache, pad_id=mask_id if mask_id is not None else 0)
+    start = time.perf_counter()
+
+    # prefill: the prompt (causal) and, for TiDAR, one mask block whose slots 1..b-1 are the first drafts
+    plans = []
+    for s in seqs:
+        P = len(s.prompt)
+        if mode == "tidar":
+            plans.append((s.prompt + [mask_id] * b, prefill_pattern(P, b)))
+        else:
+            plans.append((s.prompt, causal_pattern(P)))
+    logits = batch.run(plans).cpu()
+    for i, s in enumerate(seqs):
+        P = len(s.prompt)
+        s.forward_passes += 1
+        cache.commit(i, list(range(P)))
+        s.pending = int(_sample(probabilities(logits[i, P - 1], params), params, generator))
+        s.generated.append(s.pending)
+        if mode == "tidar":
+            _take_drafts(s, logits[i, P + 1: P + b], params, generator)
+        _check_stop(s, max_new_tokens, stop_tokens)
+
+    while not all(s.done for s in seqs):
+        plans = []
+        for i, s in enumerate(seqs):
+            if s.done:
+                plans.append(None)
+                continue
+            m = len(s.drafts)
+            lv = tuple(a for a in levels if a <= m) if mode == "tidar" else ()
+            plans.append(([s.pending] + s.drafts + [mask_id] * (b * len(lv)), decode_pattern(cache.lengths[i], m, b, lv)))
+        logits = batch.run(plans).cpu()
+        for i, s in enumerate(seqs):
+            if s.done:
+                continue
+            m = len(s.drafts)
+            s.forward_passes += 1
+            target = target_probs(logits[i, : m + 1], s.draft_logits, params)
+            drafts = torch.tensor(s.drafts, dtype=torch.long)
+            if params.kind == "greedy":
+                n, token = verify_greedy(target, drafts)
+            else:
+                uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
+                n, token = verify_stochastic(target, s.draft_q, drafts, uniforms, draw_gumbel((m + 1, target.shape[-1]), generator))
+            cache.commit(i, list(range(n + 1)))  # c, d_1..d_n; rejected rows are dropped
+            s.accepted.append(n)
+            s.generated.extend(s.drafts[:n] + [token])
+            s.pending = token
+            if mode == "tidar":
+                lv = [a for a in levels if a <= m]
+                a = max(x for x in lv if x <= n)
+                block_row = m + 1 + b * lv.index(a)
+                _take_drafts(s, logits[i, block_row + n - a + 1: block_row + b], params, generator)
+            _check_stop(s, max_new_tokens, stop_tokens)
+        if progress is not None:
+            progress(sum(len(s.generated) for s in seqs))
+
+    seconds = time.perf_counter() - start
+    return GenerationResult([s.generated for s in seqs], [s.accepted for s in seqs],
+                            [s.forward_passes for s in seqs], seconds, mode, b)
+
+
+def _take_drafts(s: SequenceState, slot_logits: torch.Tensor, params: SamplingParams, generator) -> None:
+    """Sample the next drafts independently, one per block slot, from that slot's q."""
+    if slot_logits.shape[0] == 0:
+        s.drafts, s.draft_q, s.draft_logits = [], None, None
+        return
+    q = probabilities(slot_logits, params)
+    if params.kind == "greedy":
+        drafts = torch.argmax(q, dim=-1)
+        q = torch.nn.functional.one_hot(drafts, q.shape[-1]).float()  # a point mass
+    else:
+        drafts = _sample(q, params, generator)
+    s.drafts, s.draft_q, s.draft_logits = drafts.tolist(), q, slot_logits
+
+
+def _check_stop(s: SequenceState, max_new_tokens: int, stop_tokens: tuple[int, ...]) -> None:
+    for j, token in enumerate(s.generated):
+        if token in stop_tokens:
+            s.generated = s.generated[: j + 1]
+            s.done = True
+            return
+    if len(s.generated) >= max_new_tokens:
+        s.generated = s.generated[:max_new_tokens]
+        s.done = True
