@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run in the interpreter. The flag is read when a kernel is
+# decorated, so it must be set before any zdiff kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns until this is chosen explicitly
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (hf_models, ...) import by name
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(autouse=True)

@@ -59,12 +59,13 @@ def test_cached_steps_equal_brute_force_patterns(name):
         assert cache.lengths == [len(c) for c in committed]
 
 
-def test_greedy_tidar_equals_greedy_ar_on_ragged_batch():
+@pytest.mark.parametrize("verifier", ["reference", "fused"])
+def test_greedy_tidar_equals_greedy_ar_on_ragged_batch(verifier):
     model, spec = tiny_vocab_model(seed=1)
     prompts = [[1, 2, 3, 4, 5], [6], [2, 2, 4, 1, 0, 3, 5, 6, 1]]
     greedy = SamplingParams(kind="greedy")
     ar = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="ar", max_new_tokens=15)
-    td = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="tidar", max_new_tokens=15)
+    td = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="tidar", max_new_tokens=15, verifier=verifier)
     assert ar.tokens == td.tokens
     assert sum(map(sum, td.accepted)) > 0  # drafts were accepted: the commit paths ran
     assert sum(td.forward_passes) < sum(ar.forward_passes)
@@ -177,6 +178,15 @@ def test_logit_mix_with_weight_one_is_lossless_draw_for_draw():
     a = generate(model, [PROMPT, [4, 5]] * 20, SamplingParams(kind="lossless"), **kw)
     b = generate(model, [PROMPT, [4, 5]] * 20, SamplingParams(kind="logit_mix", mix_weight=1.0), **kw)
     assert a.tokens == b.tokens and a.accepted == b.accepted
+
+
+def test_fused_verifier_in_the_loop_samples_plausibly():
+    """A sampled run through the fused verifier: valid tokens, drafts accepted, within the budget."""
+    model, spec = tiny_vocab_model(seed=0)
+    result = generate(model, [PROMPT] * 6, SamplingParams(), diffusion=spec.diffusion, max_new_tokens=6,
+                      verifier="fused", seed=2)
+    assert all(len(t) == 6 and MASK not in t and all(0 <= x < 8 for x in t) for t in result.tokens)
+    assert sum(map(sum, result.accepted)) > 0
 
 
 def test_stop_tokens_and_max_length():

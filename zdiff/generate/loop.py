@@ -112,12 +112,17 @@ def _sample(probs: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingParams(), *,
              diffusion: DiffusionSpec | None = None, mode: str = "tidar", max_new_tokens: int = 64,
-             stop_tokens: tuple[int, ...] = (), seed: int = 0, progress=None) -> GenerationResult:
+             stop_tokens: tuple[int, ...] = (), seed: int = 0, verifier: str = "reference",
+             progress=None) -> GenerationResult:
     """Generate up to `max_new_tokens` per prompt (token ids in, token ids out).
 
     `diffusion` (block size, acceptance levels, mask token) is required for TiDAR decoding;
+    `verifier`: "reference" (per-sequence torch code) or "fused" (one Triton launch per step,
+    its own counter-based RNG; temperature, logit-mix and the mask ban fused, no top-k/top-p).
     `progress`, if given, is called with the running token count after every step.
     """
+    if verifier not in ("reference", "fused"):
+        raise ZdiffError(f"verifier must be reference or fused, got {verifier!r}")
     if mode not in ("ar", "tidar"):
         raise ZdiffError(f"mode must be ar or tidar, got {mode!r}")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -168,19 +173,24 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
             m = len(s.drafts)
             lv = tuple(a for a in levels if a <= m) if mode == "tidar" else ()
             plans.append(([s.pending] + s.drafts + [mask_id] * (b * len(lv)), decode_pattern(cache.lengths[i], m, b, lv)))
-        logits = batch.run(plans).cpu()
+        logits = batch.run(plans)
+        fused = _fused_verdicts(seqs, logits, params, generator) if verifier == "fused" else None
+        logits = logits.cpu()
         for i, s in enumerate(seqs):
             if s.done:
                 continue
             m = len(s.drafts)
             s.forward_passes += 1
-            target = target_probs(logits[i, : m + 1], s.draft_logits, params)
-            drafts = torch.tensor(s.drafts, dtype=torch.long)
-            if params.kind == "greedy":
-                n, token = verify_greedy(target, drafts)
+            if fused is not None:
+                n, token = fused[i]
+            elif params.kind == "greedy":
+                n, token = verify_greedy(target_probs(logits[i, : m + 1], s.draft_logits, params),
+                                         torch.tensor(s.drafts, dtype=torch.long))
             else:
+                target = target_probs(logits[i, : m + 1], s.draft_logits, params)
                 uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
-                n, token = verify_stochastic(target, s.draft_q, drafts, uniforms, draw_gumbel((m + 1, target.shape[-1]), generator))
+                n, token = verify_stochastic(target, s.draft_q, torch.tensor(s.drafts, dtype=torch.long), uniforms,
+                                             draw_gumbel((m + 1, target.shape[-1]), generator))
             cache.commit(i, list(range(n + 1)))  # c, d_1..d_n; rejected rows are dropped
             s.accepted.append(n)
             s.generated.extend(s.drafts[:n] + [token])
@@ -197,6 +207,28 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
     seconds = time.perf_counter() - start
     return GenerationResult([s.generated for s in seqs], [s.accepted for s in seqs],
                             [s.forward_passes for s in seqs], seconds, mode, b)
+
+
+def _fused_verdicts(seqs, logits, params, generator) -> dict[int, tuple[int, int]]:
+    """Verify every active sequence with one launch of the fused Triton verifier."""
+    from .verifier_kernel import fused_verify
+
+    active = [i for i, s in enumerate(seqs) if not s.done]
+    M = max(len(seqs[i].drafts) for i in active)
+    V = logits.shape[-1]
+    ar = torch.zeros(len(active), M + 1, V, device=logits.device)
+    draft = torch.zeros(len(active), M, V, device=logits.device)
+    drafts = torch.zeros(len(active), M, dtype=torch.long, device=logits.device)
+    for row, i in enumerate(active):
+        m = len(seqs[i].drafts)
+        ar[row, : m + 1] = logits[i, : m + 1]
+        if m:
+            draft[row, :m] = seqs[i].draft_logits.to(logits.device)
+            drafts[row, :m] = torch.tensor(seqs[i].drafts)
+    num = torch.tensor([len(seqs[i].drafts) for i in active], device=logits.device)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    accepted, token = fused_verify(ar, draft, drafts, num, params, seed=seed)
+    return {i: (int(a), int(t)) for i, a, t in zip(active, accepted.tolist(), token.tolist())}
 
 
 def _take_drafts(s: SequenceState, slot_logits: torch.Tensor, params: SamplingParams, generator) -> None:

@@ -1,0 +1,120 @@
+"""Ahead-of-time compilation for GPU targets on a machine without a GPU, with resource reports.
+
+`triton.compile(ASTSource(...), target=GPUTarget(...))` produces AMDGCN + hsaco for gfx942 /
+gfx950 and PTX + cubin for sm_90. The report reads registers, spills and LDS from the AMDGCN
+metadata, and registers / local memory / shared memory from `cuobjdump --dump-resource-usage`
+(shipped with the triton wheel) for CUDA. Occupancy is the register- and LDS/smem-limited
+estimate: waves per SIMD on CDNA (512 VGPRs per lane, granule 8, at most 8 waves), warps per
+SM on Hopper (64 K registers, granule 256 per warp, at most 64 warps, 227 KiB shared).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from ..errors import ZdiffError
+
+AOT_TARGETS: dict[str, GPUTarget] = {
+    "mi300x": GPUTarget("hip", "gfx942", 64),
+    "mi355x": GPUTarget("hip", "gfx950", 64),
+    "h100": GPUTarget("cuda", 90, 32),
+    "h200": GPUTarget("cuda", 90, 32),
+}
+LDS_BYTES = {"gfx942": 64 * 1024, "gfx950": 160 * 1024}  # per workgroup
+SMEM_BYTES_SM90 = 227 * 1024
+
+
+@dataclass(frozen=True)
+class ResourceReport:
+    kernel: str
+    target: str
+    arch: str
+    num_warps: int
+    registers: int  # VGPRs + AGPRs per lane (AMD) or registers per thread (NVIDIA)
+    scalar_registers: int | None  # SGPRs (AMD)
+    spills: int  # spilled registers (AMD) or local-memory bytes per thread (NVIDIA)
+    shared_bytes: int  # LDS / shared memory per workgroup / block
+    matrix_instructions: bool  # MFMA (AMD) or wgmma / mma (NVIDIA) in the assembly
+    occupancy: int  # waves per SIMD (AMD) or warps per SM (NVIDIA)
+    binary_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_jit(kernel):
+    """The JITFunction behind a kernel, also when TRITON_INTERPRET=1 wrapped it for the CPU."""
+    if isinstance(kernel, triton.runtime.jit.JITFunction):
+        return kernel
+    return triton.runtime.jit.JITFunction(kernel.fn)
+
+
+def compile_for_target(kernel, signature: dict, constexprs: dict, target: str, num_warps: int = 4,
+                       num_stages: int = 2, **options):
+    """(compiled kernel, ResourceReport) for a target name of AOT_TARGETS."""
+    if target not in AOT_TARGETS:
+        raise ZdiffError(f"target must be one of {', '.join(AOT_TARGETS)}, got {target!r}")
+    gpu = AOT_TARGETS[target]
+    jit = as_jit(kernel)
+    source = ASTSource(jit, signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=gpu, options={"num_warps": num_warps, "num_stages": num_stages, **options})
+    if gpu.backend == "hip":
+        report = _amd_report(jit.__name__, target, gpu, num_warps, compiled)
+    else:
+        report = _cuda_report(jit.__name__, target, gpu, num_warps, compiled)
+    return compiled, report
+
+
+def _meta(asm: str, key: str) -> int:
+    match = re.search(re.escape(key) + r":\s+(\d+)", asm)
+    return int(match.group(1)) if match else 0
+
+
+def _amd_report(name, target, gpu, num_warps, compiled) -> ResourceReport:
+    asm = compiled.asm["amdgcn"]
+    vgprs = _meta(asm, ".vgpr_count") + _meta(asm, ".agpr_count")
+    lds = max(_meta(asm, ".group_segment_fixed_size"), compiled.metadata.shared)
+    waves = min(8, 512 // max(8, -(-vgprs // 8) * 8))
+    if lds:
+        waves_per_cu_by_lds = (LDS_BYTES[gpu.arch] // lds) * num_warps  # 4 SIMDs per CU share the LDS
+        waves = min(waves, max(0, waves_per_cu_by_lds // 4))
+    return ResourceReport(name, target, gpu.arch, num_warps, vgprs, _meta(asm, ".sgpr_count"),
+                          _meta(asm, ".vgpr_spill_count") + _meta(asm, ".sgpr_spill_count"), lds,
+                          bool(re.search(r"\bv_mfma", asm)), waves, len(compiled.asm["hsaco"]))
+
+
+def _cuda_report(name, target, gpu, num_warps, compiled) -> ResourceReport:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
+    shared = max(int(re.search(r"SHARED:(\d+)", usage).group(1)), compiled.metadata.shared)
+    per_warp = -(-regs * 32 // 256) * 256
+    blocks = 65536 // max(per_warp * num_warps, 1)
+    if shared:
+        blocks = min(blocks, SMEM_BYTES_SM90 // shared)
+    warps = min(64, blocks * num_warps)
+    ptx = compiled.asm["ptx"]
+    return ResourceReport(name, target, f"sm_{gpu.arch}", num_warps, regs, None, local, shared,
+                          bool(re.search(r"\b(wgmma|mma)\.", ptx)), warps, len(compiled.asm["cubin"]))
+
+
+def check_fits(report: ResourceReport, config: str) -> None:
+    """A config that spills or exceeds LDS / shared memory is an error naming kernel, config and resource."""
+    if report.spills:
+        raise ZdiffError(f"{report.kernel} [{config}] spills {report.spills} registers on {report.target} ({report.arch})")
+    limit = LDS_BYTES.get(report.arch, SMEM_BYTES_SM90)
+    if report.shared_bytes > limit:
+        raise ZdiffError(f"{report.kernel} [{config}] needs {report.shared_bytes} bytes of LDS/shared memory on "
+                         f"{report.target} ({report.arch}), the limit is {limit}")
