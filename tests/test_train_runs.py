@@ -150,19 +150,21 @@ def test_convert_an_imported_hf_checkpoint_with_its_tokenizer(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     tok.train([str(p) for p in sorted(corpus.iterdir())], trainers.BpeTrainer(vocab_size=90, special_tokens=["[UNK]"]))
     hf_dir = tmp_path / "hf"
-    tiny_qwen3_moe(0).save_pretrained(hf_dir)  # vocabulary 96: ids 90..95 are spare
+    tiny_qwen3_moe(0).save_pretrained(hf_dir)  # model vocabulary 96
     tok.save(str(hf_dir / "tokenizer.json"))
+    spare = tok.get_vocab_size()
+    assert spare < 96  # the embedding is padded past the tokenizer: the first spare id becomes the mask
     assert run_cli("import", hf_dir, tmp_path / "ck").returncode == 0
     r = run_cli("train", tmp_path / "ck" / "spec.yaml", "--data", corpus, "--mode", "tidar", "--steps", "2",
                 "--init", tmp_path / "ck", "--out", tmp_path / "conv", *FAST)
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "conv" / "run.json").read_text())
-    assert info["tokenizer"].endswith("tokenizer.json") and "mask token 90 (a spare id" in info["note"]
+    assert info["tokenizer"].endswith("tokenizer.json") and f"mask token {spare} (a spare id" in info["note"]
     import zdiff
 
     converted = zdiff.load_model(tmp_path / "conv" / "final")
     assert (tmp_path / "conv" / "final" / "tokenizer.json").is_file()
     from zdiff.spec import load_spec
 
-    assert load_spec(tmp_path / "conv" / "final" / "spec.yaml").diffusion.mask_token_id == 90
+    assert load_spec(tmp_path / "conv" / "final" / "spec.yaml").diffusion.mask_token_id == spare
     assert converted.spec.vocab_size == 96

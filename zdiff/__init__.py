@@ -13,4 +13,12 @@ def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None):
     return _load(checkpoint_dir, backend=backend, device=device, dtype=dtype)
 
 
-__all__ = ["CheckpointError", "Spec", "SpecError", "ZdiffError", "__version__", "load_model", "load_spec"]
+def generate(model, prompts, params=None, **kwargs):
+    """Decode token-id prompts (see zdiff.generate.loop.generate); returns a GenerationResult."""
+    from .generate import SamplingParams
+    from .generate import generate as _generate
+
+    return _generate(model, prompts, params or SamplingParams(), **kwargs)
+
+
+__all__ = ["CheckpointError", "Spec", "SpecError", "ZdiffError", "__version__", "generate", "load_model", "load_spec"]

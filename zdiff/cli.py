@@ -44,10 +44,17 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    from .generate.cli_run import run_generate
+
+    return run_generate(args)
+
+
 def _cmd_demo(args) -> int:
     from .demo import DemoPlan, run_demo
 
-    overrides = {name: getattr(args, name) for name in ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows")}
+    names = ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows", "new_tokens")
+    overrides = {name: getattr(args, name) for name in names}
     plan = DemoPlan(**{name: value for name, value in overrides.items() if value is not None})
     summary = run_demo(out=args.out, plan=plan, prompt=args.prompt)
     return 0 if summary["verdict"] == "PASS" else 1
@@ -96,11 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     tr.set_defaults(run=_cmd_train)
 
+    gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
+    gen.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. RUN/final)")
+    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
+    gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    gen.add_argument("--mix-weight", type=float, help="logit_mix weight w (1 = lossless)")
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--mode", choices=["ar", "tidar"], default="tidar")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--verifier", choices=["reference", "fused"], default="reference")
+    gen.add_argument("--compare-ar", action="store_true", help="also decode with AR and compare")
+    gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(run=_cmd_generate)
+
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):")
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
-    for flag in ("--ar-steps", "--tidar-steps", "--batch-size", "--seq-len", "--eval-windows"):
+    for flag in ("--ar-steps", "--tidar-steps", "--batch-size", "--seq-len", "--eval-windows", "--new-tokens"):
         demo.add_argument(flag, type=int, help="override the demo plan")
     demo.set_defaults(run=_cmd_demo)
     return parser

@@ -52,3 +52,25 @@ def loss_curve(records: list[dict], path: Path, title: str) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def acceptance_histogram(results: dict, path: Path, title: str) -> bool:
+    """Tokens committed per forward pass, one bar group per decoding run (name -> GenerationResult)."""
+    plt = _pyplot()
+    if plt is None or not results:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(results)
+    for k, (name, result) in enumerate(results.items()):
+        counts = result.histogram()
+        total = max(1, sum(counts))
+        xs = [i + 1 + (k - (len(results) - 1) / 2) * width for i in range(len(counts))]
+        ax.bar(xs, [c / total for c in counts], width=width, label=f"{name} (T/NFE {result.tokens_per_forward:.2f})")
+    ax.set_xlabel("tokens committed in one forward pass (accepted drafts + 1)")
+    ax.set_ylabel("share of decode steps")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,70 @@
+"""`zdiff generate`: load a checkpoint, decode prompts, print text and statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint.store import SPEC_FILE, load_model
+from ..errors import ZdiffError
+from ..spec import load_spec
+from ..train.data import Tokenizer
+from .loop import GenerationResult, generate
+from .sampling import SamplingParams
+
+
+def stop_tokens_of(checkpoint: Path, tokenizer: Tokenizer) -> tuple[int, ...]:
+    if tokenizer.tokenizer_json is None:
+        return (tokenizer.byte.eos_id,)
+    config = checkpoint / "generation_config.json"
+    if config.is_file():
+        eos = json.loads(config.read_text()).get("eos_token_id")
+        if eos is not None:
+            return tuple(eos) if isinstance(eos, list) else (eos,)
+    return ()
+
+
+def stats_table(runs: dict[str, GenerationResult]) -> str:
+    rows = [f"{'decoding':<26} {'tokens':>7} {'forwards':>9} {'T/NFE':>7} {'tokens/s':>9}  tokens per forward (1..b)"]
+    for name, r in runs.items():
+        rows.append(f"{name:<26} {r.total_tokens:>7} {sum(r.forward_passes):>9} {r.tokens_per_forward:>7.2f} "
+                    f"{r.tokens_per_second:>9.1f}  {r.histogram()}")
+    return "\n".join(rows)
+
+
+def run_generate(args) -> int:
+    checkpoint = Path(args.checkpoint)
+    model = load_model(checkpoint)
+    spec = load_spec(checkpoint / SPEC_FILE)
+    tokenizer_json = checkpoint / "tokenizer.json"
+    tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
+    params = SamplingParams.from_spec(spec.sampler, kind=args.sampler, mix_weight=args.mix_weight,
+                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if params.kind == "logit_mix" and not 0.0 <= params.mix_weight <= 1.0:
+        raise ZdiffError(f"--mix-weight must be in [0, 1], got {params.mix_weight}")
+    if params.temperature <= 0:
+        raise ZdiffError(f"--temperature must be positive, got {params.temperature}")
+    prompts = [tokenizer.encode(p).tolist() for p in args.prompt]
+    if any(not p for p in prompts):
+        raise ZdiffError("--prompt must not be empty")
+    common = dict(diffusion=spec.diffusion, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                  stop_tokens=stop_tokens_of(checkpoint, tokenizer), verifier=args.verifier)
+    runs = {f"{args.mode} {params.kind}": generate(model, prompts, params, mode=args.mode, **common)}
+    if args.compare_ar and args.mode != "ar":
+        runs[f"ar {params.kind}"] = generate(model, prompts, params, mode="ar", **common)
+    main = next(iter(runs.values()))
+    texts = [tokenizer.decode(t) for t in main.tokens]
+    if args.histogram:
+        from ..plots import acceptance_histogram
+
+        if not acceptance_histogram(runs, Path(args.histogram), f"{spec.name}: tokens per forward pass"):
+            raise ZdiffError("--histogram needs matplotlib (pip install 'zdiff[plots]')")
+    if args.json:
+        print(json.dumps({"texts": texts, "tokens": main.tokens,
+                          "runs": {name: r.summary() for name, r in runs.items()}}, indent=2))
+    else:
+        for prompt, text in zip(args.prompt, texts):
+            print(f"{prompt}{text}")
+            print("-" * 40)
+        print(stats_table(runs))
+    return 0
