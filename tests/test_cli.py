@@ -71,3 +71,42 @@ def test_demo_runs_end_to_end_on_a_small_plan(tmp_path):
     assert result.returncode == (0 if summary["verdict"] == "PASS" else 1)
     assert (tmp_path / "demo" / "tidar" / "final" / "spec.yaml").is_file()
     assert (tmp_path / "demo" / "ar" / "loss.png").is_file()
+
+
+def test_generate_cli_end_to_end(tmp_path):
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.runtime import build_model
+    from zdiff.spec import load_spec
+
+    spec = load_spec("zaya1-tiny")
+    save_checkpoint(build_model(spec.model, seed=0), spec, tmp_path / "ck")
+    png = tmp_path / "hist.png"
+    result = run_cli("generate", tmp_path / "ck", "--prompt", "def f(x):", "--prompt", "import", "--max-new-tokens", "5",
+                     "--compare-ar", "--json", "--histogram", png, "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["texts"]) == 2 and all(len(t) <= 5 for t in data["tokens"])
+    assert set(data["runs"]) == {"tidar lossless", "ar lossless"}
+    for run in data["runs"].values():
+        assert run["tokens_per_forward"] >= 1.0 and len(run["tokens_per_step_histogram"]) == spec.diffusion.block_size
+    assert data["runs"]["ar lossless"]["tokens_per_forward"] == 1.0
+    assert png.stat().st_size > 1000
+    table = run_cli("generate", tmp_path / "ck", "--prompt", "x", "--max-new-tokens", "3", "--sampler", "greedy")
+    assert table.returncode == 0 and "T/NFE" in table.stdout
+
+
+def test_generate_cli_errors(tmp_path):
+    missing = run_cli("generate", tmp_path / "nope", "--prompt", "x")
+    assert missing.returncode == 2 and "checkpoint directory not found" in missing.stderr
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.runtime import build_model
+    from zdiff.spec import load_spec
+
+    spec = load_spec("zaya1-tiny")
+    save_checkpoint(build_model(spec.model, seed=0), spec, tmp_path / "ck")
+    bad = run_cli("generate", tmp_path / "ck", "--prompt", "x", "--sampler", "logit_mix", "--mix-weight", "1.5")
+    assert bad.returncode == 2 and "--mix-weight must be in [0, 1], got 1.5" in bad.stderr
+    empty = run_cli("generate", tmp_path / "ck", "--prompt", "")
+    assert empty.returncode == 2 and "--prompt must not be empty" in empty.stderr
+    fused_topk = run_cli("generate", tmp_path / "ck", "--prompt", "x", "--verifier", "fused", "--top-k", "5")
+    assert fused_topk.returncode == 2 and "does not apply top-k" in fused_topk.stderr

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, SpecError
-from ..spec import Spec, dump_spec, spec_from_dict
+from ..spec import Spec, spec_from_dict
 from .atomic import atomic_directory
-from .store import SPEC_FILE, _few, copy_tokenizer
-from .tensors import TensorSource, write_tensors
+from .store import short_list, copy_tokenizer, write_checkpoint_files
+from .tensors import TensorSource
 
 SUPPORTED = ("zaya", "qwen3_moe")
 
@@ -166,7 +166,7 @@ def _load_source_tensor(source: TensorSource, model_type: str, name: str, layer_
         names = [f"{base}.{e}.{p}.weight" for e in range(layer_prefix_experts) for p in parts]
         missing = [n for n in names if n not in source]
         if missing:
-            raise CheckpointError(f"missing tensor(s) {_few(missing)} (nor fused {theirs})")
+            raise CheckpointError(f"missing tensor(s) {short_list(missing)} (nor fused {theirs})")
         per_expert = [torch.cat([source.get(f"{base}.{e}.{p}.weight") for p in parts], dim=0)
                       for e in range(layer_prefix_experts)]
         return torch.stack(per_expert), names
@@ -208,11 +208,10 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
     # a tied checkpoint may still store lm_head.weight; anything else unused means a mismatch
     unused = [n for n in source.names() if n not in used and not (spec.model.tie_embeddings and n == "lm_head.weight")]
     if unused:
-        raise CheckpointError(f"{hf_dir}: tensor(s) zdiff does not know how to use: {_few(unused)}")
+        raise CheckpointError(f"{hf_dir}: tensor(s) zdiff does not know how to use: {short_list(unused)}")
 
     with atomic_directory(out_dir, force=force) as tmp:
-        (tmp / SPEC_FILE).write_text(dump_spec(spec))
-        write_tensors(tmp, converted.items(), metadata={"spec_hash": spec.hash(), "imported_from": model_type})
+        write_checkpoint_files(tmp, spec, converted, metadata={"imported_from": model_type})
         copied = copy_tokenizer(hf_dir, tmp)
         provenance = {"source": str(hf_dir.resolve()), "model_type": model_type, "tokenizer_files": copied,
                       "hf_config": cfg}

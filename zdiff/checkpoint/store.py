@@ -29,14 +29,20 @@ def copy_tokenizer(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def write_checkpoint_files(directory: Path, spec: Spec, state: dict, tokenizer_dir: str | Path | None = None,
+                           metadata: dict[str, str] | None = None) -> None:
+    """spec.yaml + safetensors (+ tokenizer files) into an existing (temporary) directory."""
+    (directory / SPEC_FILE).write_text(dump_spec(spec))
+    write_tensors(directory, state.items(), metadata={"spec_hash": spec.hash(), **(metadata or {})})
+    if tokenizer_dir is not None:
+        copy_tokenizer(Path(tokenizer_dir), directory)
+
+
 def save_checkpoint(model, spec: Spec, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
                     force: bool = False) -> Path:
     """Write spec + weights (+ tokenizer files) atomically."""
     with atomic_directory(out_dir, force=force) as tmp:
-        (tmp / SPEC_FILE).write_text(dump_spec(spec))
-        write_tensors(tmp, model.state_dict().items(), metadata={"spec_hash": spec.hash()})
-        if tokenizer_dir is not None:
-            copy_tokenizer(Path(tokenizer_dir), tmp)
+        write_checkpoint_files(tmp, spec, model.state_dict(), tokenizer_dir)
     return Path(out_dir)
 
 
@@ -69,15 +75,15 @@ def load_model(checkpoint_dir: str | Path, backend: str = "torch", device=None, 
 def check_tensor_names(directory, expected: dict[str, torch.Tensor], source: TensorSource) -> None:
     missing = [n for n in expected if n not in source]
     if missing:
-        raise CheckpointError(f"{directory}: missing tensor(s) {_few(missing)}")
+        raise CheckpointError(f"{directory}: missing tensor(s) {short_list(missing)}")
     unexpected = [n for n in source.names() if n not in expected]
     if unexpected:
-        raise CheckpointError(f"{directory}: tensor(s) the spec does not use: {_few(unexpected)}")
+        raise CheckpointError(f"{directory}: tensor(s) the spec does not use: {short_list(unexpected)}")
     for name, tensor in expected.items():
         if source.shape(name) != tuple(tensor.shape):
             raise CheckpointError(f"{directory}: tensor {name} has shape {list(source.shape(name))}, the spec needs {list(tensor.shape)}")
 
 
-def _few(names: list[str], n: int = 4) -> str:
+def short_list(names: list[str], n: int = 4) -> str:
     more = f" and {len(names) - n} more" if len(names) > n else ""
     return ", ".join(names[:n]) + more

@@ -29,6 +29,28 @@ TINY = tl.constexpr(1e-38)  # keeps tl.log away from 0 in lanes that tl.where di
 
 
 @triton.jit
+def _target_and_draft(ar_row, draft_row, idx, V, banned_id, mix_weight, inv_temperature):
+    """One vocabulary chunk of a verify row: target logits t and draft logits z_q, -inf outside."""
+    valid = (idx < V) & (idx != banned_id)
+    za = tl.load(ar_row + idx, mask=valid, other=0.0)
+    zd = tl.load(draft_row + idx, mask=valid, other=0.0)
+    t = tl.where(valid, (mix_weight * za + (1.0 - mix_weight) * zd) * inv_temperature, NEG_INF)
+    zq = tl.where(valid, zd * inv_temperature, NEG_INF)
+    return t, zq
+
+
+@triton.jit
+def _gumbel(gumbel_ptr, seed, offset, idx, V, GIVEN_NOISE: tl.constexpr):
+    """Gumbel noise for one vocabulary chunk: given (tests) or from the counter-based RNG."""
+    if GIVEN_NOISE:
+        g = tl.load(gumbel_ptr + offset, mask=idx < V, other=0.0)
+    else:
+        u = tl.rand(seed, offset)
+        g = -tl.log(-tl.log(tl.minimum(tl.maximum(u, 1e-7), 1.0 - 1e-7)))
+    return g
+
+
+@triton.jit
 def fused_verify_kernel(
     ar_logits_ptr, draft_logits_ptr, drafts_ptr, num_drafts_ptr, uniforms_ptr, gumbel_ptr,
     accepted_ptr, token_ptr,
@@ -56,11 +78,8 @@ def fused_verify_kernel(
             best_t_idx = m * 0
             for v0 in range(0, V, BLOCK_V):
                 idx = v0 + offs
-                valid = (idx < V) & (idx != banned_id)
-                za = tl.load(ar_base + i * V + idx, mask=valid, other=0.0)
-                zd = tl.load(draft_base + i * V + idx, mask=valid, other=0.0)
-                t = tl.where(valid, (mix_weight * za + (1.0 - mix_weight) * zd) * inv_temperature, NEG_INF)
-                zq = tl.where(valid, zd * inv_temperature, NEG_INF)
+                t, zq = _target_and_draft(ar_base + i * V, draft_base + i * V, idx, V, banned_id, mix_weight,
+                                          inv_temperature)
                 chunk_max_t = tl.max(t, 0)
                 new_max_t = tl.maximum(max_t, chunk_max_t)
                 sum_t = sum_t * tl.exp(max_t - new_max_t) + tl.sum(tl.exp(t - new_max_t), 0)
@@ -97,17 +116,11 @@ def fused_verify_kernel(
                     best_p_idx = m * 0
                     for v0 in range(0, V, BLOCK_V):
                         idx = v0 + offs
-                        valid = (idx < V) & (idx != banned_id)
-                        za = tl.load(ar_base + i * V + idx, mask=valid, other=0.0)
-                        zd = tl.load(draft_base + i * V + idx, mask=valid, other=0.0)
-                        t = (mix_weight * za + (1.0 - mix_weight) * zd) * inv_temperature
-                        p = tl.where(valid, tl.exp(t - max_t) / sum_t, 0.0)
-                        q = tl.where(valid, tl.exp(zd * inv_temperature - max_q) / sum_q, 0.0)
-                        if GIVEN_NOISE:
-                            g = tl.load(gumbel_ptr + noise_base + i * V + idx, mask=idx < V, other=0.0)
-                        else:
-                            u_v = tl.rand(seed, noise_base + i * V + idx)
-                            g = -tl.log(-tl.log(tl.minimum(tl.maximum(u_v, 1e-7), 1.0 - 1e-7)))
+                        t, zq = _target_and_draft(ar_base + i * V, draft_base + i * V, idx, V, banned_id,
+                                                  mix_weight, inv_temperature)
+                        p = tl.exp(t - max_t) / sum_t  # exp(-inf) = 0 outside the vocabulary / on the ban
+                        q = tl.exp(zq - max_q) / sum_q
+                        g = _gumbel(gumbel_ptr, seed, noise_base + i * V + idx, idx, V, GIVEN_NOISE)
                         key = tl.where(p > q, tl.log(tl.maximum(p - q, TINY)) + g, NEG_INF)
                         key_p = tl.where(p > 0, tl.log(tl.maximum(p, TINY)) + g, NEG_INF)
                         chunk_best = tl.max(key, 0)
@@ -130,11 +143,7 @@ def fused_verify_kernel(
             if GREEDY:
                 key = tl.where(valid, t, NEG_INF)
             else:
-                if GIVEN_NOISE:
-                    g = tl.load(gumbel_ptr + noise_base + m * V + idx, mask=idx < V, other=0.0)
-                else:
-                    u_v = tl.rand(seed, noise_base + m * V + idx)
-                    g = -tl.log(-tl.log(tl.minimum(tl.maximum(u_v, 1e-7), 1.0 - 1e-7)))
+                g = _gumbel(gumbel_ptr, seed, noise_base + m * V + idx, idx, V, GIVEN_NOISE)
                 key = tl.where(valid, t + g, NEG_INF)
             chunk_best = tl.max(key, 0)
             if chunk_best > best:

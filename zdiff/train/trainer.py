@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
-from ..checkpoint.store import SPEC_FILE, copy_tokenizer, load_model
-from ..checkpoint.tensors import write_tensors
+from ..checkpoint.store import SPEC_FILE, load_model, write_checkpoint_files
+from ..checkpoint.tensors import TensorSource
 from ..errors import ZdiffError
 from ..plots import loss_curve
 from ..runtime import build_model
 from ..runtime.moe import expert_load, update_balancing_bias
-from ..spec import Spec, dump_spec, load_spec
+from ..spec import Spec, load_spec
 from .convert import add_mask_token
 from .data import Tokenizer, split_corpus
 from .evaluate import evaluate
@@ -158,20 +159,11 @@ class RunDir:
     def save(self, step: int, spec: Spec, model_state: dict, optim_state: dict, tokenizer_dir: Path | None):
         name = f"step_{step:07d}"
         with atomic_directory(self.checkpoints / name, force=True) as tmp:
-            _write_model(tmp, spec, model_state, tokenizer_dir)
+            write_checkpoint_files(tmp, spec, model_state, tokenizer_dir)
             torch.save({"step": step, "optimizer": optim_state}, tmp / "trainer.pt")
         atomic_write_text(self.root / "latest", name + "\n")
         for old in sorted(self.checkpoints.glob("step_*"))[:-KEEP_CHECKPOINTS]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_model(directory: Path, spec: Spec, state: dict, tokenizer_dir: Path | None) -> None:
-    (directory / SPEC_FILE).write_text(dump_spec(spec))
-    write_tensors(directory, state.items(), metadata={"spec_hash": spec.hash()})
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, directory)
 
 
 # --- model and spec ----------------------------------------------------------------------
@@ -239,8 +231,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     start = 0
     if resume:
         trainer_state = torch.load(latest / "trainer.pt", weights_only=False)
-        from ..checkpoint.tensors import TensorSource
-
         source = TensorSource(latest)
         model_state = {name: source.get(name) for name in source.names()}
         _load_state_dicts(wrapped, optimizer, model_state, trainer_state["optimizer"])
@@ -310,7 +300,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         metrics_file.close()
         model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
         with atomic_directory(run.root / "final", force=True) as tmp:
-            _write_model(tmp, spec, model_state, tokenizer_dir)
+            write_checkpoint_files(tmp, spec, model_state, tokenizer_dir)
         loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
         log(f"[train] done: final loss {last.get('loss', float('nan')):.4f}; held-out AR "
             f"{final_eval['heldout_ar_bits_per_byte']:.4f} bits/byte"

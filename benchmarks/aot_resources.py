@@ -1,0 +1,37 @@
+"""Static resource report of every AOT-compiled kernel for every GPU target (no GPU needed).
+
+    python benchmarks/aot_resources.py > aot.md
+
+Prints a Markdown table (registers, spills, LDS / shared memory, occupancy, matrix
+instructions) for BENCHMARKS.md. Run it without TRITON_INTERPRET set.
+"""
+
+import os
+import sys
+import warnings
+
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
+from zdiff.generate.verifier_kernel import aot_signature, fused_verify_kernel  # noqa: E402
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    print(f"triton {triton.__version__}\n")
+    print("| kernel | config | target | arch | regs | sgprs | spills | LDS/smem B | occupancy | matrix instr |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for greedy in (False, True):
+        signature, constexprs = aot_signature(given_noise=False, greedy=greedy)
+        for target in sorted(AOT_TARGETS):
+            _, r = compile_for_target(fused_verify_kernel, signature, constexprs, target, num_warps=4)
+            config = f"{'greedy' if greedy else 'stochastic'}, BLOCK_V=1024, 4 warps"
+            unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
+            print(f"| fused_verify | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
+                  f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {'yes' if r.matrix_instructions else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
