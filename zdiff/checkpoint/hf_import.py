@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..errors import CheckpointError, SpecError
 from ..spec import Spec, spec_from_dict
@@ -194,7 +195,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
 
     used: set[str] = set()
     converted: dict[str, torch.Tensor] = {}
-    for name, meta in expected.items():
+    for name, meta in tqdm(expected.items(), desc="import tensors", unit="tensor", leave=False):
         if name.endswith("balancing_bias") and model_type == "qwen3_moe":
             converted[name] = torch.zeros(meta.shape)  # Qwen3 has none; zeros leave routing unchanged
             continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ..checkpoint.store import SPEC_FILE, load_model
 from ..errors import ZdiffError
 from ..spec import load_spec
@@ -49,9 +51,14 @@ def run_generate(args) -> int:
         raise ZdiffError("--prompt must not be empty")
     common = dict(diffusion=spec.diffusion, max_new_tokens=args.max_new_tokens, seed=args.seed,
                   stop_tokens=stop_tokens_of(checkpoint, tokenizer), verifier=args.verifier)
-    runs = {f"{args.mode} {params.kind}": generate(model, prompts, params, mode=args.mode, **common)}
-    if args.compare_ar and args.mode != "ar":
-        runs[f"ar {params.kind}"] = generate(model, prompts, params, mode="ar", **common)
+    modes = [args.mode] + (["ar"] if args.compare_ar and args.mode != "ar" else [])
+    runs = {}
+    for mode in modes:
+        with tqdm(total=len(prompts) * args.max_new_tokens, desc=f"generate {mode}", unit="tok", leave=False) as bar:
+            def advance(done: int, bar=bar) -> None:
+                bar.update(done - bar.n)
+
+            runs[f"{mode} {params.kind}"] = generate(model, prompts, params, mode=mode, progress=advance, **common)
     main = next(iter(runs.values()))
     texts = [tokenizer.decode(t) for t in main.tokens]
     if args.histogram:
