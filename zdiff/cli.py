@@ -36,6 +36,15 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_compile(args) -> int:
+    from .codegen.compile import compile_spec
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    compile_spec(spec, args.target, args.out or f"build/{spec.name}/{args.target}", force=args.force)
+    return 0
+
+
 def _cmd_train(args) -> int:
     from .train import TrainConfig, train
 
@@ -78,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     imp.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the file's dtype)")
     imp.set_defaults(run=_cmd_import)
+
+    comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
+    comp.add_argument("spec")
+    comp.add_argument("--target", required=True, help="mi300x, mi355x, h100, h200 or cpu (sources only)")
+    comp.add_argument("--out", help="output directory (default build/<spec name>/<target>)")
+    comp.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    comp.set_defaults(run=_cmd_compile)
 
     tr = sub.add_parser("train", help="train AR, or convert AR -> TiDAR diffusion (--mode tidar --init CKPT)")
     tr.add_argument("spec", help="spec YAML or preset name")

@@ -1,7 +1,9 @@
 """Lowering spec -> kernel plans -> Jinja2-rendered Triton sources -> AOT binaries.
 
-Here now: `aot`, ahead-of-time compilation for gfx942 / gfx950 / sm_90 with resource
-reports (used by the fused verifier). The spec-driven templates and the generated model
-arrive with issue #4 (attention, CCA, norms) and #5 (MoE); until then
-`zdiff.load_model(..., backend="triton")` says so instead of silently using torch.
+- `plan`: which kernel instances a spec needs (today: RMSNorm per normalised width);
+- `render`: Jinja2 templates from zdiff/templates -> readable, importable sources;
+- `aot`: ahead-of-time compilation for gfx942 / gfx950 / sm_90 with resource reports;
+- `compile`: `zdiff compile` (sources, binaries, manifest; byte-identical reruns).
+The attention, CCA and MoE templates and the generated model (`backend="triton"`) are the
+rest of issues #4 / #5; until they exist `zdiff.load_model(..., backend="triton")` says so.
 """

@@ -1,4 +1,5 @@
-"""Jinja2 templates of the Triton kernels, one file per kernel family (issue #4).
+"""Jinja2 templates of the Triton kernels, one file per kernel family, read by zdiff.codegen.render.
 
-Shipped as package data and read through importlib.resources.
+Each template starts with a glossary of its symbols; tunables are tl.constexpr; the
+rendered file carries a header naming the template and the spec hash.
 """

@@ -1,0 +1,87 @@
+"""`zdiff compile`: plans -> rendered Triton sources -> AOT binaries + manifest, in one directory.
+
+Layout of the output directory:
+  spec.yaml              the resolved spec the kernels came from
+  kernels/<name>.py      readable, importable Triton source with its autograd wrapper
+  binaries/<kernel>.<target>.{hsaco,cubin}   GPU targets only
+  manifest.json          spec hash, Triton version, every kernel instance with its constants,
+                         launch config and resource report
+Nothing in it depends on time or on temporary paths (line info is disabled for AOT), so
+compiling the same spec twice gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import triton
+from tqdm import tqdm
+
+from .. import __version__
+from ..checkpoint.atomic import atomic_directory
+from ..errors import ZdiffError
+from ..spec import Spec, dump_spec
+from .aot import AOT_TARGETS, check_fits, compile_for_target
+from .plan import plan_kernels
+from .render import load_module, render
+
+BINARY_EXT = {"hip": "hsaco", "cuda": "cubin"}
+
+
+def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = False, log=print) -> dict:
+    if target not in (*AOT_TARGETS, "cpu"):
+        raise ZdiffError(f"--target must be one of {', '.join([*AOT_TARGETS, 'cpu'])}, got {target!r}")
+    if target not in spec.targets:
+        raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {target} to compile for it")
+    dtype = "fp32" if target == "cpu" else "bf16"
+    plans = plan_kernels(spec, dtype)
+    with _no_line_info(), atomic_directory(out_dir, force=force) as tmp:
+        (tmp / "kernels").mkdir()
+        entries = []
+        for plan in tqdm(plans, desc=f"compile {target}", unit="kernel", leave=False):
+            path = tmp / "kernels" / f"{plan.name}.py"
+            path.write_text(render(plan, spec))
+            entry = {"name": plan.name, "template": plan.template, "file": f"kernels/{plan.name}.py",
+                     "constants": plan.constants, "num_warps": plan.num_warps}
+            if target != "cpu":
+                entry["aot"] = _aot(load_module(path, plan.name), target, tmp / "binaries")
+            entries.append(entry)
+        manifest = {"zdiff_version": __version__, "spec": spec.name, "spec_hash": spec.hash(), "target": target,
+                    "triton_version": triton.__version__, "dtype": dtype, "kernels": entries}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / "spec.yaml").write_text(dump_spec(spec))
+    log(f"compiled {len(entries)} kernel instance(s) of {spec.name} for {target} -> {out_dir}")
+    return manifest
+
+
+@contextlib.contextmanager
+def _no_line_info():
+    """Line info would embed the temporary source path in the binaries (and break determinism)."""
+    previous = os.environ.get("TRITON_DISABLE_LINE_INFO")
+    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_DISABLE_LINE_INFO"]
+        else:
+            os.environ["TRITON_DISABLE_LINE_INFO"] = previous
+
+
+def _aot(module, target: str, binaries: Path) -> dict:
+    binaries.mkdir(exist_ok=True)
+    reports = {}
+    for kernel_name, (kernel, signature, constexprs) in module.AOT.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled, report = compile_for_target(kernel, signature, constexprs, target, num_warps=module.NUM_WARPS)
+        check_fits(report, f"num_warps={module.NUM_WARPS} {constexprs}")
+        backend = AOT_TARGETS[target].backend
+        ext = BINARY_EXT[backend]
+        (binaries / f"{kernel_name}.{target}.{ext}").write_bytes(compiled.asm[ext])
+        reports[kernel_name] = report.to_dict()
+    return reports

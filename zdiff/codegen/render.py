@@ -1,0 +1,36 @@
+"""Render kernel plans through the Jinja2 templates shipped in zdiff/templates."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import jinja2
+
+from ..spec import Spec
+from .plan import KernelPlan
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("zdiff", "templates"),
+    undefined=jinja2.StrictUndefined,  # a missing plan constant is an error, not an empty string
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def render(plan: KernelPlan, spec: Spec) -> str:
+    class_name = "".join(part.capitalize() for part in plan.name.split("_")) + "Function"
+    return _ENV.get_template(plan.template).render(
+        template=plan.template, spec_name=spec.name, spec_hash=spec.hash(), name=plan.name,
+        class_name=class_name, num_warps=plan.num_warps, **plan.constants,
+    )
+
+
+def load_module(path: Path, name: str):
+    """Import a rendered kernel file (Triton needs the source on disk to compile it)."""
+    spec = importlib.util.spec_from_file_location(f"zdiff_generated.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
