@@ -19,6 +19,8 @@ def _cmd_check(args) -> int:
     from .report import format_summary, spec_summary
     from .spec import load_spec
 
+    if args.context < 0:
+        raise ZdiffError(f"--context must not be negative, got {args.context}")
     spec = load_spec(args.spec)
     summary = spec_summary(spec, context=args.context, dtype_bytes=2 if args.dtype != "fp32" else 4)
     print(json.dumps(summary, indent=2) if args.json else format_summary(spec, summary))
