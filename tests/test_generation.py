@@ -43,7 +43,7 @@ def test_cached_steps_equal_brute_force_patterns(name):
     committed = [p[:] for p in prompts]
     gen = torch.Generator().manual_seed(0)
     for step, accept in enumerate([(1, 0), (2, 3)]):
-        plans, pendings = [], []
+        plans = []
         for i in range(2):
             m = [5, 3][i] if step == 0 else [4, 5][i]
             levels = tuple(a for a in (0, 2, 4) if a <= m)
