@@ -1,0 +1,144 @@
+"""One script for a session that is lent a GPU: check correctness on the device, then time.
+
+    PYTHONPATH=. python benchmarks/gpu_session.py --out "$OUT"          # on the GPU machine
+    TRITON_INTERPRET=1 python benchmarks/gpu_session.py --smoke        # CPU: tiny shapes, logic only
+
+Checks (bf16 / fp32 on the device, against the reference implementations):
+  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary;
+  - rendered RMSNorm kernel forward / backward vs the fp64 reference.
+Times (triton.testing.do_bench, median):
+  - fused verifier at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s;
+  - RMSNorm forward and backward at 8192 x 2048 bf16 vs the torch reference, GB/s.
+Writes results.json and results.md (card, versions, date) into --out for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zdiff.codegen.plan import KernelPlan  # noqa: E402
+from zdiff.codegen.render import load_module, render  # noqa: E402
+from zdiff.generate import sampling  # noqa: E402
+from zdiff.generate.sampling import SamplingParams  # noqa: E402
+from zdiff.generate.verifier_kernel import fused_verify  # noqa: E402
+from zdiff.runtime.norms import RMSNorm  # noqa: E402
+from zdiff.spec import load_spec  # noqa: E402
+
+
+def bench(fn, smoke: bool) -> float:
+    if smoke:
+        fn()
+        return float("nan")
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def check_verifier(device, V, B, M, results):
+    gen = torch.Generator().manual_seed(0)
+    params = SamplingParams(kind="lossless", temperature=0.9, banned=(V - 1,))
+    ar = torch.randn(B, M + 1, V, generator=gen) * 3
+    draft = ar[:, :M] + 0.5 * torch.randn(B, M, V, generator=gen)  # close to the target: long acceptances
+    q = sampling.probabilities(draft, params)
+    drafts = torch.stack([torch.multinomial(q[b], 1, generator=gen).squeeze(-1) for b in range(B)])
+    num = torch.full((B,), M)
+    uniforms = torch.rand(B, M, generator=gen)
+    gumbel = sampling.draw_gumbel((B, M + 1, V), gen)
+    acc, tok = fused_verify(ar.to(device), draft.to(device), drafts.to(device), num.to(device), params,
+                            uniforms=uniforms.to(device), gumbel=gumbel.to(device))
+    mismatches = 0
+    for b in range(B):
+        target = sampling.target_probs(ar[b], draft[b], params)
+        expected = sampling.verify_stochastic(target, q[b], drafts[b], uniforms[b], gumbel[b])
+        mismatches += (int(acc[b]), int(tok[b])) != expected
+    results["checks"]["fused_verify_matches_reference"] = {"sequences": B, "vocab": V, "mismatches": mismatches}
+    return mismatches == 0
+
+
+def time_verifier(device, V, M, batches, smoke, results):
+    params = SamplingParams(kind="lossless", banned=(V - 1,))
+    for B in batches:
+        ar = torch.randn(B, M + 1, V, device=device)
+        draft = ar[:, :M].clone()  # identical distributions: every draft accepted, the longest path
+        drafts = torch.zeros(B, M, dtype=torch.long, device=device)
+        num = torch.full((B,), M, device=device)
+        ms = bench(lambda: fused_verify(ar, draft, drafts, num, params, seed=1), smoke)
+        bytes_read = B * (2 * M + 1) * V * 4 * 2  # two passes' worth of fp32 logits per accepted row, bonus row
+        results["timings"].append({"kernel": "fused_verify", "batch": B, "drafts": M, "vocab": V, "ms": ms,
+                                   "GB/s": bytes_read / (ms * 1e-3) / 1e9 if ms == ms else None})
+
+
+def rmsnorm_module(D, dtype):
+    plan = KernelPlan(f"rmsnorm_d{D}", "rmsnorm", {"D": D, "BLOCK_D": triton.next_power_of_2(D), "ROWS": 16,
+                                                  "ptr": "*bf16", "dtype": dtype}, num_warps=8 if D > 1024 else 4)
+    path = Path(tempfile.mkdtemp()) / f"{plan.name}.py"
+    path.write_text(render(plan, load_spec("zaya1-8b")))
+    return load_module(path, plan.name)
+
+
+def check_and_time_rmsnorm(device, N, D, dtype, smoke, results):
+    module = rmsnorm_module(D, "bf16" if dtype == torch.bfloat16 else "fp32")
+    x = torch.randn(N, D, device=device, dtype=dtype, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(D, device=device)).to(dtype).requires_grad_()
+    dy = torch.randn(N, D, device=device, dtype=dtype)
+    ref = RMSNorm(D, 1e-5).double().to(device)
+    with torch.no_grad():
+        ref.weight.copy_(w.double())
+    x64 = x.detach().double().requires_grad_()
+    y64 = ref(x64)
+    y64.backward(dy.double())
+    y = module.rms_norm(x, w, 1e-5)
+    y.backward(dy)
+    errors = {"forward": (y.double() - y64).abs().max().item(), "dx": (x.grad.double() - x64.grad).abs().max().item(),
+              "dw": (w.grad.double() - ref.weight.grad).abs().max().item() / max(1.0, ref.weight.grad.abs().max().item())}
+    results["checks"][f"rmsnorm_{N}x{D}_{dtype}"] = errors
+    ok = errors["forward"] < 0.05 and errors["dx"] < 0.05 and errors["dw"] < 0.05
+    ref_cast = RMSNorm(D, 1e-5).to(device=device, dtype=dtype)
+    xd = x.detach()
+    for name, fn in (("rmsnorm_fwd zdiff", lambda: module.rms_norm(xd, w.detach(), 1e-5)),
+                     ("rmsnorm_fwd torch", lambda: ref_cast(xd))):
+        ms = bench(fn, smoke)
+        results["timings"].append({"kernel": name, "rows": N, "D": D, "dtype": str(dtype), "ms": ms,
+                                   "GB/s": 2 * N * D * x.element_size() / (ms * 1e-3) / 1e9 if ms == ms else None})
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_results"))
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, no timing (CPU / interpreter)")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+               "torch": torch.__version__, "triton": triton.__version__, "checks": {}, "timings": []}
+    V, N, D = (40, 6, 48) if args.smoke else (262272, 8192, 2048)
+    ok = check_verifier(device, V, B=3 if args.smoke else 8, M=3 if args.smoke else 15, results=results)
+    ok &= check_and_time_rmsnorm(device, N, D, torch.float32 if device == "cpu" else torch.bfloat16, args.smoke, results)
+    time_verifier(device, V, M=3 if args.smoke else 15, batches=(1,) if args.smoke else (1, 8, 32),
+                  smoke=args.smoke, results=results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    lines = [f"{results['device']}, torch {results['torch']}, triton {results['triton']}, {results['date']}", "",
+             "| kernel | shape | ms | GB/s |", "|---|---|---|---|"]
+    for t in results["timings"]:
+        shape = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("kernel", "ms", "GB/s"))
+        gbs = f"{t['GB/s']:.0f}" if t["GB/s"] else "-"
+        lines.append(f"| {t['kernel']} | {shape} | {t['ms']:.4f} | {gbs} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(results["checks"], indent=1))
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The GPU-session script must not rot between the sessions that have a GPU: run its smoke mode."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_gpu_session_script_smoke(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_session.py"), "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["checks"]["fused_verify_matches_reference"]["mismatches"] == 0
+    assert {t["kernel"] for t in data["timings"]} == {"fused_verify", "rmsnorm_fwd zdiff", "rmsnorm_fwd torch"}
+    assert (tmp_path / "results.md").read_text().startswith("cpu, torch")
