@@ -72,7 +72,7 @@ def test_compile_is_deterministic_and_reports_resources(tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["spec_hash"] == load_spec("zaya1-tiny").hash() and manifest["target"] == "mi300x"
-    assert [k["name"] for k in manifest["kernels"]] == ["rmsnorm_d32", "rmsnorm_d128"]
+    assert [k["name"] for k in manifest["kernels"]] == ["rmsnorm_d32", "rmsnorm_d128", "residual_rmsnorm_d128"]
     for kernel in manifest["kernels"]:
         for report in kernel["aot"].values():
             assert report["arch"] == "gfx942" and report["spills"] == 0 and report["registers"] > 0
@@ -84,3 +84,48 @@ def test_compile_errors(tmp_path):
     unlisted = run_cli("compile", "qwen3-moe-tiny", "--target", "mi300x", "--out", tmp_path / "y")
     assert unlisted.returncode == 2 and "targets: the spec lists cpu, h100; add mi300x" in unlisted.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _residual_module(tmp_path, d):
+    import triton
+
+    plan = KernelPlan(f"residual_rmsnorm_d{d}", "residual_rmsnorm",
+                      {"D": d, "BLOCK_D": triton.next_power_of_2(d), "ROWS": 4, "ptr": "*fp32", "dtype": "fp32"})
+    path = tmp_path / f"{plan.name}.py"
+    path.write_text(render(plan, load_spec("zaya1-tiny")))
+    return load_module(path, plan.name)
+
+
+@pytest.mark.parametrize("rows,d", [(7, 32), (5, 100), (1, 64)])
+def test_residual_rmsnorm_matches_reference_modules(tmp_path, rows, d):
+    """The fused update + norm equals ResidualScaling followed by RMSNorm, values and all 7 gradients."""
+    from zdiff.runtime.norms import ResidualScaling
+
+    module = _residual_module(tmp_path, d)
+    gen = torch.Generator().manual_seed(rows * d)
+    x, f = torch.randn(rows, d, generator=gen) * 2, torch.randn(rows, d, generator=gen)
+    params = [1 + 0.3 * torch.randn(d, generator=gen), 0.2 * torch.randn(d, generator=gen),
+              1 + 0.3 * torch.randn(d, generator=gen), 0.2 * torch.randn(d, generator=gen),
+              1 + 0.3 * torch.randn(d, generator=gen)]  # s_r, b_r, s_o, b_o, w
+    dh, dy = torch.randn(rows, d, generator=gen), torch.randn(rows, d, generator=gen)
+
+    scaling, norm = ResidualScaling(d).double(), RMSNorm(d, 1e-5).double()
+    with torch.no_grad():
+        for p, v in zip((scaling.residual_scale, scaling.residual_bias, scaling.out_scale, scaling.out_bias,
+                         norm.weight), params):
+            p.copy_(v.double())
+    x64, f64 = x.double().requires_grad_(), f.double().requires_grad_()
+    h64 = scaling(f64, x64)
+    y64 = norm(h64)
+    torch.autograd.backward([h64, y64], [dh.double(), dy.double()])
+
+    leaves = [t.clone().to(DEVICE).requires_grad_() for t in [x, f, *params]]
+    h, y = module.residual_rms_norm(*leaves, 1e-5)
+    torch.autograd.backward([h, y], [dh.to(DEVICE), dy.to(DEVICE)])
+    assert_close(h, h64, rtol=1e-5, atol=1e-5, what="h")
+    assert_close(y, y64, rtol=1e-5, atol=1e-5, what="y")
+    expected = [x64.grad, f64.grad, scaling.residual_scale.grad, scaling.residual_bias.grad,
+                scaling.out_scale.grad, scaling.out_bias.grad, norm.weight.grad]
+    names = ["dx", "df", "ds_r", "db_r", "ds_o", "db_o", "dw"]
+    for leaf, ref, name in zip(leaves, expected, names):
+        assert_close(leaf.grad, ref, rtol=1e-4, atol=1e-4, what=name)

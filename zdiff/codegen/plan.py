@@ -13,7 +13,7 @@ import triton
 
 from ..spec import Spec
 
-TEMPLATE_OF = {"rmsnorm": "rmsnorm.py.jinja"}
+TEMPLATE_OF = {"rmsnorm": "rmsnorm.py.jinja", "residual_rmsnorm": "residual_rmsnorm.py.jinja"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class KernelPlan:
 
 
 def plan_kernels(spec: Spec, dtype: str) -> list[KernelPlan]:
-    """The kernel instances of a spec. Today: RMSNorm for every distinct normalised width."""
+    """The kernel instances of a spec. Today: RMSNorm for every distinct normalised width, and
+    the residual-scaling update fused with the following RMSNorm when the spec scales residuals."""
     m = spec.model
     widths = {m.hidden_size}
     if m.moe.router.kind == "zaya_mlp":
@@ -43,6 +44,13 @@ def plan_kernels(spec: Spec, dtype: str) -> list[KernelPlan]:
         plans.append(KernelPlan(
             name=f"rmsnorm_d{d}", family="rmsnorm",
             constants={"D": d, "BLOCK_D": block, "ROWS": 16, "ptr": ptr, "dtype": dtype},
+            num_warps=4 if block <= 1024 else 8,
+        ))
+    if m.residual_scaling:
+        block = triton.next_power_of_2(m.hidden_size)
+        plans.append(KernelPlan(
+            name=f"residual_rmsnorm_d{m.hidden_size}", family="residual_rmsnorm",
+            constants={"D": m.hidden_size, "BLOCK_D": block, "ROWS": 16, "ptr": ptr, "dtype": dtype},
             num_warps=4 if block <= 1024 else 8,
         ))
     return plans
