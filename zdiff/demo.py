@@ -25,7 +25,7 @@ from .report import spec_summary
 from .spec import load_spec, preset_names
 from .tokenize import ByteTokenizer
 from .train import TrainConfig, train
-from .train.data import Tokenizer, split_corpus
+from .train.data import Tokenizer, load_corpus
 
 AR_QUALITY_TOLERANCE = 0.03  # the converted model's held-out AR loss may be at most 3% worse
 
@@ -94,7 +94,7 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     spec = load_spec(root / "tidar" / "final" / "spec.yaml")
     model = load_model(root / "tidar" / "final").eval()
     tok = ByteTokenizer()
-    heldout = split_corpus("stdlib", Tokenizer(None, spec.model.vocab_size))[1]
+    heldout = load_corpus("stdlib", Tokenizer(None, spec.model.vocab_size), heldout=True)  # no need to read the training split
     windows = heldout.windows(plan.prompt_bytes, plan.prompts).tolist()
     prompts = [[t for t in w if t < 256] or [tok.bos_id] for w in windows]
     common = dict(diffusion=spec.diffusion, max_new_tokens=plan.new_tokens, seed=0, stop_tokens=(tok.eos_id,))

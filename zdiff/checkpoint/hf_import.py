@@ -154,7 +154,7 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         raise CheckpointError(f"config.json describes a model zdiff cannot build: {err}") from None
 
 
-def _load_source_tensor(source: TensorSource, model_type: str, name: str, layer_prefix_experts: int | None):
+def _load_source_tensor(source: TensorSource, model_type: str, name: str, num_experts: int | None):
     """One zdiff tensor from the HF files (stacking per-expert Qwen3 tensors when needed)."""
     theirs = hf_name(model_type, name)
     if theirs in source:
@@ -164,12 +164,12 @@ def _load_source_tensor(source: TensorSource, model_type: str, name: str, layer_
         layer, rest = match.groups()
         base = f"model.layers.{layer}.mlp.experts"
         parts = ("gate_proj", "up_proj") if rest.endswith("gate_up") else ("down_proj",)
-        names = [f"{base}.{e}.{p}.weight" for e in range(layer_prefix_experts) for p in parts]
+        names = [f"{base}.{e}.{p}.weight" for e in range(num_experts) for p in parts]
         missing = [n for n in names if n not in source]
         if missing:
             raise CheckpointError(f"missing tensor(s) {short_list(missing)} (nor fused {theirs})")
         per_expert = [torch.cat([source.get(f"{base}.{e}.{p}.weight") for p in parts], dim=0)
-                      for e in range(layer_prefix_experts)]
+                      for e in range(num_experts)]
         return torch.stack(per_expert), names
     raise CheckpointError(f"missing tensor {theirs} (for zdiff {name})")
 

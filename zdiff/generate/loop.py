@@ -99,7 +99,6 @@ class _Batch:
             mask = pattern.query_mask()  # (n, C + n)
             visible[b, :n, :C] = mask[:, :C]
             visible[b, :n, S:S + n] = mask[:, C:]
-            visible[b, :n, S + n:] = False
         return self.model(ids.to(device), positions=positions.to(device), predecessors=preds.to(device),
                           visible=visible.to(device), cache=cache)
 
@@ -171,7 +170,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
                 plans.append(None)
                 continue
             m = len(s.drafts)
-            lv = tuple(a for a in levels if a <= m) if mode == "tidar" else ()
+            lv = _usable_levels(levels, m) if mode == "tidar" else ()
             plans.append(([s.pending] + s.drafts + [mask_id] * (b * len(lv)), decode_pattern(cache.lengths[i], m, b, lv)))
         logits = batch.run(plans)
         fused = _fused_verdicts(seqs, logits, params, generator) if verifier == "fused" else None
@@ -183,20 +182,21 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
             s.forward_passes += 1
             if fused is not None:
                 n, token = fused[i]
-            elif params.kind == "greedy":
-                n, token = verify_greedy(target_probs(logits[i, : m + 1], s.draft_logits, params),
-                                         torch.tensor(s.drafts, dtype=torch.long))
             else:
                 target = target_probs(logits[i, : m + 1], s.draft_logits, params)
-                uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
-                n, token = verify_stochastic(target, s.draft_q, torch.tensor(s.drafts, dtype=torch.long), uniforms,
-                                             draw_gumbel((m + 1, target.shape[-1]), generator))
+                drafts = torch.tensor(s.drafts, dtype=torch.long)
+                if params.kind == "greedy":
+                    n, token = verify_greedy(target, drafts)
+                else:
+                    uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
+                    n, token = verify_stochastic(target, s.draft_q, drafts, uniforms,
+                                                 draw_gumbel((m + 1, target.shape[-1]), generator))
             cache.commit(i, list(range(n + 1)))  # c, d_1..d_n; rejected rows are dropped
             s.accepted.append(n)
             s.generated.extend(s.drafts[:n] + [token])
             s.pending = token
             if mode == "tidar":
-                lv = [a for a in levels if a <= m]
+                lv = _usable_levels(levels, m)
                 a = max(x for x in lv if x <= n)
                 block_row = m + 1 + b * lv.index(a)
                 _take_drafts(s, logits[i, block_row + n - a + 1: block_row + b], params, generator)
@@ -207,6 +207,11 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
     seconds = time.perf_counter() - start
     return GenerationResult([s.generated for s in seqs], [s.accepted for s in seqs],
                             [s.forward_passes for s in seqs], seconds, mode, b)
+
+
+def _usable_levels(levels: tuple[int, ...], drafts: int) -> tuple[int, ...]:
+    """The proposal levels a step with `drafts` drafts can verify (0 is always among them)."""
+    return tuple(a for a in levels if a <= drafts)
 
 
 def _fused_verdicts(seqs, logits, params, generator) -> dict[int, tuple[int, int]]:
