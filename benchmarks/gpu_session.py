@@ -27,7 +27,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zdiff.codegen.plan import KernelPlan  # noqa: E402
+from zdiff.codegen.families.norms import norm_plan  # noqa: E402
 from zdiff.codegen.render import load_module, render  # noqa: E402
 from zdiff.generate import sampling  # noqa: E402
 from zdiff.generate.sampling import SamplingParams  # noqa: E402
@@ -78,8 +78,7 @@ def time_verifier(device, V, M, batches, smoke, results):
 
 
 def rmsnorm_module(D, dtype):
-    plan = KernelPlan(f"rmsnorm_d{D}", "rmsnorm", {"D": D, "BLOCK_D": triton.next_power_of_2(D), "ROWS": 16,
-                                                  "ptr": "*bf16", "dtype": dtype}, num_warps=8 if D > 1024 else 4)
+    plan = norm_plan("rmsnorm", D, dtype=dtype)
     path = Path(tempfile.mkdtemp()) / f"{plan.name}.py"
     path.write_text(render(plan, load_spec("zaya1-8b")))
     return load_module(path, plan.name)

@@ -7,17 +7,14 @@ import pytest
 import torch
 
 from conftest import DEVICE, assert_close, run_cli
-from zdiff.codegen.plan import KernelPlan
+from zdiff.codegen.families.norms import norm_plan
 from zdiff.codegen.render import load_module, render
 from zdiff.runtime.norms import RMSNorm
 from zdiff.spec import load_spec
 
 
 def _module(tmp_path, d, dtype="fp32"):
-    import triton
-
-    plan = KernelPlan(f"rmsnorm_d{d}", "rmsnorm", {"D": d, "BLOCK_D": triton.next_power_of_2(d), "ROWS": 4,
-                                                  "ptr": "*fp32", "dtype": dtype})
+    plan = norm_plan("rmsnorm", d, rows=4)
     path = tmp_path / f"{plan.name}.py"
     path.write_text(render(plan, load_spec("zaya1-tiny")))
     return load_module(path, plan.name), path
@@ -87,10 +84,7 @@ def test_compile_errors(tmp_path):
 
 
 def _residual_module(tmp_path, d):
-    import triton
-
-    plan = KernelPlan(f"residual_rmsnorm_d{d}", "residual_rmsnorm",
-                      {"D": d, "BLOCK_D": triton.next_power_of_2(d), "ROWS": 4, "ptr": "*fp32", "dtype": "fp32"})
+    plan = norm_plan("residual_rmsnorm", d, rows=4)
     path = tmp_path / f"{plan.name}.py"
     path.write_text(render(plan, load_spec("zaya1-tiny")))
     return load_module(path, plan.name)

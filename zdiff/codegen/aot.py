@@ -73,6 +73,22 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, target: str, n
     return compiled, report
 
 
+def compile_entry(module, kernel_name: str, target: str, config: dict | None = None):
+    """AOT-compile one entry point of a generated module with a launch config (default: its CONFIGS entry).
+
+    The config's constexprs join the entry's fixed ones; AMD-only options are kept for hip
+    targets only. Returns (compiled, ResourceReport)."""
+    from .launch import AMD_OPTIONS, split_config
+
+    kernel, signature, constexprs = module.AOT[kernel_name]
+    tunables, options = split_config(module.CONFIGS[kernel_name] if config is None else config)
+    if AOT_TARGETS[target].backend != "hip":
+        options = {k: v for k, v in options.items() if k not in AMD_OPTIONS}
+    options.setdefault("num_warps", 4)
+    options.setdefault("num_stages", 2)
+    return compile_for_target(kernel, signature, {**constexprs, **tunables}, target, **options)
+
+
 def _meta(asm: str, key: str) -> int:
     match = re.search(re.escape(key) + r":\s+(\d+)", asm)
     return int(match.group(1)) if match else 0

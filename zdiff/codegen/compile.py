@@ -25,7 +25,7 @@ from .. import __version__
 from ..checkpoint.atomic import atomic_directory
 from ..errors import ZdiffError
 from ..spec import Spec, dump_spec
-from .aot import AOT_TARGETS, check_fits, compile_for_target
+from .aot import AOT_TARGETS, check_fits, compile_entry
 from .plan import plan_kernels
 from .render import load_module, render
 
@@ -38,7 +38,7 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     if target not in spec.targets:
         raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {target} to compile for it")
     dtype = "fp32" if target == "cpu" else "bf16"
-    plans = plan_kernels(spec, dtype)
+    plans = plan_kernels(spec, dtype, target)
     with _no_line_info(), atomic_directory(out_dir, force=force) as tmp:
         (tmp / "kernels").mkdir()
         entries = []
@@ -46,7 +46,7 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
             path = tmp / "kernels" / f"{plan.name}.py"
             path.write_text(render(plan, spec))
             entry = {"name": plan.name, "template": plan.template, "file": f"kernels/{plan.name}.py",
-                     "constants": plan.constants, "num_warps": plan.num_warps}
+                     "constants": plan.constants, "configs": plan.configs}
             if target != "cpu":
                 entry["aot"] = _aot(load_module(path, plan.name), target, tmp / "binaries")
             entries.append(entry)
@@ -75,11 +75,11 @@ def _no_line_info():
 def _aot(module, target: str, binaries: Path) -> dict:
     binaries.mkdir(exist_ok=True)
     reports = {}
-    for kernel_name, (kernel, signature, constexprs) in module.AOT.items():
+    for kernel_name in module.AOT:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compiled, report = compile_for_target(kernel, signature, constexprs, target, num_warps=module.NUM_WARPS)
-        check_fits(report, f"num_warps={module.NUM_WARPS} {constexprs}")
+            compiled, report = compile_entry(module, kernel_name, target)
+        check_fits(report, json.dumps(module.CONFIGS[kernel_name], sort_keys=True))
         backend = AOT_TARGETS[target].backend
         ext = BINARY_EXT[backend]
         (binaries / f"{kernel_name}.{target}.{ext}").write_bytes(compiled.asm[ext])

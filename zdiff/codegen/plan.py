@@ -3,54 +3,38 @@
 A plan is everything the template needs and nothing else, so the rendered source is a
 pure function of (template, plan, spec hash): compiling the same spec twice gives
 byte-identical files.
+
+Each kernel family lives in `codegen/families/<family>.py` and provides
+- `plans(spec, dtype, target) -> list[KernelPlan]`: its instances for a spec and target, with
+  the default launch config of every entry point (see `codegen/launch.py`);
+- `config_space(plan, kernel, target) -> list[dict]`: the configs autotuning may try for one
+  entry point on one target (AMD and NVIDIA spaces differ).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-
-import triton
 
 from ..spec import Spec
 
-TEMPLATE_OF = {"rmsnorm": "rmsnorm.py.jinja", "residual_rmsnorm": "residual_rmsnorm.py.jinja"}
+FAMILY_MODULES = ("norms",)
+DTYPE_PTR = {"bf16": "*bf16", "fp32": "*fp32", "fp16": "*fp16"}
 
 
 @dataclass(frozen=True)
 class KernelPlan:
-    name: str  # module and kernel name, e.g. rmsnorm_d2048
-    family: str  # template family
-    constants: dict = field(default_factory=dict)  # rendered into the source (constexprs)
-    num_warps: int = 4
-
-    @property
-    def template(self) -> str:
-        return TEMPLATE_OF[self.family]
+    name: str  # module name, e.g. rmsnorm_d2048; kernels inside are <name>_fwd, <name>_bwd, ...
+    family: str  # which codegen/families module planned it
+    template: str  # file in zdiff/templates
+    constants: dict = field(default_factory=dict)  # rendered into the source (shapes, pattern structure)
+    configs: dict = field(default_factory=dict)  # entry point -> default launch config for the target
 
 
-def plan_kernels(spec: Spec, dtype: str) -> list[KernelPlan]:
-    """The kernel instances of a spec. Today: RMSNorm for every distinct normalised width, and
-    the residual-scaling update fused with the following RMSNorm when the spec scales residuals."""
-    m = spec.model
-    widths = {m.hidden_size}
-    if m.moe.router.kind == "zaya_mlp":
-        widths.add(m.moe.router.hidden_size)
-    if m.attention.qk_norm == "rms":
-        widths.add(m.attention.head_dim)
-    ptr = {"bf16": "*bf16", "fp32": "*fp32", "fp16": "*fp16"}[dtype]
-    plans = []
-    for d in sorted(widths):
-        block = triton.next_power_of_2(d)
-        plans.append(KernelPlan(
-            name=f"rmsnorm_d{d}", family="rmsnorm",
-            constants={"D": d, "BLOCK_D": block, "ROWS": 16, "ptr": ptr, "dtype": dtype},
-            num_warps=4 if block <= 1024 else 8,
-        ))
-    if m.residual_scaling:
-        block = triton.next_power_of_2(m.hidden_size)
-        plans.append(KernelPlan(
-            name=f"residual_rmsnorm_d{m.hidden_size}", family="residual_rmsnorm",
-            constants={"D": m.hidden_size, "BLOCK_D": block, "ROWS": 16, "ptr": ptr, "dtype": dtype},
-            num_warps=4 if block <= 1024 else 8,
-        ))
-    return plans
+def family_module(family: str):
+    return importlib.import_module(f"{__package__}.families.{family}")
+
+
+def plan_kernels(spec: Spec, dtype: str, target: str = "cpu") -> list[KernelPlan]:
+    """Every kernel instance of a spec for one target, family by family."""
+    return [plan for family in FAMILY_MODULES for plan in family_module(family).plans(spec, dtype, target)]

@@ -11,19 +11,30 @@ import jinja2
 from ..spec import Spec
 from .plan import KernelPlan
 
+def python_literal(value) -> str:
+    """repr with dict keys sorted, so rendered constants never depend on insertion order."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {python_literal(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(python_literal(v) for v in value)
+        return f"({items},)" if isinstance(value, tuple) and len(value) == 1 else (f"({items})" if isinstance(value, tuple) else f"[{items}]")
+    return repr(value)
+
+
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("zdiff", "templates"),
     undefined=jinja2.StrictUndefined,  # a missing plan constant is an error, not an empty string
     keep_trailing_newline=True,
     autoescape=False,
 )
+_ENV.filters["py"] = python_literal
 
 
 def render(plan: KernelPlan, spec: Spec) -> str:
     class_name = "".join(part.capitalize() for part in plan.name.split("_")) + "Function"
     return _ENV.get_template(plan.template).render(
         template=plan.template, spec_name=spec.name, spec_hash=spec.hash(), name=plan.name,
-        class_name=class_name, num_warps=plan.num_warps, **plan.constants,
+        class_name=class_name, configs=plan.configs, **plan.constants,
     )
 
 
