@@ -8,7 +8,11 @@ Each kernel family lives in `codegen/families/<family>.py` and provides
 - `plans(spec, dtype, target) -> list[KernelPlan]`: its instances for a spec and target, with
   the default launch config of every entry point (see `codegen/launch.py`);
 - `config_space(plan, kernel, target) -> list[dict]`: the configs autotuning may try for one
-  entry point on one target (AMD and NVIDIA spaces differ).
+  entry point on one target (AMD and NVIDIA spaces differ);
+- `buckets(plan, kernel) -> list[int]`: the shape buckets autotuning covers for that entry point
+  (rows for norms, tokens for MoE, keys per sequence for attention). Host code in the generated
+  module computes the same bucket quantity at launch and calls
+  `pick_config(TABLES, kernel, bucket, CONFIGS[kernel])` (`codegen/launch.py`).
 """
 
 from __future__ import annotations

@@ -46,3 +46,8 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
     if kernel.endswith("_bwd"):
         return [{"ROWS": rows, "num_warps": w} for rows in (4, 16, 64) for w in warps]
     return [{"num_warps": w} for w in warps]
+
+
+def buckets(plan: KernelPlan, kernel: str) -> list[int]:
+    """Rows per launch: one decode step of a small batch up to a training micro-batch."""
+    return [64, 1024, 16384]
