@@ -71,6 +71,24 @@ def _cmd_demo(args) -> int:
     return 0 if summary["verdict"] == "PASS" else 1
 
 
+def _cmd_cost(args) -> int:
+    from .autotune.cost import cost_report, default_acceptance, format_cost_report, load_acceptance
+    from .autotune.targets import target_rates
+    from .spec import load_spec
+
+    rates = target_rates(args.target)
+    spec = load_spec(args.spec)
+    b = spec.diffusion.block_size
+    if args.acceptance:
+        accept, source = load_acceptance(args.acceptance, b), f"measured ({args.acceptance})"
+    else:
+        accept, source = default_acceptance(b), "assumed (first draft 0.9, 5% less per slot)"
+    report = cost_report(spec, rates, args.batch, args.context, accept, max_proposals=args.max_proposals,
+                         acceptance_source=source)
+    print(json.dumps(report, indent=2) if args.json else format_cost_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zdiff", description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
     parser.add_argument("--version", action="version", version=f"zdiff {__version__}")
@@ -137,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=_cmd_generate)
+
+    cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")
+    cost.add_argument("spec")
+    cost.add_argument("--target", required=True, help="mi300x, mi355x, h100 or h200")
+    cost.add_argument("--batch", type=int, default=1, help="sequences per forward")
+    cost.add_argument("--context", type=int, default=4096, help="cached tokens per sequence")
+    cost.add_argument("--acceptance", metavar="FILE", help="JSON histogram of accepted drafts per step "
+                      "(zdiff generate --json output or a list); default: a documented assumption")
+    cost.add_argument("--max-proposals", type=int, default=8, help="largest P to evaluate")
+    cost.add_argument("--json", action="store_true")
+    cost.set_defaults(run=_cmd_cost)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
