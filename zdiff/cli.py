@@ -89,6 +89,18 @@ def _cmd_cost(args) -> int:
     return 0
 
 
+def _cmd_autotune(args) -> int:
+    from .autotune.tune import autotune, check_environment
+    from .spec import load_spec
+
+    check_environment()
+    spec = load_spec(args.spec)
+    if args.target not in spec.targets:
+        raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {args.target} to tune for it")
+    autotune(spec, args.target, budget=args.budget, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zdiff", description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
     parser.add_argument("--version", action="version", version=f"zdiff {__version__}")
@@ -166,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--max-proposals", type=int, default=8, help="largest P to evaluate")
     cost.add_argument("--json", action="store_true")
     cost.set_defaults(run=_cmd_cost)
+
+    tune = sub.add_parser("autotune", help="compile each kernel's config space ahead of time, prune, rank; "
+                          "write JSON tables per device")
+    tune.add_argument("spec")
+    tune.add_argument("--target", required=True, help="mi300x, mi355x, h100 or h200")
+    tune.add_argument("--budget", type=float, default=300.0, help="seconds of wall time (default 300); the best "
+                      "config so far is kept when it runs out")
+    tune.add_argument("--out", help="tables root (default: the package's zdiff/autotune/tables); "
+                      "files go to OUT/<target>/<kernel module>.json")
+    tune.set_defaults(run=_cmd_autotune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")

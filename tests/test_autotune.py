@@ -1,0 +1,190 @@
+"""zdiff autotune: static pruning (LDS limits differ between gfx942 and gfx950), the static score,
+JSON tables (round trip, nearest bucket, apply_tables), and the CLI end to end on a tiny spec.
+
+AOT compilation needs the real Triton compiler, so the compiling tests run in subprocesses
+with TRITON_INTERPRET=0 (this suite's conftest turns the interpreter on in-process)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import REPO, run_cli
+from zdiff.autotune import tune
+from zdiff.autotune.tables import apply_tables, load_tables, read_table, write_table
+from zdiff.autotune.targets import TARGETS
+from zdiff.codegen.aot import ResourceReport
+from zdiff.codegen.launch import pick_config
+from zdiff.errors import ZdiffError
+
+# A tiny generated-module look-alike: storing a transposed tile converts the layout through
+# LDS, tile_r * tile_c * 4 bytes of it. 128 x 256 fp32 = 128 KiB: over gfx942's 64 KiB,
+# under gfx950's 160 KiB.
+SYNTHETIC = '''
+import triton
+import triton.language as tl
+
+TABLES = {}
+
+
+@triton.jit
+def synth_transpose(X, Y, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    r = tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    x = tl.load(X + r[:, None] * BLOCK_C + c[None, :])
+    tl.store(Y + c[:, None] * BLOCK_R + r[None, :], tl.trans(x))
+
+
+CONFIGS = {"synth_transpose": {"BLOCK_R": 64, "BLOCK_C": 64, "num_warps": 4}}
+AOT = {"synth_transpose": (synth_transpose, {"X": "*fp32", "Y": "*fp32", "BLOCK_R": "constexpr",
+                                             "BLOCK_C": "constexpr"}, {})}
+'''
+
+PRUNE_SCRIPT = textwrap.dedent('''
+    import json, sys, warnings
+    from pathlib import Path
+    from zdiff.autotune.tune import prune_reason
+    from zdiff.codegen.aot import compile_entry
+    from zdiff.codegen.render import load_module
+    module = load_module(Path(sys.argv[1]), "synth_transpose_module")
+    out = {}
+    for target in ("mi300x", "mi355x"):
+        for name, config in (("small", {"BLOCK_R": 64, "BLOCK_C": 64, "num_warps": 4}),
+                             ("big", {"BLOCK_R": 128, "BLOCK_C": 256, "num_warps": 8})):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, report = compile_entry(module, "synth_transpose", target, config)
+            out[f"{target}/{name}"] = [report.shared_bytes, prune_reason(report, config)]
+    print(json.dumps(out))
+''')
+
+
+def _python(script, *args):
+    import os
+
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_a_config_over_the_lds_limit_is_pruned_on_gfx942_but_kept_on_gfx950(tmp_path):
+    path = tmp_path / "synth.py"
+    path.write_text(SYNTHETIC)
+    result = _python(PRUNE_SCRIPT, path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["mi300x/big"][0] > 64 * 1024 and out["mi300x/big"][1] == "shared memory"
+    assert 64 * 1024 < out["mi355x/big"][0] <= 160 * 1024 and out["mi355x/big"][1] is None
+    assert out["mi300x/small"][1] is None and out["mi355x/small"][1] is None
+
+
+def _report(target="mi300x", occupancy=4, spills=0, shared=0, warps=4):
+    return ResourceReport("k", target, "gfx942", warps, 64, 16, spills, shared, True, occupancy, 1000)
+
+
+def test_prune_rules_on_reports():
+    assert tune.prune_reason(_report(spills=3), {}) == "spills"
+    assert tune.prune_reason(_report(shared=65 * 1024), {}) == "shared memory"
+    assert tune.prune_reason(_report(occupancy=0), {}) == "occupancy"
+    assert tune.prune_reason(_report(), {}) is None
+    assert tune.prune_reason(_report("h100", occupancy=2), {}) == "occupancy"  # under 4 warps per SM
+
+
+def test_static_score_charges_padding_and_rewards_big_tiles_only_with_work():
+    rates = TARGETS["mi300x"]
+    small, big = _report(), _report()
+    # 16 rows: a 128-row tile pads 8x; 1M rows: the big tile amortises its overhead
+    assert tune.static_score(small, {}, 16, 16, rates) < tune.static_score(big, {}, 16, 128, rates)
+    assert tune.static_score(big, {}, 1 << 20, 128, rates) < tune.static_score(small, {}, 1 << 20, 16, rates)
+    # same tile, lower occupancy: slower
+    assert tune.static_score(_report(occupancy=1), {}, 1 << 20, 64, rates) > tune.static_score(_report(), {}, 1 << 20, 64, rates)
+
+
+def test_table_round_trip_nearest_bucket_and_apply(tmp_path):
+    a, b = {"ROWS": 4, "num_warps": 2}, {"ROWS": 64, "num_warps": 8}
+    path = write_table("mi300x", "rmsnorm_d128", {"rmsnorm_d128_bwd": {1024: b, 64: a}}, "static", root=tmp_path,
+                       extra={"spec": "t"})
+    body = json.loads(path.read_text())
+    assert path == tmp_path / "mi300x" / "rmsnorm_d128.json"
+    assert body["device"] == "mi300x" and body["method"] == "static" and body["triton_version"] and body["date"]
+    assert set(body["kernels"]["rmsnorm_d128_bwd"]) == {"64", "1024"}  # strings on disk
+    tables = load_tables("mi300x", root=tmp_path)
+    assert tables == {"rmsnorm_d128": {"rmsnorm_d128_bwd": {64: a, 1024: b}}}
+    assert load_tables("mi355x", root=tmp_path) == {}
+
+    default = {"ROWS": 16, "num_warps": 4}
+    module = SimpleNamespace(CONFIGS={"rmsnorm_d128_bwd": default, "rmsnorm_d128_fwd": {"num_warps": 4}}, TABLES={})
+    other = SimpleNamespace(CONFIGS={"x_fwd": {}}, TABLES={})
+    assert apply_tables({"rmsnorm_d128": module, "other": other}, "mi300x", root=tmp_path) == ["rmsnorm_d128_bwd"]
+    assert other.TABLES == {}
+    pick = lambda n, entry="rmsnorm_d128_bwd": pick_config(module.TABLES, entry, n, module.CONFIGS[entry])
+    assert pick(1) == a and pick(500) == a and pick(600) == b and pick(10 ** 6) == b
+    assert pick(544) == a  # equidistant: the smaller bucket
+    assert pick(500, "rmsnorm_d128_fwd") == {"num_warps": 4}  # no table: the default
+
+
+def test_malformed_tables_are_errors(tmp_path):
+    bad = tmp_path / "mi300x" / "k.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps({"method": "static", "kernels": {"k_fwd": {"many": {}}}}))
+    with pytest.raises(ZdiffError, match="integer buckets"):
+        read_table(bad)
+    bad.write_text("{")
+    with pytest.raises(ZdiffError, match="not readable JSON"):
+        load_tables("mi300x", root=tmp_path)
+
+
+def test_autotune_cli_end_to_end_within_budget(tmp_path):
+    """Every kernel family planned today, on the tiny spec: norm tables fully tuned, slower families cut
+    by the budget with their best-so-far kept, and the run ends near its budget."""
+    start = time.monotonic()
+    result = run_cli("autotune", "zaya1-tiny", "--target", "mi355x", "--budget", "8", "--out", tmp_path,
+                     env_extra={"TRITON_INTERPRET": "0"})
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 8 + 30  # the budget, plus one in-flight compile and start-up
+    assert "static (no matching device)" in result.stdout
+    norm = read_table(tmp_path / "mi355x" / "rmsnorm_d128.json")
+    assert norm["method"] == "static" and norm["device"] == "mi355x" and norm["spec"] == "zaya1-tiny"
+    rows = norm["kernels"]["rmsnorm_d128_bwd"]
+    assert sorted(rows) == [64, 1024, 16384] and all({"ROWS", "num_warps"} <= set(c) for c in rows.values())
+    # the tables load into freshly rendered modules
+    script = textwrap.dedent('''
+        import sys
+        from pathlib import Path
+        from zdiff.autotune.tables import apply_tables
+        from zdiff.codegen.families.norms import norm_plan
+        from zdiff.codegen.render import load_module, render
+        from zdiff.spec import load_spec
+        plan = norm_plan("rmsnorm", 128, "bf16")
+        path = Path(sys.argv[1]) / "m.py"
+        path.write_text(render(plan, load_spec("zaya1-tiny")))
+        module = load_module(path, plan.name)
+        module.TABLES = getattr(module, "TABLES", {})
+        print(sorted(apply_tables({plan.name: module}, "mi355x", root=sys.argv[1])))
+    ''')
+    loaded = _python(script, tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "rmsnorm_d128_bwd" in loaded.stdout and "rmsnorm_d128_fwd" in loaded.stdout
+
+
+def test_autotune_cli_refuses_the_interpreter(tmp_path):
+    result = run_cli("autotune", "zaya1-tiny", "--target", "mi300x", "--out", tmp_path, env_extra={"TRITON_INTERPRET": "1"})
+    assert result.returncode == 2 and "TRITON_INTERPRET=1 is set" in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_autotune_argument_errors():
+    from zdiff.spec import load_spec
+
+    spec = load_spec("zaya1-tiny")
+    with pytest.raises(ZdiffError, match="--target must be one of"):
+        tune.autotune(spec, "tpu")
+    with pytest.raises(ZdiffError, match="--budget must be positive"):
+        tune.autotune(spec, "mi300x", budget=0)
+    with pytest.raises(ZdiffError, match="TRITON_INTERPRET=1 is set"):  # this suite runs with the interpreter on
+        tune.autotune(spec, "mi300x")
