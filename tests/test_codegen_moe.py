@@ -1,0 +1,333 @@
+"""Rendered MoE kernels (interpreter on the CPU) against the reference Router / Experts in float64:
+choices exactly, weights / logits / outputs and every gradient closely; dispatch layout; config
+spaces; ahead-of-time compilation of every default config for gfx942, gfx950 and sm_90 without spills."""
+
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import DEVICE, REPO, assert_close
+from zdiff.codegen.families import moe
+from zdiff.codegen.render import load_module, render
+from zdiff.runtime.moe import Experts, Router, Routing, expert_load, update_balancing_bias
+from zdiff.spec import load_spec
+
+
+def _spec(preset, hidden, **moe_fields):
+    """A small spec: the preset with another hidden size and MoE fields (router fields under 'router')."""
+    spec = load_spec(preset)
+    m = spec.model
+    router = dataclasses.replace(m.moe.router, **moe_fields.pop("router", {}))
+    moe_spec = dataclasses.replace(m.moe, router=router, **moe_fields)
+    return dataclasses.replace(spec, model=dataclasses.replace(m, hidden_size=hidden, moe=moe_spec))
+
+
+ZAYA_TOP1 = _spec("zaya1-tiny", 48, num_experts=4, top_k=1, ffn_size=40, router={"hidden_size": 16})
+ZAYA_TOP2 = _spec("zaya1-tiny", 40, num_experts=5, top_k=2, ffn_size=24, router={"hidden_size": 24})
+LINEAR_TOP2 = _spec("qwen3-moe-tiny", 48, num_experts=5, top_k=2, ffn_size=40)  # normalize_top_k, no skip class
+LINEAR_TOP1 = _spec("qwen3-moe-tiny", 40, num_experts=3, top_k=1, ffn_size=24, router={"normalize_top_k": False})
+
+
+def _modules(tmp_path, spec):
+    out = []
+    for plan in moe.plans(spec, "fp32", "cpu"):
+        path = tmp_path / f"{plan.name}.py"
+        path.write_text(render(plan, spec))
+        out.append(load_module(path, plan.name))
+    return out  # router module, experts module
+
+
+def _poison(module):
+    """Every buffer a kernel writes starts as NaN (or a wrong index), so an unwritten element shows."""
+    def empty(*shape, dtype, device):
+        fill = -7 if not dtype.is_floating_point else float("nan")
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    module._empty = empty
+
+
+# ----------------------------------------------------------------------------------------- router
+
+
+@pytest.mark.parametrize("spec", [ZAYA_TOP1, ZAYA_TOP2, LINEAR_TOP2, LINEAR_TOP1], ids=["zaya-top1", "zaya-top2",
+                                                                                        "linear-top2-norm", "linear-top1"])
+def test_route_matches_reference_router(tmp_path, spec):
+    router_module, _ = _modules(tmp_path, spec)
+    assert router_module.__file__.endswith(".py")
+    _poison(router_module)
+    m = spec.model
+    gen = torch.Generator().manual_seed(m.hidden_size * 10 + m.moe.top_k)
+    reference = Router(m, layer_idx=1).double()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.25)
+    N, R = 29, m.moe.router.hidden_size or 1
+    x = torch.randn(N, m.hidden_size, generator=gen, dtype=torch.float64) * 2
+    state = torch.randn(N, R, generator=gen, dtype=torch.float64) if m.moe.router.kind == "zaya_mlp" else None
+    with torch.no_grad():  # a balancing bias on the scale of the probabilities' spread, so that it moves choices
+        spread = torch.softmax(reference(x, state)[0].logits, -1).std()
+        reference.balancing_bias.copy_(torch.randn(m.moe.router_classes, generator=gen, dtype=torch.float64) * spread)
+        if m.moe.skip_expert:  # favour the skip class so that some tokens choose it
+            reference.balancing_bias[-1] = spread
+
+    x64 = x.clone().requires_grad_()
+    s64 = None if state is None else state.clone().requires_grad_()
+    ref, ref_state = reference(x64, s64)
+    dw = torch.randn(ref.weights.shape, generator=gen, dtype=torch.float64)
+    dl = torch.randn(ref.logits.shape, generator=gen, dtype=torch.float64)
+    ds = None if ref_state is None else torch.randn(ref_state.shape, generator=gen, dtype=torch.float64)
+
+    kernel_router = copy.deepcopy(reference).float().to(DEVICE)
+    xk = x.float().to(DEVICE).requires_grad_()
+    sk = None if state is None else state.float().to(DEVICE).requires_grad_()
+    got, got_state = router_module.route(kernel_router, xk, sk)
+
+    assert torch.equal(got.experts.cpu(), ref.experts), "choices differ"
+    assert got.experts.dtype == torch.long and got.weights.dtype == torch.float32
+    # the balancing bias must matter in this case (otherwise the test could not see it ignored)
+    unbiased = torch.topk(torch.softmax(ref.logits.detach(), -1), m.moe.top_k, -1).indices
+    assert not torch.equal(unbiased, ref.experts)
+    if m.moe.skip_expert:
+        assert (ref.experts == m.moe.num_experts).any(), "no token chose the skip class"
+    assert_close(got.weights, ref.weights, rtol=1e-5, atol=1e-6, what="weights")
+    assert_close(got.logits, ref.logits, rtol=1e-5, atol=1e-5, what="logits")
+    if ref_state is None:
+        assert got_state is None
+    else:
+        assert_close(got_state, ref_state, rtol=1e-5, atol=1e-5, what="next_state")
+
+    outs64 = [ref.weights, ref.logits] + ([] if ref_state is None else [ref_state])
+    grads = [dw, dl] + ([] if ds is None else [ds])
+    torch.autograd.backward(outs64, grads)
+    outs = [got.weights, got.logits] + ([] if got_state is None else [got_state])
+    torch.autograd.backward(outs, [g.float().to(DEVICE) for g in grads])
+    assert_close(xk.grad, x64.grad, rtol=1e-4, atol=1e-5, what="dx")
+    if state is not None:
+        assert_close(sk.grad, s64.grad, rtol=1e-4, atol=1e-5, what="dstate")
+    for (name, p_ref), p in zip(reference.named_parameters(), kernel_router.parameters()):
+        assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, what=f"d{name}")
+
+
+def test_balancing_statistics_and_update_match_reference(tmp_path):
+    router_module, _ = _modules(tmp_path, ZAYA_TOP2)
+    m = ZAYA_TOP2.model
+    gen = torch.Generator().manual_seed(3)
+    experts = torch.randint(0, m.moe.router_classes, (41, 2), generator=gen)
+    routing = Routing(experts, torch.rand(41, 2, generator=gen), torch.randn(41, m.moe.router_classes, generator=gen))
+    load = router_module.expert_load(routing)
+    assert torch.equal(load, expert_load([routing], m.moe.num_experts)[0])
+    routers = [Router(m, 1), Router(m, 1)]
+    with torch.no_grad():
+        routers[0].balancing_bias.copy_(torch.randn(m.moe.router_classes, generator=gen))
+    routers[1].load_state_dict(routers[0].state_dict())
+    model = SimpleNamespace(spec=m, layers=[SimpleNamespace(moe=SimpleNamespace(router=routers[0]))])
+    update_balancing_bias(model, load[None])
+    router_module.update_balancing_bias(routers[1], load)
+    assert torch.equal(routers[1].balancing_bias, routers[0].balancing_bias)
+    assert router_module.UPDATE_RATE == m.moe.balancing_bias.update_rate
+
+
+# ---------------------------------------------------------------------------------------- experts
+
+
+def _routing(kind, N, E, k, skip, gen):
+    """(N, k) distinct choices per token for one of the routing scenarios."""
+    classes = E + int(skip)
+    if kind == "unbalanced":  # expert 1 gets nothing, expert 0 most, some skip choices
+        p = torch.tensor([6.0, 0.0, 1.0] + [0.5] * (E - 3) + ([1.0] if skip else []))
+    elif kind == "one_expert":
+        p = torch.zeros(classes)
+        p[E - 1] = 1.0
+    elif kind == "all_skip":
+        p = torch.zeros(classes)
+        p[E] = 1.0
+    else:
+        raise ValueError(kind)
+    if k == 1 or kind != "unbalanced":
+        first = torch.multinomial(p, N, replacement=True, generator=gen)
+        if k == 1:
+            return first[:, None]
+        # the second choice of a token is another class (any of the others, zero-token expert excluded)
+        other = torch.ones(classes)
+        other[1] = 0
+        other[first[0]] = 0
+        second = torch.multinomial(other, N, replacement=True, generator=gen)
+        return torch.stack([first, second], 1)
+    return torch.stack([torch.multinomial(p, k, replacement=False, generator=gen) for _ in range(N)])
+
+
+CASES = [  # (spec, scenario, tokens, path)
+    (ZAYA_TOP1, "unbalanced", 45, "large"),
+    (ZAYA_TOP1, "unbalanced", 7, "small"),
+    (ZAYA_TOP1, "one_expert", 21, "large"),
+    (ZAYA_TOP1, "all_skip", 9, "small"),
+    (LINEAR_TOP2, "unbalanced", 23, "large"),
+    (ZAYA_TOP2, "unbalanced", 13, "small"),
+    (LINEAR_TOP2, "one_expert", 6, "small"),
+]
+
+
+@pytest.mark.parametrize("spec,scenario,N,path", CASES,
+                         ids=[f"k{s.model.moe.top_k}-{c}-{n}-{p}" for s, c, n, p in CASES])
+def test_experts_forward_matches_reference(tmp_path, spec, scenario, N, path):
+    _, module = _modules(tmp_path, spec)
+    _poison(module)
+    module.SMALL_TOKENS_PER_EXPERT = 10**6 if path == "small" else 0
+    m = spec.model
+    E, H, k = m.moe.num_experts, m.hidden_size, m.moe.top_k
+    gen = torch.Generator().manual_seed(N * 7 + k)
+    reference = Experts(m).double()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.2)
+    choices = _routing(scenario, N, E, k, m.moe.skip_expert, gen)
+    weights = torch.rand(N, k, generator=gen, dtype=torch.float64) + 0.1
+    if m.moe.skip_expert:
+        weights = weights.masked_fill(choices == E, 0)
+    if scenario == "unbalanced":
+        counts = torch.bincount(choices.flatten(), minlength=E + 1)
+        assert counts[1] == 0 and counts[0] > counts[2:E].max(), counts
+    x = torch.randn(N, H, generator=gen, dtype=torch.float64)
+    dy = torch.randn(N, H, generator=gen, dtype=torch.float64)
+    logits = torch.randn(N, m.moe.router_classes, generator=gen, dtype=torch.float64)
+
+    x64, w64 = x.clone().requires_grad_(), weights.clone().requires_grad_()
+    y64 = reference(x64, Routing(choices, w64, logits))
+    if scenario == "all_skip":  # the reference output does not depend on anything: every gradient is zero
+        for t in (x64, w64, *reference.parameters()):
+            t.grad = torch.zeros_like(t)
+    else:
+        y64.backward(dy)
+
+    kernel_experts = copy.deepcopy(reference).float().to(DEVICE)
+    kernel_experts.zero_grad()
+    xk = x.float().to(DEVICE).requires_grad_()
+    wk = weights.float().to(DEVICE).requires_grad_()
+    y = module.experts_forward(kernel_experts, xk, Routing(choices.to(DEVICE), wk, logits.float().to(DEVICE)))
+    y.backward(dy.float().to(DEVICE))
+
+    if scenario == "all_skip":
+        assert y64.abs().max() == 0
+    else:
+        assert y64.abs().max() > 0.1
+    assert_close(y, y64, rtol=1e-5, atol=1e-5, what="out")
+    assert_close(xk.grad, x64.grad, rtol=1e-4, atol=1e-5, what="dx")
+    assert_close(wk.grad, w64.grad, rtol=1e-4, atol=1e-5, what="dweights")
+    assert_close(kernel_experts.gate_up.grad, reference.gate_up.grad, rtol=1e-4, atol=1e-5, what="dgate_up")
+    assert_close(kernel_experts.down.grad, reference.down.grad, rtol=1e-4, atol=1e-5, what="ddown")
+
+
+def test_experts_without_grad_take_the_inference_path(tmp_path):
+    _, module = _modules(tmp_path, LINEAR_TOP1)
+    _poison(module)
+    m = LINEAR_TOP1.model
+    gen = torch.Generator().manual_seed(5)
+    reference = Experts(m).double()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.2)
+    choices = torch.randint(0, m.moe.num_experts, (11, 1), generator=gen)
+    weights = torch.rand(11, 1, generator=gen, dtype=torch.float64)
+    x = torch.randn(11, m.hidden_size, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        expected = reference(x, Routing(choices, weights, weights))
+        got = module.experts_forward(copy.deepcopy(reference).float(), x.float(), Routing(choices, weights.float(), weights))
+    assert not got.requires_grad
+    assert_close(got, expected, rtol=1e-5, atol=1e-5, what="out")
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_dispatch_sorts_pads_and_drops_nothing(tmp_path, block_m):
+    _, module = _modules(tmp_path, ZAYA_TOP2)
+    E = ZAYA_TOP2.model.moe.num_experts
+    gen = torch.Generator().manual_seed(block_m)
+    choices = _routing("unbalanced", 37, E, 2, True, gen)
+    slot, group, start, end = module.dispatch(choices, block_m)
+    assert slot.numel() % block_m == 0 and slot.numel() == group.numel() * block_m
+    assert slot.numel() == -(-(37 * 2 + (E + 1) * (block_m - 1)) // block_m) * block_m
+    flat = choices.flatten()
+    assert sorted(slot[slot >= 0].tolist()) == list(range(74))  # every slot once, skip slots included
+    for g in range(E + 1):
+        s, e = int(start[g]), int(end[g])
+        assert s % block_m == 0 and e % block_m == 0
+        held = slot[s:e]
+        members = torch.nonzero(flat == g).flatten()
+        assert torch.equal(held[held >= 0].long(), members)  # sorted by slot: deterministic order
+        assert (held[len(members):] == -1).all()
+        assert (group[s // block_m: e // block_m] == g).all()
+    assert (slot[int(end[E]):] == -1).all() and (group[int(end[E]) // block_m:] == E + 1).all()
+
+
+# ------------------------------------------------------------------------------ plans and configs
+
+
+def test_plans_names_and_config_spaces():
+    spec = load_spec("zaya1-8b")
+    names = [p.name for p in moe.plans(spec, "bf16", "h200")]
+    assert names == ["moe_router_c17_k1", "moe_experts_e16_h2048_i2048_k1"]
+    for target in ("mi300x", "mi355x", "h100", "h200"):
+        for plan in moe.plans(spec, "bf16", target):
+            for kernel, default in plan.configs.items():
+                space = moe.config_space(plan, kernel, target)
+                assert default in space, (target, kernel, default)
+                amd = {k for c in space for k in c} & {"waves_per_eu", "matrix_instr_nonkdim", "kpack"}
+                if target.startswith("mi") and plan.template == "moe_experts.py.jinja":
+                    assert amd == {"waves_per_eu", "matrix_instr_nonkdim", "kpack"}
+                    if target == "mi355x":
+                        assert {c["kpack"] for c in space} == {1}
+                else:
+                    assert not amd
+                assert moe.buckets(plan, kernel)
+
+
+AOT_SCRIPT = """
+import json, sys, tempfile, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+from zdiff.codegen.aot import check_fits, compile_entry
+from zdiff.codegen.families import moe
+from zdiff.codegen.render import load_module, render
+from zdiff.spec import load_spec
+spec = load_spec("zaya1-8b")
+out = Path(tempfile.mkdtemp())
+reports = []
+for target in sys.argv[1:]:
+    for plan in moe.plans(spec, "bf16", target):
+        path = out / f"{plan.name}_{target}.py"
+        path.write_text(render(plan, spec))
+        module = load_module(path, f"{plan.name}_{target}")
+        for entry in module.AOT:
+            _, report = compile_entry(module, entry, target)
+            check_fits(report, json.dumps(module.CONFIGS[entry], sort_keys=True))
+            reports.append({**report.to_dict(), "entry": entry})
+print(json.dumps(reports))
+"""
+
+
+def test_moe_kernels_compile_ahead_of_time_without_spills():
+    """ZAYA1-8B shapes, every entry point's default config, gfx942 / gfx950 / sm_90; two processes in parallel."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    jobs = [subprocess.Popen([sys.executable, "-c", AOT_SCRIPT, *targets], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for targets in (["mi300x", "h200"], ["mi355x"])]
+    reports = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=600)
+        assert job.returncode == 0, stderr[-3000:]
+        reports += json.loads(stdout.strip().splitlines()[-1])
+    spec = load_spec("zaya1-8b")
+    entries = {e for plan in moe.plans(spec, "bf16", "h200") for e in plan.configs}
+    assert len(entries) == 10
+    for target, arch in (("mi300x", "gfx942"), ("mi355x", "gfx950"), ("h200", "sm_90")):
+        mine = [r for r in reports if r["target"] == target]
+        assert {r["entry"] for r in mine} == entries and {r["arch"] for r in mine} == {arch}
+        for r in mine:
+            assert r["spills"] == 0 and r["registers"] > 0 and r["occupancy"] >= 1, r
+            if "_router_" not in r["entry"]:
+                assert r["matrix_instructions"], r  # the GEMMs use MFMA / mma / wgmma
