@@ -277,7 +277,7 @@ def test_plans_names_and_config_spaces():
                 space = moe.config_space(plan, kernel, target)
                 assert default in space, (target, kernel, default)
                 amd = {k for c in space for k in c} & {"waves_per_eu", "matrix_instr_nonkdim", "kpack"}
-                if target.startswith("mi") and plan.template == "moe_experts.py.jinja":
+                if target.startswith("mi") and plan.template == "moe_experts.py.jinja" and "dispatch" not in kernel:
                     assert amd == {"waves_per_eu", "matrix_instr_nonkdim", "kpack"}
                     if target == "mi355x":
                         assert {c["kpack"] for c in space} == {1}
@@ -323,11 +323,11 @@ def test_moe_kernels_compile_ahead_of_time_without_spills():
         reports += json.loads(stdout.strip().splitlines()[-1])
     spec = load_spec("zaya1-8b")
     entries = {e for plan in moe.plans(spec, "bf16", "h200") for e in plan.configs}
-    assert len(entries) == 10
+    assert len(entries) == 11
     for target, arch in (("mi300x", "gfx942"), ("mi355x", "gfx950"), ("h200", "sm_90")):
         mine = [r for r in reports if r["target"] == target]
         assert {r["entry"] for r in mine} == entries and {r["arch"] for r in mine} == {arch}
         for r in mine:
             assert r["spills"] == 0 and r["registers"] > 0 and r["occupancy"] >= 1, r
-            if "_router_" not in r["entry"]:
+            if "_router_" not in r["entry"] and not r["entry"].endswith("_dispatch"):
                 assert r["matrix_instructions"], r  # the GEMMs use MFMA / mma / wgmma

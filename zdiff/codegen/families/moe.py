@@ -7,7 +7,7 @@ Two kernel instances per spec (every MoE layer of a model shares the shapes):
 The experts have two paths: training / prefill sized groups (BLOCK_M 64) and a small-M path (BLOCK_M 16)
 for decode-sized groups, chosen at launch from the average group size. Entry points (CONFIGS keys):
 `_gate_up`, `_gate_up_small`, `_down`, `_down_small` (forward), `_down_bwd`, `_dx_bwd`, `_ddown_bwd`,
-`_dgate_up_bwd` (backward). The gate_up config's BLOCK_M is the dispatch tile of its path.
+`_dgate_up_bwd` (backward), and `_dispatch` (the single-program sort / pad of the slots). The gate_up config's BLOCK_M is the dispatch tile of its path.
 """
 
 from __future__ import annotations
@@ -94,8 +94,10 @@ def experts_plan(spec: Spec, dtype: str = "fp32", target: str = "cpu") -> Kernel
     m = spec.model
     name = experts_name(spec)
     constants = {"E": m.moe.num_experts, "H": m.hidden_size, "I": m.moe.ffn_size, "TOP_K": m.moe.top_k,
-                 "SMALL_TOKENS_PER_EXPERT": SMALL_TOKENS_PER_EXPERT, "ptr": DTYPE_PTR[dtype], "dtype": dtype}
+                 "SMALL_TOKENS_PER_EXPERT": SMALL_TOKENS_PER_EXPERT,
+                 "GROUPS_P2": triton.next_power_of_2(m.moe.num_experts + 1), "ptr": DTYPE_PTR[dtype], "dtype": dtype}
     configs = {f"{name}_{suffix}": config for suffix, config in _default_configs(target).items()}
+    configs[f"{name}_dispatch"] = {"CHUNK": 64 if target == "cpu" else 256, "num_warps": 4}
     return KernelPlan(name=name, family="moe", template="moe_experts.py.jinja", constants=constants, configs=configs)
 
 
@@ -115,6 +117,8 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
     suffix = kernel[len(plan.name) + 1:]
     if plan.family != "moe" or plan.template == "moe_router.py.jinja":
         return [{"num_warps": w} for w in (1, 2, 4)]
+    if suffix == "dispatch":
+        return [{"CHUNK": c, "num_warps": w} for c in (128, 256, 512) for w in (4, 8)]
     small = suffix.endswith("_small")
     block_ms = [16] if small else [32, 64, 128]
     if target in HIP_TARGETS:
