@@ -57,3 +57,16 @@ def run_cli(*args, cwd=None, env_extra=None):
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "zdiff", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture
+def poison_allocations(monkeypatch):
+    """Every tensor the code under test allocates with torch.empty / empty_like starts as NaN (floats)
+    or -7 (integers), so an element a kernel forgets to write fails the comparison."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))

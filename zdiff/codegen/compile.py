@@ -3,6 +3,7 @@
 Layout of the output directory:
   spec.yaml              the resolved spec the kernels came from
   kernels/<name>.py      readable, importable Triton source with its autograd wrapper
+  model.py               the generated torch model wired to those kernels (backend="triton")
   binaries/<kernel>.<target>.{hsaco,cubin}   GPU targets only
   manifest.json          spec hash, Triton version, every kernel instance with its constants,
                          launch config and resource report
@@ -27,15 +28,19 @@ from ..errors import ZdiffError
 from ..spec import Spec, dump_spec
 from .aot import AOT_TARGETS, check_fits, compile_entry
 from .plan import plan_kernels
-from .render import load_module, render
+from .render import load_module, render, render_model
 
 BINARY_EXT = {"hip": "hsaco", "cuda": "cubin"}
 
 
-def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = False, log=print) -> dict:
+def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = False, log=print, aot: bool = True,
+                 check_targets: bool = True) -> dict:
+    """Render every kernel of `spec` for `target` and the model that uses them; with `aot`, also compile the
+    GPU binaries and report their resources (`load_model(backend="triton")` skips that: the JIT compiles
+    for the device at hand)."""
     if target not in (*AOT_TARGETS, "cpu"):
         raise ZdiffError(f"--target must be one of {', '.join([*AOT_TARGETS, 'cpu'])}, got {target!r}")
-    if target not in spec.targets:
+    if check_targets and target not in spec.targets:
         raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {target} to compile for it")
     dtype = "fp32" if target == "cpu" else "bf16"
     plans = plan_kernels(spec, dtype, target)
@@ -47,9 +52,10 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
             path.write_text(render(plan, spec))
             entry = {"name": plan.name, "template": plan.template, "file": f"kernels/{plan.name}.py",
                      "constants": plan.constants, "configs": plan.configs}
-            if target != "cpu":
+            if aot and target != "cpu":
                 entry["aot"] = _aot(load_module(path, plan.name), target, tmp / "binaries")
             entries.append(entry)
+        (tmp / "model.py").write_text(render_model(spec, plans, target))
         manifest = {"zdiff_version": __version__, "spec": spec.name, "spec_hash": spec.hash(), "target": target,
                     "triton_version": triton.__version__, "dtype": dtype, "kernels": entries}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

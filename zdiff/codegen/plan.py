@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..spec import Spec
 
-FAMILY_MODULES = ("norms", "cca", "moe")
+FAMILY_MODULES = ("norms", "attention", "cca", "moe")
 DTYPE_PTR = {"bf16": "*bf16", "fp32": "*fp32", "fp16": "*fp16"}
 
 

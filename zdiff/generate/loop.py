@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ZdiffError
 from ..spec import DiffusionSpec
-from ..pattern import Pattern, causal_pattern, decode_pattern, prefill_pattern
+from ..pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, prefill_pattern
 from .cache import DecodeCache
 from .sampling import SamplingParams, draw_gumbel, gumbel_argmax, probabilities, target_probs, verify_greedy, verify_stochastic
 
@@ -73,8 +73,8 @@ class GenerationResult:
 class _Batch:
     """Stacks each sequence's rows (a pattern over its cached context plus new rows) into one pass."""
 
-    def __init__(self, model, cache: DecodeCache, pad_id: int):
-        self.model, self.cache, self.pad_id = model, cache, pad_id
+    def __init__(self, model, cache: DecodeCache, pad_id: int, block_size: int):
+        self.model, self.cache, self.pad_id, self.block_size = model, cache, pad_id, block_size
 
     @torch.no_grad()
     def run(self, plans: list[tuple[list[int], Pattern] | None]) -> torch.Tensor:
@@ -99,8 +99,9 @@ class _Batch:
             mask = pattern.query_mask()  # (n, C + n)
             visible[b, :n, :C] = mask[:, :C]
             visible[b, :n, S:S + n] = mask[:, C:]
+        layout = BatchLayout.of_patterns([None if p is None else p[1] for p in plans], self.block_size)
         return self.model(ids.to(device), positions=positions.to(device), predecessors=preds.to(device),
-                          visible=visible.to(device), cache=cache)
+                          visible=visible.to(device), cache=cache, layout=layout)
 
 
 def _sample(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
@@ -141,7 +142,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
     seqs = [SequenceState(prompt=list(p)) for p in prompts]
     cache = DecodeCache(model.spec, len(seqs), max(map(len, prompts)) + max_new_tokens + 2 * b + 2,
                         dtype=model.dtype, device=model.embed.weight.device)
-    batch = _Batch(model, cache, pad_id=mask_id if mask_id is not None else 0)
+    batch = _Batch(model, cache, pad_id=mask_id if mask_id is not None else 0, block_size=b)
     start = time.perf_counter()
 
     # prefill: the prompt (causal) and, for TiDAR, one mask block whose slots 1..b-1 are the first drafts

@@ -84,4 +84,4 @@ def decode_pattern(context_len: int, drafts: int, block_size: int, levels: tuple
         segments.append(Segment(f"proposal[a={a}]", row, b, L + a, C + a,
                                 (KeyRange(0, C + a + 1), KeyRange(row, row + b))))
         row += b
-    return Pattern("decode", tuple(segments), b)
+    return Pattern("decode", tuple(segments), b, tuple(levels))

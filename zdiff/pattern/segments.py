@@ -61,9 +61,10 @@ class Segment:
 
 @dataclass(frozen=True)
 class Pattern:
-    layout: str  # "training" | "prefill" | "decode"
+    layout: str  # "training" | "prefill" | "decode" | "causal"
     segments: tuple[Segment, ...]
     block_size: int
+    levels: tuple[int, ...] = ()  # decode: acceptance level of each proposal block
 
     def __post_init__(self):
         row = 0

@@ -65,17 +65,20 @@ class Transformer(nn.Module):
         return self.embed.weight.dtype
 
     def forward(self, input_ids, positions=None, predecessors=None, visible=None, return_routings: bool = False,
-                cache=None):
+                cache=None, layout=None):
         """Logits (B, T, V) fp32; with return_routings, a ForwardOutput that also holds each layer's routing.
 
         Training goes through here (not forward_full) so that DDP / FSDP forward hooks run.
         """
-        out = self.forward_full(input_ids, positions, predecessors, visible, cache)
+        out = self.forward_full(input_ids, positions, predecessors, visible, cache, layout)
         return out if return_routings else out.logits
 
-    def forward_full(self, input_ids, positions=None, predecessors=None, visible=None, cache=None) -> ForwardOutput:
+    def forward_full(self, input_ids, positions=None, predecessors=None, visible=None, cache=None,
+                     layout=None) -> ForwardOutput:
         """input_ids (B, T). positions and predecessors: (T,) or (B, T) long, predecessor -1 for none;
         visible: (T, T) or (B, T, T) bool, row = query. Defaults: a plain causal sequence.
+        `layout` (a zdiff.pattern.BatchLayout) is what the kernels of the generated model read
+        instead of `visible`; when `visible` is None it is built from the layout.
 
         With a `DecodeCache` (zdiff.generate.cache), the rows are new tokens after the cached
         ones: predecessors index [cache state rows | new rows], visible is (B, T, cache slots + T),
@@ -85,6 +88,8 @@ class Transformer(nn.Module):
         rows = torch.arange(T, device=device)
         positions = rows if positions is None else positions
         predecessors = rows - 1 if predecessors is None else predecessors
+        if visible is None and layout is not None:
+            visible = layout.dense_visible(T, 0 if cache is None else cache.max_len).to(device)
         visible = torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
         positions = positions.expand(B, T)
         predecessors = predecessors.expand(B, predecessors.shape[-1])

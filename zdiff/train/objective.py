@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ZdiffError
-from ..pattern import training_pattern
+from ..pattern import BatchLayout, training_pattern
 from ..runtime.moe import Routing
 from ..spec import Spec
 
@@ -37,6 +37,7 @@ class Objective:
         if mode not in ("ar", "tidar"):
             raise ZdiffError(f"--mode must be ar or tidar, got {mode!r}")
         self.mode, self.seq_len = mode, seq_len
+        self.block_size = spec.diffusion.block_size
         self.alpha = spec.diffusion.loss_alpha
         self.mask_id = spec.diffusion.mask_token_id
         if mode == "tidar":
@@ -52,13 +53,14 @@ class Objective:
         """window: (B, S + 1) token ids."""
         x, labels = window[:, :-1], window[:, 1:]
         if self.mode == "ar":
-            out = model(x, return_routings=True)
+            out = model(x, return_routings=True, layout=BatchLayout.training(len(x), x.shape[1], self.block_size, diffusion=False))
             ar = _ce(out.logits, labels)
             return LossParts(ar, ar.detach(), None, out.routings)
         device = window.device
         ids = torch.cat([x, torch.full_like(x, self.mask_id)], dim=1)
         out = model(ids, positions=self.positions.to(device), predecessors=self.predecessors.to(device),
-                    visible=self.visible.to(device), return_routings=True)
+                    visible=self.visible.to(device), return_routings=True,
+                    layout=BatchLayout.training(len(x), self.seq_len, self.block_size))
         S = self.seq_len
         ar = _ce(out.logits[:, :S], labels)
         diffusion = _ce(out.logits[:, S:], x)

@@ -1,0 +1,116 @@
+"""The structure of one batched forward pass, in the few numbers the attention kernels read.
+
+A `Pattern` spells out every row of one sequence; a batch of them, as the generation loop
+and the trainer build it, is always one of the three TiDAR layouts with per-sequence sizes:
+- training: rows [clean x S | masks x S] (causal_rows = S; no proposal rows for AR training);
+- prefill:  [prompt | one mask block] (causal_rows = prompt length; no block for AR prefill);
+- decode:   [verify rows | proposal blocks at the spec's first levels] after cache_lengths keys.
+`dense_visible` turns a layout back into the boolean mask the reference model reads, so the
+kernels and the reference are driven by the same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from ..errors import ZdiffError
+from .segments import Pattern
+
+KINDS = ("training", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    kind: str  # training | prefill | decode
+    block_size: int
+    levels: tuple[int, ...]  # decode: acceptance level of each proposal block, in row order (a prefix per sequence)
+    cache_lengths: tuple[int, ...]  # keys already in the KV cache (decode), zeros otherwise
+    causal_rows: tuple[int, ...]  # leading causal rows: clean half / prompt / verify rows
+    rows: tuple[int, ...]  # valid rows of this pass; the rest of the padded length is padding
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ZdiffError(f"layout kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not len(self.cache_lengths) == len(self.causal_rows) == len(self.rows):
+            raise ZdiffError("layout: cache_lengths, causal_rows and rows need one entry per sequence")
+        for c, r in zip(self.causal_rows, self.rows):
+            if not 0 <= c <= r or (r - c) % self.block_size and self.kind != "training":
+                raise ZdiffError(f"layout: {r} rows with {c} causal rows do not make whole blocks of {self.block_size}")
+
+    @property
+    def batch(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def training(cls, batch: int, seq_len: int, block_size: int, diffusion: bool = True) -> "BatchLayout":
+        """[x | M x S] (diffusion) or a plain causal sequence of seq_len rows."""
+        rows = 2 * seq_len if diffusion else seq_len
+        return cls("training", block_size, (), (0,) * batch, (seq_len,) * batch, (rows,) * batch)
+
+    @classmethod
+    def of_patterns(cls, patterns: list[Pattern | None], block_size: int) -> "BatchLayout":
+        """The layout of a batch of per-sequence patterns (None: a finished sequence, all padding)."""
+        kinds = {p.layout for p in patterns if p is not None} - {"causal"}
+        if len(kinds) > 1:
+            raise ZdiffError(f"one forward pass cannot mix layouts {sorted(kinds)}")
+        has_cache = any(p is not None and p.query_start > 0 for p in patterns)
+        kind = kinds.pop() if kinds else ("decode" if has_cache else "prefill")
+        cache, causal, rows, levels = [], [], [], ()
+        for p in patterns:
+            if p is None:
+                cache.append(0), causal.append(0), rows.append(0)
+                continue
+            first = next(s for s in p.segments if s.query)
+            cache.append(p.query_start)
+            causal.append(first.length)
+            rows.append(p.num_rows - p.query_start)
+            if len(p.levels) > len(levels):
+                levels = p.levels
+        for p in patterns:
+            if p is not None and p.levels != levels[: len(p.levels)]:
+                raise ZdiffError(f"decode levels {list(p.levels)} are not a prefix of {list(levels)}")
+        return cls(kind, block_size, levels, tuple(cache), tuple(causal), tuple(rows))
+
+    def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cache_lengths, causal_rows, rows) as int32 tensors on `device` (copied once per layout)."""
+        key = str(device)
+        if key not in self._tensors:
+            self._tensors[key] = tuple(torch.tensor(x, dtype=torch.int32, device=device)
+                                       for x in (self.cache_lengths, self.causal_rows, self.rows))
+        return self._tensors[key]
+
+    @cached_property
+    def _tensors(self) -> dict:
+        return {}
+
+    def anchor(self, b: int, j: int) -> int:
+        """Block j of sequence b sees this pass's rows [0, anchor) besides itself."""
+        if self.kind == "training":
+            return j * self.block_size
+        if self.kind == "prefill":
+            return self.causal_rows[b]
+        return self.levels[j] + 1
+
+    def dense_visible(self, padded_rows: int, cache_slots: int = 0) -> torch.Tensor:
+        """(B, padded_rows, cache_slots + padded_rows) bool: keys [cache slots | this pass's rows].
+
+        Padding rows see only themselves (the reference needs every row to see something)."""
+        T, S = padded_rows, cache_slots
+        visible = torch.zeros(self.batch, T, S + T, dtype=torch.bool)
+        visible[:, torch.arange(T), S + torch.arange(T)] = True
+        for b in range(self.batch):
+            C, n_causal, n = self.cache_lengths[b], self.causal_rows[b], self.rows[b]
+            if n == 0:
+                continue
+            visible[b, :n, :C] = True
+            visible[b, :n_causal, S:S + n_causal] = torch.ones(n_causal, n_causal, dtype=torch.bool).tril()
+            for j, start in enumerate(range(n_causal, n, self.block_size)):
+                stop = min(start + self.block_size, n)
+                visible[b, start:stop] = False
+                visible[b, start:stop, :C] = True
+                visible[b, start:stop, S:S + self.anchor(b, j)] = True
+                visible[b, start:stop, S + start:S + stop] = True
+        return visible
