@@ -5,10 +5,15 @@
 
 Checks (bf16 / fp32 on the device, against the reference implementations):
   - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary;
-  - rendered RMSNorm kernel forward / backward vs the fp64 reference.
+  - rendered RMSNorm kernel forward / backward vs the fp64 reference;
+  - TiDAR attention (decode with and without split-KV, training fwd + bwd) and the MoE kernels in
+    bf16 vs fp64, next to the same computation's plain bf16 PyTorch error (attention_bench, moe_bench);
+  - the generated model (backend="triton") vs the reference model on the tiny spec, fp32 logits.
 Times (triton.testing.do_bench, median):
   - fused verifier at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s;
-  - RMSNorm forward and backward at 8192 x 2048 bf16 vs the torch reference, GB/s.
+  - RMSNorm forward and backward at 8192 x 2048 bf16 vs the torch reference, GB/s;
+  - decode-layout attention vs SDPA with the boolean mask (attention_bench), MoE experts vs
+    torch._grouped_mm and a per-expert loop (moe_bench).
 Writes results.json and results.md (card, versions, date) into --out for BENCHMARKS.md.
 """
 
@@ -26,6 +31,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zdiff.codegen.families.norms import norm_plan  # noqa: E402
 from zdiff.codegen.render import load_module, render  # noqa: E402
@@ -111,6 +117,22 @@ def check_and_time_rmsnorm(device, N, D, dtype, smoke, results):
     return ok
 
 
+def check_generated_model(device, results) -> bool:
+    """backend="triton" vs the reference on the tiny spec (random weights), fp32 logits of a causal pass."""
+    from zdiff.checkpoint.store import generated_model_class
+    from zdiff.runtime import build_model
+
+    spec = load_spec("zaya1-tiny")
+    reference = build_model(spec.model, seed=3, device=device)
+    generated = generated_model_class(spec, device)(spec.model).to(device)
+    generated.load_state_dict(reference.state_dict())
+    ids = torch.randint(0, 256, (2, 50), device=device)
+    with torch.no_grad():
+        err = (generated(ids) - reference(ids)).abs().max().item()
+    results["checks"]["generated_model_fp32_max_logit_err"] = err
+    return err < 1e-2  # tf32 matmuls inside the kernels
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_results"))
@@ -124,15 +146,25 @@ def main() -> int:
     ok &= check_and_time_rmsnorm(device, N, D, torch.float32 if device == "cpu" else torch.bfloat16, args.smoke, results)
     time_verifier(device, V, M=3 if args.smoke else 15, batches=(1,) if args.smoke else (1, 8, 32),
                   smoke=args.smoke, results=results)
+    ok &= check_generated_model(device, results)
+    for name in ("attention_bench", "moe_bench"):
+        bench_module = __import__(name)
+        try:
+            ok &= bench_module.run(device, args.smoke, results)
+        except Exception as error:  # keep the other results of a scarce device session
+            results["checks"][f"{name}_error"] = repr(error)
+            ok = False
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [f"{results['device']}, torch {results['torch']}, triton {results['triton']}, {results['date']}", "",
              "| kernel | shape | ms | GB/s |", "|---|---|---|---|"]
     for t in results["timings"]:
-        shape = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("kernel", "ms", "GB/s"))
-        gbs = f"{t['GB/s']:.0f}" if t["GB/s"] else "-"
-        lines.append(f"| {t['kernel']} | {shape} | {t['ms']:.4f} | {gbs} |")
+        shape = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items()
+                          if k not in ("kernel", "ms", "GB/s"))
+        gbs = f"{t['GB/s']:.0f}" if t.get("GB/s") else "-"
+        ms = t.get("ms", float("nan"))
+        lines.append(f"| {t['kernel']} | {shape} | {ms:.4f} | {gbs} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(results["checks"], indent=1))
     print("\n".join(lines))
