@@ -142,18 +142,24 @@ def main() -> int:
     results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                "torch": torch.__version__, "triton": triton.__version__, "checks": {}, "timings": []}
     V, N, D = (40, 6, 48) if args.smoke else (262272, 8192, 2048)
-    ok = check_verifier(device, V, B=3 if args.smoke else 8, M=3 if args.smoke else 15, results=results)
-    ok &= check_and_time_rmsnorm(device, N, D, torch.float32 if device == "cpu" else torch.bfloat16, args.smoke, results)
-    time_verifier(device, V, M=3 if args.smoke else 15, batches=(1,) if args.smoke else (1, 8, 32),
-                  smoke=args.smoke, results=results)
-    ok &= check_generated_model(device, results)
-    for name in ("attention_bench", "moe_bench"):
-        bench_module = __import__(name)
+    def stage(name, fn):
+        """Run one part; a failure is recorded and the others still run (device time is scarce)."""
         try:
-            ok &= bench_module.run(device, args.smoke, results)
-        except Exception as error:  # keep the other results of a scarce device session
-            results["checks"][f"{name}_error"] = repr(error)
-            ok = False
+            return bool(fn())
+        except Exception as error:
+            results["checks"][f"{name}_error"] = repr(error)[:2000]
+            return False
+
+    ok = stage("verifier", lambda: check_verifier(device, V, B=3 if args.smoke else 8, M=3 if args.smoke else 15,
+                                                  results=results))
+    ok &= stage("rmsnorm", lambda: check_and_time_rmsnorm(device, N, D, torch.float32 if device == "cpu" else torch.bfloat16,
+                                                        args.smoke, results))
+    ok &= stage("verifier_timing", lambda: time_verifier(device, V, M=3 if args.smoke else 15,
+                                                         batches=(1,) if args.smoke else (1, 8, 32), smoke=args.smoke,
+                                                         results=results) or True)
+    ok &= stage("generated_model", lambda: check_generated_model(device, results))
+    for name in ("attention_bench", "moe_bench"):
+        ok &= stage(name, lambda name=name: __import__(name).run(device, args.smoke, results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -25,7 +25,7 @@ from ..errors import ZdiffError
 from .sampling import SamplingParams
 
 NEG_INF = tl.constexpr(float("-inf"))
-TINY = tl.constexpr(1e-38)  # keeps tl.log away from 0 in lanes that tl.where discards
+TINY = tl.constexpr(1e-30)  # keeps tl.log away from 0 in discarded lanes; a normal fp32 (1e-38 made Triton 3.6 widen to fp64)
 
 
 @triton.jit
@@ -123,7 +123,7 @@ def fused_verify_kernel(
                         g = _gumbel(gumbel_ptr, seed, noise_base + i * V + idx, idx, V, GIVEN_NOISE)
                         key = tl.where(p > q, tl.log(tl.maximum(p - q, TINY)) + g, NEG_INF)
                         key_p = tl.where(p > 0, tl.log(tl.maximum(p, TINY)) + g, NEG_INF)
-                        chunk_best = tl.max(key, 0)
+                        chunk_best = tl.max(key, 0).to(tl.float32)
                         if chunk_best > best:
                             best = chunk_best
                             best_idx = v0 + tl.argmax(key, 0)
@@ -145,7 +145,7 @@ def fused_verify_kernel(
             else:
                 g = _gumbel(gumbel_ptr, seed, noise_base + m * V + idx, idx, V, GIVEN_NOISE)
                 key = tl.where(valid, t + g, NEG_INF)
-            chunk_best = tl.max(key, 0)
+            chunk_best = tl.max(key, 0).to(tl.float32)
             if chunk_best > best:
                 best = chunk_best
                 best_idx = v0 + tl.argmax(key, 0)
