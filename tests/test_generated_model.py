@@ -98,3 +98,15 @@ def test_greedy_generation_matches_reference_row_by_row(models, mode):
     for (got, layout), (want, _) in zip(records["generated"], records["reference"]):
         for b, n in enumerate(layout.rows):
             assert_close(got[b, :n], want[b, :n], rtol=1e-4, atol=1e-4, what=f"{layout.kind} logits of sequence {b}")
+
+
+def test_generated_model_uses_the_shipped_autotune_tables(tmp_path):
+    """zaya1-8b for mi300x: the static tables in zdiff/autotune/tables/mi300x configure the generated modules."""
+    from zdiff.spec import load_spec
+
+    spec = load_spec("zaya1-8b")
+    compile_spec(spec, "mi300x", tmp_path / "build", aot=False, log=lambda *_: None)
+    module = load_module(tmp_path / "build" / "model.py", f"model8b_{tmp_path.name}")
+    assert "rmsnorm_d2048_fwd" in module.TUNED
+    table = module.MODULES["rmsnorm_d2048"].TABLES["rmsnorm_d2048_fwd"]
+    assert table and all("num_warps" in config for config in table.values())

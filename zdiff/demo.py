@@ -1,6 +1,7 @@
 """The README's main job on the embedded default (no downloads).
 
-1. check every shipped spec;
+1. check every shipped spec, and compile the tiny one for MI300X (Triton sources, the generated
+   model, hsaco binaries and their resource report; ahead of time, no GPU needed);
 2. train the tiny ZAYA1 spec as an AR model on this Python's standard library source;
 3. convert it into a TiDAR block-diffusion model (training from the AR checkpoint);
 4. report held-out AR loss (bits per byte) before and after the conversion, and the
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from .checkpoint.atomic import atomic_write_text
 from .checkpoint.store import load_model
+from .codegen.compile import compile_spec
 from .generate import SamplingParams, generate
 from .generate.cli_run import stats_table
 from .plots import acceptance_histogram
@@ -59,6 +61,12 @@ def run_demo(out: str = "runs/demo", plan: DemoPlan = DemoPlan(), prompt: str = 
             f"{p['active_per_token_without_embeddings']:>13,} {s['kv_cache_bytes_per_token']:>11,}")
 
     root = Path(out)
+    log("\n== 1b. zdiff compile zaya1-tiny --target mi300x (ahead of time, no GPU) ==")
+    manifest = compile_spec(load_spec("zaya1-tiny"), "mi300x", root / "compiled-mi300x", force=True, log=log)
+    for kernel in manifest["kernels"]:
+        worst = max(kernel["aot"].values(), key=lambda r: r["registers"])
+        log(f"  {kernel['name']:<34} {len(kernel['aot'])} entry point(s), max {worst['registers']} VGPRs, "
+            f"{sum(r['spills'] for r in kernel['aot'].values())} spills")
     for stage in ("ar", "tidar"):  # the demo owns these two run directories
         shutil.rmtree(root / stage, ignore_errors=True)
     common = dict(spec="zaya1-tiny", data="stdlib", batch_size=plan.batch_size, seq_len=plan.seq_len,
