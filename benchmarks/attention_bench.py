@@ -116,7 +116,6 @@ def time_decode(device, target, smoke, results) -> None:
             "kernel": "attention_decode zdiff", "batch": batch, "context": context, "proposals": proposals,
             "rows": layout.rows[0], "ms": ms, "GB/s": moved / (ms * 1e-3) / 1e9 if ms == ms else None,
             "sdpa_ms": ms_sdpa, "speedup_vs_sdpa": ms_sdpa / ms if ms == ms else None})
-        del kk, vv, visible
 
 
 def bench(fn, smoke: bool) -> float:

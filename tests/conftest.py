@@ -70,3 +70,22 @@ def poison_allocations(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+
+
+def aot_family_reports(family: str, targets=("mi300x", "mi355x", "h200"), spec: str = "zaya1-8b", processes: int = 2):
+    """Resource reports of a family's default configs compiled for real (zdiff.codegen.aot_check) in
+    subprocesses without TRITON_INTERPRET, targets spread over `processes` workers."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(REPO), TRITON_DISABLE_LINE_INFO="1")
+    groups = [list(targets[i::processes]) for i in range(processes) if targets[i::processes]]
+    jobs = [subprocess.Popen([sys.executable, "-m", "zdiff.codegen.aot_check", family, spec, *group],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for group in groups]
+    reports = []
+    for job in jobs:
+        out, err = job.communicate(timeout=900)
+        assert job.returncode == 0, err[-3000:]
+        reports += json.loads(out.strip().splitlines()[-1])
+    return reports

@@ -5,15 +5,11 @@ decode, poisoned allocations; the compiled tile classification against the dense
 ahead-of-time compilation for every GPU target without spills.
 """
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import DEVICE, REPO, assert_close
+from conftest import DEVICE, aot_family_reports, assert_close
 from zdiff.codegen.families.attention import attention_plan
 from zdiff.codegen.render import load_module, render
 from zdiff.pattern import BatchLayout, decode_pattern, prefill_pattern, training_pattern
@@ -138,36 +134,9 @@ def test_compiled_tile_classification_against_the_dense_mask(tmp_path, layout_ki
     assert {0, 1, 2} <= set(classes.tolist()), "the sample should contain empty, partial and full tiles"
 
 
-AOT_SCRIPT = """
-import json, sys, warnings
-warnings.simplefilter("ignore")
-from zdiff.codegen.aot import check_fits, compile_entry
-from zdiff.codegen.families.attention import plans
-from zdiff.codegen.render import load_module, render
-from zdiff.spec import load_spec
-spec = load_spec("zaya1-8b")
-out, reports = sys.argv[1], []
-for target in ("mi300x", "mi355x", "h200"):
-    for plan in plans(spec, "bf16", target):
-        path = f"{out}/{plan.name}_{target}.py"
-        open(path, "w").write(render(plan, spec))
-        module = load_module(path, plan.name + "_" + target)
-        for entry in module.AOT:
-            _, report = compile_entry(module, entry, target)
-            check_fits(report, json.dumps(module.CONFIGS[entry]))
-            reports.append(report.to_dict())
-print(json.dumps(reports))
-"""
-
-
-def test_attention_kernels_compile_ahead_of_time_without_spills(tmp_path):
+def test_attention_kernels_compile_ahead_of_time_without_spills():
     """ZAYA1-8B shapes, default configs, every entry point, gfx942 / gfx950 / sm_90 (real compilation)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=str(REPO), TRITON_DISABLE_LINE_INFO="1")
-    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                            env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = aot_family_reports("attention")
     assert {r["arch"] for r in reports} == {"gfx942", "gfx950", "sm_90"}
     for r in reports:
         assert r["spills"] == 0 and r["scratch_bytes"] == 0, r

@@ -5,12 +5,11 @@ layout and a cached decode step; every entry point compiles ahead of time for ZA
 
 import copy
 import dataclasses
-import json
 
 import pytest
 import torch
 
-from conftest import DEVICE, REPO, assert_close
+from conftest import DEVICE, aot_family_reports, assert_close
 from zdiff.codegen.families.cca import cca_plan, plans
 from zdiff.codegen.render import load_module, render
 from zdiff.generate import DecodeCache
@@ -192,41 +191,9 @@ def test_cca_plans_only_for_ccgqa_specs():
     assert plans(load_spec("qwen3-moe-tiny"), "fp32", "cpu") == []
 
 
-AOT_SCRIPT = """
-import json, sys, tempfile, warnings
-from pathlib import Path
-warnings.simplefilter("ignore")
-from zdiff.codegen.aot import check_fits, compile_entry
-from zdiff.codegen.families.cca import plans
-from zdiff.codegen.render import load_module, render
-from zdiff.spec import load_spec
-spec = load_spec("zaya1-8b")
-tmp = Path(tempfile.mkdtemp())
-reports = []
-for target in ("mi300x", "mi355x", "h200"):
-    (plan,) = plans(spec, "bf16", target)
-    path = tmp / f"{plan.name}_{target}.py"
-    path.write_text(render(plan, spec))
-    module = load_module(path, f"{plan.name}_{target}")
-    for entry in module.AOT:
-        _, report = compile_entry(module, entry, target)
-        check_fits(report, json.dumps(module.CONFIGS[entry], sort_keys=True))
-        reports.append(report.to_dict())
-print(json.dumps(reports))
-"""
-
-
 def test_cca_compiles_ahead_of_time_for_zaya1_8b_without_spills():
     """Real compilation (not the interpreter) of every entry point's default config, in a subprocess."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=str(REPO), TRITON_DISABLE_LINE_INFO="1")
-    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = aot_family_reports("cca")
     assert len(reports) == 3 * 4
     assert {r["arch"] for r in reports} == {"gfx942", "gfx950", "sm_90"}
     for r in reports:

@@ -4,16 +4,12 @@ spaces; ahead-of-time compilation of every default config for gfx942, gfx950 and
 
 import copy
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import DEVICE, REPO, assert_close
+from conftest import DEVICE, aot_family_reports, assert_close
 from zdiff.codegen.families import moe
 from zdiff.codegen.render import load_module, render
 from zdiff.runtime.moe import Experts, Router, Routing, expert_load, update_balancing_bias
@@ -286,41 +282,9 @@ def test_plans_names_and_config_spaces():
                 assert moe.buckets(plan, kernel)
 
 
-AOT_SCRIPT = """
-import json, sys, tempfile, warnings
-from pathlib import Path
-warnings.simplefilter("ignore")
-from zdiff.codegen.aot import check_fits, compile_entry
-from zdiff.codegen.families import moe
-from zdiff.codegen.render import load_module, render
-from zdiff.spec import load_spec
-spec = load_spec("zaya1-8b")
-out = Path(tempfile.mkdtemp())
-reports = []
-for target in sys.argv[1:]:
-    for plan in moe.plans(spec, "bf16", target):
-        path = out / f"{plan.name}_{target}.py"
-        path.write_text(render(plan, spec))
-        module = load_module(path, f"{plan.name}_{target}")
-        for entry in module.AOT:
-            _, report = compile_entry(module, entry, target)
-            check_fits(report, json.dumps(module.CONFIGS[entry], sort_keys=True))
-            reports.append({**report.to_dict(), "entry": entry})
-print(json.dumps(reports))
-"""
-
-
 def test_moe_kernels_compile_ahead_of_time_without_spills():
-    """ZAYA1-8B shapes, every entry point's default config, gfx942 / gfx950 / sm_90; two processes in parallel."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
-    jobs = [subprocess.Popen([sys.executable, "-c", AOT_SCRIPT, *targets], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env) for targets in (["mi300x", "h200"], ["mi355x"])]
-    reports = []
-    for job in jobs:
-        stdout, stderr = job.communicate(timeout=600)
-        assert job.returncode == 0, stderr[-3000:]
-        reports += json.loads(stdout.strip().splitlines()[-1])
+    """ZAYA1-8B shapes, every entry point's default config, gfx942 / gfx950 / sm_90 (real compilation)."""
+    reports = aot_family_reports("moe")
     spec = load_spec("zaya1-8b")
     entries = {e for plan in moe.plans(spec, "bf16", "h200") for e in plan.configs}
     assert len(entries) == 11

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import sympy as sp
 
 from conftest import run_cli
 from zdiff.autotune import cost
@@ -27,14 +26,15 @@ def test_parts_of_a_small_gqa_moe_match_hand_computed_values():
     assert forward.rows == 16
     proj = 3 * (128 * 128 + 128 * 64 + 128 * 64 + 128 * 128 + 2 * 32)  # q, k, v, o + q/k RMS weights = 147648
     assert proj == 147648
-    expert = 3 * 3 * 128 * 128  # one expert, all layers = 147456
+    expert = 3 * 3 * 128 * 128  # one expert, all layers
+    assert expert == 147456
     distinct = 8 * (1 - 0.75 ** 32)  # E(1-(1-k/E)^T), k/E = 2/8, T = 32
     expected = {  # part: (FLOPs, bytes)
         "embedding": (0, 32 * 128 * 2),
         "attn_proj": (2 * 147648 * 32, 147648 * 2),
         "attention": (4 * 3 * 4 * 32 * (10 + 16) * 32, 2 * 10 * 768 + 32 * 768),  # 768 B of K/V per token
         "router": (2 * 3 * 128 * 8 * 32, 3 * 128 * 8 * 2),
-        "experts": (2 * 2 * 147456 * 32, distinct * 147456 * 2),
+        "experts": (2 * 2 * expert * 32, distinct * expert * 2),
         "lm_head": (2 * 264 * 128 * 32, 264 * 128 * 2),
         "norms": (4 * 128 * 7 * 32, (3 * 2 * 128 + 128) * 2),
     }

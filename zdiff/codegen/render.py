@@ -25,6 +25,8 @@ _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("zdiff", "templates"),
     undefined=jinja2.StrictUndefined,  # a missing plan constant is an error, not an empty string
     keep_trailing_newline=True,
+    trim_blocks=True,  # block tags ({% if %} lines) leave no blank lines in the generated source
+    lstrip_blocks=True,
     autoescape=False,
 )
 _ENV.filters["py"] = python_literal
