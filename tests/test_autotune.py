@@ -188,3 +188,160 @@ def test_autotune_argument_errors():
         tune.autotune(spec, "mi300x", budget=0)
     with pytest.raises(ZdiffError, match="TRITON_INTERPRET=1 is set"):  # this suite runs with the interpreter on
         tune.autotune(spec, "mi300x")
+
+
+# --- benchmark hooks, bucket tiles, the measured path -------------------------------------------------------
+
+def _render_modules(tmp_path, spec_name="zaya1-tiny", dtype="fp32", target="cpu"):
+    from zdiff.codegen.plan import plan_kernels
+    from zdiff.codegen.render import load_module, render
+    from zdiff.spec import load_spec
+
+    spec = load_spec(spec_name)
+    out = []
+    for plan in plan_kernels(spec, dtype, target):
+        path = tmp_path / f"{plan.name}.py"
+        path.write_text(render(plan, spec))
+        out.append((plan, load_module(path, f"{plan.name}_{tmp_path.name}")))
+    return spec, out
+
+
+def test_every_entry_point_has_a_bench_hook_or_a_documented_skip_and_the_hooks_run_on_the_cpu(tmp_path):
+    """Each hook builds its inputs and launches its entry (the interpreter, device="cpu", the module's default
+    config); the decode `_fwd_split` / `_combine` are the only skips; nothing runs at import."""
+    spec, modules = _render_modules(tmp_path)
+    buckets = {"norms": 4, "moe": 16, "cca": 8, "attention": 4 * spec.diffusion.block_size}
+    skipped = set()
+    for plan, module in modules:
+        assert set(module.AOT) == set(module.BENCH) | set(module.BENCH_SKIPPED), plan.name
+        assert not set(module.BENCH) & set(module.BENCH_SKIPPED)
+        skipped |= set(module.BENCH_SKIPPED)
+        for entry, make in module.BENCH.items():
+            extra = {"batch": 1} if plan.family in ("attention", "cca") else {}
+            fn = make(buckets[plan.family], module.CONFIGS[entry], device="cpu", **extra)
+            assert callable(fn)
+            fn()
+    assert skipped == {"attention_decode_fwd_split", "attention_decode_combine"}
+
+
+def test_bucket_tiles_follow_the_dimension_each_family_buckets():
+    from zdiff.codegen.plan import plan_kernels
+    from zdiff.spec import load_spec
+
+    plans = {p.name: p for p in plan_kernels(load_spec("zaya1-8b"), "bf16", "mi300x")}
+    cfg = {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_T": 16, "ROWS": 4, "BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_S": 32,
+           "num_warps": 4}
+    tile = lambda name, suffix: tune.bucket_tile(plans[name], f"{name}_{suffix}", cfg)
+    # attention buckets keys per sequence: the key loop's BLOCK_N, not the row tile
+    assert tile("attention_training", "fwd") == 32 and tile("attention_decode", "fwd") == 32
+    assert tile("attention_training", "bwd_dq") == 32 and tile("attention_training", "bwd_dkdv") == 32
+    cca = next(n for n in plans if n.startswith("cca_"))
+    assert tile(cca, "fwd") == 16 and tile(cca, "bwd") == 16 and tile(cca, "bwd_weight") is None
+    experts = next(n for n in plans if n.startswith("moe_experts"))
+    assert tile(experts, "gate_up") == 128 and tile(experts, "down") == 64 and tile(experts, "down_small") == 16
+    assert tile(experts, "ddown_bwd") is None and tile(experts, "dispatch") is None
+    assert tile(next(n for n in plans if n.startswith("moe_router")), "fwd") == 1
+    assert tile("rmsnorm_d2048", "fwd") == 1 and tile("rmsnorm_d2048", "bwd") == 4
+    # a decode bucket of 4096 keys: a 128-key tile beats a 32-key one with the same resources (fewer, fuller
+    # programs are not the point; the padding of the last tile is, at 1000 keys)
+    rates = TARGETS["mi300x"]
+    assert tune.static_score(_report(), {}, 1000, 32, rates) < tune.static_score(_report(), {}, 1000, 128, rates) * 2
+    assert tune.static_score(_report(), {}, 16, None, rates) == tune.static_score(_report(), {}, 16, 16, rates)
+
+
+def test_the_measured_path_times_every_survivor_through_the_bench_hooks(tmp_path, monkeypatch):
+    """A device of the target 'present' (mocked), AOT reports faked (the interpreter cannot compile ahead of
+    time in-process), do_bench replaced by a CPU timer: every config runs its hook per bucket and the fastest
+    per bucket wins; a hook that fails prunes its config."""
+    import functools
+
+    import triton.testing
+
+    from zdiff.codegen.families.norms import norm_plan
+    from zdiff.codegen.render import load_module, render
+    from zdiff.spec import load_spec
+
+    plan = norm_plan("rmsnorm", 128, "fp32")
+    path = tmp_path / "m.py"
+    path.write_text(render(plan, load_spec("zaya1-tiny")))
+    module = load_module(path, f"bench_{tmp_path.name}")
+    calls, real = [], dict(module.BENCH)
+
+    def fake_make(entry, bucket, config):
+        calls.append((entry, bucket, config.get("ROWS"), config["num_warps"]))
+        if config.get("ROWS") == 64:
+            raise RuntimeError("out of resources")
+        return functools.partial(real[entry], device="cpu")(bucket, config)
+
+    monkeypatch.setattr(module, "BENCH", {e: functools.partial(fake_make, e) for e in module.BENCH})
+
+    def fake_compile(mod, entry, target, trial):
+        trial.report = _report("mi300x", warps=trial.config["num_warps"])
+        trial.pruned = None
+
+    def fake_bench(fn, warmup=None, rep=None, return_mode="median"):
+        fn()
+        return 1.0 / calls[-1][3]  # more warps: "faster"
+
+    monkeypatch.setattr(tune, "_compile", fake_compile)
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(tune.family_module("norms"), "buckets", lambda plan, kernel: [4, 8])
+    monkeypatch.setattr(tune, "device_matches", lambda target: True)
+    assert tune.device_matches("mi300x")
+    results = tune.run_schedule([(plan, module)], "mi300x", time.monotonic() + 60, measure=True)
+    by_entry = {r.entry: r for r in results}
+    fwd, bwd = by_entry["rmsnorm_d128_fwd"], by_entry["rmsnorm_d128_bwd"]
+    assert fwd.method == bwd.method == "measured"
+    assert fwd.best == {4: {"num_warps": 8}, 8: {"num_warps": 8}}  # the largest of mi300x's [2, 4, 8]
+    assert all(t.times for t in fwd.trials)
+    assert {t.pruned for t in bwd.trials} == {None, "launch error (RuntimeError)"}
+    assert all(c["ROWS"] != 64 and c["num_warps"] == 8 for c in bwd.best.values())
+    summary = tune._entry_summary(fwd)
+    assert summary["times_ms"] == {"4": 0.125, "8": 0.125}
+    assert "(0.1250 ms)" in tune.format_summary({"target": "mi300x", "seconds": 1, "budget": 60,
+                                                 "measured_on_device": True, "tables": [], "cut_by_budget": 0,
+                                                 "entries": [summary]})
+
+
+def test_untabled_entries_get_their_default_only():
+    from zdiff.codegen.families import attention
+
+    plan = attention.attention_plan("decode", 4, 2, 128, 16, (0, 2, 5), "bf16", "mi300x")
+    assert not attention.tuned(plan, "attention_decode_fwd_split")
+    assert not attention.tuned(plan, "attention_decode_combine")
+    assert attention.tuned(plan, "attention_decode_fwd")
+
+
+def test_a_generated_attention_module_launches_the_table_config_of_the_nearest_bucket(tmp_path):
+    import torch
+
+    from zdiff.codegen.families.attention import attention_plan
+    from zdiff.codegen.render import load_module, render
+    from zdiff.spec import load_spec
+
+    plan = attention_plan("decode", 2, 1, 16, 4, (0, 1), "fp32", "cpu")
+    path = tmp_path / "attention_decode.py"
+    path.write_text(render(plan, load_spec("zaya1-tiny")))
+    module = load_module(path, f"attention_decode_{tmp_path.name}")
+    small = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 1}
+    large = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 8, "num_stages": 1}
+    write_table("mi300x", "attention_decode", {"attention_decode_fwd": {16: small, 256: large}}, "static",
+                root=tmp_path)
+    assert apply_tables({"attention_decode": module}, "mi300x", root=tmp_path) == ["attention_decode_fwd"]
+    launched = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append((grid, kwargs))
+
+    module.attention_decode_fwd = Spy()
+    T = 4 * 3  # verify rows + one block per level
+    for capacity in (8, 100, 200, 5000):  # keys per sequence = capacity + T
+        q = torch.randn(2, T, 2, 16)
+        k = v = torch.randn(2, T, 1, 16)
+        cache = torch.randn(2, capacity, 1, 16)
+        module.attention_forward(q, k, v, torch.full((2,), capacity), torch.full((2,), 4), torch.full((2,), T),
+                                 0.25, cache, cache)
+    picked = [(kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"]) for _, kw in launched]
+    assert picked == [(16, 32, 2), (16, 32, 2), (32, 16, 8), (32, 16, 8)]  # 20, 112 -> 16; 212, 5012 -> 256
+    assert launched[2][0][0] == 1  # grid over T * GROUP = 24 packed rows with the 32-row tile

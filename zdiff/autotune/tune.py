@@ -9,14 +9,23 @@ imported; for every entry point the family's `config_space` is compiled ahead of
   4 warps per SM on Hopper: no latency hiding at all).
 Survivors are then ranked per bucket:
 - measured, when a device of the target is present and the generated module provides a
-  benchmark hook (`BENCH[entry](bucket, config) -> callable`): `triton.testing.do_bench`
-  median; no generated template provides the hook yet, so tables are static today;
+  benchmark hook (`BENCH[entry](bucket, config) -> zero-argument callable`, every template
+  has one): `triton.testing.do_bench` median (it clears the L2 between runs); a config whose
+  launch fails is pruned ("launch error");
 - static otherwise: `static_score`, an estimated time from the resource report and the
   shape (see there); the table is marked "static".
-The budget (seconds of wall time) is shared between entry points as they come (each gets
-the remaining time over the remaining entries); the default config is compiled first, so an
-entry reached before the budget ends keeps at least a checked default; entries reached after
-it get no table (they launch with their defaults), and the summary says what was cut.
+The tile that covers an entry's bucket comes from the family's `bucket_tile(plan, kernel)`
+(a config key, a fixed int, or None when the bucket is a loop inside one program).
+
+Budget (seconds of wall time, compiles and measurements alike), in two passes:
+1. every entry point's default config is compiled (and measured) first, in order, which also
+   tells what one trial of that entry costs;
+2. the rest is shared so that every entry gets about the same number of alternatives
+   (an entry's share is proportional to its cost per trial, capped by the size of its space),
+   alternatives ordered by tile padding over the buckets.
+Entry points whose table the host code never reads (a family's `tuned(plan, kernel)` is
+False, e.g. attention's `_fwd_split` / `_combine`) get their default checked and no table.
+The summary says what the budget cut.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ class Trial:
     is_default: bool
     report: object | None = None  # ResourceReport
     pruned: str | None = None  # why, when dropped
+    seconds: float = 0.0  # compile (+ measurement) wall time
+    times: dict = field(default_factory=dict)  # bucket -> measured ms
 
 
 @dataclass
@@ -65,6 +76,8 @@ class EntryResult:
     best: dict = field(default_factory=dict)  # bucket -> config
     method: str = "static"
     cut_by_budget: int = 0
+    tuned: bool = True  # False: the host never reads this entry's table (default checked only)
+    pending: list = field(default_factory=list)  # alternatives not compiled yet
 
     @property
     def survivors(self) -> list[Trial]:
@@ -89,23 +102,30 @@ def prune_reason(report, config: dict) -> str | None:
     return None
 
 
-def bucket_tile(plan, kernel: str, config: dict) -> int:
-    """Rows of the bucketed dimension one program covers (a family may define `bucket_tile(plan, kernel)`
-    naming the key; otherwise the first of BUCKET_TILE_KEYS in the config, else 1 row per program)."""
+def bucket_tile(plan, kernel: str, config: dict) -> int | None:
+    """Rows of the bucketed dimension one program covers; None when the bucket is a loop inside one
+    program (no grid dimension covers it). A family may define `bucket_tile(plan, kernel)` returning a
+    config key, a fixed int or None; otherwise the first of BUCKET_TILE_KEYS in the config, else 1."""
     family = family_module(plan.family)
-    key = family.bucket_tile(plan, kernel) if hasattr(family, "bucket_tile") else next(
-        (k for k in BUCKET_TILE_KEYS if k in config), None)
-    return int(config.get(key, 1)) if key else 1
+    if hasattr(family, "bucket_tile"):
+        key = family.bucket_tile(plan, kernel)
+        if key is None or isinstance(key, int):
+            return key
+        return int(config[key])
+    key = next((k for k in BUCKET_TILE_KEYS if k in config), None)
+    return int(config[key]) if key else 1
 
 
-def static_score(report, config: dict, bucket: int, tile: int, rates: TargetRates) -> float:
+def static_score(report, config: dict, bucket: int, tile: int | None, rates: TargetRates) -> float:
     """Estimated time (arbitrary units, lower is better) of one launch over `bucket` rows.
 
     programs = ceil(bucket / tile) run in waves of (compute units x programs resident per unit,
     from the occupancy of the resource report); each wave costs (tile + TILE_OVERHEAD_ROWS)
     rows of work, slowed down when occupancy is too low to hide latency. This charges tile
     padding (a 128-row tile for 16 rows), wave quantisation and low occupancy, and rewards
-    large tiles only when there is enough work to fill the card."""
+    large tiles only when there is enough work to fill the card. tile None (the bucket is a loop
+    inside one program): one program over the whole bucket, so only occupancy separates configs."""
+    tile = bucket if tile is None else tile
     backend = AOT_TARGETS[report.target].backend
     warps = max(1, report.num_warps)
     per_unit = report.occupancy * 4 // warps if backend == "hip" else report.occupancy // warps
@@ -116,9 +136,10 @@ def static_score(report, config: dict, bucket: int, tile: int, rates: TargetRate
     return waves * (tile + TILE_OVERHEAD_ROWS) / max(latency, 1e-3)
 
 
-def _pre_score(config: dict, tile: int, buckets: list[int]) -> float:
+def _pre_score(config: dict, tile: int | None, buckets: list[int]) -> float:
     """Order of compilation (before any report): padding waste summed over the buckets."""
-    return sum(math.ceil(b / tile) * tile / b for b in buckets) + 0.01 * config.get("num_stages", 2)
+    waste = sum(math.ceil(b / tile) * tile / b for b in buckets) if tile else len(buckets)
+    return waste + 0.01 * config.get("num_stages", 2)
 
 
 def _compile(module, entry: str, target: str, trial: Trial) -> None:
@@ -144,62 +165,120 @@ def device_matches(target: str) -> bool:
     return any(s.upper() in name for s in target_rates(target).device_names)
 
 
+BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40  # short runs: the budget pays for every (config, bucket) pair
+
+
 def _measure(module, entry: str, bucket: int, config: dict) -> float:
+    """Median ms of `module.BENCH[entry](bucket, config)` (the hook allocates its inputs on the device)."""
     import triton.testing
 
     fn = module.BENCH[entry](bucket, config)
-    return float(triton.testing.do_bench(fn, return_mode="median"))
+    fn()  # JIT-compiles for the device outside the timed runs
+    return float(triton.testing.do_bench(fn, warmup=BENCH_WARMUP_MS, rep=BENCH_REP_MS, return_mode="median"))
 
 
-def tune_module(module, plan, target: str, deadline: float, entries_left: int, bar=None,
-                measure: bool = False) -> list[EntryResult]:
-    """Compile, prune and rank every entry point of one rendered module."""
-    family = family_module(plan.family)
+def _run_trial(module, result: EntryResult, target: str, trial: Trial, measure: bool) -> None:
+    """Compile (and, measuring, time every bucket of) one config; failures prune it."""
+    began = time.monotonic()
+    _compile(module, result.entry, target, trial)
+    if measure and trial.pruned is None:
+        try:
+            for bucket in result.buckets:
+                trial.times[bucket] = _measure(module, result.entry, bucket, trial.config)
+        except Exception as err:  # out of resources at launch, a hook that does not fit this bucket, ...
+            trial.pruned = f"launch error ({err.__class__.__name__})"
+            trial.times.clear()
+    trial.seconds = time.monotonic() - began
+    result.trials.append(trial)
+
+
+def _rank(result: EntryResult, plan, target: str) -> None:
+    """Best survivor per bucket: lowest measured time, else lowest static score (ties: the default)."""
+    survivors = result.survivors
+    if not survivors or not result.tuned:
+        return  # nothing fits: the entry keeps its default (and `zdiff compile` will say why)
     rates = target_rates(target)
+    for bucket in result.buckets:
+        if result.method == "measured":
+            scored = [(t.times[bucket], not t.is_default, j) for j, t in enumerate(survivors)]
+        else:
+            scored = [(static_score(t.report, t.config, bucket, bucket_tile(plan, result.entry, t.config), rates),
+                       not t.is_default, j) for j, t in enumerate(survivors)]
+        result.best[bucket] = survivors[min(scored)[2]].config
+
+
+def prepare_entries(module, plan, target: str, measure: bool = False) -> list[EntryResult]:
+    """One EntryResult per entry point, its default first and the alternatives in compile order."""
+    family = family_module(plan.family)
     results = []
     for entry in module.AOT:
         buckets = list(family.buckets(plan, entry))
         default = dict(module.CONFIGS[entry])
-        space = [dict(c) for c in family.config_space(plan, entry, target)]
+        tuned = family.tuned(plan, entry) if hasattr(family, "tuned") else True
+        space = [dict(c) for c in family.config_space(plan, entry, target)] if tuned else []
         others = [c for c in space if c != default]
         others.sort(key=lambda c: _pre_score(c, bucket_tile(plan, entry, c), buckets))
-        trials = [Trial(default, True)] + [Trial(c, False) for c in others]
-        result = EntryResult(plan.name, entry, len(space), buckets)
-        share = (deadline - time.monotonic()) / max(1, entries_left)
-        entries_left -= 1
-        stop = time.monotonic() + share
-        for i, trial in enumerate(trials):
-            now = time.monotonic()
-            if (i and now > stop) or now > deadline:  # the default goes first, unless the whole budget is spent
-                result.cut_by_budget = len(trials) - i
-                if bar is not None:
-                    bar.update(result.cut_by_budget)
-                break
-            _compile(module, entry, target, trial)
-            result.trials.append(trial)
-            if bar is not None:
-                bar.update(1)
-        survivors = result.survivors
+        result = EntryResult(plan.name, entry, len(space), buckets, tuned=tuned)
+        result.pending = [Trial(c, False) for c in others]
         can_measure = measure and entry in getattr(module, "BENCH", {})
         result.method = "measured" if can_measure else "static"
-        for bucket in buckets:
-            if not survivors:
-                break  # nothing fits: the entry keeps its default (and `zdiff compile` will say why)
-            if can_measure:
-                timed = [(_measure(module, entry, bucket, t.config), j) for j, t in enumerate(survivors)]
-                best = survivors[min(timed)[1]]
-            else:
-                scored = [(static_score(t.report, t.config, bucket, bucket_tile(plan, entry, t.config), rates),
-                           not t.is_default, j) for j, t in enumerate(survivors)]
-                best = survivors[min(scored)[2]]
-            result.best[bucket] = best.config
         results.append(result)
     return results
 
 
+def _shares(results: list[EntryResult], remaining: float) -> dict[int, float]:
+    """Seconds per entry (by index) so that each gets about the same number of alternatives:
+    water-filling n alternatives per entry at its cost per trial, capped by what it has left."""
+    cost = {i: max(0.05, sum(t.seconds for t in r.trials) / max(1, len(r.trials)))
+            for i, r in enumerate(results) if r.pending}
+    if not cost or remaining <= 0:
+        return {}
+    lo, hi = 0.0, float(max(len(results[i].pending) for i in cost))
+    for _ in range(50):  # the largest n whose total cost fits the remaining time
+        n = (lo + hi) / 2
+        if sum(min(n, len(results[i].pending)) * c for i, c in cost.items()) <= remaining:
+            lo = n
+        else:
+            hi = n
+    return {i: max(min(lo, len(results[i].pending)), 1.0) * c for i, c in cost.items()}
+
+
+def run_schedule(modules, target: str, deadline: float, measure: bool = False, bar=None) -> list[EntryResult]:
+    """Both budget passes over (plan, module) pairs; returns the ranked EntryResults in order."""
+    entries = []  # (plan, module, result)
+    for plan, module in modules:
+        entries.extend((plan, module, r) for r in prepare_entries(module, plan, target, measure))
+    for plan, module, result in entries:  # pass 1: every default
+        if time.monotonic() > deadline:
+            break
+        _run_trial(module, result, target, Trial(dict(module.CONFIGS[result.entry]), True),
+                   result.method == "measured")
+        if bar is not None:
+            bar.update(1)
+    results = [r for _, _, r in entries]
+    shares = _shares(results, deadline - time.monotonic())
+    planned = sum(shares.values())
+    for i, (plan, module, result) in enumerate(entries):  # pass 2: alternatives, each entry in its share
+        if i in shares and planned > 0:
+            share = (deadline - time.monotonic()) * shares[i] / planned
+            planned -= shares[i]
+            stop = time.monotonic() + share
+            while result.pending and time.monotonic() < min(stop, deadline):
+                _run_trial(module, result, target, result.pending.pop(0), result.method == "measured")
+                if bar is not None:
+                    bar.update(1)
+        result.cut_by_budget = len(result.pending) + (0 if result.trials else 1)
+        if bar is not None:
+            bar.update(result.cut_by_budget)
+        _rank(result, plan, target)
+    return results
+
+
 def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | None = None, log=print,
-             progress: bool = True) -> dict:
-    """Tune every kernel instance of `spec` for `target`; write one table per module. Returns a summary."""
+             progress: bool = True, measure: bool | None = None) -> dict:
+    """Tune every kernel instance of `spec` for `target`; write one table per module. Returns a summary.
+
+    measure None: time the configs when a device of the target is present (`device_matches`)."""
     if target not in AOT_TARGETS:
         raise ZdiffError(f"--target must be one of {', '.join(AOT_TARGETS)}, got {target!r}")
     if budget <= 0:
@@ -207,9 +286,8 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
     check_environment()
     start = time.monotonic()
     deadline = start + budget
-    measure = device_matches(target)
+    measure = device_matches(target) if measure is None else measure
     plans = plan_kernels(spec, "bf16", target)
-    results: list[EntryResult] = []
     with tempfile.TemporaryDirectory(prefix="zdiff-autotune-") as tmp, _no_line_info():
         modules = []
         for plan in plans:
@@ -217,12 +295,8 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
             path.write_text(render(plan, spec))
             modules.append((plan, load_module(path, plan.name)))
         total = sum(len(family_module(p.family).config_space(p, e, target)) + 1 for p, m in modules for e in m.AOT)
-        entries_left = sum(len(m.AOT) for _, m in modules)
         with tqdm(total=total, desc=f"autotune {target}", unit="config", disable=not progress, leave=False) as bar:
-            for plan, module in modules:
-                done = tune_module(module, plan, target, deadline, entries_left, bar=bar, measure=measure)
-                entries_left -= len(done)
-                results.extend(done)
+            results = run_schedule(modules, target, deadline, measure=measure, bar=bar)
     elapsed = time.monotonic() - start
     written = []
     for plan, _ in modules:
@@ -246,7 +320,10 @@ def _entry_summary(r: EntryResult) -> dict:
             reasons[t.pruned] = reasons.get(t.pruned, 0) + 1
     return {"module": r.module, "entry": r.entry, "space": r.space, "compiled": len(r.trials),
             "survivors": len(r.survivors), "pruned": reasons, "cut_by_budget": r.cut_by_budget,
-            "method": r.method, "best": {str(b): c for b, c in r.best.items()}}
+            "method": r.method if r.tuned else "default only (no table read)",
+            "seconds": round(sum(t.seconds for t in r.trials), 1),
+            "best": {str(b): c for b, c in r.best.items()},
+            "times_ms": {str(b): min(t.times[b] for t in r.survivors) for b in r.best if r.method == "measured"}}
 
 
 def _short(config: dict) -> str:
@@ -254,13 +331,14 @@ def _short(config: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'entry point':<40} {'space':>5} {'built':>5} {'kept':>5} {'cut':>4}  pruned / best per bucket"]
+    lines = [f"{'entry point':<40} {'space':>5} {'built':>5} {'kept':>5} {'cut':>4} {'sec':>5}  pruned / best per bucket"]
     for e in summary["entries"]:
         pruned = ", ".join(f"{k}: {v}" for k, v in sorted(e["pruned"].items())) or "-"
         lines.append(f"{e['entry']:<40} {e['space']:>5} {e['compiled']:>5} {e['survivors']:>5} {e['cut_by_budget']:>4}"
-                     f"  pruned {pruned}; {e['method']}")
+                     f" {e['seconds']:>5.0f}  pruned {pruned}; {e['method']}")
         for bucket, config in e["best"].items():
-            lines.append(f"{'':<40} {'':>23}  {bucket:>6}: {_short(config)}")
+            ms = f" ({e['times_ms'][bucket]:.4f} ms)" if bucket in e.get("times_ms", {}) else ""
+            lines.append(f"{'':<40} {'':>29}  {bucket:>6}: {_short(config)}{ms}")
     how = "measured on the device" if summary["measured_on_device"] else "static (no matching device)"
     lines.append(f"{summary['target']}: {len(summary['tables'])} table(s), {how}, "
                  f"{summary['seconds']:.0f} s of a {summary['budget']:.0f} s budget")

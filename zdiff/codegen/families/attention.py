@@ -90,3 +90,27 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
 def buckets(plan: KernelPlan, kernel: str) -> list[int]:
     """Keys per sequence (cache + this pass's rows)."""
     return [1024, 4096, 32768]
+
+
+def bucket_tile(plan: KernelPlan, kernel: str):
+    """The config key tiling the bucket (keys per sequence) for autotune's static score: the key loop's
+    BLOCK_N (row tiles are BLOCK_M over T * GROUP packed rows, which the bucket does not measure)."""
+    return "BLOCK_M" if kernel.endswith("_combine") else "BLOCK_N"
+
+
+def tuned(plan: KernelPlan, kernel: str) -> bool:
+    """Does the host code read this entry's table? The split decode launch takes the `_fwd` config and the
+    combine its CONFIGS default, so `_fwd_split` / `_combine` rows would never be used."""
+    return not kernel.endswith(("_fwd_split", "_combine"))
+
+
+def bench_shape(layout: str, block_size: int, levels, bucket: int, batch: int | None = None) -> dict:
+    """Layout of the autotune benchmark of one bucket (keys per sequence), used by the template's BENCH hooks:
+    decode is a batch-8 step with block_size verify rows + one block per acceptance level after
+    `bucket - rows` cache keys; training (clean half causal) / prefill (prompt + one mask block) hold `bucket`
+    rows per sequence, max(1, 16384 // bucket) sequences. `batch` overrides the number of sequences."""
+    if layout == "decode":
+        rows = block_size * (1 + len(levels))
+        return {"batch": batch or 8, "rows": rows, "causal_rows": block_size, "cache": max(0, bucket - rows)}
+    causal = bucket // 2 if layout == "training" else max(0, bucket - block_size)
+    return {"batch": batch or max(1, 16384 // bucket), "rows": bucket, "causal_rows": causal, "cache": 0}

@@ -95,3 +95,20 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
 def buckets(plan: KernelPlan, kernel: str) -> list[int]:
     """Rows per launch (batch x this pass's rows): one decode step of a small batch up to a training micro-batch."""
     return [64, 1024, 16384]
+
+
+def bucket_tile(plan: KernelPlan, kernel: str):
+    """Autotune's static score: rows per program are BLOCK_T; the weight gradient loops over the rows in
+    each of its SPLIT programs (no grid dimension covers the bucket)."""
+    return None if kernel.endswith("_bwd_weight") else "BLOCK_T"
+
+
+def bench_shape(kernel: str, bucket: int, state: int, batch: int | None = None) -> dict:
+    """Layout of the autotune benchmark of `bucket` rows, used by the template's BENCH hooks: training /
+    prefill as sequences of up to 1024 rows; a cached (decode) pass as min(bucket, 64) sequences of
+    bucket // 64 rows after `state` committed rows. `batch` overrides the number of sequences."""
+    if kernel.endswith("_fwd_cached"):
+        batch = batch or min(bucket, 64)
+        return {"batch": batch, "rows": max(1, bucket // batch), "state": state}
+    batch = batch or max(1, bucket // min(bucket, 1024))
+    return {"batch": batch, "rows": max(1, bucket // batch), "state": 0}

@@ -142,3 +142,19 @@ def buckets(plan: KernelPlan, kernel: str) -> list[int]:
     if kernel.endswith("_small"):
         return [1, 16, 64, 256]
     return [1, 16, 64, 512, 4096, 16384]
+
+
+def bucket_tile(plan: KernelPlan, kernel: str):
+    """Autotune's static score: the rows (routed slots) one program covers. The router runs one token per
+    program; gate_up tiles them by its BLOCK_M; the GEMMs after it by the path's dispatch tile (a constant
+    of the AOT entry, the default gate_up BLOCK_M); the weight gradients and the dispatch loop over the
+    slots inside their programs (None)."""
+    if plan.template == "moe_router.py.jinja":
+        return 1
+    suffix = kernel[len(plan.name) + 1:]
+    if suffix.startswith("gate_up"):
+        return "BLOCK_M"
+    if suffix in ("dispatch", "ddown_bwd", "dgate_up_bwd"):
+        return None
+    path = "gate_up_small" if suffix.endswith("_small") else "gate_up"
+    return int(plan.configs[f"{plan.name}_{path}"]["BLOCK_M"])

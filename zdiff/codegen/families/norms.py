@@ -51,3 +51,8 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
 def buckets(plan: KernelPlan, kernel: str) -> list[int]:
     """Rows per launch: one decode step of a small batch up to a training micro-batch."""
     return [64, 1024, 16384]
+
+
+def bucket_tile(plan: KernelPlan, kernel: str):
+    """Autotune's static score: one row per forward program, ROWS per backward program."""
+    return "ROWS" if kernel.endswith("_bwd") else 1
