@@ -242,11 +242,26 @@ def test_bucket_tiles_follow_the_dimension_each_family_buckets():
     assert tile(experts, "ddown_bwd") is None and tile(experts, "dispatch") is None
     assert tile(next(n for n in plans if n.startswith("moe_router")), "fwd") == 1
     assert tile("rmsnorm_d2048", "fwd") == 1 and tile("rmsnorm_d2048", "bwd") == 4
-    # a decode bucket of 4096 keys: a 128-key tile beats a 32-key one with the same resources (fewer, fuller
-    # programs are not the point; the padding of the last tile is, at 1000 keys)
+    # attention's keys are a loop inside each program (forward, dQ), a grid dimension for dK/dV: with the
+    # same resources a 128-key step beats a 32-key one at 4096 keys (fewer fixed costs per key), and a
+    # 16-key bucket is not padded to 128
+    assert tune.bucket_serial(plans["attention_decode"], "attention_decode_fwd")
+    assert tune.bucket_serial(plans["attention_training"], "attention_training_bwd_dq")
+    assert not tune.bucket_serial(plans["attention_training"], "attention_training_bwd_dkdv")
+    assert not tune.bucket_serial(plans["rmsnorm_d2048"], "rmsnorm_d2048_fwd")
     rates = TARGETS["mi300x"]
-    assert tune.static_score(_report(), {}, 1000, 32, rates) < tune.static_score(_report(), {}, 1000, 128, rates) * 2
+    score = lambda bucket, tile, **kw: tune.static_score(_report(), {}, bucket, tile, rates, serial=True, **kw)
+    assert score(4096, 128) < score(4096, 64) < score(4096, 32)
+    assert score(16, 32) < score(16, 128)
+    assert tune.static_score(_report(occupancy=1), {}, 4096, 128, rates, serial=True) > score(4096, 128)
     assert tune.static_score(_report(), {}, 16, None, rates) == tune.static_score(_report(), {}, 16, 16, rates)
+
+
+def test_ties_go_to_the_config_closest_to_the_default():
+    default = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}
+    assert tune._distance(default, default) == 0
+    assert tune._distance({"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8}, default) == 1
+    assert tune._distance({"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "kpack": 2}, default) == 4
 
 
 def test_the_measured_path_times_every_survivor_through_the_bench_hooks(tmp_path, monkeypatch):

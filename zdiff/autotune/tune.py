@@ -10,8 +10,9 @@ imported; for every entry point the family's `config_space` is compiled ahead of
 Survivors are then ranked per bucket:
 - measured, when a device of the target is present and the generated module provides a
   benchmark hook (`BENCH[entry](bucket, config) -> zero-argument callable`, every template
-  has one): `triton.testing.do_bench` median (it clears the L2 between runs); a config whose
-  launch fails is pruned ("launch error");
+  has one): `triton.testing.do_bench` median (it clears the L2 between runs) of every config
+  in the space order, JIT-compiled on the device without the AOT step (the launch is the
+  check: spills show up as time); a config whose launch fails is pruned ("launch error");
 - static otherwise: `static_score`, an estimated time from the resource report and the
   shape (see there); the table is marked "static".
 The tile that covers an entry's bucket comes from the family's `bucket_tile(plan, kernel)`
@@ -20,9 +21,10 @@ The tile that covers an entry's bucket comes from the family's `bucket_tile(plan
 Budget (seconds of wall time, compiles and measurements alike), in two passes:
 1. every entry point's default config is compiled (and measured) first, in order, which also
    tells what one trial of that entry costs;
-2. the rest is shared so that every entry gets about the same number of alternatives
-   (an entry's share is proportional to its cost per trial, capped by the size of its space),
-   alternatives ordered by tile padding over the buckets.
+2. round robin, one alternative per entry per round, until the deadline, so every entry gets
+   about the same number of alternatives whatever its compiles cost; alternatives are ordered
+   by how few keys they change from the default (a local search around the hand-tuned
+   config), then by tile padding over the buckets.
 Entry points whose table the host code never reads (a family's `tuned(plan, kernel)` is
 False, e.g. attention's `_fwd_split` / `_combine`) get their default checked and no table.
 The summary says what the budget cut.
@@ -116,7 +118,15 @@ def bucket_tile(plan, kernel: str, config: dict) -> int | None:
     return int(config[key]) if key else 1
 
 
-def static_score(report, config: dict, bucket: int, tile: int | None, rates: TargetRates) -> float:
+def bucket_serial(plan, kernel: str) -> bool:
+    """Is the bucket covered by a loop inside each program (attention's keys: `family.bucket_loop`) rather
+    than by the grid?"""
+    family = family_module(plan.family)
+    return bool(family.bucket_loop(plan, kernel)) if hasattr(family, "bucket_loop") else False
+
+
+def static_score(report, config: dict, bucket: int, tile: int | None, rates: TargetRates,
+                 serial: bool = False) -> float:
     """Estimated time (arbitrary units, lower is better) of one launch over `bucket` rows.
 
     programs = ceil(bucket / tile) run in waves of (compute units x programs resident per unit,
@@ -124,8 +134,15 @@ def static_score(report, config: dict, bucket: int, tile: int | None, rates: Tar
     rows of work, slowed down when occupancy is too low to hide latency. This charges tile
     padding (a 128-row tile for 16 rows), wave quantisation and low occupancy, and rewards
     large tiles only when there is enough work to fill the card. tile None (the bucket is a loop
-    inside one program): one program over the whole bucket, so only occupancy separates configs."""
+    inside one program): one program over the whole bucket, so only occupancy separates configs.
+    serial (the bucket is a loop of `tile` steps inside each program, e.g. attention's key loop):
+    ceil(bucket / tile) steps one after the other, each (tile + TILE_OVERHEAD_ROWS): padding of the
+    last step and a fixed cost per step, which big tiles amortise."""
     tile = bucket if tile is None else tile
+    if serial:
+        backend = AOT_TARGETS[report.target].backend
+        latency = min(1.0, report.occupancy / GOOD_OCCUPANCY[backend])
+        return math.ceil(bucket / tile) * (tile + TILE_OVERHEAD_ROWS) / max(latency, 1e-3)
     backend = AOT_TARGETS[report.target].backend
     warps = max(1, report.num_warps)
     per_unit = report.occupancy * 4 // warps if backend == "hip" else report.occupancy // warps
@@ -134,6 +151,11 @@ def static_score(report, config: dict, bucket: int, tile: int | None, rates: Tar
     waves = math.ceil(programs / slots)
     latency = min(1.0, report.occupancy / GOOD_OCCUPANCY[backend])
     return waves * (tile + TILE_OVERHEAD_ROWS) / max(latency, 1e-3)
+
+
+def _distance(config: dict, default: dict) -> int:
+    """How many keys of the default a config changes."""
+    return sum(config.get(k) != v for k, v in default.items()) + len(set(config) - set(default))
 
 
 def _pre_score(config: dict, tile: int | None, buckets: list[int]) -> float:
@@ -178,10 +200,12 @@ def _measure(module, entry: str, bucket: int, config: dict) -> float:
 
 
 def _run_trial(module, result: EntryResult, target: str, trial: Trial, measure: bool) -> None:
-    """Compile (and, measuring, time every bucket of) one config; failures prune it."""
+    """Static: compile ahead of time and prune. Measured: JIT-compile on the device and time every bucket
+    (the AOT compile would double the compile time the budget pays for). Failures prune the config."""
     began = time.monotonic()
-    _compile(module, result.entry, target, trial)
-    if measure and trial.pruned is None:
+    if not measure:
+        _compile(module, result.entry, target, trial)
+    else:  # on the device the launch is the check (a spill shows up as time): no second, AOT compile
         try:
             for bucket in result.buckets:
                 trial.times[bucket] = _measure(module, result.entry, bucket, trial.config)
@@ -193,17 +217,20 @@ def _run_trial(module, result: EntryResult, target: str, trial: Trial, measure: 
 
 
 def _rank(result: EntryResult, plan, target: str) -> None:
-    """Best survivor per bucket: lowest measured time, else lowest static score (ties: the default)."""
+    """Best survivor per bucket: lowest measured time, else lowest static score; ties go to the config
+    closest to the default (fewest changed keys), the default itself first."""
     survivors = result.survivors
     if not survivors or not result.tuned:
         return  # nothing fits: the entry keeps its default (and `zdiff compile` will say why)
     rates = target_rates(target)
+    default = next((t.config for t in result.trials if t.is_default), {})
     for bucket in result.buckets:
         if result.method == "measured":
-            scored = [(t.times[bucket], not t.is_default, j) for j, t in enumerate(survivors)]
+            scored = [(t.times[bucket], _distance(t.config, default), j) for j, t in enumerate(survivors)]
         else:
-            scored = [(static_score(t.report, t.config, bucket, bucket_tile(plan, result.entry, t.config), rates),
-                       not t.is_default, j) for j, t in enumerate(survivors)]
+            serial = bucket_serial(plan, result.entry)
+            scored = [(static_score(t.report, t.config, bucket, bucket_tile(plan, result.entry, t.config), rates,
+                                    serial), _distance(t.config, default), j) for j, t in enumerate(survivors)]
         result.best[bucket] = survivors[min(scored)[2]].config
 
 
@@ -217,34 +244,22 @@ def prepare_entries(module, plan, target: str, measure: bool = False) -> list[En
         tuned = family.tuned(plan, entry) if hasattr(family, "tuned") else True
         space = [dict(c) for c in family.config_space(plan, entry, target)] if tuned else []
         others = [c for c in space if c != default]
-        others.sort(key=lambda c: _pre_score(c, bucket_tile(plan, entry, c), buckets))
+        can_measure = measure and entry in getattr(module, "BENCH", {})
+        # the default's neighbours first (a local search around the hand-tuned config), then least padding
+        others.sort(key=lambda c: (_distance(c, default), _pre_score(c, bucket_tile(plan, entry, c), buckets)))
         result = EntryResult(plan.name, entry, len(space), buckets, tuned=tuned)
         result.pending = [Trial(c, False) for c in others]
-        can_measure = measure and entry in getattr(module, "BENCH", {})
         result.method = "measured" if can_measure else "static"
         results.append(result)
     return results
 
 
-def _shares(results: list[EntryResult], remaining: float) -> dict[int, float]:
-    """Seconds per entry (by index) so that each gets about the same number of alternatives:
-    water-filling n alternatives per entry at its cost per trial, capped by what it has left."""
-    cost = {i: max(0.05, sum(t.seconds for t in r.trials) / max(1, len(r.trials)))
-            for i, r in enumerate(results) if r.pending}
-    if not cost or remaining <= 0:
-        return {}
-    lo, hi = 0.0, float(max(len(results[i].pending) for i in cost))
-    for _ in range(50):  # the largest n whose total cost fits the remaining time
-        n = (lo + hi) / 2
-        if sum(min(n, len(results[i].pending)) * c for i, c in cost.items()) <= remaining:
-            lo = n
-        else:
-            hi = n
-    return {i: max(min(lo, len(results[i].pending)), 1.0) * c for i, c in cost.items()}
-
-
 def run_schedule(modules, target: str, deadline: float, measure: bool = False, bar=None) -> list[EntryResult]:
-    """Both budget passes over (plan, module) pairs; returns the ranked EntryResults in order."""
+    """Both budget passes over (plan, module) pairs; returns the ranked EntryResults in order.
+
+    Pass 1 runs every entry's default; pass 2 goes round robin, one alternative per entry per round, until
+    the deadline or every space is done, so entries get about the same number of alternatives whatever a
+    compile costs (at most one trial overruns the deadline)."""
     entries = []  # (plan, module, result)
     for plan, module in modules:
         entries.extend((plan, module, r) for r in prepare_entries(module, plan, target, measure))
@@ -255,23 +270,21 @@ def run_schedule(modules, target: str, deadline: float, measure: bool = False, b
                    result.method == "measured")
         if bar is not None:
             bar.update(1)
-    results = [r for _, _, r in entries]
-    shares = _shares(results, deadline - time.monotonic())
-    planned = sum(shares.values())
-    for i, (plan, module, result) in enumerate(entries):  # pass 2: alternatives, each entry in its share
-        if i in shares and planned > 0:
-            share = (deadline - time.monotonic()) * shares[i] / planned
-            planned -= shares[i]
-            stop = time.monotonic() + share
-            while result.pending and time.monotonic() < min(stop, deadline):
-                _run_trial(module, result, target, result.pending.pop(0), result.method == "measured")
-                if bar is not None:
-                    bar.update(1)
+    active = [e for e in entries if e[2].trials and e[2].pending]
+    while active and time.monotonic() < deadline:  # pass 2: round robin
+        for plan, module, result in active:
+            if time.monotonic() >= deadline:
+                break
+            _run_trial(module, result, target, result.pending.pop(0), result.method == "measured")
+            if bar is not None:
+                bar.update(1)
+        active = [e for e in active if e[2].pending]
+    for plan, module, result in entries:
         result.cut_by_budget = len(result.pending) + (0 if result.trials else 1)
         if bar is not None:
             bar.update(result.cut_by_budget)
         _rank(result, plan, target)
-    return results
+    return [r for _, _, r in entries]
 
 
 def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | None = None, log=print,

@@ -98,6 +98,12 @@ def bucket_tile(plan: KernelPlan, kernel: str):
     return "BLOCK_M" if kernel.endswith("_combine") else "BLOCK_N"
 
 
+def bucket_loop(plan: KernelPlan, kernel: str) -> bool:
+    """The keys are a loop inside each program (forward, dQ), not a grid dimension (dK/dV: one program per
+    key tile)."""
+    return not kernel.endswith(("_bwd_dkdv", "_combine"))
+
+
 def tuned(plan: KernelPlan, kernel: str) -> bool:
     """Does the host code read this entry's table? The split decode launch takes the `_fwd` config and the
     combine its CONFIGS default, so `_fwd_split` / `_combine` rows would never be used."""
