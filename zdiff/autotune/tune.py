@@ -266,6 +266,8 @@ def run_schedule(modules, target: str, deadline: float, measure: bool = False, b
     for plan, module, result in entries:  # pass 1: every default
         if time.monotonic() > deadline:
             break
+        if measure and not result.tuned:
+            continue  # an AOT check of a config no table changes is not worth device time
         _run_trial(module, result, target, Trial(dict(module.CONFIGS[result.entry]), True),
                    result.method == "measured")
         if bar is not None:
@@ -280,7 +282,7 @@ def run_schedule(modules, target: str, deadline: float, measure: bool = False, b
                 bar.update(1)
         active = [e for e in active if e[2].pending]
     for plan, module, result in entries:
-        result.cut_by_budget = len(result.pending) + (0 if result.trials else 1)
+        result.cut_by_budget = len(result.pending) + (0 if result.trials or not result.tuned else 1)
         if bar is not None:
             bar.update(result.cut_by_budget)
         _rank(result, plan, target)
