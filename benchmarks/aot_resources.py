@@ -15,7 +15,7 @@ import triton
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
-from zdiff.generate.verifier_kernel import aot_signature, fused_verify_kernel  # noqa: E402
+from zdiff.generate.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel  # noqa: E402
 
 
 def main() -> None:
@@ -24,13 +24,18 @@ def main() -> None:
     print("| kernel | config | target | arch | regs | sgprs | spills | LDS/smem B | occupancy | matrix instr |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for greedy in (False, True):
+        mode = "greedy" if greedy else "stochastic"
         signature, constexprs = aot_signature(given_noise=False, greedy=greedy)
-        for target in sorted(AOT_TARGETS):
-            _, r = compile_for_target(fused_verify_kernel, signature, constexprs, target, num_warps=4)
-            config = f"{'greedy' if greedy else 'stochastic'}, BLOCK_V=1024, 4 warps"
-            unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
-            print(f"| fused_verify | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
-                  f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {'yes' if r.matrix_instructions else 'no'} |")
+        entries = [("fused_verify (per sequence)", fused_verify_kernel, signature, constexprs, 4)]
+        entries += [(name, kernel, sig, cx, warps) for name, kernel, sig, cx, warps in aot_kernels(False, greedy)]
+        for name, kernel, signature, constexprs, warps in entries:
+            for target in sorted(AOT_TARGETS):
+                _, r = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
+                shape = ", ".join(f"{k}={v}" for k, v in constexprs.items() if k not in ("GIVEN_NOISE", "GREEDY"))
+                config = f"{mode}, {shape}, {warps} warps"
+                unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
+                print(f"| {name} | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
+                      f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {'yes' if r.matrix_instructions else 'no'} |")
 
 
 if __name__ == "__main__":

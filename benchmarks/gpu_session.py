@@ -4,13 +4,15 @@
     TRITON_INTERPRET=1 python benchmarks/gpu_session.py --smoke        # CPU: tiny shapes, logic only
 
 Checks (bf16 / fp32 on the device, against the reference implementations):
-  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary;
+  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary, and
+    == the per-sequence kernel with in-kernel noise;
   - rendered RMSNorm kernel forward / backward vs the fp64 reference;
   - TiDAR attention (decode with and without split-KV, training fwd + bwd) and the MoE kernels in
     bf16 vs fp64, next to the same computation's plain bf16 PyTorch error (attention_bench, moe_bench);
   - the generated model (backend="triton") vs the reference model on the tiny spec, fp32 logits.
 Times (triton.testing.do_bench, median):
-  - fused verifier at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s;
+  - fused verifier (split-vocabulary kernels, a few block sizes, and the per-sequence kernel)
+    at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s of logits read;
   - RMSNorm forward and backward at 8192 x 2048 bf16 vs the torch reference, GB/s;
   - decode-layout attention vs SDPA with the boolean mask (attention_bench), MoE experts vs
     torch._grouped_mm and a per-expert loop (moe_bench).
@@ -37,7 +39,7 @@ from zdiff.codegen.families.norms import norm_plan  # noqa: E402
 from zdiff.codegen.render import load_module, render  # noqa: E402
 from zdiff.generate import sampling  # noqa: E402
 from zdiff.generate.sampling import SamplingParams  # noqa: E402
-from zdiff.generate.verifier_kernel import fused_verify  # noqa: E402
+from zdiff.generate.verifier_kernel import fused_verify, fused_verify_per_sequence  # noqa: E402
 from zdiff.runtime.norms import RMSNorm  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
@@ -59,28 +61,42 @@ def check_verifier(device, V, B, M, results):
     num = torch.full((B,), M)
     uniforms = torch.rand(B, M, generator=gen)
     gumbel = sampling.draw_gumbel((B, M + 1, V), gen)
-    acc, tok = fused_verify(ar.to(device), draft.to(device), drafts.to(device), num.to(device), params,
-                            uniforms=uniforms.to(device), gumbel=gumbel.to(device))
+    args = (ar.to(device), draft.to(device), drafts.to(device), num.to(device), params)
+    acc, tok = fused_verify(*args, uniforms=uniforms.to(device), gumbel=gumbel.to(device))
     mismatches = 0
     for b in range(B):
         target = sampling.target_probs(ar[b], draft[b], params)
         expected = sampling.verify_stochastic(target, q[b], drafts[b], uniforms[b], gumbel[b])
         mismatches += (int(acc[b]), int(tok[b])) != expected
-    results["checks"]["fused_verify_matches_reference"] = {"sequences": B, "vocab": V, "mismatches": mismatches}
-    return mismatches == 0
+    # in-kernel Philox noise: the split kernels draw as the per-sequence kernel, over several seeds
+    rng_mismatches = 0
+    for seed in range(4):
+        split = fused_verify(*args, seed=seed)
+        base = fused_verify_per_sequence(*args, seed=seed)
+        rng_mismatches += int((split[0] != base[0]).sum() + (split[1] != base[1]).sum())
+    results["checks"]["fused_verify_matches_reference"] = {"sequences": B, "vocab": V, "mismatches": mismatches,
+                                                           "rng_mismatches_vs_per_sequence": rng_mismatches}
+    return mismatches == 0 and rng_mismatches == 0
 
 
 def time_verifier(device, V, M, batches, smoke, results):
+    """Split-vocabulary kernels (a few block sizes / warps) next to the per-sequence kernel, on the same card."""
     params = SamplingParams(kind="lossless", banned=(V - 1,))
+    configs = [("split", dict(block_v=1024, num_warps=4))] if smoke else [
+        ("split", dict(block_v=1024, num_warps=4)), ("split", dict(block_v=2048, num_warps=4)),
+        ("split", dict(block_v=2048, num_warps=8)), ("split", dict(block_v=4096, num_warps=8))]
+    configs.append(("per_sequence", dict(block_v=1024)))
     for B in batches:
         ar = torch.randn(B, M + 1, V, device=device)
         draft = ar[:, :M].clone()  # identical distributions: every draft accepted, the longest path
         drafts = torch.zeros(B, M, dtype=torch.long, device=device)
         num = torch.full((B,), M, device=device)
-        ms = bench(lambda: fused_verify(ar, draft, drafts, num, params, seed=1), smoke)
-        bytes_read = B * (2 * M + 1) * V * 4 * 2  # two passes' worth of fp32 logits per accepted row, bonus row
-        results["timings"].append({"kernel": "fused_verify", "batch": B, "drafts": M, "vocab": V, "ms": ms,
-                                   "GB/s": bytes_read / (ms * 1e-3) / 1e9 if ms == ms else None})
+        bytes_read = B * (2 * M + 1) * V * 4  # every accepted row's target and draft logits once, the bonus row once
+        for impl, config in configs:
+            fn = fused_verify if impl == "split" else fused_verify_per_sequence
+            ms = bench(lambda: fn(ar, draft, drafts, num, params, seed=1, **config), smoke)
+            results["timings"].append({"kernel": "fused_verify", "impl": impl, **config, "batch": B, "drafts": M,
+                                       "vocab": V, "ms": ms, "GB/s": bytes_read / (ms * 1e-3) / 1e9 if ms == ms else None})
 
 
 def rmsnorm_module(D, dtype):

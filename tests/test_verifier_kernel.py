@@ -1,5 +1,6 @@
 """The fused Triton verifier against the reference verifier, draw for draw; its own RNG
-statistically; and ahead-of-time compilation for every GPU target."""
+statistically; the split-vocabulary kernels over several split counts (empty splits, poisoned
+workspaces) and against the per-sequence kernel; ahead-of-time compilation for every GPU target."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from generation_helpers import chi_square_p_value
 from zdiff.errors import ZdiffError
 from zdiff.generate import sampling
 from zdiff.generate.sampling import SamplingParams
-from zdiff.generate.verifier_kernel import fused_verify
+from zdiff.generate.verifier_kernel import (MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, fused_verify,
+                                            fused_verify_per_sequence, vocab_splits)
 
 
 def _case(B, M, V, kind, seed):
@@ -82,11 +84,98 @@ def test_fused_verifier_refuses_top_k():
                      torch.zeros(1, dtype=torch.long), SamplingParams(top_k=2))
 
 
+def _expected(kind, params, ar, draft, q, drafts, num, uniforms, gumbel, b):
+    m = int(num[b])
+    target = sampling.target_probs(ar[b, : m + 1], draft[b, :m], params)
+    if kind == "greedy":
+        return sampling.verify_greedy(target, drafts[b, :m])
+    return sampling.verify_stochastic(target, q[b, :m], drafts[b, :m], uniforms[b, :m], gumbel[b, : m + 1])
+
+
+@pytest.mark.parametrize("kind", ["lossless", "logit_mix", "greedy"])
+@pytest.mark.parametrize("stats_splits,sample_splits", [(3, 2), (5, 7), (12, 16)])
+def test_split_verifier_equals_reference_for_several_splits(kind, stats_splits, sample_splits, poison_allocations,
+                                                            monkeypatch):
+    """V = 50 in chunks of 8 = 7 chunks: 3 splits do not divide them, 5 leave the last split empty,
+    12 and 16 are more splits than chunks. Every workspace starts as NaN / -7 (poison_allocations)."""
+    allocated = []
+    poisoned_empty = torch.empty
+
+    def recording_empty(*args, **kwargs):
+        t = poisoned_empty(*args, **kwargs)
+        allocated.append((tuple(t.shape), t.dtype, bool(t.isnan().all()) if t.is_floating_point() else bool((t == -7).all())))
+        return t
+
+    monkeypatch.setattr(torch, "empty", recording_empty)
+    B, M, V = 6, 4, 50
+    params, ar, draft, q, drafts, num, uniforms, gumbel = _case(B, M, V, kind, seed=31 + stats_splits)
+    to = dict(device=DEVICE)
+    accepted, token = fused_verify(ar.to(**to), draft.to(**to), drafts.to(**to), num.to(**to), params,
+                                   uniforms=uniforms.to(**to), gumbel=gumbel.to(**to), block_v=8,
+                                   stats_splits=stats_splits, sample_splits=sample_splits)
+    # the partial statistics and the per-split keys were poisoned workspaces
+    assert ((B * M, 4, stats_splits), torch.float32, True) in allocated
+    assert ((B, 2, sample_splits), torch.float32, True) in allocated
+    outcomes = set()
+    for b in range(B):
+        expected = _expected(kind, params, ar, draft, q, drafts, num, uniforms, gumbel, b)
+        assert (int(accepted[b]), int(token[b])) == expected, (kind, b, int(num[b]))
+        outcomes.add(expected[0] == int(num[b]))
+    assert outcomes == {True, False}  # both the bonus and the rejection paths ran
+
+
+@pytest.mark.parametrize("kind", ["lossless", "logit_mix"])
+def test_split_verifier_draws_as_the_per_sequence_kernel(kind):
+    """In-kernel Philox noise: the split kernels make the same draws as the one-program-per-sequence kernel."""
+    B, M, V = 8, 3, 45
+    params, ar, draft, q, drafts, num, _, _ = _case(B, M, V, kind, seed=7)
+    args = [t.to(DEVICE) for t in (ar, draft, drafts, num)]
+    base = fused_verify_per_sequence(*args, params, seed=99, block_v=8)
+    outcomes = set()
+    for splits in [(None, None), (4, 3)]:
+        split = fused_verify(*args, params, seed=99, block_v=8, stats_splits=splits[0], sample_splits=splits[1])
+        assert torch.equal(split[0].cpu(), base[0].cpu()) and torch.equal(split[1].cpu(), base[1].cpu()), splits
+        outcomes |= {int(a) == int(m) for a, m in zip(split[0].cpu(), num)}
+    assert outcomes == {True, False}
+    other_seed = fused_verify(*args, params, seed=100, block_v=8, stats_splits=4, sample_splits=3)
+    assert not torch.equal(other_seed[1].cpu(), base[1].cpu())  # the comparison can fail
+
+
+def test_split_verifier_rejects_a_banned_draft():
+    """p(d) = q(d) = 0 for the banned mask id: the reference rejects such a draft, and so does the kernel."""
+    B, M, V = 3, 2, 30
+    params, ar, draft, q, drafts, num, uniforms, gumbel = _case(B, M, V, "lossless", seed=3)
+    drafts[:, 0] = 7
+    num[:] = M
+    accepted, token = fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params,
+                                   uniforms=uniforms.to(DEVICE), gumbel=gumbel.to(DEVICE), block_v=8, stats_splits=2)
+    for b in range(B):
+        assert (int(accepted[b]), int(token[b])) == _expected("lossless", params, ar, draft, q, drafts, num, uniforms,
+                                                              gumbel, b) == (0, int(token[b]))
+
+
+def test_vocab_splits_fill_the_device_without_empty_splits():
+    V, block_v, sms = 262272, 1024, 132
+    chunks = -(-V // block_v)
+    for rows in (1, 15, 8 * 15, 32 * 15, 4096):
+        for limit, least in ((MAX_STATS_SPLITS, 4), (MAX_SAMPLE_SPLITS, 2)):
+            splits, per = vocab_splits(V, rows, sms, block_v, limit, least)
+            assert 1 <= splits <= limit and per >= least
+            assert (splits - 1) * per < chunks <= splits * per  # every split has a chunk, all chunks covered
+            if rows * chunks // least >= 8 * sms:
+                assert rows * splits >= 4 * sms  # enough programs for every SM
+    assert vocab_splits(V, 15, sms, block_v, MAX_STATS_SPLITS, 4)[0] > 32  # batch 1: the vocabulary is split
+    assert vocab_splits(40, 15, sms, 8, MAX_STATS_SPLITS, 4) == (2, 3)  # 5 chunks, at least 4 per split: 2 of 3
+    with pytest.raises(ValueError, match="splits must be in"):
+        fused_verify(torch.zeros(1, 2, 4), torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.long),
+                     torch.ones(1, dtype=torch.long), SamplingParams(), stats_splits=MAX_STATS_SPLITS + 1)
+
+
 AOT_SCRIPT = """
 import json, warnings
 warnings.simplefilter("ignore")
 from zdiff.codegen.aot import AOT_TARGETS, check_fits, compile_for_target
-from zdiff.generate.verifier_kernel import aot_signature, fused_verify_kernel
+from zdiff.generate.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel
 reports = []
 for target in sorted(AOT_TARGETS):
     for greedy in (False, True):
@@ -94,6 +183,10 @@ for target in sorted(AOT_TARGETS):
         _, report = compile_for_target(fused_verify_kernel, signature, constexprs, target, num_warps=4)
         check_fits(report, "BLOCK_V=1024 num_warps=4")
         reports.append(report.to_dict())
+        for name, kernel, signature, constexprs, warps in aot_kernels(given_noise=False, greedy=greedy):
+            _, report = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
+            check_fits(report, f"{constexprs} num_warps={warps}")
+            reports.append(report.to_dict())
 print(json.dumps(reports))
 """
 
@@ -114,5 +207,8 @@ def test_fused_verifier_compiles_ahead_of_time_without_spills():
     reports = json.loads(result.stdout.strip().splitlines()[-1])
     assert {(r["target"], r["arch"]) for r in reports} == {("h100", "sm_90"), ("h200", "sm_90"),
                                                            ("mi300x", "gfx942"), ("mi355x", "gfx950")}
+    kernels = {"fused_verify_kernel", "verify_stats_kernel", "verify_sample_kernel", "verify_finish_kernel"}
+    assert {r["kernel"] for r in reports} == kernels
+    assert len(reports) == 4 * 2 * len(kernels)  # every target, stochastic and greedy
     for r in reports:
         assert r["spills"] == 0 and r["registers"] > 0 and r["binary_bytes"] > 1000 and r["occupancy"] >= 1, r
