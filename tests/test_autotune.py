@@ -221,7 +221,7 @@ def test_every_entry_point_has_a_bench_hook_or_a_documented_skip_and_the_hooks_r
             fn = make(buckets[plan.family], module.CONFIGS[entry], device="cpu", **extra)
             assert callable(fn)
             fn()
-    assert skipped == {"attention_decode_fwd_split", "attention_decode_combine"}
+    assert skipped == {"attention_decode_q4k2_d32_b8_fwd_split", "attention_decode_q4k2_d32_b8_combine"}
 
 
 def test_bucket_tiles_follow_the_dimension_each_family_buckets():
@@ -233,8 +233,8 @@ def test_bucket_tiles_follow_the_dimension_each_family_buckets():
            "num_warps": 4}
     tile = lambda name, suffix: tune.bucket_tile(plans[name], f"{name}_{suffix}", cfg)
     # attention buckets keys per sequence: the key loop's BLOCK_N, not the row tile
-    assert tile("attention_training", "fwd") == 32 and tile("attention_decode", "fwd") == 32
-    assert tile("attention_training", "bwd_dq") == 32 and tile("attention_training", "bwd_dkdv") == 32
+    assert tile("attention_training_q8k2_d128_b16", "fwd") == 32 and tile("attention_decode_q8k2_d128_b16", "fwd") == 32
+    assert tile("attention_training_q8k2_d128_b16", "bwd_dq") == 32 and tile("attention_training_q8k2_d128_b16", "bwd_dkdv") == 32
     cca = next(n for n in plans if n.startswith("cca_"))
     assert tile(cca, "fwd") == 16 and tile(cca, "bwd") == 16 and tile(cca, "bwd_weight") is None
     experts = next(n for n in plans if n.startswith("moe_experts"))
@@ -245,9 +245,9 @@ def test_bucket_tiles_follow_the_dimension_each_family_buckets():
     # attention's keys are a loop inside each program (forward, dQ), a grid dimension for dK/dV: with the
     # same resources a 128-key step beats a 32-key one at 4096 keys (fewer fixed costs per key), and a
     # 16-key bucket is not padded to 128
-    assert tune.bucket_serial(plans["attention_decode"], "attention_decode_fwd")
-    assert tune.bucket_serial(plans["attention_training"], "attention_training_bwd_dq")
-    assert not tune.bucket_serial(plans["attention_training"], "attention_training_bwd_dkdv")
+    assert tune.bucket_serial(plans["attention_decode_q8k2_d128_b16"], "attention_decode_q8k2_d128_b16_fwd")
+    assert tune.bucket_serial(plans["attention_training_q8k2_d128_b16"], "attention_training_q8k2_d128_b16_bwd_dq")
+    assert not tune.bucket_serial(plans["attention_training_q8k2_d128_b16"], "attention_training_q8k2_d128_b16_bwd_dkdv")
     assert not tune.bucket_serial(plans["rmsnorm_d2048"], "rmsnorm_d2048_fwd")
     rates = TARGETS["mi300x"]
     score = lambda bucket, tile, **kw: tune.static_score(_report(), {}, bucket, tile, rates, serial=True, **kw)
@@ -322,9 +322,10 @@ def test_untabled_entries_get_their_default_only():
     from zdiff.codegen.families import attention
 
     plan = attention.attention_plan("decode", 4, 2, 128, 16, (0, 2, 5), "bf16", "mi300x")
-    assert not attention.tuned(plan, "attention_decode_fwd_split")
-    assert not attention.tuned(plan, "attention_decode_combine")
-    assert attention.tuned(plan, "attention_decode_fwd")
+    assert plan.name == "attention_decode_q8k2_d128_b16"
+    assert not attention.tuned(plan, f"{plan.name}_fwd_split")
+    assert not attention.tuned(plan, f"{plan.name}_combine")
+    assert attention.tuned(plan, f"{plan.name}_fwd")
 
 
 def test_a_generated_attention_module_launches_the_table_config_of_the_nearest_bucket(tmp_path):
@@ -335,21 +336,20 @@ def test_a_generated_attention_module_launches_the_table_config_of_the_nearest_b
     from zdiff.spec import load_spec
 
     plan = attention_plan("decode", 2, 1, 16, 4, (0, 1), "fp32", "cpu")
-    path = tmp_path / "attention_decode.py"
+    path = tmp_path / f"{plan.name}.py"
     path.write_text(render(plan, load_spec("zaya1-tiny")))
-    module = load_module(path, f"attention_decode_{tmp_path.name}")
+    module = load_module(path, f"{plan.name}_{tmp_path.name}")
     small = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 1}
     large = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 8, "num_stages": 1}
-    write_table("mi300x", "attention_decode", {"attention_decode_fwd": {16: small, 256: large}}, "static",
-                root=tmp_path)
-    assert apply_tables({"attention_decode": module}, "mi300x", root=tmp_path) == ["attention_decode_fwd"]
+    write_table("mi300x", plan.name, {f"{plan.name}_fwd": {16: small, 256: large}}, "static", root=tmp_path)
+    assert apply_tables({plan.name: module}, "mi300x", root=tmp_path) == [f"{plan.name}_fwd"]
     launched = []
 
     class Spy:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launched.append((grid, kwargs))
 
-    module.attention_decode_fwd = Spy()
+    setattr(module, f"{plan.name}_fwd", Spy())
     T = 4 * 3  # verify rows + one block per level
     for capacity in (8, 100, 200, 5000):  # keys per sequence = capacity + T
         q = torch.randn(2, T, 2, 16)

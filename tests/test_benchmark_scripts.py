@@ -15,5 +15,8 @@ def test_gpu_session_script_smoke(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["checks"]["fused_verify_matches_reference"]["mismatches"] == 0
-    assert {t["kernel"] for t in data["timings"]} == {"fused_verify", "rmsnorm_fwd zdiff", "rmsnorm_fwd torch"}
+    assert not [k for k in data["checks"] if k.endswith("_error")], data["checks"]  # every stage ran
+    kernels = {t["kernel"] for t in data["timings"]}
+    assert {"fused_verify", "rmsnorm_fwd zdiff", "rmsnorm_fwd torch", "attention_decode zdiff",
+            "zdiff experts_forward"} <= kernels, kernels
     assert (tmp_path / "results.md").read_text().startswith("cpu, torch")

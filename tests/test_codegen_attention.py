@@ -123,8 +123,8 @@ def test_compiled_tile_classification_against_the_dense_mask(tmp_path, layout_ki
         tiles.append((t0, t1, n0, n1))
     first, last, lo, hi = (torch.tensor(c, dtype=torch.int32, device=DEVICE) for c in zip(*tiles))
     classes = torch.full((len(tiles),), -1, dtype=torch.int32, device=DEVICE)
-    module.__dict__[f"attention_{layout_kind}_tile_class"][(len(tiles),)](first, last, lo, hi, classes, n_causal, n,
-                                                                          BLOCK=block)
+    tile_class = next(kernel for name, kernel in vars(module).items() if name.endswith("_tile_class"))
+    tile_class[(len(tiles),)](first, last, lo, hi, classes, n_causal, n, BLOCK=block)
     for (t0, t1, n0, n1), c in zip(tiles, classes.tolist()):
         seen = mask[t0:min(t1, n - 1) + 1, n0:min(n1, n)]
         in_range = t1 < n and n1 <= n

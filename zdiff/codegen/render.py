@@ -56,11 +56,13 @@ def render_model(spec: Spec, plans: list[KernelPlan], target: str) -> str:
     names = {plan.name for plan in plans}
     norm_modules = {plan.constants["D"]: plan.name for plan in plans if plan.template == "rmsnorm.py.jinja"}
     residual = next((plan.name for plan in plans if plan.template == "residual_rmsnorm.py.jinja"), None)
+    attention = {plan.constants["layout"]: plan.name for plan in plans if plan.family == "attention"}
     cca_name = cca.plan_name(spec.model.attention) if spec.model.attention.kind == "ccgqa" else None
     assert cca_name is None or cca_name in names
     return _ENV.get_template("model.py.jinja").render(
         template="model.py.jinja", spec_name=spec.name, spec_hash=spec.hash(), target=target, plans=plans,
         norm_modules=dict(sorted(norm_modules.items())), residual_module=residual, cca_module=cca_name,
+        attention_modules=attention,
         moe_route_module=moe.router_name(spec), moe_experts_module=moe.experts_name(spec),
         block_size=spec.diffusion.block_size, levels=tuple(spec.diffusion.acceptance_levels),
     )

@@ -55,7 +55,9 @@ def default_configs(name: str, layout: str, head_dim: int, target: str) -> dict:
 
 def attention_plan(layout: str, group: int, num_kv_heads: int, head_dim: int, block_size: int,
                    levels: tuple[int, ...], dtype: str = "fp32", target: str = "cpu") -> KernelPlan:
-    name = f"attention_{layout}"
+    # the shape is in the name (as in vLLM's MoE tables) so that autotune tables, keyed by module
+    # name, never configure another model's attention
+    name = f"attention_{layout}_q{group * num_kv_heads}k{num_kv_heads}_d{head_dim}_b{block_size}"
     return KernelPlan(
         name=name, family="attention", template="attention.py.jinja",
         constants={"layout": layout, "group": group, "num_kv_heads": num_kv_heads, "head_dim": head_dim,

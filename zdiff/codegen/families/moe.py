@@ -119,8 +119,10 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
         return [{"num_warps": w} for w in (1, 2, 4)]
     if suffix == "dispatch":
         return [{"CHUNK": c, "num_warps": w} for c in (128, 256, 512) for w in (4, 8)]
-    small = suffix.endswith("_small")
-    block_ms = [16] if small else [32, 64, 128]
+    # gate_up's BLOCK_M is the dispatch tile of its whole path (down and the backward reuse it), and
+    # a static ranking cannot weigh its weight re-reads: it stays at the plan's default until a
+    # measured run can compare whole paths
+    block_ms = [plan.configs[kernel]["BLOCK_M"]] if kernel in plan.configs and "BLOCK_M" in plan.configs[kernel] else [16]
     if target in HIP_TARGETS:
         kpacks = [1] if target == "mi355x" else [1, 2]
         options = [{"num_warps": w, "num_stages": s, "waves_per_eu": wpe, "matrix_instr_nonkdim": nk, "kpack": kp}
