@@ -110,3 +110,23 @@ def test_generated_model_uses_the_shipped_autotune_tables(tmp_path):
     assert "rmsnorm_d2048_fwd" in module.TUNED
     table = module.MODULES["rmsnorm_d2048"].TABLES["rmsnorm_d2048_fwd"]
     assert table and all("num_warps" in config for config in table.values())
+
+
+def test_load_model_with_the_triton_backend(tmp_path, monkeypatch):
+    """zdiff.load_model(..., backend="triton") renders the kernels into $ZDIFF_CACHE once and returns the
+    generated model with the checkpoint's weights."""
+    import zdiff
+    from zdiff.checkpoint.store import save_checkpoint
+
+    monkeypatch.setenv("ZDIFF_CACHE", str(tmp_path / "cache"))
+    spec = parse_spec(MICRO_SPEC)
+    reference = build_model(spec.model, seed=4)
+    save_checkpoint(reference, spec, tmp_path / "ckpt")
+    model = zdiff.load_model(tmp_path / "ckpt", backend="triton", device=DEVICE, dtype=torch.float32)
+    assert type(model).__name__ == "GeneratedTransformer"
+    assert len(list((tmp_path / "cache" / "compiled").glob("micro-*-cpu/model.py"))) == 1
+    ids = torch.randint(0, 256, (2, 6)).to(DEVICE)
+    with torch.no_grad():
+        assert_close(model(ids), reference.to(DEVICE)(ids), rtol=1e-4, atol=1e-4, what="logits")
+    with pytest.raises(Exception, match="no model.py"):
+        zdiff.load_model(tmp_path / "ckpt", backend="triton", kernels_dir=tmp_path / "empty")

@@ -6,11 +6,14 @@ from .errors import CheckpointError, SpecError, ZdiffError  # noqa: E402
 from .spec import Spec, load_spec  # noqa: E402
 
 
-def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None):
-    """Load a zdiff checkpoint directory (spec.yaml + model.safetensors) as a model."""
+def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None, kernels_dir=None):
+    """Load a zdiff checkpoint directory (spec.yaml + safetensors) as a model.
+
+    backend="torch": the reference model; backend="triton": the generated model wired to the
+    kernels of `kernels_dir` (a `zdiff compile` output; by default rendered into the cache)."""
     from .checkpoint.store import load_model as _load
 
-    return _load(checkpoint_dir, backend=backend, device=device, dtype=dtype)
+    return _load(checkpoint_dir, backend=backend, device=device, dtype=dtype, kernels_dir=kernels_dir)
 
 
 def generate(model, prompts, params=None, **kwargs):
