@@ -360,3 +360,13 @@ def test_a_generated_attention_module_launches_the_table_config_of_the_nearest_b
     picked = [(kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"]) for _, kw in launched]
     assert picked == [(16, 32, 2), (16, 32, 2), (32, 16, 8), (32, 16, 8)]  # 20, 112 -> 16; 212, 5012 -> 256
     assert launched[2][0][0] == 1  # grid over T * GROUP = 24 packed rows with the 32-row tile
+
+
+def test_an_alternative_starts_only_when_its_expected_time_fits_the_budget():
+    import time
+
+    result = tune.EntryResult(module="m", entry="m_fwd", space=3, buckets=[1])
+    result.trials = [tune.Trial({"num_warps": 4}, True, seconds=10.0), tune.Trial({"num_warps": 8}, False, seconds=6.0)]
+    now = time.monotonic()
+    assert not tune._fits(result, now + 5)  # mean 8 s of trials does not fit in 5 s
+    assert tune._fits(result, now + 20)

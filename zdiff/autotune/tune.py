@@ -21,7 +21,8 @@ The tile that covers an entry's bucket comes from the family's `bucket_tile(plan
 Budget (seconds of wall time, compiles and measurements alike), in two passes:
 1. every entry point's default config is compiled (and measured) first, in order, which also
    tells what one trial of that entry costs;
-2. round robin, one alternative per entry per round, until the deadline, so every entry gets
+2. round robin, one alternative per entry per round, each started only if the entry's mean trial
+   time still fits before the deadline (so the run ends within its budget), so every entry gets
    about the same number of alternatives whatever its compiles cost; alternatives are ordered
    by how few keys they change from the default (a local search around the hand-tuned
    config), then by tile padding over the buckets.
@@ -254,12 +255,20 @@ def prepare_entries(module, plan, target: str, measure: bool = False) -> list[En
     return results
 
 
+def _fits(result: EntryResult, deadline: float) -> bool:
+    """Would one more trial of this entry, at its mean trial time so far, end before the deadline?"""
+    spent = [t.seconds for t in result.trials if getattr(t, "seconds", None)]
+    expected = sum(spent) / len(spent) if spent else 0.0
+    return time.monotonic() + expected <= deadline
+
+
 def run_schedule(modules, target: str, deadline: float, measure: bool = False, bar=None) -> list[EntryResult]:
     """Both budget passes over (plan, module) pairs; returns the ranked EntryResults in order.
 
     Pass 1 runs every entry's default; pass 2 goes round robin, one alternative per entry per round, until
     the deadline or every space is done, so entries get about the same number of alternatives whatever a
-    compile costs (at most one trial overruns the deadline)."""
+    compile costs. An alternative starts only when the entry's mean trial time so far still fits before the
+    deadline, so only pass 1 (the defaults) can overrun it, and only when the budget is too small for them."""
     entries = []  # (plan, module, result)
     for plan, module in modules:
         entries.extend((plan, module, r) for r in prepare_entries(module, plan, target, measure))
@@ -272,15 +281,15 @@ def run_schedule(modules, target: str, deadline: float, measure: bool = False, b
                    result.method == "measured")
         if bar is not None:
             bar.update(1)
-    active = [e for e in entries if e[2].trials and e[2].pending]
-    while active and time.monotonic() < deadline:  # pass 2: round robin
+    active = [e for e in entries if e[2].trials and e[2].pending and _fits(e[2], deadline)]
+    while active:  # pass 2: round robin
         for plan, module, result in active:
-            if time.monotonic() >= deadline:
-                break
+            if not _fits(result, deadline):
+                continue
             _run_trial(module, result, target, result.pending.pop(0), result.method == "measured")
             if bar is not None:
                 bar.update(1)
-        active = [e for e in active if e[2].pending]
+        active = [e for e in active if e[2].pending and _fits(e[2], deadline)]
     for plan, module, result in entries:
         result.cut_by_budget = len(result.pending) + (0 if result.trials or not result.tuned else 1)
         if bar is not None:
