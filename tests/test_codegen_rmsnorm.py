@@ -126,3 +126,10 @@ def test_residual_rmsnorm_matches_reference_modules(tmp_path, rows, d):
     names = ["dx", "df", "ds_r", "db_r", "ds_o", "db_o", "dw"]
     for leaf, ref, name in zip(leaves, expected, names):
         assert_close(leaf.grad, ref, rtol=1e-4, atol=1e-4, what=name)
+
+
+def test_compile_for_a_gpu_target_refuses_the_interpreter(tmp_path):
+    result = run_cli("compile", "zaya1-tiny", "--target", "mi300x", "--out", tmp_path / "x",
+                     env_extra={"TRITON_INTERPRET": "1"})
+    assert result.returncode == 2 and "TRITON_INTERPRET=1 is set" in result.stderr
+    assert not (tmp_path / "x").exists()

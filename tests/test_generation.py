@@ -34,7 +34,7 @@ def test_cached_steps_equal_brute_force_patterns(name):
     b, mask = spec.diffusion.block_size, spec.diffusion.mask_token_id
     prompts = [[256, 10, 11, 12, 13], [256, 40]]
     cache = DecodeCache(spec.model, 2, 64)
-    batch = _Batch(model, cache, pad_id=mask)
+    batch = _Batch(model, cache, pad_id=mask, block_size=b)
     plans = [(p + [mask] * b, prefill_pattern(len(p), b)) for p in prompts]
     logits = batch.run(plans)
     for i, (ids, pattern) in enumerate(plans):

@@ -42,6 +42,9 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
         raise ZdiffError(f"--target must be one of {', '.join([*AOT_TARGETS, 'cpu'])}, got {target!r}")
     if check_targets and target not in spec.targets:
         raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {target} to compile for it")
+    if aot and target != "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise ZdiffError("TRITON_INTERPRET=1 is set, but compiling for a GPU target needs the real Triton "
+                         "compiler; unset it (or use --target cpu)")
     dtype = "fp32" if target == "cpu" else "bf16"
     plans = plan_kernels(spec, dtype, target)
     with _no_line_info(), atomic_directory(out_dir, force=force) as tmp:
