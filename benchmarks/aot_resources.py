@@ -1,5 +1,8 @@
 """Static resource report of every AOT-compiled kernel for every GPU target (no GPU needed).
 
+Covers the fused verifier kernels and every entry point `zdiff compile` builds for a spec
+(default: zaya1-8b) with its default config for the target.
+
     python benchmarks/aot_resources.py > aot.md
 
 Prints a Markdown table (registers, spills, LDS / shared memory, occupancy, matrix
@@ -14,7 +17,11 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import tempfile  # noqa: E402
+
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
+from zdiff.codegen.compile import compile_spec  # noqa: E402
+from zdiff.spec import load_spec  # noqa: E402
 from zdiff.generate.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel  # noqa: E402
 
 
@@ -36,6 +43,18 @@ def main() -> None:
                 unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
                 print(f"| {name} | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
                       f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {'yes' if r.matrix_instructions else 'no'} |")
+    spec = load_spec(sys.argv[1] if len(sys.argv) > 1 else "zaya1-8b")
+    for target in ("mi300x", "mi355x", "h200"):
+        out = tempfile.mkdtemp(prefix="zdiff-aot-report-")
+        manifest = compile_spec(spec, target, f"{out}/build", log=lambda *_: None)
+        for kernel in manifest["kernels"]:
+            for entry, r in kernel["aot"].items():
+                config = ", ".join(f"{k}={v}" for k, v in sorted(kernel["configs"][entry].items()))
+                unit = "waves/SIMD" if r["arch"].startswith("gfx") else "warps/SM"
+                sgprs = f"{r['scalar_registers']} ({r['scalar_spills']} spilled to VGPR lanes)" if r["scalar_spills"] \
+                    else (r["scalar_registers"] or "-")
+                print(f"| {entry} | {config} | {target} | {r['arch']} | {r['registers']} | {sgprs} | {r['spills']} | "
+                      f"{r['shared_bytes']} | {r['occupancy']} {unit} | {'yes' if r['matrix_instructions'] else 'no'} |")
 
 
 if __name__ == "__main__":
