@@ -22,7 +22,7 @@ import tempfile  # noqa: E402
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
 from zdiff.codegen.compile import compile_spec  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
-from zdiff.generate.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel  # noqa: E402
+from zdiff.generation.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel  # noqa: E402
 
 
 def main() -> None:

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zdiff.codegen.families.norms import norm_plan  # noqa: E402
 from zdiff.codegen.render import load_module, render  # noqa: E402
-from zdiff.generate import sampling  # noqa: E402
-from zdiff.generate.sampling import SamplingParams  # noqa: E402
-from zdiff.generate.verifier_kernel import fused_verify, fused_verify_per_sequence  # noqa: E402
+from zdiff.generation import sampling  # noqa: E402
+from zdiff.generation.sampling import SamplingParams  # noqa: E402
+from zdiff.generation.verifier_kernel import fused_verify, fused_verify_per_sequence  # noqa: E402
 from zdiff.runtime.norms import RMSNorm  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 

@@ -8,10 +8,10 @@ import torch
 
 from conftest import assert_close
 from generation_helpers import chi_square_p_value, tiny_vocab_model
-from zdiff.generate import DecodeCache, SamplingParams, generate
-from zdiff.generate import loop as loop_module
-from zdiff.generate import sampling
-from zdiff.generate.loop import _Batch
+from zdiff.generation import DecodeCache, SamplingParams, generate
+from zdiff.generation import loop as loop_module
+from zdiff.generation import sampling
+from zdiff.generation.loop import _Batch
 from zdiff.pattern import decode_pattern, prefill_pattern
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec

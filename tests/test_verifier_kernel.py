@@ -8,9 +8,9 @@ import torch
 from conftest import DEVICE
 from generation_helpers import chi_square_p_value
 from zdiff.errors import ZdiffError
-from zdiff.generate import sampling
-from zdiff.generate.sampling import SamplingParams
-from zdiff.generate.verifier_kernel import (MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, fused_verify,
+from zdiff.generation import sampling
+from zdiff.generation.sampling import SamplingParams
+from zdiff.generation.verifier_kernel import (MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, fused_verify,
                                             fused_verify_per_sequence, vocab_splits)
 
 
@@ -175,7 +175,7 @@ AOT_SCRIPT = """
 import json, warnings
 warnings.simplefilter("ignore")
 from zdiff.codegen.aot import AOT_TARGETS, check_fits, compile_for_target
-from zdiff.generate.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel
+from zdiff.generation.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel
 reports = []
 for target in sorted(AOT_TARGETS):
     for greedy in (False, True):

@@ -17,9 +17,9 @@ def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None, 
 
 
 def generate(model, prompts, params=None, **kwargs):
-    """Decode token-id prompts (see zdiff.generate.loop.generate); returns a GenerationResult."""
-    from .generate import SamplingParams
-    from .generate import generate as _generate
+    """Decode token-id prompts (see zdiff.generation.loop.generate); returns a GenerationResult."""
+    from .generation import SamplingParams
+    from .generation import generate as _generate
 
     return _generate(model, prompts, params or SamplingParams(), **kwargs)
 

@@ -56,7 +56,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from .generate.cli_run import run_generate
+    from .generation.cli_run import run_generate
 
     return run_generate(args)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from .checkpoint.atomic import atomic_write_text
 from .checkpoint.store import load_model
 from .errors import ZdiffError
-from .generate import SamplingParams, generate
-from .generate.cli_run import stats_table
+from .generation import SamplingParams, generate
+from .generation.cli_run import stats_table
 from .plots import acceptance_histogram
 from .report import spec_summary
 from .spec import load_spec, preset_names

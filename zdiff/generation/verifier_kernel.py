@@ -7,7 +7,7 @@ max(0, p - q) (falling back to p when that is all zero); if every draft is accep
 Gumbel-max bonus draw from the last row. No host synchronisation: accepted counts and
 tokens stay on the device. Randomness is counter-based (tl.rand(seed, offset)), or given
 explicitly (GIVEN_NOISE) so tests can compare it draw for draw with
-`zdiff.generate.sampling.verify_stochastic`.
+`zdiff.generation.sampling.verify_stochastic`.
 
 Glossary: B sequences; M = padded drafts per sequence (m_b <= M real ones); V vocabulary;
 ar_logits (B, M+1, V) rows 0..m_b; draft_logits (B, M, V); drafts (B, M); outputs
