@@ -162,7 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", choices=["ar", "tidar"], default="tidar")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--verifier", choices=["reference", "fused"], default="reference")
+    gen.add_argument("--device", help="cuda or cpu (default: cuda when a GPU is visible)")
+    gen.add_argument("--backend", choices=["triton", "torch"],
+                     help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
+    gen.add_argument("--proposals", default="auto",
+                     help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
+    gen.add_argument("--max-slots", type=int, help="engine slots (default: the number of prompts, at most 64)")
+    gen.add_argument("--loop", choices=["engine", "reference"], default="engine",
+                     help="the decode engine, or the host-driven reference loop (the oracle)")
+    gen.add_argument("--verifier", choices=["reference", "fused"], help="with --loop reference only")
     gen.add_argument("--compare-ar", action="store_true", help="also decode with AR and compare")
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")
