@@ -14,6 +14,8 @@
   stops the replacement.
 - **No overlap with inputs.** An output that is, contains or lies inside an input, or that is
   the working directory or one of its parents, is refused before anything is written.
+- Outputs get the usual permissions (0777 / 0666 less the umask), not the 0700 / 0600 of a
+  temporary.
 - Permission, read-only, not-a-directory and similar OS failures are one-line ZdiffErrors.
 """
 
@@ -66,6 +68,12 @@ def resolve_output(path: str | Path, inputs: Iterable[str | Path | None] = (), r
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -89,6 +97,33 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     return removed
 
 
+def _make_parent(out: Path) -> None:
+    for ancestor in out.parents:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise ZdiffError(f"cannot write {out}: {ancestor} is not a directory")
+            break
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error("create the directory for", out, exc) from None
+
+
+def check_output(out_dir: str | Path, force: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Everything about an output that can be refused before a run starts working (atomic_directory checks
+    again when it commits): its place, its inputs, and an existing non-empty directory without `force`."""
+    out = resolve_output(out_dir, inputs)
+    try:
+        if out.exists() and not out.is_dir():
+            raise ZdiffError(f"output path exists and is not a directory: {out}")
+        present = set(os.listdir(out)) if out.is_dir() else None
+    except OSError as exc:
+        raise _os_error("read", out, exc) from None
+    if present and not force:
+        raise ZdiffError(f"output directory is not empty: {out} (pass --force to replace it)")
+    return out
+
+
 @contextlib.contextmanager
 def output_lock(out: str | Path, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on output `out` (a flock on the sibling `.NAME.lock`) for the block.
@@ -96,10 +131,7 @@ def output_lock(out: str | Path, wait: bool = False) -> Iterator[Path]:
     Held by another run: a ZdiffError, or with `wait` block until it is released (a shared cache)."""
     out = Path(os.path.abspath(out))
     lock_path = out.with_name(f".{out.name}.lock")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _os_error("create the directory for", out, exc) from None
+    _make_parent(out)
     while True:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -181,17 +213,12 @@ def atomic_directory(out_dir: str | Path, force: bool = False, inputs: Iterable[
     contents are complete. `lock=False` when the caller already holds `output_lock(out_dir)`."""
     out = resolve_output(out_dir, inputs)
     with output_lock(out) if lock else contextlib.nullcontext(out):
-        try:
-            if out.exists() and not out.is_dir():
-                raise ZdiffError(f"output path exists and is not a directory: {out}")
-            present = set(os.listdir(out)) if out.is_dir() else None
-        except OSError as exc:
-            raise _os_error("read", out, exc) from None
-        if present and not force:
-            raise ZdiffError(f"output directory is not empty: {out} (pass --force to replace it)")
+        check_output(out, force)
+        present = set(os.listdir(out)) if out.is_dir() else None
         remove_stale_temporaries(out)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would be the output's mode after the rename
         except OSError as exc:
             raise _os_error("write", out, exc) from None
         try:
@@ -211,6 +238,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # not mkstemp's 0600
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError, SpecError
 from ..spec import Spec, spec_from_dict
-from .atomic import atomic_directory
+from ..outputs import atomic_directory, check_output
 from .store import check_tokenizer_files, check_weight, copy_tokenizer, short_list, write_checkpoint_files
 from .tensors import TensorSource
 
@@ -203,6 +203,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
     from ..runtime import Transformer
 
     hf_dir = Path(hf_dir)
+    check_output(out_dir, force, inputs=(hf_dir,))  # fail before reading gigabytes, not after
     if not hf_dir.is_dir():
         raise CheckpointError(f"HF model directory not found: {hf_dir}")
     config_path = hf_dir / "config.json"

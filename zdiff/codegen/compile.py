@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import ZdiffError
-from ..outputs import atomic_directory
+from ..outputs import atomic_directory, check_output
 from ..spec import Spec, dump_spec
 from .aot import AOT_TARGETS, check_fits, compile_entry
 from .plan import plan_kernels
@@ -46,6 +46,7 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     if aot and target != "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise ZdiffError("TRITON_INTERPRET=1 is set, but compiling for a GPU target needs the real Triton "
                          "compiler; unset it (or use --target cpu)")
+    check_output(out_dir, force, inputs)
     dtype = "fp32" if target == "cpu" else "bf16"
     plans = plan_kernels(spec, dtype, target)
     with _no_line_info(), atomic_directory(out_dir, force=force, inputs=inputs, lock=lock) as tmp:
