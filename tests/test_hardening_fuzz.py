@@ -101,40 +101,31 @@ def damaged_texts(draw):
     return text
 
 
-def _use(spec) -> None:
-    """What check / compile do first with an accepted spec: it must not fail with anything but a ZdiffError."""
+def _load_or_fail_cleanly(text: str) -> None:
+    """parse_spec gives a Spec or one-line ZdiffError, within the deadline; an accepted spec then survives
+    what check / compile do first with it (anything but a one-line ZdiffError is a failure)."""
     from zdiff.codegen.plan import plan_kernels
     from zdiff.report import spec_summary
 
-    spec_summary(spec, context=4096, dtype_bytes=2)
-    try:
-        plan_kernels(spec, "fp32", "cpu")
-    except ZdiffError as err:  # a spec the kernels cannot serve (yet): said in one line
-        assert "\n" not in str(err)
+    with deadline(20):
+        try:
+            spec = parse_spec(text, source="fuzz.yaml")
+            spec_summary(spec, context=4096, dtype_bytes=2)
+            plan_kernels(spec, "fp32", "cpu")
+        except ZdiffError as err:  # a bad spec, or one the kernels cannot serve (yet)
+            assert "\n" not in str(err)
 
 
 @_settings(120)
 @given(text=mutated_specs())
 def test_mutated_presets_load_or_fail_cleanly(text):
-    with deadline(20):
-        try:
-            spec = parse_spec(text, source="fuzz.yaml")
-        except ZdiffError as err:
-            assert "\n" not in str(err)
-            return
-        _use(spec)
+    _load_or_fail_cleanly(text)
 
 
 @_settings(120)
 @given(text=damaged_texts())
 def test_damaged_preset_text_loads_or_fails_cleanly(text):
-    with deadline(20):
-        try:
-            spec = parse_spec(text, source="fuzz.yaml")
-        except ZdiffError as err:
-            assert "\n" not in str(err)
-            return
-        _use(spec)
+    _load_or_fail_cleanly(text)
 
 
 # --- command lines --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 
 from . import __version__
@@ -22,11 +23,29 @@ MAX_SEED = 2**63 - 1
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`zdiff: error: ...`) and exit status 2 like every other error."""
+    """argparse, but a usage error is one line (`zdiff: error: --flag must ...`) and exit status 2 like every
+    other error, phrased as zdiff phrases its own."""
 
     def error(self, message):
-        command = self.prog.removeprefix("zdiff").strip()
-        raise ZdiffError(f"{command}: {message}" if command else message)
+        flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)$", message, re.S)
+        if not flag:
+            raise ZdiffError(f"{self.prog}: {message}")
+        name, reason = flag.groups()
+        choice = re.match(r"invalid choice: (.*?) \(choose from (.*)\)$", reason, re.S)
+        if choice:
+            reason = f"must be one of {choice.group(2).replace(chr(39), '')}, got {choice.group(1)}"
+        raise ZdiffError(f"{name} {reason}")
+
+
+def _out_of_range(value, low, high, low_open: bool = False) -> str | None:
+    """Why `value` is outside [low, high] (or (low, high]); None inside."""
+    if low_open and value <= low:
+        return "must be positive" if low == 0 else f"must be greater than {low:g}"
+    if value < low:
+        return "must not be negative" if low == 0 else f"must be at least {low:g}"
+    if value > high:
+        return f"must be at most {high:g}"
+    return None
 
 
 def _int_in(low: int, high: int):
@@ -35,8 +54,9 @@ def _int_in(low: int, high: int):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        reason = _out_of_range(value, low, high)
+        if reason:
+            raise argparse.ArgumentTypeError(f"{reason}, got {value}")
         return value
 
     parse.__name__ = "integer"
@@ -51,8 +71,9 @@ def _float_in(low: float, high: float, low_open: bool = False):
             raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if value > high or value < low or (low_open and value == low):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value:g}")
+        reason = _out_of_range(value, low, high, low_open)
+        if reason:
+            raise argparse.ArgumentTypeError(f"{reason}, got {value:g}")
         return value
 
     parse.__name__ = "number"
@@ -125,11 +146,14 @@ def _cmd_generate(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .demo import DemoPlan, run_demo
+    from .outputs import output_lock, resolve_output
 
     names = ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows", "new_tokens")
     overrides = {name: getattr(args, name) for name in names}
     plan = DemoPlan(**{name: value for name, value in overrides.items() if value is not None})
-    summary = run_demo(out=args.out, plan=plan, prompt=args.prompt)
+    resolve_output(args.out, replaces=False)
+    with output_lock(args.out):  # one demo per directory: it replaces its ar/ and tidar/ runs
+        summary = run_demo(out=args.out, plan=plan, prompt=args.prompt)
     return 0 if summary["verdict"] == "PASS" else 1
 
 

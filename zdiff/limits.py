@@ -47,8 +47,10 @@ MAX_STEPS = 100_000_000  # zdiff train --steps, --checkpoint-every, --eval-every
 MAX_BATCH_SIZE = 65_536  # zdiff train --batch-size, zdiff cost --batch
 MAX_SEQ_LEN = 32_768  # zdiff train --seq-len (the reference training layout is a dense (2S)^2 mask)
 MAX_CONTEXT = 1 << 24  # zdiff check / cost --context (a count, nothing is allocated)
-MAX_NEW_TOKENS = 1 << 20  # zdiff generate --max-new-tokens
-MAX_PROMPT_CHARS = 1 << 20  # zdiff generate --prompt, each
+# the reference decoding path builds dense (T x T) masks over prompt + new tokens: past ~32k
+# tokens that alone is gigabytes (a 100k-character byte prompt took more than 8 GB)
+MAX_NEW_TOKENS = 32_768  # zdiff generate --max-new-tokens
+MAX_PROMPT_CHARS = 32_768  # zdiff generate --prompt, each (a byte tokenizer makes one token per byte)
 MAX_PROMPTS = 4096  # zdiff generate: --prompt given this often at most
 MAX_BUDGET_S = 7 * 24 * 3600.0  # zdiff autotune --budget
 MAX_LR = 10.0  # zdiff train --lr

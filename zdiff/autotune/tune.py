@@ -308,8 +308,10 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
     measure None: time the configs when a device of the target is present (`device_matches`)."""
     if target not in AOT_TARGETS:
         raise ZdiffError(f"--target must be one of {', '.join(AOT_TARGETS)}, got {target!r}")
-    if not 0 < budget <= MAX_BUDGET_S:  # also refuses NaN
-        raise ZdiffError(f"--budget must be in (0, {MAX_BUDGET_S:g}] seconds, got {budget}")
+    if not budget > 0:  # also refuses NaN
+        raise ZdiffError(f"--budget must be positive, got {budget}")
+    if budget > MAX_BUDGET_S:
+        raise ZdiffError(f"--budget must be at most {MAX_BUDGET_S:g} seconds, got {budget}")
     check_environment()
     start = time.monotonic()
     deadline = start + budget
