@@ -13,7 +13,7 @@ from hardening_helpers import assert_error, leftovers, run_main
 
 from zdiff.autotune.tables import load_tables, table_body, write_tables
 from zdiff.errors import ZdiffError
-from zdiff.outputs import atomic_directory, output_lock, remove_stale_temporaries
+from zdiff.outputs import atomic_directory, atomic_write_text, output_lock, remove_stale_temporaries
 
 COMPILE = ["compile", "zaya1-tiny", "--target", "cpu"]
 
@@ -179,6 +179,14 @@ def test_stale_temporaries_of_dead_runs_are_cleaned_live_ones_kept(tmp_path):
     assert not any(d.exists() for d in stale)
     assert live.exists() and other.exists()  # a running writer's, and another output's
     assert remove_stale_temporaries(tmp_path / "other") == [other]
+
+
+def test_atomic_write_text_cleans_stale_file_temporaries(tmp_path):
+    stale = tmp_path / f".latest.tmp-{_dead_pid()}-k2j4h5g6"
+    stale.write_text("half")
+    atomic_write_text(tmp_path / "latest", "step_0000100\n")
+    assert (tmp_path / "latest").read_text() == "step_0000100\n" and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
 
 
 def _set(i: int, modules: int = 5) -> dict:

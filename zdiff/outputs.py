@@ -85,14 +85,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Delete `.NAME.tmp-PID-*` / `.NAME.old-PID-*` siblings left by runs that were killed (PID gone)."""
+    """Delete `.NAME.tmp-PID-*` / `.NAME.old-PID-*` siblings (directories or files) left by runs that were
+    killed (PID gone)."""
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-[0-9a-z_]+$")
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(out.parent):
             match = pattern.match(entry.name)
             if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
 
@@ -236,7 +241,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace a file's contents in one rename (readers see the old or the new text, never a mix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # not mkstemp's 0600
         with os.fdopen(fd, "w") as f:
