@@ -28,8 +28,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)$", message, re.S)
-        if not flag:
-            raise ZdiffError(f"{self.prog}: {message}")
+        if not flag:  # "the following arguments are required: spec", "unrecognized arguments: ..."
+            raise ZdiffError(message if self.prog == "zdiff" else f"{self.prog}: {message}")
         name, reason = flag.groups()
         choice = re.match(r"invalid choice: (.*?) \(choose from (.*)\)$", reason, re.S)
         if choice:
@@ -103,8 +103,6 @@ def _cmd_import(args) -> int:
 
 def _cmd_compile(args) -> int:
     from .codegen.compile import compile_spec
-    from .spec import load_spec
-
     from .spec import load_spec, resolve_spec_path
 
     spec = load_spec(args.spec)
@@ -249,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="repeat for a batch of prompts")
     gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
     gen.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
-    gen.add_argument("--temperature", type=_float_in(0.0, limits.SPEC_MAXIMUM["sampler.temperature"], low_open=True),
+    gen.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True),
                      help="> 0 (for argmax decoding use --sampler greedy)")
-    gen.add_argument("--top-k", type=_int_in(0, limits.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
+    gen.add_argument("--top-k", type=_int_in(0, L.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
     gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), help="(0, 1]; 1: off")
     gen.add_argument("--mode", choices=["ar", "tidar"], default="tidar")
     gen.add_argument("--max-new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), default=64)
@@ -288,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):", type=_prompt)
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
-    for flag in ("--ar-steps", "--tidar-steps", "--eval-windows", "--new-tokens"):
+    for flag in ("--ar-steps", "--tidar-steps"):
         demo.add_argument(flag, type=steps, help="override the demo plan")
+    demo.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
+    demo.add_argument("--new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), help="override the demo plan")
     demo.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
     demo.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), help="override the demo plan")
     demo.set_defaults(run=_cmd_demo)
