@@ -246,3 +246,30 @@ def test_autotune_refuses_a_second_run_on_the_same_tables(tmp_path, monkeypatch)
     with output_lock(tmp_path / "mi300x"):
         code, _, err = run_main(["autotune", "zaya1-tiny", "--target", "mi300x", "--budget", "1", "--out", tmp_path], 60)
     assert_error(code, err, "is being written by another zdiff run")
+
+
+def test_sigkill_while_compile_writes_then_rerun(tmp_path):
+    """Killed while its temporary exists, compile leaves no output; the next run succeeds and removes the
+    temporary and the lock file the dead run left behind."""
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    victim = subprocess.Popen([sys.executable, "-m", "zdiff", *COMPILE, "--out", str(out)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    give_up = time.monotonic() + 120
+    while not any(".out.tmp-" in p.name for p in tmp_path.iterdir()) and victim.poll() is None:
+        assert time.monotonic() < give_up
+        time.sleep(0.005)
+    victim.kill()
+    victim.wait()
+    left = leftovers(tmp_path)
+    if out.exists():  # it finished between the poll and the kill: then it is complete and left nothing
+        assert (out / "manifest.json").is_file() and left == []
+        return
+    assert any(f".out.tmp-{victim.pid}-" in name for name in left), left
+    code, _, err = run_main(COMPILE + ["--out", out], seconds=120)
+    assert code == 0, err
+    assert (out / "manifest.json").is_file() and leftovers(tmp_path) == []
