@@ -12,8 +12,7 @@ import math
 import re
 import sys
 
-from . import __version__
-from . import limits
+from . import __version__, limits
 from .errors import ZdiffError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -27,11 +26,11 @@ class _OneLineParser(argparse.ArgumentParser):
     other error, phrased as zdiff phrases its own."""
 
     def error(self, message):
-        flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)$", message, re.S)
+        flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)$", message, re.DOTALL)
         if not flag:  # "the following arguments are required: spec", "unrecognized arguments: ..."
             raise ZdiffError(message if self.prog == "zdiff" else f"{self.prog}: {message}")
         name, reason = flag.groups()
-        choice = re.match(r"invalid choice: (.*?) \(choose from (.*)\)$", reason, re.S)
+        choice = re.match(r"invalid choice: (.*?) \(choose from (.*)\)$", reason, re.DOTALL)
         if choice:
             reason = f"must be one of {choice.group(2).replace(chr(39), '')}, got {choice.group(1)}"
         raise ZdiffError(f"{name} {reason}")

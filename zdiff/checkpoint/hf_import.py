@@ -15,8 +15,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import CheckpointError, SpecError
-from ..spec import Spec, spec_from_dict
 from ..outputs import atomic_directory, check_output
+from ..spec import Spec, spec_from_dict
 from .store import check_tokenizer_files, check_weight, copy_tokenizer, short_list, write_checkpoint_files
 from .tensors import TensorSource
 

@@ -33,7 +33,7 @@ def check_tokenizer_files(directory: Path, vocab_size: int) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            Tokenizer = None  # noqa: N806 (reading it needs the package; zdiff.train.data says so when used)
+            Tokenizer = None  # reading it needs the package; zdiff.train.data says so when it is used
         if Tokenizer is not None:
             try:
                 ids = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True).values()
