@@ -53,22 +53,14 @@ def _device_and_backend(args) -> tuple[torch.device, str]:
     return device, backend
 
 
-def _proposals(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise ZdiffError(f"--proposals must be auto or an integer, got {value!r}") from None
-
-
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
     if args.verifier is not None and args.loop != "reference":
         raise ZdiffError("--verifier chooses the reference loop's verifier; add --loop reference")
     device, backend = _device_and_backend(args)
     model = load_model(checkpoint, backend=backend, device=device,
-                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                       allow_nonfinite=args.allow_nonfinite)
     spec = load_spec(checkpoint / SPEC_FILE)
     tokenizer_json = checkpoint / "tokenizer.json"
     tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
@@ -87,7 +79,7 @@ def run_generate(args) -> int:
         decode, common = reference_loop, {**common, "verifier": args.verifier or "reference"}
     else:
         decode = generate_on_engine
-        common.update(proposals=_proposals(args.proposals), max_slots=args.max_slots, spec=spec)
+        common.update(proposals=args.proposals, max_slots=args.max_slots, spec=spec)
     modes = [args.mode] + (["ar"] if args.compare_ar and args.mode != "ar" else [])
     runs = {}
     for mode in modes:
