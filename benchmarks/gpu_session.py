@@ -135,7 +135,7 @@ def check_and_time_rmsnorm(device, N, D, dtype, smoke, results):
 
 def check_generated_model(device, results) -> bool:
     """backend="triton" vs the reference on the tiny spec (random weights), fp32 logits of a causal pass."""
-    from zdiff.checkpoint.store import generated_model_class
+    from zdiff.codegen.generated import generated_model_class
     from zdiff.runtime import build_model
 
     spec = load_spec("zaya1-tiny")

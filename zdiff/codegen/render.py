@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import jinja2
 
 from ..spec import Spec
 from .plan import KernelPlan
+
 
 def python_literal(value) -> str:
     """repr with dict keys sorted, so rendered constants never depend on insertion order."""
@@ -40,6 +43,39 @@ def render(plan: KernelPlan, spec: Spec) -> str:
     )
 
 
+def configs_literal(configs: dict) -> str:
+    """The CONFIGS dict of a generated module, one entry point per line (sorted)."""
+    lines = "".join(f"    {k!r}: {python_literal(configs[k])},\n" for k in sorted(configs))
+    return "{\n" + lines + "}"
+
+
+_ENV.filters["configs"] = configs_literal
+
+
+@contextlib.contextmanager
+def no_line_info():
+    """Line info would embed the temporary source path in AOT binaries (and break determinism)."""
+    previous = os.environ.get("TRITON_DISABLE_LINE_INFO")
+    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_DISABLE_LINE_INFO"]
+        else:
+            os.environ["TRITON_DISABLE_LINE_INFO"] = previous
+
+
+def render_modules(plans: list[KernelPlan], spec: Spec, directory: Path, prefix: str = "") -> list:
+    """Render every plan into `directory/<name>.py` and import it; [(plan, module)] in plan order."""
+    rendered = []
+    for plan in plans:
+        path = Path(directory) / f"{plan.name}.py"
+        path.write_text(render(plan, spec))
+        rendered.append((plan, load_module(path, prefix + plan.name)))
+    return rendered
+
+
 def load_module(path: Path, name: str):
     """Import a rendered kernel file (Triton needs the source on disk to compile it)."""
     spec = importlib.util.spec_from_file_location(f"zdiff_generated.{name}", path)
@@ -51,18 +87,17 @@ def load_module(path: Path, name: str):
 
 def render_model(spec: Spec, plans: list[KernelPlan], target: str) -> str:
     """The generated torch module (model.py) wired to the rendered kernel modules of `plans`."""
-    from .families import cca, moe
+    def one(role: str) -> str | None:
+        names = [plan.name for plan in plans if plan.role == role]
+        assert len(names) <= 1, f"more than one {role} module: {names}"
+        return names[0] if names else None
 
-    names = {plan.name for plan in plans}
-    norm_modules = {plan.constants["D"]: plan.name for plan in plans if plan.template == "rmsnorm.py.jinja"}
-    residual = next((plan.name for plan in plans if plan.template == "residual_rmsnorm.py.jinja"), None)
-    attention = {plan.constants["layout"]: plan.name for plan in plans if plan.family == "attention"}
-    cca_name = cca.plan_name(spec.model.attention) if spec.model.attention.kind == "ccgqa" else None
-    assert cca_name is None or cca_name in names
+    norm_modules = {plan.constants["D"]: plan.name for plan in plans if plan.role == "rmsnorm"}
+    attention = {plan.constants["layout"]: plan.name for plan in plans if plan.role == "attention"}
     return _ENV.get_template("model.py.jinja").render(
         template="model.py.jinja", spec_name=spec.name, spec_hash=spec.hash(), target=target, plans=plans,
-        norm_modules=dict(sorted(norm_modules.items())), residual_module=residual, cca_module=cca_name,
-        attention_modules=attention,
-        moe_route_module=moe.router_name(spec), moe_experts_module=moe.experts_name(spec),
+        norm_modules=dict(sorted(norm_modules.items())), residual_module=one("residual_rmsnorm"),
+        cca_module=one("cca"), attention_modules=attention,
+        moe_route_module=one("moe_router"), moe_experts_module=one("moe_experts"),
         block_size=spec.diffusion.block_size, levels=tuple(spec.diffusion.acceptance_levels),
     )

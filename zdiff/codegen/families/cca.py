@@ -16,9 +16,8 @@ from __future__ import annotations
 from ...errors import ZdiffError
 from ...spec import Spec
 from ...spec.schema import AttentionSpec
-from ..plan import DTYPE_PTR, KernelPlan
-
-HIP_TARGETS = ("mi300x", "mi355x")
+from ...targets import TARGETS
+from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 
 
 def plans(spec: Spec, dtype: str, target: str) -> list[KernelPlan]:
@@ -49,7 +48,7 @@ def _check(a: AttentionSpec) -> None:
 
 def default_configs(name: str, head_dim: int, target: str) -> dict:
     """Default launch config per entry point. Rows per program stay small: decode passes are short."""
-    hip = target in HIP_TARGETS
+    hip = TARGETS[target].is_amd
     big = head_dim >= 128
     rows = {"BLOCK_T": 16 if big else 32, "BLOCK_K": 32 if big else 16, "num_warps": 8 if big else 4, "num_stages": 1}
     weight = {"BLOCK_T": 32, "BLOCK_O": 32 if big else head_dim, "SPLIT": 16, "num_warps": 4, "num_stages": 1}
@@ -73,12 +72,12 @@ def cca_plan(a: AttentionSpec, dtype: str = "fp32", target: str = "cpu", configs
         "K0": a.cca.depthwise_kernel, "K1": a.cca.grouped_kernel, "DV": dv,
         "BLOCK_DV": 1 << (dv - 1).bit_length(), "ptr": DTYPE_PTR[dtype], "dtype": dtype,
     }
-    return KernelPlan(name=name, family="cca", template="cca.py.jinja", constants=constants,
+    return KernelPlan(name=name, family="cca", template="cca.py.jinja", role="cca", constants=constants,
                       configs=configs or default_configs(name, a.head_dim, target))
 
 
 def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
-    hip = target in HIP_TARGETS
+    hip = TARGETS[target].is_amd
     warps = [4, 8] if hip else [4, 8, 16]
     amd = [{"waves_per_eu": w, "matrix_instr_nonkdim": 16} for w in (0, 1, 2)] if hip else [{}]
     stages = [1] if hip else [1, 2]
@@ -112,3 +111,6 @@ def bench_shape(kernel: str, bucket: int, state: int, batch: int | None = None) 
         return {"batch": batch, "rows": max(1, bucket // batch), "state": state}
     batch = batch or max(1, bucket // min(bucket, 1024))
     return {"batch": batch, "rows": max(1, bucket // batch), "state": 0}
+
+
+FAMILY = KernelFamily("cca", plans, config_space, buckets, bucket_tile)
