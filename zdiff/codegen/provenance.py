@@ -19,7 +19,8 @@ from .. import __version__
 from ..errors import ZdiffError
 
 PACKAGE = Path(__file__).resolve().parent.parent
-RENDER_SOURCES = (("templates", "*.jinja"), ("codegen", "**/*.py"))
+# the templates, the codegen modules that fill them, and the visibility rule rendered into the kernels
+RENDER_SOURCES = (("templates", "*.jinja"), ("codegen", "**/*.py"), ("pattern", "visibility.py"))
 TABLES = PACKAGE / "autotune" / "tables"
 CHECKED = ("zdiff_version", "render_hash")  # what makes kernels stale; tables are read at load time
 

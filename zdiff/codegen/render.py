@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..pattern.visibility import triton_visible_source
 from ..spec import Spec
 from .plan import KernelPlan
 
@@ -33,6 +34,7 @@ _ENV = jinja2.Environment(
     autoescape=False,
 )
 _ENV.filters["py"] = python_literal
+_ENV.globals["visible_function"] = triton_visible_source  # the TiDAR visibility rule, rendered into kernels
 
 
 def render(plan: KernelPlan, spec: Spec) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..pattern.batch import layout_visible
 from ..spec import ModelSpec
 from .attention import Attention
 from .moe import MoE, Routing
@@ -89,7 +90,7 @@ class Transformer(nn.Module):
         positions = rows if positions is None else positions
         predecessors = rows - 1 if predecessors is None else predecessors
         if visible is None and layout is not None:
-            visible = layout.dense_visible(T, 0 if cache is None else cache.max_len).to(device)
+            visible = layout_visible(layout, T, 0 if cache is None else cache.max_len, device)
         visible = torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
         positions = positions.expand(B, T)
         predecessors = predecessors.expand(B, predecessors.shape[-1])

@@ -10,20 +10,11 @@ from __future__ import annotations
 import triton
 
 from ...spec import Spec
+from ...pattern.visibility import triton_anchor_source
 from ...targets import TARGETS
 from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 
 LAYOUTS = ("training", "prefill", "decode")
-
-
-def _anchor_expr(levels: tuple[int, ...]) -> str:
-    """Triton expression for anchor(j) = LEVELS[j] + 1, the last level being the fallback."""
-    if not levels:
-        return "0 * j"
-    expr = str(levels[-1] + 1)
-    for j in range(len(levels) - 2, -1, -1):
-        expr = f"tl.where(j == {j}, {levels[j] + 1}, {expr})"
-    return expr + " + 0 * j" if len(levels) == 1 else expr
 
 
 def default_configs(name: str, layout: str, head_dim: int, target: str) -> dict:
@@ -62,7 +53,7 @@ def attention_plan(layout: str, group: int, num_kv_heads: int, head_dim: int, bl
         name=name, family="attention", template="attention.py.jinja", role="attention",
         constants={"layout": layout, "group": group, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
                    "block_d": triton.next_power_of_2(head_dim), "block_size": block_size, "levels": tuple(levels),
-                   "anchor_expr": _anchor_expr(tuple(levels)), "has_cache": layout == "decode",
+                   "anchor_expr": triton_anchor_source(layout, tuple(levels)), "has_cache": layout == "decode",
                    "backward": layout == "training", "ptr": DTYPE_PTR[dtype], "dtype": dtype},
         configs=default_configs(name, layout, head_dim, target),
     )
