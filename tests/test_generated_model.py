@@ -124,7 +124,7 @@ def test_load_model_with_the_triton_backend(tmp_path, monkeypatch):
     save_checkpoint(reference, spec, tmp_path / "ckpt")
     model = zdiff.load_model(tmp_path / "ckpt", backend="triton", device=DEVICE, dtype=torch.float32)
     assert type(model).__name__ == "GeneratedTransformer"
-    assert len(list((tmp_path / "cache" / "compiled").glob("micro-*-cpu/model.py"))) == 1
+    assert len(list((tmp_path / "cache" / "compiled").glob("micro-*-cpu-*/model.py"))) == 1
     ids = torch.randint(0, 256, (2, 6)).to(DEVICE)
     with torch.no_grad():
         assert_close(model(ids), reference.to(DEVICE)(ids), rtol=1e-4, atol=1e-4, what="logits")
