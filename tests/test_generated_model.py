@@ -130,3 +130,27 @@ def test_load_model_with_the_triton_backend(tmp_path, monkeypatch):
         assert_close(model(ids), reference.to(DEVICE)(ids), rtol=1e-4, atol=1e-4, what="logits")
     with pytest.raises(Exception, match="no model.py"):
         zdiff.load_model(tmp_path / "ckpt", backend="triton", kernels_dir=tmp_path / "empty")
+
+
+@pytest.mark.gpu
+def test_the_card_s_own_render_matches_the_reference_in_bf16(tmp_path, monkeypatch):
+    """On a GPU, load_model(backend="triton") renders for the card's target (its default configs and autotune
+    tables, the JIT compiling for the device) and its bf16 logits are no further from the fp64 reference than
+    twice the bf16 reference's own error (plus a small floor)."""
+    import zdiff
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.spec import load_spec
+
+    monkeypatch.setenv("ZDIFF_CACHE", str(tmp_path / "cache"))
+    spec = load_spec("zaya1-tiny")
+    reference = build_model(spec.model, seed=4)
+    save_checkpoint(reference, spec, tmp_path / "ckpt")
+    model = zdiff.load_model(tmp_path / "ckpt", backend="triton", device="cuda", dtype=torch.bfloat16)
+    assert not list((tmp_path / "cache" / "compiled").glob("*-cpu-*"))  # a GPU target, not the interpreter's
+    ids = torch.randint(0, 256, (3, 70), device="cuda")
+    with torch.no_grad():
+        golden = build_model(spec.model, seed=4, dtype=torch.float64, device="cuda")(ids)
+        bf16 = build_model(spec.model, seed=4, dtype=torch.bfloat16, device="cuda")(ids)
+        bf16_error = (bf16 - golden).abs().max().item()
+        error = (model(ids) - golden).abs().max().item()
+    assert error <= 2 * bf16_error + 1e-2, (error, bf16_error)

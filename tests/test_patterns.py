@@ -7,7 +7,15 @@ from hypothesis import strategies as st
 
 from transcribed_layouts import brute_force_decode, brute_force_training
 from zdiff.errors import ZdiffError
-from zdiff.pattern import Tile, classify_tile, decode_pattern, dense_tile_map, prefill_pattern, tile_map, training_pattern
+from zdiff.pattern import (
+    Tile,
+    classify_tile,
+    decode_pattern,
+    dense_tile_map,
+    prefill_pattern,
+    tile_map,
+    training_pattern,
+)
 
 
 @settings(max_examples=60, deadline=None)

@@ -5,7 +5,6 @@ __version__ = "0.1.0"
 from .errors import CheckpointError, SpecError, ZdiffError  # noqa: E402
 from .spec import Spec, load_spec  # noqa: E402
 
-
 BACKENDS = ("torch", "triton")
 
 

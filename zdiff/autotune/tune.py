@@ -331,7 +331,8 @@ def _short(config: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'entry point':<40} {'space':>5} {'built':>5} {'kept':>5} {'cut':>4} {'sec':>5}  pruned / best per bucket"]
+    lines = [f"{'entry point':<40} {'space':>5} {'built':>5} {'kept':>5} {'cut':>4} {'sec':>5}  "
+             "pruned / best per bucket"]
     for e in summary["entries"]:
         pruned = ", ".join(f"{k}: {v}" for k, v in sorted(e["pruned"].items())) or "-"
         lines.append(f"{e['entry']:<40} {e['space']:>5} {e['compiled']:>5} {e['survivors']:>5} {e['cut_by_budget']:>4}"

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import CheckpointError, SpecError
 from ..spec import Spec, spec_from_dict
 from .atomic import atomic_directory
-from .store import short_list, copy_tokenizer, write_checkpoint_files
+from .store import copy_tokenizer, short_list, write_checkpoint_files
 from .tensors import TensorSource
 
 SUPPORTED = ("zaya", "qwen3_moe")
@@ -110,7 +110,8 @@ def _rope(cfg: dict, layer_type: str | None) -> dict:
 def spec_from_hf_config(cfg: dict, name: str) -> Spec:
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED:
-        raise CheckpointError(f"config.json: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
+        raise CheckpointError(f"config.json: model_type {model_type!r} is not supported "
+                              f"(supported: {', '.join(SUPPORTED)})")
     if cfg.get("hidden_act", "silu") != "silu":
         _refuse("hidden_act", cfg["hidden_act"], "experts are SwiGLU with silu")
     heads = cfg["num_attention_heads"]
@@ -201,7 +202,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
             continue
         tensor, names = _load_source_tensor(source, model_type, name, spec.model.moe.num_experts)
         if tuple(tensor.shape) != tuple(meta.shape):
-            raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies {list(meta.shape)} (zdiff {name})")
+            raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies "
+                                  f"{list(meta.shape)} (zdiff {name})")
         if dtype is not None and tensor.is_floating_point() and not name.endswith("balancing_bias"):
             tensor = tensor.to(dtype)
         converted[name] = tensor

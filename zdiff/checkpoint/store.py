@@ -87,7 +87,8 @@ def check_tensor_names(directory, expected: dict[str, torch.Tensor], source: Ten
         raise CheckpointError(f"{directory}: tensor(s) the spec does not use: {short_list(unexpected)}")
     for name, tensor in expected.items():
         if source.shape(name) != tuple(tensor.shape):
-            raise CheckpointError(f"{directory}: tensor {name} has shape {list(source.shape(name))}, the spec needs {list(tensor.shape)}")
+            raise CheckpointError(f"{directory}: tensor {name} has shape {list(source.shape(name))}, "
+                                  f"the spec needs {list(tensor.shape)}")
 
 
 def short_list(names: list[str], n: int = 4) -> str:

@@ -33,7 +33,8 @@ class TensorSource:
                 raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
             missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
             if missing:
-                raise CheckpointError(f"{self.directory}: missing shard file(s) named in {INDEX_FILE}: {', '.join(missing)}")
+                raise CheckpointError(f"{self.directory}: missing shard file(s) named in {INDEX_FILE}: "
+                                      f"{', '.join(missing)}")
             self.file_of = dict(weight_map)
         elif (self.directory / SINGLE_FILE).is_file():
             with safe_open(self.directory / SINGLE_FILE, "pt") as f:

@@ -52,6 +52,22 @@ def as_jit(kernel):
     return triton.runtime.jit.JITFunction(kernel.fn)
 
 
+def aot_signature(kernel, pointer: str, **types: str) -> dict:
+    """The AOT signature of a kernel, derived from its own parameters: `tl.constexpr` parameters are
+    "constexpr", those named in `types` get that type ("i32", "fp32", "*fp32", ...), every other one is a
+    tensor of the module's element type `pointer` ("*bf16", ...). Adding a kernel argument needs no edit here
+    unless its type is not the default."""
+    params = as_jit(kernel).params
+    unknown = set(types) - {p.name for p in params}
+    assert not unknown, f"{kernel}: no parameter(s) {sorted(unknown)}"
+    return {p.name: "constexpr" if p.is_constexpr else types.get(p.name, pointer) for p in params}
+
+
+def aot_entry(kernel, pointer: str, fixed: dict, **types: str) -> tuple:
+    """One entry of a generated module's AOT table: (kernel, its derived signature, fixed constexprs)."""
+    return kernel, aot_signature(kernel, pointer, **types), fixed
+
+
 def compile_for_target(kernel, signature: dict, constexprs: dict, target: str, num_warps: int = 4,
                        num_stages: int = 2, **options):
     """(compiled kernel, ResourceReport) for a target name of AOT_TARGETS."""
@@ -110,7 +126,8 @@ def _cuda_report(name, target, gpu, num_warps, compiled) -> ResourceReport:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
     local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
     stack = int(re.search(r"STACK:(\d+)", usage).group(1))
@@ -131,8 +148,8 @@ def check_fits(report: ResourceReport, config: str) -> None:
 
     AMD SGPR spills land in VGPR lanes (no memory traffic) and are reported, not refused."""
     if report.spills or report.scratch_bytes:
-        raise ZdiffError(f"{report.kernel} [{config}] spills {report.spills} registers ({report.scratch_bytes} bytes of "
-                         f"scratch per thread) on {report.target} ({report.arch})")
+        raise ZdiffError(f"{report.kernel} [{config}] spills {report.spills} registers "
+                         f"({report.scratch_bytes} bytes of scratch per thread) on {report.target} ({report.arch})")
     limit = TARGETS[report.target].shared_bytes
     if report.shared_bytes > limit:
         raise ZdiffError(f"{report.kernel} [{config}] needs {report.shared_bytes} bytes of LDS/shared memory on "

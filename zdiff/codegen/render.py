@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import pprint
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def python_literal(value) -> str:
         return "{" + ", ".join(f"{k!r}: {python_literal(value[k])}" for k in sorted(value)) + "}"
     if isinstance(value, (list, tuple)):
         items = ", ".join(python_literal(v) for v in value)
-        return f"({items},)" if isinstance(value, tuple) and len(value) == 1 else (f"({items})" if isinstance(value, tuple) else f"[{items}]")
+        if not isinstance(value, tuple):
+            return f"[{items}]"
+        return f"({items},)" if len(value) == 1 else f"({items})"
     return repr(value)
 
 
@@ -46,9 +49,8 @@ def render(plan: KernelPlan, spec: Spec) -> str:
 
 
 def configs_literal(configs: dict) -> str:
-    """The CONFIGS dict of a generated module, one entry point per line (sorted)."""
-    lines = "".join(f"    {k!r}: {python_literal(configs[k])},\n" for k in sorted(configs))
-    return "{\n" + lines + "}"
+    """The CONFIGS dict of a generated module: one entry point per line (sorted), wrapped at 120 columns."""
+    return pprint.pformat(configs, width=120, sort_dicts=True)
 
 
 _ENV.filters["configs"] = configs_literal

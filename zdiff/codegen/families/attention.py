@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import triton
 
-from ...spec import Spec
 from ...pattern.visibility import triton_anchor_source
+from ...spec import Spec
 from ...targets import TARGETS
 from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 

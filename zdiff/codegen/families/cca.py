@@ -29,7 +29,8 @@ def plans(spec: Spec, dtype: str, target: str) -> list[KernelPlan]:
 
 def plan_name(a: AttentionSpec) -> str:
     cca = a.cca
-    return f"cca_q{a.num_heads}k{a.num_kv_heads}_d{a.head_dim}_r{a.rotary_dim}_k{cca.depthwise_kernel}{cca.grouped_kernel}"
+    shape = f"q{a.num_heads}k{a.num_kv_heads}_d{a.head_dim}_r{a.rotary_dim}"
+    return f"cca_{shape}_k{cca.depthwise_kernel}{cca.grouped_kernel}"
 
 
 def _check(a: AttentionSpec) -> None:
@@ -41,7 +42,8 @@ def _check(a: AttentionSpec) -> None:
         raise ZdiffError(f"the CCA kernel needs a rotary_dim that is a power of two >= 2 dividing head_dim {d}, "
                          f"got {rd} (model.attention.rope_fraction)")
     if (a.num_kv_heads * d) % 2:
-        raise ZdiffError(f"CCGQA splits the value width in halves; num_kv_heads * head_dim = {a.num_kv_heads * d} is odd")
+        raise ZdiffError(f"CCGQA splits the value width in halves; num_kv_heads * head_dim = {a.num_kv_heads * d} "
+                         "is odd")
     if a.qk_norm != "l2":
         raise ZdiffError(f"the CCA kernel fuses the L2 QK norm; got qk_norm {a.qk_norm!r} (model.attention.qk_norm)")
 

@@ -7,7 +7,8 @@ Two kernel instances per spec (every MoE layer of a model shares the shapes):
 The experts have two paths: training / prefill sized groups (BLOCK_M 64) and a small-M path (BLOCK_M 16)
 for decode-sized groups, chosen at launch from the average group size. Entry points (CONFIGS keys):
 `_gate_up`, `_gate_up_small`, `_down`, `_down_small` (forward), `_down_bwd`, `_dx_bwd`, `_ddown_bwd`,
-`_dgate_up_bwd` (backward), and `_dispatch` (the single-program sort / pad of the slots). The gate_up config's BLOCK_M is the dispatch tile of its path.
+`_dgate_up_bwd` (backward), and `_dispatch` (the single-program sort / pad of the slots). The gate_up
+config's BLOCK_M is the dispatch tile of its path.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def experts_plan(spec: Spec, dtype: str = "fp32", target: str = "cpu") -> Kernel
                  "GROUPS_P2": triton.next_power_of_2(m.moe.num_experts + 1), "ptr": DTYPE_PTR[dtype], "dtype": dtype}
     configs = {f"{name}_{suffix}": config for suffix, config in _default_configs(target).items()}
     configs[f"{name}_dispatch"] = {"CHUNK": 64 if target == "cpu" else 256, "num_warps": 4}
-    return KernelPlan(name=name, family="moe", template="moe_experts.py.jinja", role="moe_experts", constants=constants, configs=configs)
+    return KernelPlan(name=name, family="moe", template="moe_experts.py.jinja", role="moe_experts",
+                      constants=constants, configs=configs)
 
 
 def _keep(config: dict, target: str) -> bool:
@@ -121,7 +123,8 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
     # gate_up's BLOCK_M is the dispatch tile of its whole path (down and the backward reuse it), and
     # a static ranking cannot weigh its weight re-reads: it stays at the plan's default until a
     # measured run can compare whole paths
-    block_ms = [plan.configs[kernel]["BLOCK_M"]] if kernel in plan.configs and "BLOCK_M" in plan.configs[kernel] else [16]
+    default = plan.configs.get(kernel, {})
+    block_ms = [default["BLOCK_M"]] if "BLOCK_M" in default else [16]
     if TARGETS[target].is_amd:
         kpacks = TARGETS[target].kpacks
         options = [{"num_warps": w, "num_stages": s, "waves_per_eu": wpe, "matrix_instr_nonkdim": nk, "kpack": kp}
