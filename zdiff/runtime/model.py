@@ -41,6 +41,10 @@ class ReferenceOps:
             visible = layout_visible(layout, T, 0 if cache is None else cache.max_len, device)
         return torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
 
+    def predecessors(self, predecessors: torch.Tensor) -> torch.Tensor:
+        """The predecessor indices in the form `attention` reads (converted once per forward, not per layer)."""
+        return predecessors
+
     def norm(self, x: torch.Tensor, norm) -> torch.Tensor:
         return norm(x)
 
@@ -121,7 +125,7 @@ class Transformer(nn.Module):
         rows = torch.arange(T, device=device)
         positions = (rows if positions is None else positions).expand(B, T)
         predecessors = rows - 1 if predecessors is None else predecessors
-        predecessors = predecessors.expand(B, predecessors.shape[-1])
+        predecessors = self.ops.predecessors(predecessors.expand(B, predecessors.shape[-1]))
         mask = self.ops.attention_mask(layout, visible, B, T, cache, device)
 
         h = self.embed(input_ids)
