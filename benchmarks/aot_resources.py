@@ -21,8 +21,8 @@ import tempfile  # noqa: E402
 
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
 from zdiff.codegen.compile import compile_spec  # noqa: E402
-from zdiff.spec import load_spec  # noqa: E402
 from zdiff.generation.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel  # noqa: E402
+from zdiff.spec import load_spec  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +41,9 @@ def main() -> None:
                 shape = ", ".join(f"{k}={v}" for k, v in constexprs.items() if k not in ("GIVEN_NOISE", "GREEDY"))
                 config = f"{mode}, {shape}, {warps} warps"
                 unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
+                matrix = "yes" if r.matrix_instructions else "no"
                 print(f"| {name} | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
-                      f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {'yes' if r.matrix_instructions else 'no'} |")
+                      f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {matrix} |")
     spec = load_spec(sys.argv[1] if len(sys.argv) > 1 else "zaya1-8b")
     for target in ("mi300x", "mi355x", "h200"):
         out = tempfile.mkdtemp(prefix="zdiff-aot-report-")
@@ -53,8 +54,9 @@ def main() -> None:
                 unit = "waves/SIMD" if r["arch"].startswith("gfx") else "warps/SM"
                 sgprs = f"{r['scalar_registers']} ({r['scalar_spills']} spilled to VGPR lanes)" if r["scalar_spills"] \
                     else (r["scalar_registers"] or "-")
+                matrix = "yes" if r["matrix_instructions"] else "no"
                 print(f"| {entry} | {config} | {target} | {r['arch']} | {r['registers']} | {sgprs} | {r['spills']} | "
-                      f"{r['shared_bytes']} | {r['occupancy']} {unit} | {'yes' if r['matrix_instructions'] else 'no'} |")
+                      f"{r['shared_bytes']} | {r['occupancy']} {unit} | {matrix} |")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def time_decode(device, target, smoke, results) -> None:
     cases = [(1, 64, 3)] if smoke else [(b, c, p) for b in (1, 8, 32) for c in (4096, 32768) for p in (3, 16)]
     modules = {}
     for batch, context, proposals in cases:
-        layout, levels, q, k, v, kc, vc = decode_case(batch, context, proposals, device, torch.bfloat16 if device != "cpu" else torch.float32)
+        dtype = torch.bfloat16 if device != "cpu" else torch.float32
+        layout, levels, q, k, v, kc, vc = decode_case(batch, context, proposals, device, dtype)
         m = modules.setdefault(proposals, module("decode", levels, target))
         scale = 128 ** -0.5
         lengths = layout.tensors(device)

@@ -37,7 +37,7 @@ from zdiff.spec import load_spec  # noqa: E402
 
 def build(spec, backend: str, device: str, dtype):
     """Random weights (N(0, 0.02), norms at one) created on the device: no 35 GB host init."""
-    from zdiff.checkpoint.store import generated_model_class
+    from zdiff.codegen.generated import generated_model_class
     from zdiff.runtime import Transformer, cast_model
 
     cls = Transformer if backend == "torch" else generated_model_class(spec, device=torch.device(device))
@@ -155,7 +155,8 @@ def main() -> int:
                     row[f"tokens_per_s_{name}"] = batch * tokens / (best / 1e3)
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "top_kernels"}), flush=True)
-    results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    results = {"date": datetime.date.today().isoformat(), "device": card,
                "torch": torch.__version__, "triton": triton.__version__, "spec": spec.name, "backend": args.backend,
                "target": target, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -165,15 +166,16 @@ def main() -> int:
 
 
 def _target() -> str:
-    from zdiff.checkpoint.store import runtime_target
+    from zdiff.targets import device_target
 
-    return runtime_target(torch.device("cuda"))
+    return device_target(torch.device("cuda")).name
 
 
 def _markdown(results: dict) -> str:
     lines = [f"{results['device']}, torch {results['torch']}, triton {results['triton']}, {results['date']}; "
              f"{results['spec']} backend {results['backend']}, floors for {results['target']}", "",
-             "| context | batch | P | floor ms | graphed ms | eager ms | ratio | host ms | kernels/step | tok/s (assumed) |",
+             "| context | batch | P | floor ms | graphed ms | eager ms | ratio | host ms | kernels/step "
+             "| tok/s (assumed) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['context']} | {r['batch']} | {r['proposals']} | {r['floor_ms']:.3f} | "

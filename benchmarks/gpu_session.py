@@ -9,7 +9,8 @@ Checks (bf16 / fp32 on the device, against the reference implementations):
   - rendered RMSNorm kernel forward / backward vs the fp64 reference;
   - TiDAR attention (decode with and without split-KV, training fwd + bwd) and the MoE kernels in
     bf16 vs fp64, next to the same computation's plain bf16 PyTorch error (attention_bench, moe_bench);
-  - the generated model (backend="triton") vs the reference model on the tiny spec, fp32 logits.
+  - the generated model (backend="triton") vs the reference model on the tiny spec, fp32 logits;
+  - the test suite's `gpu`-marked tests (`pytest -m gpu`; they skip on CPU-only machines).
 Times (triton.testing.do_bench, median):
   - fused verifier (split-vocabulary kernels, a few block sizes, and the per-sequence kernel)
     at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s of logits read;
@@ -95,8 +96,9 @@ def time_verifier(device, V, M, batches, smoke, results):
         for impl, config in configs:
             fn = fused_verify if impl == "split" else fused_verify_per_sequence
             ms = bench(lambda: fn(ar, draft, drafts, num, params, seed=1, **config), smoke)
+            gbs = bytes_read / (ms * 1e-3) / 1e9 if ms == ms else None
             results["timings"].append({"kernel": "fused_verify", "impl": impl, **config, "batch": B, "drafts": M,
-                                       "vocab": V, "ms": ms, "GB/s": bytes_read / (ms * 1e-3) / 1e9 if ms == ms else None})
+                                       "vocab": V, "ms": ms, "GB/s": gbs})
 
 
 def rmsnorm_module(D, dtype):
@@ -119,8 +121,9 @@ def check_and_time_rmsnorm(device, N, D, dtype, smoke, results):
     y64.backward(dy.double())
     y = module.rms_norm(x, w, 1e-5)
     y.backward(dy)
+    dw_scale = max(1.0, ref.weight.grad.abs().max().item())
     errors = {"forward": (y.double() - y64).abs().max().item(), "dx": (x.grad.double() - x64.grad).abs().max().item(),
-              "dw": (w.grad.double() - ref.weight.grad).abs().max().item() / max(1.0, ref.weight.grad.abs().max().item())}
+              "dw": (w.grad.double() - ref.weight.grad).abs().max().item() / dw_scale}
     results["checks"][f"rmsnorm_{N}x{D}_{dtype}"] = errors
     ok = errors["forward"] < 0.05 and errors["dx"] < 0.05 and errors["dw"] < 0.05
     ref_cast = RMSNorm(D, 1e-5).to(device=device, dtype=dtype)
@@ -135,7 +138,7 @@ def check_and_time_rmsnorm(device, N, D, dtype, smoke, results):
 
 def check_generated_model(device, results) -> bool:
     """backend="triton" vs the reference on the tiny spec (random weights), fp32 logits of a causal pass."""
-    from zdiff.checkpoint.store import generated_model_class
+    from zdiff.codegen.generated import generated_model_class
     from zdiff.runtime import build_model
 
     spec = load_spec("zaya1-tiny")
@@ -149,16 +152,29 @@ def check_generated_model(device, results) -> bool:
     return err < 1e-2  # tf32 matmuls inside the kernels
 
 
+def run_gpu_tests(results) -> bool:
+    """The suite's `gpu`-marked tests on this device; the summary line goes into the checks."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    results["checks"]["gpu_tests"] = (done.stdout.strip().splitlines() or ["no output"])[-1]
+    return done.returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_results"))
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, no timing (CPU / interpreter)")
     parser.add_argument("--stages", default="all", help="comma-separated subset of: verifier, rmsnorm, "
-                        "verifier_timing, generated_model, attention_bench, moe_bench")
+                        "verifier_timing, generated_model, attention_bench, moe_bench, gpu_tests")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "torch": torch.__version__, "triton": triton.__version__, "checks": {}, "timings": []}
+    results = {"date": datetime.date.today().isoformat(),
+               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+               "triton": triton.__version__, "checks": {}, "timings": []}
     V, N, D = (40, 6, 48) if args.smoke else (262272, 8192, 2048)
     wanted = None if args.stages == "all" else set(args.stages.split(","))
 
@@ -174,14 +190,16 @@ def main() -> int:
 
     ok = stage("verifier", lambda: check_verifier(device, V, B=3 if args.smoke else 8, M=3 if args.smoke else 15,
                                                   results=results))
-    ok &= stage("rmsnorm", lambda: check_and_time_rmsnorm(device, N, D, torch.float32 if device == "cpu" else torch.bfloat16,
-                                                        args.smoke, results))
+    norm_dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    ok &= stage("rmsnorm", lambda: check_and_time_rmsnorm(device, N, D, norm_dtype, args.smoke, results))
     ok &= stage("verifier_timing", lambda: time_verifier(device, V, M=3 if args.smoke else 15,
                                                          batches=(1,) if args.smoke else (1, 8, 32), smoke=args.smoke,
                                                          results=results) or True)
     ok &= stage("generated_model", lambda: check_generated_model(device, results))
     for name in ("attention_bench", "moe_bench"):
         ok &= stage(name, lambda name=name: __import__(name).run(device, args.smoke, results))
+    if not args.smoke:  # the smoke run is itself part of the test suite
+        ok &= stage("gpu_tests", lambda: run_gpu_tests(results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -54,7 +54,8 @@ def bench_spec(smoke: bool):
     if not smoke:
         return spec
     m = spec.model
-    small = dataclasses.replace(m.moe, num_experts=4, ffn_size=32, router=dataclasses.replace(m.moe.router, hidden_size=16))
+    router = dataclasses.replace(m.moe.router, hidden_size=16)
+    small = dataclasses.replace(m.moe, num_experts=4, ffn_size=32, router=router)
     return dataclasses.replace(spec, model=dataclasses.replace(m, hidden_size=32, moe=small))
 
 
@@ -124,7 +125,8 @@ def check(device, spec, router_module, experts_module, dtype, N, results) -> boo
     errors = {}
     for name, k, s, g in zip(names, kernel, same_dtype, golden):
         errors[name] = {"kernel": _rel(k, g), "reference_same_dtype": _rel(s, g)}
-        ok &= bool(torch.isfinite(k).all()) and errors[name]["kernel"] <= 2 * errors[name]["reference_same_dtype"] + 1e-5
+        bound = 2 * errors[name]["reference_same_dtype"] + 1e-5
+        ok &= bool(torch.isfinite(k).all()) and errors[name]["kernel"] <= bound
     results["checks"]["moe_experts_vs_float64"] = {"tokens": N, "dtype": str(dtype), "rel_err": errors}
     return ok
 
@@ -135,7 +137,8 @@ def grouped_mm_experts(experts, x, routing):
     flat = routing.experts.reshape(-1)
     keep = flat < E
     order = torch.argsort(torch.where(keep, flat, E), stable=True)
-    counts = torch.zeros(E + 1, dtype=torch.int32, device=x.device).scatter_add_(0, flat.clamp_max(E), torch.ones_like(flat, dtype=torch.int32))
+    ones = torch.ones_like(flat, dtype=torch.int32)
+    counts = torch.zeros(E + 1, dtype=torch.int32, device=x.device).scatter_add_(0, flat.clamp_max(E), ones)
     offs = torch.cumsum(counts[:E], 0, dtype=torch.int32)
     token = order // routing.experts.shape[1]
     xs = x[token]
@@ -217,7 +220,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "moe_results.json").write_text(json.dumps(results, indent=1))
     lines = [f"{results['device']}, torch {results['torch']}, triton {results['triton']}, {results['date']}", "",
-             "| kernel | pass | tokens | experts touched | ms | TFLOP/s | weight GB/s |", "|---|---|---|---|---|---|---|"]
+             "| kernel | pass | tokens | experts touched | ms | TFLOP/s | weight GB/s |",
+             "|---|---|---|---|---|---|---|"]
     for t in results["timings"]:
         if "error" in t:
             lines.append(f"| {t['kernel']} | - | {t['tokens']} | - | error: {t['error']} | | |")

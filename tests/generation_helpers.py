@@ -4,8 +4,8 @@ import itertools
 
 import torch
 
-from zdiff.runtime import Transformer, init_weights
 from zdiff.generation import sampling
+from zdiff.runtime import Transformer, init_weights
 from zdiff.spec import parse_spec
 
 TINY_VOCAB_SPEC = """

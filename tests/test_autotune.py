@@ -4,6 +4,7 @@ JSON tables (round trip, nearest bucket, apply_tables), and the CLI end to end o
 AOT compilation needs the real Triton compiler, so the compiling tests run in subprocesses
 with TRITON_INTERPRET=0 (this suite's conftest turns the interpreter on in-process)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def test_static_score_charges_padding_and_rewards_big_tiles_only_with_work():
     assert tune.static_score(small, {}, 16, 16, rates) < tune.static_score(big, {}, 16, 128, rates)
     assert tune.static_score(big, {}, 1 << 20, 128, rates) < tune.static_score(small, {}, 1 << 20, 16, rates)
     # same tile, lower occupancy: slower
-    assert tune.static_score(_report(occupancy=1), {}, 1 << 20, 64, rates) > tune.static_score(_report(), {}, 1 << 20, 64, rates)
+    slow = tune.static_score(_report(occupancy=1), {}, 1 << 20, 64, rates)
+    assert slow > tune.static_score(_report(), {}, 1 << 20, 64, rates)
 
 
 def test_table_round_trip_nearest_bucket_and_apply(tmp_path):
@@ -121,7 +123,8 @@ def test_table_round_trip_nearest_bucket_and_apply(tmp_path):
     other = SimpleNamespace(CONFIGS={"x_fwd": {}}, TABLES={})
     assert apply_tables({"rmsnorm_d128": module, "other": other}, "mi300x", root=tmp_path) == ["rmsnorm_d128_bwd"]
     assert other.TABLES == {}
-    pick = lambda n, entry="rmsnorm_d128_bwd": pick_config(module.TABLES, entry, n, module.CONFIGS[entry])
+    def pick(n, entry="rmsnorm_d128_bwd"):
+        return pick_config(module.TABLES, entry, n, module.CONFIGS[entry])
     assert pick(1) == a and pick(500) == a and pick(600) == b and pick(10 ** 6) == b
     assert pick(544) == a  # equidistant: the smaller bucket
     assert pick(500, "rmsnorm_d128_fwd") == {"num_warps": 4}  # no table: the default
@@ -173,7 +176,8 @@ def test_autotune_cli_end_to_end_within_budget(tmp_path):
 
 
 def test_autotune_cli_refuses_the_interpreter(tmp_path):
-    result = run_cli("autotune", "zaya1-tiny", "--target", "mi300x", "--out", tmp_path, env_extra={"TRITON_INTERPRET": "1"})
+    result = run_cli("autotune", "zaya1-tiny", "--target", "mi300x", "--out", tmp_path,
+                     env_extra={"TRITON_INTERPRET": "1"})
     assert result.returncode == 2 and "TRITON_INTERPRET=1 is set" in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -193,17 +197,12 @@ def test_autotune_argument_errors():
 # --- benchmark hooks, bucket tiles, the measured path -------------------------------------------------------
 
 def _render_modules(tmp_path, spec_name="zaya1-tiny", dtype="fp32", target="cpu"):
-    from zdiff.codegen.plan import plan_kernels
-    from zdiff.codegen.render import load_module, render
+    from zdiff.codegen.families import plan_kernels
+    from zdiff.codegen.render import render_modules
     from zdiff.spec import load_spec
 
     spec = load_spec(spec_name)
-    out = []
-    for plan in plan_kernels(spec, dtype, target):
-        path = tmp_path / f"{plan.name}.py"
-        path.write_text(render(plan, spec))
-        out.append((plan, load_module(path, f"{plan.name}_{tmp_path.name}")))
-    return spec, out
+    return spec, render_modules(plan_kernels(spec, dtype, target), spec, tmp_path, f"{tmp_path.name}_")
 
 
 def test_every_entry_point_has_a_bench_hook_or_a_documented_skip_and_the_hooks_run_on_the_cpu(tmp_path):
@@ -225,16 +224,18 @@ def test_every_entry_point_has_a_bench_hook_or_a_documented_skip_and_the_hooks_r
 
 
 def test_bucket_tiles_follow_the_dimension_each_family_buckets():
-    from zdiff.codegen.plan import plan_kernels
+    from zdiff.codegen.families import plan_kernels
     from zdiff.spec import load_spec
 
     plans = {p.name: p for p in plan_kernels(load_spec("zaya1-8b"), "bf16", "mi300x")}
     cfg = {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_T": 16, "ROWS": 4, "BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_S": 32,
            "num_warps": 4}
-    tile = lambda name, suffix: tune.bucket_tile(plans[name], f"{name}_{suffix}", cfg)
+    def tile(name, suffix):
+        return tune.bucket_tile(plans[name], f"{name}_{suffix}", cfg)
     # attention buckets keys per sequence: the key loop's BLOCK_N, not the row tile
     assert tile("attention_training_q8k2_d128_b16", "fwd") == 32 and tile("attention_decode_q8k2_d128_b16", "fwd") == 32
-    assert tile("attention_training_q8k2_d128_b16", "bwd_dq") == 32 and tile("attention_training_q8k2_d128_b16", "bwd_dkdv") == 32
+    training = "attention_training_q8k2_d128_b16"
+    assert tile(training, "bwd_dq") == 32 and tile(training, "bwd_dkdv") == 32
     cca = next(n for n in plans if n.startswith("cca_"))
     assert tile(cca, "fwd") == 16 and tile(cca, "bwd") == 16 and tile(cca, "bwd_weight") is None
     experts = next(n for n in plans if n.startswith("moe_experts"))
@@ -247,10 +248,11 @@ def test_bucket_tiles_follow_the_dimension_each_family_buckets():
     # 16-key bucket is not padded to 128
     assert tune.bucket_serial(plans["attention_decode_q8k2_d128_b16"], "attention_decode_q8k2_d128_b16_fwd")
     assert tune.bucket_serial(plans["attention_training_q8k2_d128_b16"], "attention_training_q8k2_d128_b16_bwd_dq")
-    assert not tune.bucket_serial(plans["attention_training_q8k2_d128_b16"], "attention_training_q8k2_d128_b16_bwd_dkdv")
+    assert not tune.bucket_serial(plans[training], f"{training}_bwd_dkdv")
     assert not tune.bucket_serial(plans["rmsnorm_d2048"], "rmsnorm_d2048_fwd")
     rates = TARGETS["mi300x"]
-    score = lambda bucket, tile, **kw: tune.static_score(_report(), {}, bucket, tile, rates, serial=True, **kw)
+    def score(bucket, tile, **kw):
+        return tune.static_score(_report(), {}, bucket, tile, rates, serial=True, **kw)
     assert score(4096, 128) < score(4096, 64) < score(4096, 32)
     assert score(16, 32) < score(16, 128)
     assert tune.static_score(_report(occupancy=1), {}, 4096, 128, rates, serial=True) > score(4096, 128)
@@ -258,10 +260,32 @@ def test_bucket_tiles_follow_the_dimension_each_family_buckets():
 
 
 def test_ties_go_to_the_config_closest_to_the_default():
-    default = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}
-    assert tune._distance(default, default) == 0
-    assert tune._distance({"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8}, default) == 1
-    assert tune._distance({"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "kpack": 2}, default) == 4
+    """`_rank` itself: among equally fast (measured) or equally scored (static: same report, same tile)
+    survivors the default wins, and without it the config changing the fewest of its keys wins, whatever the
+    order of the trials; a faster config beats them all."""
+    from zdiff.codegen.families.norms import norm_plan
+
+    plan = norm_plan("rmsnorm", 128, "fp32")
+    default, near, far = {"num_warps": 4}, {"num_warps": 2}, {"num_warps": 8, "num_stages": 3}
+
+    def best(method, configs, with_default, fast=None):
+        result = tune.EntryResult(plan.name, f"{plan.name}_fwd", len(configs), [64, 1024], method=method)
+        for config in configs:
+            if config is default and not with_default:  # compiled and pruned: it still defines "closest"
+                result.trials.append(tune.Trial(dict(config), True, pruned="spills"))
+                continue
+            ms = 0.5 if config is fast else 1.0
+            result.trials.append(tune.Trial(dict(config), config is default, report=_report(),
+                                            times={64: ms, 1024: ms}))
+        tune._rank(result, plan, "mi300x")
+        assert result.best[64] == result.best[1024]
+        return result.best[64]
+
+    for method in ("measured", "static"):
+        for order in ([far, near, default], [default, near, far], [near, far, default]):
+            assert best(method, order, with_default=True) == default
+            assert best(method, order, with_default=False) == near
+        assert best("measured", [default, near, far], with_default=True, fast=far) == far
 
 
 def test_the_measured_path_times_every_survivor_through_the_bench_hooks(tmp_path, monkeypatch):
@@ -300,9 +324,10 @@ def test_the_measured_path_times_every_survivor_through_the_bench_hooks(tmp_path
 
     monkeypatch.setattr(tune, "_compile", fake_compile)
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
-    monkeypatch.setattr(tune.family_module("norms"), "buckets", lambda plan, kernel: [4, 8])
-    monkeypatch.setattr(tune, "device_matches", lambda target: True)
-    assert tune.device_matches("mi300x")
+    from zdiff.codegen.families import FAMILIES
+
+    norms = FAMILIES["norms"]
+    monkeypatch.setitem(FAMILIES, "norms", dataclasses.replace(norms, buckets=lambda plan, kernel: [4, 8]))
     results = tune.run_schedule([(plan, module)], "mi300x", time.monotonic() + 60, measure=True)
     by_entry = {r.entry: r for r in results}
     fwd, bwd = by_entry["rmsnorm_d128_fwd"], by_entry["rmsnorm_d128_bwd"]
@@ -318,14 +343,54 @@ def test_the_measured_path_times_every_survivor_through_the_bench_hooks(tmp_path
                                                  "entries": [summary]})
 
 
-def test_untabled_entries_get_their_default_only():
-    from zdiff.codegen.families import attention
+def test_untabled_entries_get_their_default_only(tmp_path, monkeypatch):
+    """The decode attention's `_fwd_split` / `_combine` configs are never read from a table by the host code:
+    a run compiles (checks) their default, tries no alternative and ranks nothing for them, so autotune writes
+    no table rows for them, while `_fwd` gets alternatives and a best config per bucket."""
+    from zdiff.codegen.families.attention import attention_plan
+    from zdiff.codegen.render import render_modules
+    from zdiff.spec import load_spec
 
-    plan = attention.attention_plan("decode", 4, 2, 128, 16, (0, 2, 5), "bf16", "mi300x")
-    assert plan.name == "attention_decode_q8k2_d128_b16"
-    assert not attention.tuned(plan, f"{plan.name}_fwd_split")
-    assert not attention.tuned(plan, f"{plan.name}_combine")
-    assert attention.tuned(plan, f"{plan.name}_fwd")
+    plan = attention_plan("decode", 2, 2, 32, 8, (0, 2), "fp32", "mi300x")
+    [(plan, module)] = render_modules([plan], load_spec("zaya1-tiny"), tmp_path, f"{tmp_path.name}_")
+    compiled = []
+
+    def fake_compile(mod, entry, target, trial):
+        compiled.append(entry)
+        trial.report = _report("mi300x", warps=trial.config["num_warps"])
+        trial.pruned = None
+
+    monkeypatch.setattr(tune, "_compile", fake_compile)
+    results = {r.entry: r for r in tune.run_schedule([(plan, module)], "mi300x", time.monotonic() + 30)}
+    for suffix in ("_fwd_split", "_combine"):
+        untabled = results[plan.name + suffix]
+        assert compiled.count(plan.name + suffix) == 1 and [t.is_default for t in untabled.trials] == [True]
+        assert untabled.best == {} and untabled.space == 0 and untabled.cut_by_budget == 0
+    fwd = results[plan.name + "_fwd"]
+    assert compiled.count(plan.name + "_fwd") > 1 and set(fwd.best) == {1024, 4096, 32768}
+
+
+def test_a_device_is_matched_to_its_target_by_name(monkeypatch):
+    import torch
+
+    from zdiff.targets import device_matches, device_target
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not device_matches("h200")
+    assert device_target("cpu").name == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for name, target in (("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100", "h100")):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert device_target("cuda").name == target
+        assert device_matches("h200") == ("H200" in name)
+        assert device_matches("h100") == ("H100" in name)
+        assert not device_matches("mi300x")
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    for arch, target in (("gfx950:sramecc+:xnack-", "mi355x"), ("gfx942:sramecc+:xnack-", "mi300x")):
+        props = SimpleNamespace(gcnArchName=arch)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None, props=props: props)
+        assert device_target("cuda").name == target
 
 
 def test_a_generated_attention_module_launches_the_table_config_of_the_nearest_bucket(tmp_path):

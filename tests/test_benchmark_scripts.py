@@ -10,8 +10,9 @@ from conftest import REPO
 
 def test_gpu_session_script_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_session.py"), "--smoke", "--out", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    script = str(REPO / "benchmarks" / "gpu_session.py")
+    result = subprocess.run([sys.executable, script, "--smoke", "--out", str(tmp_path)], capture_output=True,
+                            text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["checks"]["fused_verify_matches_reference"]["mismatches"] == 0
@@ -26,7 +27,8 @@ def test_decode_bench_script_smoke(tmp_path):
     """benchmarks/decode_bench.py end to end on the CPU (tiny spec, reference backend, eager steps):
     every (context, batch, P) row has a time, a floor, kernels per step and tokens/s; the table is written."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_bench.py"), "--smoke", "--out", str(tmp_path)],
+    script = REPO / "benchmarks" / "decode_bench.py"
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())

@@ -81,8 +81,8 @@ def test_generate_cli_end_to_end(tmp_path):
     spec = load_spec("zaya1-tiny")
     save_checkpoint(build_model(spec.model, seed=0), spec, tmp_path / "ck")
     png = tmp_path / "hist.png"
-    result = run_cli("generate", tmp_path / "ck", "--prompt", "def f(x):", "--prompt", "import", "--max-new-tokens", "5",
-                     "--compare-ar", "--json", "--histogram", png, "--seed", "3")
+    result = run_cli("generate", tmp_path / "ck", "--prompt", "def f(x):", "--prompt", "import",
+                     "--max-new-tokens", "5", "--compare-ar", "--json", "--histogram", png, "--seed", "3")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert len(data["texts"]) == 2 and all(len(t) <= 5 for t in data["tokens"])

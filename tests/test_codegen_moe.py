@@ -51,8 +51,8 @@ def _poison(module):
 # ----------------------------------------------------------------------------------------- router
 
 
-@pytest.mark.parametrize("spec", [ZAYA_TOP1, ZAYA_TOP2, LINEAR_TOP2, LINEAR_TOP1], ids=["zaya-top1", "zaya-top2",
-                                                                                        "linear-top2-norm", "linear-top1"])
+@pytest.mark.parametrize("spec", [ZAYA_TOP1, ZAYA_TOP2, LINEAR_TOP2, LINEAR_TOP1],
+                         ids=["zaya-top1", "zaya-top2", "linear-top2-norm", "linear-top1"])
 def test_route_matches_reference_router(tmp_path, spec):
     router_module, _ = _modules(tmp_path, spec)
     assert router_module.__file__.endswith(".py")
@@ -233,7 +233,8 @@ def test_experts_without_grad_take_the_inference_path(tmp_path):
     x = torch.randn(11, m.hidden_size, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         expected = reference(x, Routing(choices, weights, weights))
-        got = module.experts_forward(copy.deepcopy(reference).float(), x.float(), Routing(choices, weights.float(), weights))
+        routing = Routing(choices, weights.float(), weights)
+        got = module.experts_forward(copy.deepcopy(reference).float(), x.float(), routing)
     assert not got.requires_grad
     assert_close(got, expected, rtol=1e-5, atol=1e-5, what="out")
 

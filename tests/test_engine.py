@@ -4,12 +4,12 @@ continuous batching, and a step that never synchronises with the host."""
 
 import pytest
 import torch
+from sync_guard import ENGINE_MODULES, HostSyncError, no_host_sync
 
 from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_vocab_model
-from sync_guard import ENGINE_MODULES, HostSyncError, no_host_sync
 from zdiff.errors import ZdiffError
-from zdiff.generation import SamplingParams, generate, sampling
-from zdiff.generation import batched_sampling, decode_step, engine as engine_module
+from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate, sampling
+from zdiff.generation import engine as engine_module
 from zdiff.generation.engine import Engine, RequestParams
 from zdiff.pattern import prefill_pattern
 from zdiff.runtime import build_model
@@ -32,7 +32,8 @@ def test_greedy_engine_equals_reference_loop_with_refills(mode):
     """Ragged prompts, fewer slots than requests (slots are refilled mid-run), fixed P = 3."""
     model, spec = tiny_vocab_model(seed=1)
     prompts = [[1, 2, 3, 4, 5], [6], [2, 2, 4, 1, 0, 3, 5, 6, 1], [3, 3], [5, 1, 2]]
-    ref = generate(model, prompts, SamplingParams(kind="greedy"), diffusion=spec.diffusion, mode=mode, max_new_tokens=13)
+    ref = generate(model, prompts, SamplingParams(kind="greedy"), diffusion=spec.diffusion, mode=mode,
+                   max_new_tokens=13)
     tokens, engine = _engine_tokens(model, spec.diffusion, prompts,
                                     RequestParams(max_new_tokens=13, sampler="greedy", mode=mode), slots=2, proposals=3)
     assert tokens == ref.tokens

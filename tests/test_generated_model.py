@@ -124,7 +124,7 @@ def test_load_model_with_the_triton_backend(tmp_path, monkeypatch):
     save_checkpoint(reference, spec, tmp_path / "ckpt")
     model = zdiff.load_model(tmp_path / "ckpt", backend="triton", device=DEVICE, dtype=torch.float32)
     assert type(model).__name__ == "GeneratedTransformer"
-    assert len(list((tmp_path / "cache" / "compiled").glob("micro-*-cpu/model.py"))) == 1
+    assert len(list((tmp_path / "cache" / "compiled").glob("micro-*-cpu-*/model.py"))) == 1
     ids = torch.randint(0, 256, (2, 6)).to(DEVICE)
     with torch.no_grad():
         assert_close(model(ids), reference.to(DEVICE)(ids), rtol=1e-4, atol=1e-4, what="logits")
@@ -137,10 +137,11 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
     model (AR and TiDAR requests in one batch, more requests than slots), logits row by row equal,
     no dense mask built, and no host sync in the step (engine modules and generated kernel modules)."""
     from sync_guard import no_host_sync
+
     from zdiff.generation import decode_step as step_module
     from zdiff.generation import engine as engine_module
     from zdiff.generation.engine import Engine, RequestParams
-    from zdiff.generation.slots import StepLayout
+    from zdiff.pattern import batch as batch_module
 
     spec, reference, generated = models
     prompts = [[5, 9, 2, 7, 1], [3, 4], [8, 8, 1]]
@@ -150,7 +151,7 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
             def no_mask(*args, **kwargs):
                 raise AssertionError("the generated model's path built a dense mask")
 
-            monkeypatch.setattr(StepLayout, "dense_visible", no_mask)
+            monkeypatch.setattr(batch_module, "dense_visible", no_mask)
 
             def guarded(*args, _step=step_module.decode_step, **kwargs):
                 with no_host_sync():
@@ -176,3 +177,27 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
     for step, ((got, rows), (want, _)) in enumerate(zip(runs["generated_logits"], runs["reference_logits"])):
         for b, n in enumerate(rows):  # valid rows; padding rows differ by design (zeros vs self-attention)
             assert_close(got[b, :n], want[b, :n], rtol=1e-4, atol=1e-4, what=f"forward {step} slot {b}")
+
+
+@pytest.mark.gpu
+def test_the_card_s_own_render_matches_the_reference_in_bf16(tmp_path, monkeypatch):
+    """On a GPU, load_model(backend="triton") renders for the card's target (its default configs and autotune
+    tables, the JIT compiling for the device) and its bf16 logits are no further from the fp64 reference than
+    twice the bf16 reference's own error (plus a small floor)."""
+    import zdiff
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.spec import load_spec
+
+    monkeypatch.setenv("ZDIFF_CACHE", str(tmp_path / "cache"))
+    spec = load_spec("zaya1-tiny")
+    reference = build_model(spec.model, seed=4)
+    save_checkpoint(reference, spec, tmp_path / "ckpt")
+    model = zdiff.load_model(tmp_path / "ckpt", backend="triton", device="cuda", dtype=torch.bfloat16)
+    assert not list((tmp_path / "cache" / "compiled").glob("*-cpu-*"))  # a GPU target, not the interpreter's
+    ids = torch.randint(0, 256, (3, 70), device="cuda")
+    with torch.no_grad():
+        golden = build_model(spec.model, seed=4, dtype=torch.float64, device="cuda")(ids)
+        bf16 = build_model(spec.model, seed=4, dtype=torch.bfloat16, device="cuda")(ids)
+        bf16_error = (bf16 - golden).abs().max().item()
+        error = (model(ids) - golden).abs().max().item()
+    assert error <= 2 * bf16_error + 1e-2, (error, bf16_error)

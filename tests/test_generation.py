@@ -6,9 +6,8 @@ import torch
 
 from conftest import assert_close
 from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_vocab_model
-from zdiff.generation import DecodeCache, SamplingParams, generate
+from zdiff.generation import DecodeCache, SamplingParams, generate, sampling
 from zdiff.generation import loop as loop_module
-from zdiff.generation import sampling
 from zdiff.generation.loop import _Batch
 from zdiff.pattern import decode_pattern, prefill_pattern
 from zdiff.runtime import build_model
@@ -113,7 +112,8 @@ def test_the_exactness_test_rejects_broken_acceptance_rules(exact3, monkeypatch,
         m = drafts.shape[0]
         return m, int(sampling.gumbel_argmax(target[m], gumbel[m]))
 
-    monkeypatch.setattr(loop_module, "verify_stochastic", {"accept_all": accept_all, "resample_from_p": resample_from_p}[broken])
+    verifiers = {"accept_all": accept_all, "resample_from_p": resample_from_p}
+    monkeypatch.setattr(loop_module, "verify_stochastic", verifiers[broken])
     result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
                       mode="tidar", max_new_tokens=3, seed=11)
     counts, probs = counts_against(result.tokens, table)

@@ -6,9 +6,9 @@ import importlib
 import pkgutil
 
 import torch
-from conftest import REPO
 
 import zdiff
+from conftest import REPO
 from zdiff.checkpoint.store import save_checkpoint
 from zdiff.pattern import causal_pattern, training_pattern
 from zdiff.runtime import build_model

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 from hardening_helpers import assert_error, run_main
 
+from conftest import REPO
 from zdiff import limits
 
 TRAIN = ["train", "zaya1-tiny", "--mode", "ar", "--steps", "1", "--out", "/nonexistent/never-written"]

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 from hardening_helpers import assert_clean_end, deadline, leftovers, run_main, visible_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import REPO
 from zdiff import limits
 from zdiff.cli import build_parser
 from zdiff.errors import ZdiffError
@@ -150,7 +150,6 @@ class World:
 
     def __init__(self, root: Path):
         from hf_models import tiny_qwen3_moe
-
         from zdiff.checkpoint.store import save_checkpoint
         from zdiff.runtime import build_model
         from zdiff.spec import load_spec

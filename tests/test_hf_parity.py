@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
+import zdiff
 from conftest import assert_close
 from hf_models import tiny_qwen3_moe, tiny_zaya
-
-import zdiff
 from zdiff.checkpoint.hf_import import import_hf
 from zdiff.spec import load_spec
 

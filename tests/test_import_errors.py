@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from hf_models import tiny_qwen3_moe, tiny_zaya
 from safetensors.torch import load_file, save_file
 
+from hf_models import tiny_qwen3_moe, tiny_zaya
 from zdiff.checkpoint.hf_import import import_hf
 from zdiff.errors import CheckpointError, ZdiffError
 
@@ -54,7 +54,8 @@ def test_missing_shard(tmp_path):
     tiny_qwen3_moe(0).save_pretrained(src, max_shard_size="50KB")
     shards = sorted(src.glob("model-*.safetensors"))
     shards[1].unlink()
-    with pytest.raises(CheckpointError, match=rf"missing shard file\(s\) named in model.safetensors.index.json: {shards[1].name}"):
+    message = rf"missing shard file\(s\) named in model.safetensors.index.json: {shards[1].name}"
+    with pytest.raises(CheckpointError, match=message):
         import_hf(src, tmp_path / "out")
     _assert_nothing_written(tmp_path, tmp_path / "out")
 
@@ -64,7 +65,8 @@ def test_missing_tensor_fails_late_and_leaves_no_partial_output(tmp_path, zaya_d
     tensors = load_file(src / "model.safetensors")
     del tensors["model.layers.2.mlp.gate.router_mlp.fc2.bias"]
     save_file(tensors, src / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"missing tensor model.layers.2.mlp.gate.router_mlp.fc2.bias \(for zdiff layers.2.moe.router.fc2.bias\)"):
+    message = r"missing tensor model.layers.2.mlp.gate.router_mlp.fc2.bias \(for zdiff layers.2.moe.router.fc2.bias\)"
+    with pytest.raises(CheckpointError, match=message):
         import_hf(src, tmp_path / "out")
     _assert_nothing_written(tmp_path, tmp_path / "out")
 

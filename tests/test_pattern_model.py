@@ -31,7 +31,8 @@ def prefix_then_block(model, prefix: torch.Tensor, block_len: int) -> torch.Tens
     return model(ids, visible=visible)[:, P:]
 
 
-@pytest.mark.parametrize("C,m,b,levels", [(9, 5, 6, (0, 2, 5)), (1, 3, 4, (0, 1, 2, 3)), (6, 0, 3, (0,)), (0, 2, 4, (1, 2))])
+@pytest.mark.parametrize("C,m,b,levels",
+                         [(9, 5, 6, (0, 2, 5)), (1, 3, 4, (0, 1, 2, 3)), (6, 0, 3, (0,)), (0, 2, 4, (1, 2))])
 def test_decode_step_equals_separate_runs(model, C, m, b, levels):
     p = decode_pattern(C, m, b, levels)
     committed = torch.randint(0, 256, (1, C + 1 + m))  # context, pending c, drafts d_1..d_m

@@ -5,33 +5,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transcribed_layouts import brute_force_decode, brute_force_training
 from zdiff.errors import ZdiffError
-from zdiff.pattern import Tile, classify_tile, decode_pattern, dense_tile_map, prefill_pattern, tile_map, training_pattern
-
-
-def brute_force_training(S, b):
-    """DESIGN.md's words, transcribed row by row."""
-    mask = torch.zeros(2 * S, 2 * S, dtype=torch.bool)
-    for j in range(S):
-        mask[j, : j + 1] = True
-    for j in range(S):
-        i = j // b
-        mask[S + j, : i * b] = True  # clean tokens at positions < i*b
-        mask[S + j, S + i * b: S + min((i + 1) * b, S)] = True  # its own block
-    return mask
-
-
-def brute_force_decode(C, m, b, levels):
-    R = C + m + 1 + b * len(levels)
-    mask = torch.zeros(R, R, dtype=torch.bool)
-    for j in range(C + m + 1):
-        mask[j, : j + 1] = True  # context and verify rows: causal
-    row = C + m + 1
-    for a in levels:
-        mask[row: row + b, : C + a + 1] = True  # cache + verify rows 0..a
-        mask[row: row + b, row: row + b] = True  # itself, bidirectionally
-        row += b
-    return mask
+from zdiff.pattern import (
+    Tile,
+    classify_tile,
+    decode_pattern,
+    dense_tile_map,
+    prefill_pattern,
+    tile_map,
+    training_pattern,
+)
 
 
 @settings(max_examples=60, deadline=None)

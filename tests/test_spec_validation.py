@@ -144,7 +144,8 @@ def test_presets_load_and_round_trip(name):
 def test_valid_random_specs_round_trip(kv, group, head_dim, experts, block, data):
     top_k = data.draw(st.integers(1, experts))
     proposals = data.draw(st.integers(1, block))
-    levels = [0] + sorted(data.draw(st.sets(st.integers(1, max(1, block - 1)), min_size=proposals - 1, max_size=proposals - 1)))
+    extra = st.sets(st.integers(1, max(1, block - 1)), min_size=proposals - 1, max_size=proposals - 1)
+    levels = [0] + sorted(data.draw(extra))
     d = tiny_dict()
     d["model"]["attention"].update(num_heads=kv * group, num_kv_heads=kv, head_dim=head_dim)
     d["model"]["moe"].update(num_experts=experts, top_k=top_k)

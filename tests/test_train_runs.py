@@ -34,7 +34,8 @@ def _env():
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path)
     steps = 40
-    whole = subprocess.run(_train_cmd(spec, corpus, tmp_path / "whole", steps), env=_env(), capture_output=True, text=True)
+    whole = subprocess.run(_train_cmd(spec, corpus, tmp_path / "whole", steps), env=_env(), capture_output=True,
+                           text=True)
     assert whole.returncode == 0, whole.stderr
 
     victim = subprocess.Popen(_train_cmd(spec, corpus, tmp_path / "killed", steps), env=_env(),
@@ -102,7 +103,8 @@ def test_train_cli_errors(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
     changed = run_cli(*base, "--steps", "3", "--resume")
     assert changed.returncode == 2 and "--steps was 2 in the interrupted run, now 3" in changed.stderr
-    missing = run_cli("train", spec, "--data", tmp_path / "nope", "--mode", "ar", "--steps", "1", "--out", tmp_path / "r2")
+    missing = run_cli("train", spec, "--data", tmp_path / "nope", "--mode", "ar", "--steps", "1",
+                      "--out", tmp_path / "r2")
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
     assert "Traceback" not in missing.stderr + changed.stderr + again.stderr
     odd = run_cli("train", spec, "--data", corpus, "--mode", "ar", "--steps", "1", "--out", tmp_path / "r3",
@@ -118,8 +120,8 @@ def test_conversion_from_an_ar_checkpoint(tmp_path):
     wrong = run_cli("train", "zaya1-tiny", "--data", corpus, "--mode", "tidar", "--steps", "1",
                     "--init", tmp_path / "ar" / "final", "--out", tmp_path / "bad", *FAST)
     assert wrong.returncode == 2 and "model.hidden_size (128 in the spec, 32 in the checkpoint)" in wrong.stderr
-    td = run_cli("train", spec, "--data", corpus, "--mode", "tidar", "--steps", "2", "--init", tmp_path / "ar" / "final",
-                 "--out", tmp_path / "td", *FAST)
+    td = run_cli("train", spec, "--data", corpus, "--mode", "tidar", "--steps", "2",
+                 "--init", tmp_path / "ar" / "final", "--out", tmp_path / "td", *FAST)
     assert td.returncode == 0, td.stderr
     info = json.loads((tmp_path / "td" / "run.json").read_text())
     assert "initialised from" in info["note"]
@@ -142,8 +144,9 @@ def test_bf16_autocast_trains(tmp_path):
 
 def test_convert_an_imported_hf_checkpoint_with_its_tokenizer(tmp_path):
     """The headline path: transformers checkpoint -> zdiff import -> TiDAR conversion with its tokenizer.json."""
-    from hf_models import tiny_qwen3_moe
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from hf_models import tiny_qwen3_moe
 
     corpus = micro_corpus(tmp_path, files=4)
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))

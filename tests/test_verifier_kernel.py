@@ -10,8 +10,13 @@ from generation_helpers import chi_square_p_value
 from zdiff.errors import ZdiffError
 from zdiff.generation import sampling
 from zdiff.generation.sampling import SamplingParams
-from zdiff.generation.verifier_kernel import (MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, fused_verify,
-                                            fused_verify_per_sequence, vocab_splits)
+from zdiff.generation.verifier_kernel import (
+    MAX_SAMPLE_SPLITS,
+    MAX_STATS_SPLITS,
+    fused_verify,
+    fused_verify_per_sequence,
+    vocab_splits,
+)
 
 
 def _case(B, M, V, kind, seed):
@@ -20,9 +25,11 @@ def _case(B, M, V, kind, seed):
     ar = torch.randn(B, M + 1, V, generator=gen) * 2
     # half of the rows draft close to the target so that acceptances happen, half far from it
     near = torch.rand(B, M, 1, generator=gen) < 0.5
-    draft = torch.where(near, ar[:, :M] + 0.3 * torch.randn(B, M, V, generator=gen), torch.randn(B, M, V, generator=gen) * 2)
+    close, far = ar[:, :M] + 0.3 * torch.randn(B, M, V, generator=gen), torch.randn(B, M, V, generator=gen) * 2
+    draft = torch.where(near, close, far)
     q = sampling.probabilities(draft, params)
-    drafts = torch.stack([torch.multinomial(q[b], 1, generator=gen).squeeze(-1) for b in range(B)]) if M else torch.zeros(B, 0, dtype=torch.long)
+    drafts = (torch.stack([torch.multinomial(q[b], 1, generator=gen).squeeze(-1) for b in range(B)]) if M
+              else torch.zeros(B, 0, dtype=torch.long))
     if kind == "greedy":
         drafts = torch.where(near.squeeze(-1), sampling.processed_logits(ar[:, :M], params).argmax(-1), drafts)
     num = torch.randint(0, M + 1, (B,), generator=gen)
@@ -103,7 +110,8 @@ def test_split_verifier_equals_reference_for_several_splits(kind, stats_splits, 
 
     def recording_empty(*args, **kwargs):
         t = poisoned_empty(*args, **kwargs)
-        allocated.append((tuple(t.shape), t.dtype, bool(t.isnan().all()) if t.is_floating_point() else bool((t == -7).all())))
+        poisoned = bool(t.isnan().all()) if t.is_floating_point() else bool((t == -7).all())
+        allocated.append((tuple(t.shape), t.dtype, poisoned))
         return t
 
     monkeypatch.setattr(torch, "empty", recording_empty)

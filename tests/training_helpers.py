@@ -1,8 +1,7 @@
 """A micro spec and corpus that train in well under a second per step."""
 
-from pathlib import Path
-
 import sysconfig
+from pathlib import Path
 
 MICRO_SPEC = """
 name: micro

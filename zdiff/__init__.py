@@ -5,18 +5,28 @@ __version__ = "0.1.0"
 from .errors import CheckpointError, SpecError, ZdiffError  # noqa: E402
 from .spec import Spec, load_spec  # noqa: E402
 
+BACKENDS = ("torch", "triton")
+
 
 def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None, kernels_dir=None,
                allow_nonfinite: bool = False):
     """Load a zdiff checkpoint directory (spec.yaml + safetensors) as a model.
 
     backend="torch": the reference model; backend="triton": the generated model wired to the
-    kernels of `kernels_dir` (a `zdiff compile` output; by default rendered into the cache).
-    Weights with NaN / inf are refused (a CheckpointError) unless `allow_nonfinite`."""
+    kernels of `kernels_dir` (a `zdiff compile` output made by this zdiff; by default rendered into the
+    cache, re-rendered whenever zdiff, its templates or the target's tables change). Weights with NaN / inf
+    are refused (a CheckpointError) unless `allow_nonfinite`."""
+    from .checkpoint.store import checkpoint_spec
     from .checkpoint.store import load_model as _load
 
-    return _load(checkpoint_dir, backend=backend, device=device, dtype=dtype, kernels_dir=kernels_dir,
-                 allow_nonfinite=allow_nonfinite)
+    if backend not in BACKENDS:
+        raise ZdiffError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    model_class = None
+    if backend == "triton":
+        from .codegen.generated import generated_model_class
+
+        model_class = generated_model_class(checkpoint_spec(checkpoint_dir), device, kernels_dir)
+    return _load(checkpoint_dir, device=device, dtype=dtype, model_class=model_class, allow_nonfinite=allow_nonfinite)
 
 
 def generate(model, prompts, params=None, *, loop: str = "engine", **kwargs):

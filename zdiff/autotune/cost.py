@@ -309,7 +309,8 @@ class ProposalRow:
     speedup: float  # tokens/s over AR at the roofline floors
 
 
-def proposal_table(model: CostModel, batch: int, context: int, accept: list[float], max_proposals: int) -> list[ProposalRow]:
+def proposal_table(model: CostModel, batch: int, context: int, accept: list[float],
+                   max_proposals: int) -> list[ProposalRow]:
     b = model.spec.diffusion.block_size
     ar = model.forward(batch, context, 0)
     rows, levels = [], None
@@ -350,8 +351,8 @@ def cost_report(spec: Spec, rates: TargetRates, batch: int, context: int, accept
             "floor_ms": r.cost.seconds * 1e3, "bound": r.cost.bound, "gbytes": r.cost.bytes / 1e9,
             "tflop": r.cost.flops / 1e12, "distinct_experts": r.cost.distinct_experts,
             "ratio_to_ar": r.ratio_to_ar, "tokens_per_forward": r.tokens_per_forward, "speedup": r.speedup,
-            "parts": {name: {"gflop": pc.flops / 1e9, "mbytes": pc.bytes / 1e6, "ms": pc.seconds * 1e3, "bound": pc.bound}
-                      for name, pc in r.cost.parts.items()},
+            "parts": {name: {"gflop": pc.flops / 1e9, "mbytes": pc.bytes / 1e6, "ms": pc.seconds * 1e3,
+                             "bound": pc.bound} for name, pc in r.cost.parts.items()},
         } for r in rows],
         "recommended": {"P": best.proposals, "levels": list(best.levels), "speedup": best.speedup},
         # the proposals a pass affords before it turns compute bound (Zyphra's "proposals per pass")
@@ -366,7 +367,8 @@ def format_cost_report(report: dict) -> str:
         f"{report['spec']} on {report['target']}: batch {report['batch']}, context {report['context']}, "
         f"block {report['block_size']}; {r['tflops']:.0f} TFLOP/s, {r['tbps']:.2f} TB/s ({r['source']}), "
         f"ridge {r['ridge_flop_per_byte']:.0f} FLOP/B",
-        f"acceptance: {a['source']} ({a['tokens_per_forward_all_levels']:.2f} tokens/forward with every level proposed)",
+        f"acceptance: {a['source']} ({a['tokens_per_forward_all_levels']:.2f} tokens/forward with every level "
+        "proposed)",
         f"{'P':>2} {'rows':>5} {'levels':<22} {'floor ms':>9} {'bound':>8} {'GB':>7} {'TFLOP':>7} {'experts':>7} "
         f"{'x AR':>6} {'tok/fwd':>7} {'speedup':>7}",
     ]

@@ -44,21 +44,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..codegen.aot import AOT_TARGETS, check_fits, compile_entry
-from ..codegen.compile import _no_line_info
-from ..codegen.plan import family_module, plan_kernels
-from ..codegen.render import load_module, render
+from ..codegen.aot import check_fits, compile_entry
+from ..codegen.families import family, plan_kernels
+from ..codegen.render import no_line_info, render_modules
 from ..errors import ZdiffError
 from ..limits import MAX_BUDGET_S
 from ..outputs import output_lock
 from ..spec import Spec
+from ..targets import TARGETS, Target, device_matches, get_target
 from .tables import TABLES_DIR, table_body, write_tables
-from .targets import TargetRates, target_rates
 
 MIN_OCCUPANCY = {"hip": 1, "cuda": 4}  # waves per SIMD (AMD) / warps per SM (NVIDIA)
 GOOD_OCCUPANCY = {"hip": 2, "cuda": 16}  # enough to hide memory latency in the static score
 TILE_OVERHEAD_ROWS = 16  # a program's fixed cost (index math, prologue, epilogue) in rows of work
-BUCKET_TILE_KEYS = ("BLOCK_M", "BLOCK_P", "ROWS")  # tile of the bucketed dimension, if a family does not say
 
 
 @dataclass
@@ -101,7 +99,7 @@ def prune_reason(report, config: dict) -> str | None:
         check_fits(report, json.dumps(config, sort_keys=True))
     except ZdiffError as err:
         return "spills" if "spills" in str(err) else "shared memory"
-    backend = AOT_TARGETS[report.target].backend
+    backend = TARGETS[report.target].backend
     if report.occupancy < MIN_OCCUPANCY[backend]:
         return "occupancy"
     return None
@@ -109,26 +107,21 @@ def prune_reason(report, config: dict) -> str | None:
 
 def bucket_tile(plan, kernel: str, config: dict) -> int | None:
     """Rows of the bucketed dimension one program covers; None when the bucket is a loop inside one
-    program (no grid dimension covers it). A family may define `bucket_tile(plan, kernel)` returning a
-    config key, a fixed int or None; otherwise the first of BUCKET_TILE_KEYS in the config, else 1."""
-    family = family_module(plan.family)
-    if hasattr(family, "bucket_tile"):
-        key = family.bucket_tile(plan, kernel)
-        if key is None or isinstance(key, int):
-            return key
-        return int(config[key])
-    key = next((k for k in BUCKET_TILE_KEYS if k in config), None)
-    return int(config[key]) if key else 1
+    program (no grid dimension covers it). The family's `bucket_tile(plan, kernel)` returns a config key,
+    a fixed int or None."""
+    key = family(plan.family).bucket_tile(plan, kernel)
+    if key is None or isinstance(key, int):
+        return key
+    return int(config[key])
 
 
 def bucket_serial(plan, kernel: str) -> bool:
-    """Is the bucket covered by a loop inside each program (attention's keys: `family.bucket_loop`) rather
-    than by the grid?"""
-    family = family_module(plan.family)
-    return bool(family.bucket_loop(plan, kernel)) if hasattr(family, "bucket_loop") else False
+    """Is the bucket covered by a loop inside each program (attention's keys: `bucket_loop`) rather than by
+    the grid?"""
+    return family(plan.family).bucket_loop(plan, kernel)
 
 
-def static_score(report, config: dict, bucket: int, tile: int | None, rates: TargetRates,
+def static_score(report, config: dict, bucket: int, tile: int | None, rates: Target,
                  serial: bool = False) -> float:
     """Estimated time (arbitrary units, lower is better) of one launch over `bucket` rows.
 
@@ -143,10 +136,10 @@ def static_score(report, config: dict, bucket: int, tile: int | None, rates: Tar
     last step and a fixed cost per step, which big tiles amortise."""
     tile = bucket if tile is None else tile
     if serial:
-        backend = AOT_TARGETS[report.target].backend
+        backend = TARGETS[report.target].backend
         latency = min(1.0, report.occupancy / GOOD_OCCUPANCY[backend])
         return math.ceil(bucket / tile) * (tile + TILE_OVERHEAD_ROWS) / max(latency, 1e-3)
-    backend = AOT_TARGETS[report.target].backend
+    backend = TARGETS[report.target].backend
     warps = max(1, report.num_warps)
     per_unit = report.occupancy * 4 // warps if backend == "hip" else report.occupancy // warps
     slots = rates.compute_units * max(1, per_unit)
@@ -176,18 +169,6 @@ def _compile(module, entry: str, target: str, trial: Trial) -> None:
         trial.pruned = f"compile error ({err.__class__.__name__})"
         return
     trial.pruned = prune_reason(trial.report, trial.config)
-
-
-def device_matches(target: str) -> bool:
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return False
-        name = torch.cuda.get_device_name(0).upper()
-    except Exception:
-        return False
-    return any(s.upper() in name for s in target_rates(target).device_names)
 
 
 BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40  # short runs: the budget pays for every (config, bucket) pair
@@ -225,7 +206,7 @@ def _rank(result: EntryResult, plan, target: str) -> None:
     survivors = result.survivors
     if not survivors or not result.tuned:
         return  # nothing fits: the entry keeps its default (and `zdiff compile` will say why)
-    rates = target_rates(target)
+    rates = TARGETS[target]
     default = next((t.config for t in result.trials if t.is_default), {})
     for bucket in result.buckets:
         if result.method == "measured":
@@ -239,13 +220,13 @@ def _rank(result: EntryResult, plan, target: str) -> None:
 
 def prepare_entries(module, plan, target: str, measure: bool = False) -> list[EntryResult]:
     """One EntryResult per entry point, its default first and the alternatives in compile order."""
-    family = family_module(plan.family)
+    kernels = family(plan.family)
     results = []
     for entry in module.AOT:
-        buckets = list(family.buckets(plan, entry))
+        buckets = list(kernels.buckets(plan, entry))
         default = dict(module.CONFIGS[entry])
-        tuned = family.tuned(plan, entry) if hasattr(family, "tuned") else True
-        space = [dict(c) for c in family.config_space(plan, entry, target)] if tuned else []
+        tuned = kernels.tuned(plan, entry)
+        space = [dict(c) for c in kernels.config_space(plan, entry, target)] if tuned else []
         others = [c for c in space if c != default]
         can_measure = measure and entry in getattr(module, "BENCH", {})
         # the default's neighbours first (a local search around the hand-tuned config), then least padding
@@ -306,8 +287,7 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
     replaced as one set (zdiff.autotune.tables). Returns a summary.
 
     measure None: time the configs when a device of the target is present (`device_matches`)."""
-    if target not in AOT_TARGETS:
-        raise ZdiffError(f"--target must be one of {', '.join(AOT_TARGETS)}, got {target!r}")
+    get_target(target, gpu=True)
     if not budget > 0:  # also refuses NaN
         raise ZdiffError(f"--budget must be positive, got {budget}")
     if budget > MAX_BUDGET_S:
@@ -319,13 +299,9 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
     plans = plan_kernels(spec, "bf16", target)
     # the device's table folder is locked for the whole run; the new set is swapped in at the end
     with (output_lock(Path(out or TABLES_DIR) / target), tempfile.TemporaryDirectory(prefix="zdiff-autotune-") as tmp,
-          _no_line_info()):
-        modules = []
-        for plan in plans:
-            path = Path(tmp) / f"{plan.name}.py"
-            path.write_text(render(plan, spec))
-            modules.append((plan, load_module(path, plan.name)))
-        total = sum(len(family_module(p.family).config_space(p, e, target)) + 1 for p, m in modules for e in m.AOT)
+          no_line_info()):
+        modules = render_modules(plans, spec, Path(tmp))
+        total = sum(len(family(p.family).config_space(p, e, target)) + 1 for p, m in modules for e in m.AOT)
         with tqdm(total=total, desc=f"autotune {target}", unit="config", disable=not progress, leave=False) as bar:
             results = run_schedule(modules, target, deadline, measure=measure, bar=bar)
         elapsed = time.monotonic() - start
@@ -362,7 +338,8 @@ def _short(config: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'entry point':<40} {'space':>5} {'built':>5} {'kept':>5} {'cut':>4} {'sec':>5}  pruned / best per bucket"]
+    lines = [f"{'entry point':<40} {'space':>5} {'built':>5} {'kept':>5} {'cut':>4} {'sec':>5}  "
+             "pruned / best per bucket"]
     for e in summary["entries"]:
         pruned = ", ".join(f"{k}: {v}" for k, v in sorted(e["pruned"].items())) or "-"
         lines.append(f"{e['entry']:<40} {e['space']:>5} {e['compiled']:>5} {e['survivors']:>5} {e['cut_by_budget']:>4}"

@@ -129,7 +129,8 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         raise CheckpointError(f"config.json must hold a JSON object, got a {type(cfg).__name__}")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED:
-        raise CheckpointError(f"config.json: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
+        raise CheckpointError(f"config.json: model_type {model_type!r} is not supported "
+                              f"(supported: {', '.join(SUPPORTED)})")
     if cfg.get("hidden_act", "silu") != "silu":
         _refuse("hidden_act", cfg["hidden_act"], "experts are SwiGLU with silu")
     heads, hidden = _positive_int(cfg, "num_attention_heads"), _positive_int(cfg, "hidden_size")
@@ -228,7 +229,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
             continue
         tensor, names = _load_source_tensor(source, model_type, name, spec.model.moe.num_experts)
         if tuple(tensor.shape) != tuple(meta.shape):
-            raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies {list(meta.shape)} (zdiff {name})")
+            raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies "
+                                  f"{list(meta.shape)} (zdiff {name})")
         check_weight(names[0], tensor, meta.dtype, allow_nonfinite)
         if dtype is not None and tensor.is_floating_point() and not name.endswith("balancing_bias"):
             tensor = tensor.to(dtype)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ZdiffError
+from ..errors import CheckpointError
 from ..spec import Spec, dump_spec, load_spec
 from .atomic import atomic_directory
 from .tensors import TensorSource, write_tensors
@@ -18,7 +18,6 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja",
 )
-BACKENDS = ("torch", "triton")
 
 
 def check_tokenizer_files(directory: Path, vocab_size: int) -> None:
@@ -97,27 +96,32 @@ def save_checkpoint(model, spec: Spec, out_dir: str | Path, tokenizer_dir: str |
     return Path(out_dir)
 
 
-def load_model(checkpoint_dir: str | Path, backend: str = "torch", device=None, dtype=None, kernels_dir=None,
-               allow_nonfinite: bool = False):
-    """Build the model a checkpoint's spec describes and load its weights (strictly).
-
-    backend="triton" returns the generated model (`zdiff compile`'s model.py) with the same weights;
-    `kernels_dir` is a `zdiff compile` output for this spec, by default one is generated in the cache.
-    Integer / bool tensors where the model has floats, NaN or inf weights (unless `allow_nonfinite`) and
-    unreadable tokenizer files are CheckpointErrors."""
-    from ..runtime import Transformer, cast_model
-
-    if backend not in BACKENDS:
-        raise ZdiffError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+def checkpoint_spec(checkpoint_dir: str | Path) -> Spec:
+    """The spec of a checkpoint directory (clear errors when it is not one; its tokenizer files checked)."""
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if not (directory / SPEC_FILE).is_file():
-        raise CheckpointError(f"{directory}: no {SPEC_FILE} (is this a zdiff checkpoint? `zdiff import` converts HF directories)")
+        raise CheckpointError(f"{directory}: no {SPEC_FILE} (is this a zdiff checkpoint? `zdiff import` converts "
+                              "HF directories)")
     spec = load_spec(directory / SPEC_FILE)
     check_tokenizer_files(directory, spec.model.vocab_size)
+    return spec
+
+
+def load_model(checkpoint_dir: str | Path, device=None, dtype=None, model_class=None, allow_nonfinite: bool = False):
+    """Build the model a checkpoint's spec describes and load its weights (strictly).
+
+    model_class: the module class to build (default: the reference `Transformer`; `zdiff.load_model`
+    passes the generated model's class for backend="triton"), constructed from the spec's model section.
+    Integer / bool tensors where the model has floats, NaN or inf weights (unless `allow_nonfinite`) and
+    unreadable tokenizer files are CheckpointErrors."""
+    from ..runtime import Transformer, cast_model
+
+    directory = Path(checkpoint_dir)
+    spec = checkpoint_spec(directory)
     source = TensorSource(directory)
-    model_class = Transformer if backend == "torch" else generated_model_class(spec, device, kernels_dir)
+    model_class = model_class or Transformer
     with torch.device("meta"):
         model = model_class(spec.model)
     expected = model.state_dict()
@@ -140,42 +144,10 @@ def check_tensor_names(directory, expected: dict[str, torch.Tensor], source: Ten
         raise CheckpointError(f"{directory}: tensor(s) the spec does not use: {short_list(unexpected)}")
     for name, tensor in expected.items():
         if source.shape(name) != tuple(tensor.shape):
-            raise CheckpointError(f"{directory}: tensor {name} has shape {list(source.shape(name))}, the spec needs {list(tensor.shape)}")
+            raise CheckpointError(f"{directory}: tensor {name} has shape {list(source.shape(name))}, "
+                                  f"the spec needs {list(tensor.shape)}")
 
 
 def short_list(names: list[str], n: int = 4) -> str:
     more = f" and {len(names) - n} more" if len(names) > n else ""
     return ", ".join(names[:n]) + more
-
-
-def runtime_target(device=None) -> str:
-    """The compile target matching a torch device: cpu, h100 / h200, mi300x / mi355x."""
-    device = torch.device(device or "cpu")
-    if device.type != "cuda":
-        return "cpu"
-    if torch.version.hip:
-        arch = torch.cuda.get_device_properties(device).gcnArchName
-        return "mi355x" if arch.startswith("gfx950") else "mi300x"
-    return "h200" if "H200" in torch.cuda.get_device_name(device) else "h100"
-
-
-def generated_model_class(spec: Spec, device=None, kernels_dir=None):
-    """GeneratedTransformer from a compiled directory (rendered into the cache on first use)."""
-    import os
-
-    from ..codegen.compile import compile_spec
-    from ..codegen.render import load_module
-    from ..outputs import output_lock
-
-    target = runtime_target(device)
-    if kernels_dir is None:
-        cache = Path(os.environ.get("ZDIFF_CACHE", Path.home() / ".cache" / "zdiff"))
-        kernels_dir = cache / "compiled" / f"{spec.name}-{spec.hash()[:16]}-{target}"
-        with output_lock(kernels_dir, wait=True):  # another process may be rendering the same entry
-            if not (kernels_dir / "model.py").is_file():
-                compile_spec(spec, target, kernels_dir, force=True, log=lambda *_: None, aot=False,
-                             check_targets=False, lock=False)
-    kernels_dir = Path(kernels_dir)
-    if not (kernels_dir / "model.py").is_file():
-        raise ZdiffError(f"{kernels_dir}: no model.py (run `zdiff compile SPEC --target {target} --out {kernels_dir}`)")
-    return load_module(kernels_dir / "model.py", f"model_{spec.hash()[:12]}_{target}").GeneratedTransformer

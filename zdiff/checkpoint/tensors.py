@@ -50,7 +50,8 @@ class TensorSource:
             weight_map = _weight_map(index)
             missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
             if missing:
-                raise CheckpointError(f"{self.directory}: missing shard file(s) named in {INDEX_FILE}: {', '.join(missing)}")
+                raise CheckpointError(f"{self.directory}: missing shard file(s) named in {INDEX_FILE}: "
+                                      f"{', '.join(missing)}")
             self.file_of = dict(weight_map)
             for file in sorted(set(weight_map.values())):
                 listed = set(self._open(file).keys())

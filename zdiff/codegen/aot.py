@@ -17,19 +17,12 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 import triton
-from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ..errors import ZdiffError
+from ..targets import GPU_TARGETS, TARGETS, get_target
 
-AOT_TARGETS: dict[str, GPUTarget] = {
-    "mi300x": GPUTarget("hip", "gfx942", 64),
-    "mi355x": GPUTarget("hip", "gfx950", 64),
-    "h100": GPUTarget("cuda", 90, 32),
-    "h200": GPUTarget("cuda", 90, 32),
-}
-LDS_BYTES = {"gfx942": 64 * 1024, "gfx950": 160 * 1024}  # per workgroup
-SMEM_BYTES_SM90 = 227 * 1024
+AOT_TARGETS = GPU_TARGETS  # the targets with a binary format
 
 
 @dataclass(frozen=True)
@@ -59,12 +52,26 @@ def as_jit(kernel):
     return triton.runtime.jit.JITFunction(kernel.fn)
 
 
+def aot_signature(kernel, pointer: str, **types: str) -> dict:
+    """The AOT signature of a kernel, derived from its own parameters: `tl.constexpr` parameters are
+    "constexpr", those named in `types` get that type ("i32", "fp32", "*fp32", ...), every other one is a
+    tensor of the module's element type `pointer` ("*bf16", ...). Adding a kernel argument needs no edit here
+    unless its type is not the default."""
+    params = as_jit(kernel).params
+    unknown = set(types) - {p.name for p in params}
+    assert not unknown, f"{kernel}: no parameter(s) {sorted(unknown)}"
+    return {p.name: "constexpr" if p.is_constexpr else types.get(p.name, pointer) for p in params}
+
+
+def aot_entry(kernel, pointer: str, fixed: dict, **types: str) -> tuple:
+    """One entry of a generated module's AOT table: (kernel, its derived signature, fixed constexprs)."""
+    return kernel, aot_signature(kernel, pointer, **types), fixed
+
+
 def compile_for_target(kernel, signature: dict, constexprs: dict, target: str, num_warps: int = 4,
                        num_stages: int = 2, **options):
     """(compiled kernel, ResourceReport) for a target name of AOT_TARGETS."""
-    if target not in AOT_TARGETS:
-        raise ZdiffError(f"target must be one of {', '.join(AOT_TARGETS)}, got {target!r}")
-    gpu = AOT_TARGETS[target]
+    gpu = get_target(target, gpu=True).gpu_target
     jit = as_jit(kernel)
     # the JIT marks 16-byte-aligned pointers (every torch allocation) at launch; without the same
     # hint AOT code loads 2 bytes at a time and reports worse registers than the real kernel
@@ -84,12 +91,12 @@ def compile_entry(module, kernel_name: str, target: str, config: dict | None = N
 
     The config's constexprs join the entry's fixed ones; AMD-only options are kept for hip
     targets only. Returns (compiled, ResourceReport)."""
-    from .launch import AMD_OPTIONS, split_config
+    from .launch import split_config
 
     kernel, signature, constexprs = module.AOT[kernel_name]
     tunables, options = split_config(module.CONFIGS[kernel_name] if config is None else config)
-    if AOT_TARGETS[target].backend != "hip":
-        options = {k: v for k, v in options.items() if k not in AMD_OPTIONS}
+    accepted = get_target(target, gpu=True).launch_options
+    options = {k: v for k, v in options.items() if k in accepted}
     options.setdefault("num_warps", 4)
     options.setdefault("num_stages", 2)
     return compile_for_target(kernel, signature, {**constexprs, **tunables}, target, **options)
@@ -106,7 +113,7 @@ def _amd_report(name, target, gpu, num_warps, compiled) -> ResourceReport:
     lds = max(_meta(asm, ".group_segment_fixed_size"), compiled.metadata.shared)
     waves = min(8, 512 // max(8, -(-vgprs // 8) * 8))
     if lds:
-        waves_per_cu_by_lds = (LDS_BYTES[gpu.arch] // lds) * num_warps  # 4 SIMDs per CU share the LDS
+        waves_per_cu_by_lds = (TARGETS[target].shared_bytes // lds) * num_warps  # 4 SIMDs per CU share the LDS
         waves = min(waves, max(0, waves_per_cu_by_lds // 4))
     return ResourceReport(name, target, gpu.arch, num_warps, vgprs, _meta(asm, ".sgpr_count"),
                           _meta(asm, ".vgpr_spill_count"), lds, bool(re.search(r"\bv_mfma", asm)), waves,
@@ -119,7 +126,8 @@ def _cuda_report(name, target, gpu, num_warps, compiled) -> ResourceReport:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
     local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
     stack = int(re.search(r"STACK:(\d+)", usage).group(1))
@@ -127,7 +135,7 @@ def _cuda_report(name, target, gpu, num_warps, compiled) -> ResourceReport:
     per_warp = -(-regs * 32 // 256) * 256
     blocks = 65536 // max(per_warp * num_warps, 1)
     if shared:
-        blocks = min(blocks, SMEM_BYTES_SM90 // shared)
+        blocks = min(blocks, TARGETS[target].shared_bytes // shared)
     warps = min(64, blocks * num_warps)
     ptx = compiled.asm["ptx"]
     return ResourceReport(name, target, f"sm_{gpu.arch}", num_warps, regs, None, local, shared,
@@ -140,9 +148,9 @@ def check_fits(report: ResourceReport, config: str) -> None:
 
     AMD SGPR spills land in VGPR lanes (no memory traffic) and are reported, not refused."""
     if report.spills or report.scratch_bytes:
-        raise ZdiffError(f"{report.kernel} [{config}] spills {report.spills} registers ({report.scratch_bytes} bytes of "
-                         f"scratch per thread) on {report.target} ({report.arch})")
-    limit = LDS_BYTES.get(report.arch, SMEM_BYTES_SM90)
+        raise ZdiffError(f"{report.kernel} [{config}] spills {report.spills} registers "
+                         f"({report.scratch_bytes} bytes of scratch per thread) on {report.target} ({report.arch})")
+    limit = TARGETS[report.target].shared_bytes
     if report.shared_bytes > limit:
         raise ZdiffError(f"{report.kernel} [{config}] needs {report.shared_bytes} bytes of LDS/shared memory on "
                          f"{report.target} ({report.arch}), the limit is {limit}")

@@ -18,19 +18,18 @@ from pathlib import Path
 
 from ..spec import load_spec
 from .aot import check_fits, compile_entry
-from .plan import family_module
-from .render import load_module, render
+from .families import family
+from .render import render_modules
 
 
-def family_reports(family: str, spec_name: str, targets: list[str]) -> list[dict]:
+def family_reports(family_name: str, spec_name: str, targets: list[str]) -> list[dict]:
     spec = load_spec(spec_name)
     work = Path(tempfile.mkdtemp(prefix="zdiff-aot-"))
     reports = []
     for target in targets:
-        for plan in family_module(family).plans(spec, "bf16", target):
-            path = work / f"{plan.name}_{target}.py"
-            path.write_text(render(plan, spec))
-            module = load_module(path, f"{plan.name}_{target}_aot")
+        folder = work / target
+        folder.mkdir()
+        for _, module in render_modules(family(family_name).plans(spec, "bf16", target), spec, folder, f"{target}_"):
             for entry in module.AOT:
                 _, report = compile_entry(module, entry, target)
                 check_fits(report, json.dumps(module.CONFIGS[entry], sort_keys=True))
@@ -40,5 +39,5 @@ def family_reports(family: str, spec_name: str, targets: list[str]) -> list[dict
 
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
-    family, spec_name, *targets = sys.argv[1:]
-    print(json.dumps(family_reports(family, spec_name, targets)))
+    family_name, spec_name, *targets = sys.argv[1:]
+    print(json.dumps(family_reports(family_name, spec_name, targets)))

@@ -13,7 +13,6 @@ compiling the same spec twice gives byte-identical files.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import warnings
@@ -22,13 +21,14 @@ from pathlib import Path
 import triton
 from tqdm import tqdm
 
-from .. import __version__
 from ..errors import ZdiffError
 from ..outputs import atomic_directory, check_output
 from ..spec import Spec, dump_spec
-from .aot import AOT_TARGETS, check_fits, compile_entry
-from .plan import plan_kernels
-from .render import load_module, render, render_model
+from ..targets import TARGETS, get_target
+from .aot import check_fits, compile_entry
+from .families import plan_kernels
+from .provenance import render_provenance
+from .render import load_module, no_line_info, render, render_model
 
 BINARY_EXT = {"hip": "hsaco", "cuda": "cubin"}
 
@@ -39,8 +39,7 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     GPU binaries and report their resources (`load_model(backend="triton")` skips that: the JIT compiles
     for the device at hand). `out_dir` follows zdiff.outputs (locked, whole or nothing, never onto an
     input); `lock=False` when the caller holds its lock."""
-    if target not in (*AOT_TARGETS, "cpu"):
-        raise ZdiffError(f"--target must be one of {', '.join([*AOT_TARGETS, 'cpu'])}, got {target!r}")
+    get_target(target)
     if check_targets and target not in spec.targets:
         raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {target} to compile for it")
     if aot and target != "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -49,7 +48,7 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     check_output(out_dir, force, inputs)
     dtype = "fp32" if target == "cpu" else "bf16"
     plans = plan_kernels(spec, dtype, target)
-    with _no_line_info(), atomic_directory(out_dir, force=force, inputs=inputs, lock=lock) as tmp:
+    with no_line_info(), atomic_directory(out_dir, force=force, inputs=inputs, lock=lock) as tmp:
         (tmp / "kernels").mkdir()
         entries = []
         for plan in tqdm(plans, desc=f"compile {target}", unit="kernel", leave=False):
@@ -61,26 +60,12 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
                 entry["aot"] = _aot(load_module(path, plan.name), target, tmp / "binaries")
             entries.append(entry)
         (tmp / "model.py").write_text(render_model(spec, plans, target))
-        manifest = {"zdiff_version": __version__, "spec": spec.name, "spec_hash": spec.hash(), "target": target,
+        manifest = {**render_provenance(target), "spec": spec.name, "spec_hash": spec.hash(), "target": target,
                     "triton_version": triton.__version__, "dtype": dtype, "kernels": entries}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / "spec.yaml").write_text(dump_spec(spec))
     log(f"compiled {len(entries)} kernel instance(s) of {spec.name} for {target} -> {out_dir}")
     return manifest
-
-
-@contextlib.contextmanager
-def _no_line_info():
-    """Line info would embed the temporary source path in the binaries (and break determinism)."""
-    previous = os.environ.get("TRITON_DISABLE_LINE_INFO")
-    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TRITON_DISABLE_LINE_INFO"]
-        else:
-            os.environ["TRITON_DISABLE_LINE_INFO"] = previous
 
 
 def _aot(module, target: str, binaries: Path) -> dict:
@@ -91,8 +76,7 @@ def _aot(module, target: str, binaries: Path) -> dict:
             warnings.simplefilter("ignore")
             compiled, report = compile_entry(module, kernel_name, target)
         check_fits(report, json.dumps(module.CONFIGS[kernel_name], sort_keys=True))
-        backend = AOT_TARGETS[target].backend
-        ext = BINARY_EXT[backend]
+        ext = BINARY_EXT[TARGETS[target].backend]
         (binaries / f"{kernel_name}.{target}.{ext}").write_bytes(compiled.asm[ext])
         reports[kernel_name] = report.to_dict()
     return reports

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-AMD_OPTIONS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+from ..targets import AMD_OPTIONS
+
 LAUNCH_OPTIONS = ("num_warps", "num_stages", *AMD_OPTIONS)
 
 

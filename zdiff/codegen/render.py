@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import pprint
 import sys
 from pathlib import Path
 
 import jinja2
 
+from ..pattern.visibility import triton_visible_source
 from ..spec import Spec
 from .plan import KernelPlan
+
 
 def python_literal(value) -> str:
     """repr with dict keys sorted, so rendered constants never depend on insertion order."""
@@ -17,7 +22,9 @@ def python_literal(value) -> str:
         return "{" + ", ".join(f"{k!r}: {python_literal(value[k])}" for k in sorted(value)) + "}"
     if isinstance(value, (list, tuple)):
         items = ", ".join(python_literal(v) for v in value)
-        return f"({items},)" if isinstance(value, tuple) and len(value) == 1 else (f"({items})" if isinstance(value, tuple) else f"[{items}]")
+        if not isinstance(value, tuple):
+            return f"[{items}]"
+        return f"({items},)" if len(value) == 1 else f"({items})"
     return repr(value)
 
 
@@ -30,6 +37,7 @@ _ENV = jinja2.Environment(
     autoescape=False,
 )
 _ENV.filters["py"] = python_literal
+_ENV.globals["visible_function"] = triton_visible_source  # the TiDAR visibility rule, rendered into kernels
 
 
 def render(plan: KernelPlan, spec: Spec) -> str:
@@ -38,6 +46,38 @@ def render(plan: KernelPlan, spec: Spec) -> str:
         template=plan.template, spec_name=spec.name, spec_hash=spec.hash(), name=plan.name,
         class_name=class_name, configs=plan.configs, **plan.constants,
     )
+
+
+def configs_literal(configs: dict) -> str:
+    """The CONFIGS dict of a generated module: one entry point per line (sorted), wrapped at 120 columns."""
+    return pprint.pformat(configs, width=120, sort_dicts=True)
+
+
+_ENV.filters["configs"] = configs_literal
+
+
+@contextlib.contextmanager
+def no_line_info():
+    """Line info would embed the temporary source path in AOT binaries (and break determinism)."""
+    previous = os.environ.get("TRITON_DISABLE_LINE_INFO")
+    os.environ["TRITON_DISABLE_LINE_INFO"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_DISABLE_LINE_INFO"]
+        else:
+            os.environ["TRITON_DISABLE_LINE_INFO"] = previous
+
+
+def render_modules(plans: list[KernelPlan], spec: Spec, directory: Path, prefix: str = "") -> list:
+    """Render every plan into `directory/<name>.py` and import it; [(plan, module)] in plan order."""
+    rendered = []
+    for plan in plans:
+        path = Path(directory) / f"{plan.name}.py"
+        path.write_text(render(plan, spec))
+        rendered.append((plan, load_module(path, prefix + plan.name)))
+    return rendered
 
 
 def load_module(path: Path, name: str):
@@ -51,18 +91,17 @@ def load_module(path: Path, name: str):
 
 def render_model(spec: Spec, plans: list[KernelPlan], target: str) -> str:
     """The generated torch module (model.py) wired to the rendered kernel modules of `plans`."""
-    from .families import cca, moe
+    def one(role: str) -> str | None:
+        names = [plan.name for plan in plans if plan.role == role]
+        assert len(names) <= 1, f"more than one {role} module: {names}"
+        return names[0] if names else None
 
-    names = {plan.name for plan in plans}
-    norm_modules = {plan.constants["D"]: plan.name for plan in plans if plan.template == "rmsnorm.py.jinja"}
-    residual = next((plan.name for plan in plans if plan.template == "residual_rmsnorm.py.jinja"), None)
-    attention = {plan.constants["layout"]: plan.name for plan in plans if plan.family == "attention"}
-    cca_name = cca.plan_name(spec.model.attention) if spec.model.attention.kind == "ccgqa" else None
-    assert cca_name is None or cca_name in names
+    norm_modules = {plan.constants["D"]: plan.name for plan in plans if plan.role == "rmsnorm"}
+    attention = {plan.constants["layout"]: plan.name for plan in plans if plan.role == "attention"}
     return _ENV.get_template("model.py.jinja").render(
         template="model.py.jinja", spec_name=spec.name, spec_hash=spec.hash(), target=target, plans=plans,
-        norm_modules=dict(sorted(norm_modules.items())), residual_module=residual, cca_module=cca_name,
-        attention_modules=attention,
-        moe_route_module=moe.router_name(spec), moe_experts_module=moe.experts_name(spec),
+        norm_modules=dict(sorted(norm_modules.items())), residual_module=one("residual_rmsnorm"),
+        cca_module=one("cca"), attention_modules=attention,
+        moe_route_module=one("moe_router"), moe_experts_module=one("moe_experts"),
         block_size=spec.diffusion.block_size, levels=tuple(spec.diffusion.acceptance_levels),
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint.store import SPEC_FILE, load_model
+from .. import load_model
+from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
 from ..spec import load_spec
 from ..train.data import Tokenizer

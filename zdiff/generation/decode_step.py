@@ -47,7 +47,6 @@ class StepConstants:
     block_size: int
     level_values: tuple[int, ...]  # the spec's acceptance levels (host copy of `levels`)
     levels: torch.Tensor  # (len(levels),) int64
-    anchors: torch.Tensor  # levels + 1, or (0,) for AR-only engines
     banned: torch.Tensor  # ids never sampled (the mask token)
     fill_id: int  # the id of mask and padding rows
 
@@ -99,13 +98,13 @@ def _layout_rows(st: SlotState, shape: StepShape, k: StepConstants):
     new_pred = torch.where(in_block & (t == 0), level, new_pred)
     new_pred = torch.where(r < n_rows[:, None], new_pred, NO_PREDECESSOR)
     layout = StepLayout(b, k.level_values[: shape.proposals],
-                        torch.where(st.active, st.cache_len, 0).int(), causal.int(), n_rows.int(), k.anchors)
+                        torch.where(st.active, st.cache_len, 0).int(), causal.int(), n_rows.int())
     return ids, positions, new_pred, layout, causal, blocks
 
 
 def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: StepConstants) -> None:
     """Run one step on slots [0, shape.slots) of `st` (a prefix view) and `cache` (the same prefix)."""
-    S, b, V_ROWS = shape.slots, k.block_size, shape.verify_rows
+    b, V_ROWS = k.block_size, shape.verify_rows
     ids, positions, new_pred, layout, causal, blocks = _layout_rows(st, shape, k)
     preds = extended_predecessors(new_pred, st.cache_len, cache.receptive_field)
     logits = model(ids, positions=positions, predecessors=preds, cache=cache, layout=layout)  # (S, R, V) fp32
@@ -137,7 +136,8 @@ def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: Ste
     new_len = st.cache_len + counts
     if shape.proposals:
         levels = k.levels[: shape.proposals]
-        usable = (levels[None, :] <= n[:, None]) & (torch.arange(shape.proposals, device=n.device)[None, :] < blocks[:, None])
+        proposed = torch.arange(shape.proposals, device=n.device)[None, :] < blocks[:, None]
+        usable = (levels[None, :] <= n[:, None]) & proposed
         chosen = (usable.long().sum(-1) - 1).clamp_min(0)
         a = levels[chosen]
         offset = n - a

@@ -149,7 +149,6 @@ class Engine:
         dev = self.device
         self.constants = StepConstants(
             block_size=b, level_values=levels, levels=torch.tensor(levels, dtype=torch.long, device=dev),
-            anchors=torch.tensor([a + 1 for a in levels] or [0], dtype=torch.long, device=dev),
             banned=torch.tensor([] if self.mask_id is None else [self.mask_id], dtype=torch.long, device=dev),
             fill_id=self.mask_id if self.mask_id is not None else 0)
         cuda = self.device.type == "cuda"
@@ -176,7 +175,8 @@ class Engine:
                         kernels_dir=None, **kwargs) -> "Engine":
         """Load a checkpoint and build an engine. Defaults: the generated kernels in bf16 on a GPU,
         the reference model in fp32 on the CPU."""
-        from ..checkpoint.store import SPEC_FILE, load_model
+        from .. import load_model
+        from ..checkpoint.store import SPEC_FILE
         from ..spec import load_spec
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -437,7 +437,7 @@ class Engine:
             # running slots take no rows; their commit lands past their own length, never on their keys
             begin = torch.where(rows > 0, begin, self.state.cache_len[:bucket])
             ids, positions, preds = causal_chunk_inputs(tokens, begin, rows, cache.receptive_field)
-            layout = StepLayout(self.block_size, (), begin.int(), rows.int(), rows.int(), self.constants.anchors)
+            layout = StepLayout(self.block_size, (), begin.int(), rows.int(), rows.int())
             self.model(ids, positions=positions, predecessors=preds, cache=cache, layout=layout)
             cache.commit(begin, rows, width)
             self.stats.forward_passes += 1
@@ -477,6 +477,6 @@ def _free_memory(device: torch.device) -> int | None:
 def _runtime_target(device: torch.device) -> str:
     if device.type != "cuda":
         return CPU_POLICY_TARGET
-    from ..checkpoint.store import runtime_target
+    from ..targets import device_target
 
-    return runtime_target(device)
+    return device_target(device).name

@@ -16,10 +16,18 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ZdiffError
-from ..spec import DiffusionSpec
 from ..pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, prefill_pattern
+from ..spec import DiffusionSpec
 from .cache import DecodeCache
-from .sampling import SamplingParams, draw_gumbel, gumbel_argmax, probabilities, target_probs, verify_greedy, verify_stochastic
+from .sampling import (
+    SamplingParams,
+    draw_gumbel,
+    gumbel_argmax,
+    probabilities,
+    target_probs,
+    verify_greedy,
+    verify_stochastic,
+)
 
 
 @dataclass
@@ -174,7 +182,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
                 continue
             m = len(s.drafts)
             lv = _usable_levels(levels, m) if mode == "tidar" else ()
-            plans.append(([s.pending] + s.drafts + [mask_id] * (b * len(lv)), decode_pattern(cache.lengths[i], m, b, lv)))
+            row_ids = [s.pending] + s.drafts + [mask_id] * (b * len(lv))
+            plans.append((row_ids, decode_pattern(cache.lengths[i], m, b, lv)))
         logits = batch.run(plans)
         fused = _fused_verdicts(seqs, logits, params, generator) if verifier == "fused" else None
         logits = logits.cpu()

@@ -72,7 +72,8 @@ class SlotCache:
 
 @dataclass(frozen=True)
 class StepLayout:
-    """A decode-kind layout whose per-slot numbers are device tensors (duck-types BatchLayout).
+    """A decode-kind layout whose per-slot numbers are device tensors (duck-types BatchLayout; the
+    reference model's mask comes from zdiff.pattern.layout_visible, on the device).
 
     Rows of slot s: causal_rows[s] verify rows (c and its drafts; or a prefill chunk), then
     (rows[s] - causal_rows[s]) / block_size proposal blocks at `levels`, then padding."""
@@ -82,7 +83,6 @@ class StepLayout:
     cache_lengths: torch.Tensor  # (S,) int32
     causal_rows: torch.Tensor  # (S,) int32
     rows: torch.Tensor  # (S,) int32
-    anchors: torch.Tensor  # (max(1, len(levels)),) int64: block j sees verify rows [0, anchors[j])
     kind: str = "decode"
 
     @property
@@ -91,23 +91,3 @@ class StepLayout:
 
     def tensors(self, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.cache_lengths, self.causal_rows, self.rows
-
-    def dense_visible(self, padded_rows: int, cache_slots: int = 0) -> torch.Tensor:
-        """(S, T, cache_slots + T) bool, the reference model's mask, built on the device.
-
-        The rule of BatchLayout.dense_visible for the decode kind: cached keys below the slot's
-        length; causal among the verify rows; block j sees verify rows [0, levels[j] + 1) and itself;
-        padding rows see only themselves."""
-        device = self.rows.device
-        T = padded_rows
-        r = torch.arange(T, device=device)[None, :, None]  # query row
-        u = torch.arange(T, device=device)[None, None, :]  # new key
-        causal, n = self.causal_rows.long()[:, None, None], self.rows.long()[:, None, None]
-        j = ((r - causal).clamp_min(0) // self.block_size)
-        anchor = self.anchors[j.clamp_max(self.anchors.shape[0] - 1)]
-        start = causal + j * self.block_size
-        in_block = (r >= causal) & (r < n)
-        new = torch.where(r < causal, u <= r, in_block & ((u < anchor) | ((u >= start) & (u < start + self.block_size))))
-        new = new | ((r >= n) & (u == r))
-        cached = (torch.arange(cache_slots, device=device)[None, None, :] < self.cache_lengths.long()[:, None, None]) & (r < n)
-        return torch.cat([cached, new], dim=-1)

@@ -25,7 +25,8 @@ from ..errors import ZdiffError
 from .sampling import SamplingParams
 
 NEG_INF = tl.constexpr(float("-inf"))
-TINY = tl.constexpr(1e-30)  # keeps tl.log away from 0 in discarded lanes; a normal fp32 (1e-38 made Triton 3.6 widen to fp64)
+# keeps tl.log away from 0 in discarded lanes; a normal fp32 (1e-38 made Triton 3.6 widen to fp64)
+TINY = tl.constexpr(1e-30)
 
 
 @triton.jit
@@ -173,9 +174,10 @@ def aot_signature(given_noise: bool, greedy: bool, block_v: int = 1024) -> tuple
     return signature, {"GIVEN_NOISE": given_noise, "GREEDY": greedy, "BLOCK_V": block_v}
 
 
-def fused_verify_per_sequence(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,
-                 params: SamplingParams, seed: int = 0, uniforms: torch.Tensor | None = None,
-                 gumbel: torch.Tensor | None = None, block_v: int = 1024):
+def fused_verify_per_sequence(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor,
+                              num_drafts: torch.Tensor, params: SamplingParams, seed: int = 0,
+                              uniforms: torch.Tensor | None = None, gumbel: torch.Tensor | None = None,
+                              block_v: int = 1024):
     """The original one-program-per-sequence kernel (kept as the baseline for timings and for the
     draw-for-draw comparison with the split kernels). Same arguments and results as `fused_verify`."""
     B, M, V = _check(ar_logits, draft_logits, drafts, num_drafts, params)
@@ -281,7 +283,8 @@ def verify_stats_kernel(
             tl.store(out, top_t)
             tl.store(out + S1, tl.sum(sum_t * tl.exp(max_t - tl.where(top_t == NEG_INF, 0.0, top_t)), 0).to(tl.float32))
             tl.store(out + 2 * S1, top_q)
-            tl.store(out + 3 * S1, tl.sum(sum_q * tl.exp(max_q - tl.where(top_q == NEG_INF, 0.0, top_q)), 0).to(tl.float32))
+            sum_q = tl.sum(sum_q * tl.exp(max_q - tl.where(top_q == NEG_INF, 0.0, top_q)), 0)
+            tl.store(out + 3 * S1, sum_q.to(tl.float32))
 
 
 @triton.jit

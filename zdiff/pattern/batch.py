@@ -6,7 +6,9 @@ and the trainer build it, is always one of the three TiDAR layouts with per-sequ
 - prefill:  [prompt | one mask block] (causal_rows = prompt length; no block for AR prefill);
 - decode:   [verify rows | proposal blocks at the spec's first levels] after cache_lengths keys.
 `dense_visible` turns a layout back into the boolean mask the reference model reads, so the
-kernels and the reference are driven by the same object.
+kernels and the reference are driven by the same object; both evaluate the one visibility rule of
+`visibility.py`. Code that holds the per-sequence numbers only as device tensors (the decode
+engine) uses `visibility.dense_visible` / `layout_visible` directly.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import torch
 
 from ..errors import ZdiffError
 from .segments import Pattern
-
-KINDS = ("training", "prefill", "decode")
+from .visibility import KINDS, dense_visible
 
 
 @dataclass(frozen=True)
@@ -86,31 +87,15 @@ class BatchLayout:
     def _tensors(self) -> dict:
         return {}
 
-    def anchor(self, b: int, j: int) -> int:
-        """Block j of sequence b sees this pass's rows [0, anchor) besides itself."""
-        if self.kind == "training":
-            return j * self.block_size
-        if self.kind == "prefill":
-            return self.causal_rows[b]
-        return self.levels[j] + 1
-
     def dense_visible(self, padded_rows: int, cache_slots: int = 0) -> torch.Tensor:
-        """(B, padded_rows, cache_slots + padded_rows) bool: keys [cache slots | this pass's rows].
+        """(B, padded_rows, cache_slots + padded_rows) bool on the CPU: keys [cache slots | this pass's rows].
 
         Padding rows see only themselves (the reference needs every row to see something)."""
-        T, S = padded_rows, cache_slots
-        visible = torch.zeros(self.batch, T, S + T, dtype=torch.bool)
-        visible[:, torch.arange(T), S + torch.arange(T)] = True
-        for b in range(self.batch):
-            C, n_causal, n = self.cache_lengths[b], self.causal_rows[b], self.rows[b]
-            if n == 0:
-                continue
-            visible[b, :n, :C] = True
-            visible[b, :n_causal, S:S + n_causal] = torch.ones(n_causal, n_causal, dtype=torch.bool).tril()
-            for j, start in enumerate(range(n_causal, n, self.block_size)):
-                stop = min(start + self.block_size, n)
-                visible[b, start:stop] = False
-                visible[b, start:stop, :C] = True
-                visible[b, start:stop, S:S + self.anchor(b, j)] = True
-                visible[b, start:stop, S + start:S + stop] = True
-        return visible
+        return layout_visible(self, padded_rows, cache_slots, "cpu")
+
+
+def layout_visible(layout, padded_rows: int, cache_slots: int = 0, device="cpu") -> torch.Tensor:
+    """The dense mask of any layout-like object (`.kind`, `.block_size`, `.levels`, `.tensors(device)`), built
+    on `device` from its tensors without a host synchronisation."""
+    return dense_visible(layout.kind, layout.block_size, tuple(layout.levels), *layout.tensors(device),
+                         padded_rows, cache_slots)

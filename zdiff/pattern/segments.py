@@ -121,9 +121,14 @@ class Pattern:
         return self._mask_from(0)
 
     def _mask_from(self, first_row: int) -> torch.Tensor:
-        mask = torch.zeros(self.num_rows - first_row, self.num_rows, dtype=torch.bool)
-        for s in self.segments:
-            for row in range(max(s.start, first_row), s.stop):
-                for lo, hi in s.keys_of(row):
-                    mask[row - first_row, lo:hi] = True
-        return mask
+        """The visibility rule (`visibility.dense_visible`) with the context rows as the cache, preceded by
+        the context rows themselves (causal)."""
+        from .visibility import dense_visible
+
+        C, n = self.query_start, self.num_rows - self.query_start
+        causal = next(s for s in self.segments if s.query).length
+        kind = "prefill" if self.layout == "causal" else self.layout
+        numbers = (torch.tensor([x]) for x in (C, causal, n))  # one sequence: cache, causal rows, rows
+        queries = dense_visible(kind, self.block_size, self.levels, *numbers, n, C)[0]
+        context = torch.ones(C, self.num_rows, dtype=torch.bool).tril()
+        return torch.cat([context, queries])[first_row:]

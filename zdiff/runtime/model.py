@@ -2,6 +2,12 @@
 
 Every kernel zdiff generates is tested against this module, and this module is tested
 against transformers (ZAYA1, Qwen3-MoE). It favours clarity over speed.
+
+There is one layer loop (`Transformer.forward_full`) and one block structure (`Block.forward`):
+a block is made of the operations of an `Ops` object (norm, residual update fused with the
+next norm, attention, MoE). `ReferenceOps` are the torch modules themselves; the generated
+model (`backend="triton"`, templates/model.py.jinja) swaps in kernel ops, Liger-style, and
+keeps the parameters, the state dict, the loop and the block.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..pattern.batch import layout_visible
 from ..spec import ModelSpec
 from .attention import Attention
 from .moe import MoE, Routing
@@ -24,6 +31,36 @@ class ForwardOutput:
     routings: list[Routing]  # one per layer, for load statistics and balancing-bias updates
 
 
+class ReferenceOps:
+    """The operations of a block, computed by the reference modules (plain torch)."""
+
+    def attention_mask(self, layout, visible, B: int, T: int, cache, device):
+        """What `attention` reads to know who sees whom: the dense (B or 1, T, keys) mask (from `layout` when no
+        mask is given; a plain causal pass by default)."""
+        if visible is None and layout is not None:
+            visible = layout_visible(layout, T, 0 if cache is None else cache.max_len, device)
+        return torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
+
+    def predecessors(self, predecessors: torch.Tensor) -> torch.Tensor:
+        """The predecessor indices in the form `attention` reads (converted once per forward, not per layer)."""
+        return predecessors
+
+    def norm(self, x: torch.Tensor, norm) -> torch.Tensor:
+        return norm(x)
+
+    def add_norm(self, scaling, x: torch.Tensor, out: torch.Tensor, norm):
+        """(x + out, or the scaled residual update; the fp32 stream) and its RMSNorm in the parameter dtype."""
+        x = scaling(out, x) if scaling is not None else x + out
+        return x, self.norm(x.to(norm.weight.dtype), norm)
+
+    def attention(self, attn, x, cos, sin, predecessors, mask, cache):
+        return attn(x, cos, sin, predecessors, mask.expand(x.shape[0], x.shape[1], mask.shape[-1]), cache)
+
+    def moe(self, moe, x, router_state):
+        """(out, next router state, routing)."""
+        return moe(x, router_state)
+
+
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int):
         super().__init__()
@@ -35,20 +72,20 @@ class Block(nn.Module):
             self.attn_residual = ResidualScaling(spec.hidden_size)
             self.moe_residual = ResidualScaling(spec.hidden_size)
 
-    def _add(self, name: str, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        scaling = getattr(self, name, None)
-        return scaling(out, residual) if scaling is not None else residual + out
-
-    def forward(self, x, router_state, cos, sin, predecessors, visible, cache=None):
-        """x is the fp32 residual stream; sublayers run in the parameter dtype."""
-        dtype = self.attn_norm.weight.dtype
-        attn = self.attn(self.attn_norm(x.to(dtype)), cos, sin, predecessors, visible, cache)
-        x = self._add("attn_residual", attn, x)
-        out, router_state, routing = self.moe(self.moe_norm(x.to(dtype)), router_state)
-        return self._add("moe_residual", out, x), router_state, routing
+    def forward(self, ops, x, normed, router_state, cos, sin, predecessors, mask, cache, next_norm):
+        """x is the fp32 residual stream and `normed` its attn_norm (computed by the previous block, fused with
+        its residual update); sublayers run in the parameter dtype. Returns (x, next_norm(x), router state,
+        routing)."""
+        attn = ops.attention(self.attn, normed, cos, sin, predecessors, mask, cache)
+        x, normed = ops.add_norm(getattr(self, "attn_residual", None), x, attn, self.moe_norm)
+        out, router_state, routing = ops.moe(self.moe, normed, router_state)
+        x, normed = ops.add_norm(getattr(self, "moe_residual", None), x, out, next_norm)
+        return x, normed, router_state, routing
 
 
 class Transformer(nn.Module):
+    ops = ReferenceOps()  # the generated model swaps in its kernels here
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
@@ -86,29 +123,27 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         device = input_ids.device
         rows = torch.arange(T, device=device)
-        positions = rows if positions is None else positions
+        positions = (rows if positions is None else positions).expand(B, T)
         predecessors = rows - 1 if predecessors is None else predecessors
-        if visible is None and layout is not None:
-            visible = layout.dense_visible(T, 0 if cache is None else cache.max_len).to(device)
-        visible = torch.ones(T, T, dtype=torch.bool, device=device).tril() if visible is None else visible
-        positions = positions.expand(B, T)
-        predecessors = predecessors.expand(B, predecessors.shape[-1])
-        visible = visible.expand(B, T, visible.shape[-1])
+        predecessors = self.ops.predecessors(predecessors.expand(B, predecessors.shape[-1]))
+        mask = self.ops.attention_mask(layout, visible, B, T, cache, device)
 
         h = self.embed(input_ids)
         if self.spec.residual_scaling:
             h = (h + self.embed_bias) * self.embed_scale
-        x = h.float()
+        x = h.float()  # the residual stream stays fp32
         attn = self.spec.attention
         cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, self.dtype)
+        normed = self.ops.norm(x.to(self.dtype), self.layers[0].attn_norm)
+        norms_after = [layer.attn_norm for layer in self.layers[1:]] + [self.final_norm]
         router_state, routings = None, []
-        for i, layer in enumerate(self.layers):
+        for i, (layer, next_norm) in enumerate(zip(self.layers, norms_after)):
             layer_cache = None if cache is None else cache.layers[i]
-            x, router_state, routing = layer(x, router_state, cos, sin, predecessors, visible, layer_cache)
+            x, normed, router_state, routing = layer(self.ops, x, normed, router_state, cos, sin, predecessors,
+                                                     mask, layer_cache, next_norm)
             routings.append(routing)
-        h = self.final_norm(x.to(self.dtype))
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return ForwardOutput(logits=(h @ head.t()).float(), routings=routings)
+        return ForwardOutput(logits=(normed @ head.t()).float(), routings=routings)
 
 
 @torch.no_grad()

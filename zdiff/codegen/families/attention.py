@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import triton
 
+from ...pattern.visibility import triton_anchor_source
 from ...spec import Spec
-from ..plan import DTYPE_PTR, KernelPlan
+from ...targets import TARGETS
+from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 
 LAYOUTS = ("training", "prefill", "decode")
-AMD = ("mi300x", "mi355x")
-
-
-def _anchor_expr(levels: tuple[int, ...]) -> str:
-    """Triton expression for anchor(j) = LEVELS[j] + 1, the last level being the fallback."""
-    if not levels:
-        return "0 * j"
-    expr = str(levels[-1] + 1)
-    for j in range(len(levels) - 2, -1, -1):
-        expr = f"tl.where(j == {j}, {levels[j] + 1}, {expr})"
-    return expr + " + 0 * j" if len(levels) == 1 else expr
 
 
 def default_configs(name: str, layout: str, head_dim: int, target: str) -> dict:
     block_d = triton.next_power_of_2(head_dim)
-    if target in AMD:
+    if TARGETS[target].is_amd:
         # chosen from AOT sweeps at head_dim 128 (NOTES.md): with 4 wave64s a 128-row tile spills to
         # scratch; 8 waves, one stage (the AMD stream pipeliner's LDS double buffer costs registers
         # here) and 2 waves per EU (256 VGPRs each) compile without scratch on gfx942 and gfx950
@@ -59,10 +50,10 @@ def attention_plan(layout: str, group: int, num_kv_heads: int, head_dim: int, bl
     # name, never configure another model's attention
     name = f"attention_{layout}_q{group * num_kv_heads}k{num_kv_heads}_d{head_dim}_b{block_size}"
     return KernelPlan(
-        name=name, family="attention", template="attention.py.jinja",
+        name=name, family="attention", template="attention.py.jinja", role="attention",
         constants={"layout": layout, "group": group, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
                    "block_d": triton.next_power_of_2(head_dim), "block_size": block_size, "levels": tuple(levels),
-                   "anchor_expr": _anchor_expr(tuple(levels)), "has_cache": layout == "decode",
+                   "anchor_expr": triton_anchor_source(layout, tuple(levels)), "has_cache": layout == "decode",
                    "backward": layout == "training", "ptr": DTYPE_PTR[dtype], "dtype": dtype},
         configs=default_configs(name, layout, head_dim, target),
     )
@@ -79,8 +70,8 @@ def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
     if kernel.endswith("_combine"):
         return [{"BLOCK_M": m, "num_warps": w} for m in (16, 32, 64) for w in (2, 4)]
     tiles = [(m, n) for m in (32, 64, 128) for n in (32, 64, 128)]
-    if target in AMD:
-        kpacks = (1,) if target == "mi355x" else (1, 2)
+    if TARGETS[target].is_amd:
+        kpacks = TARGETS[target].kpacks
         return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s, "waves_per_eu": wpe,
                  "matrix_instr_nonkdim": nk, "kpack": kp}
                 for m, n in tiles for w in (4, 8) for s in (1, 2) for wpe in (0, 1, 2) for nk in (16, 32)
@@ -122,3 +113,6 @@ def bench_shape(layout: str, block_size: int, levels, bucket: int, batch: int | 
         return {"batch": batch or 8, "rows": rows, "causal_rows": block_size, "cache": max(0, bucket - rows)}
     causal = bucket // 2 if layout == "training" else max(0, bucket - block_size)
     return {"batch": batch or max(1, 16384 // bucket), "rows": bucket, "causal_rows": causal, "cache": 0}
+
+
+FAMILY = KernelFamily("attention", plans, config_space, buckets, bucket_tile, bucket_loop=bucket_loop, tuned=tuned)

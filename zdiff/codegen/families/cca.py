@@ -16,9 +16,8 @@ from __future__ import annotations
 from ...errors import ZdiffError
 from ...spec import Spec
 from ...spec.schema import AttentionSpec
-from ..plan import DTYPE_PTR, KernelPlan
-
-HIP_TARGETS = ("mi300x", "mi355x")
+from ...targets import TARGETS
+from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 
 
 def plans(spec: Spec, dtype: str, target: str) -> list[KernelPlan]:
@@ -30,7 +29,8 @@ def plans(spec: Spec, dtype: str, target: str) -> list[KernelPlan]:
 
 def plan_name(a: AttentionSpec) -> str:
     cca = a.cca
-    return f"cca_q{a.num_heads}k{a.num_kv_heads}_d{a.head_dim}_r{a.rotary_dim}_k{cca.depthwise_kernel}{cca.grouped_kernel}"
+    shape = f"q{a.num_heads}k{a.num_kv_heads}_d{a.head_dim}_r{a.rotary_dim}"
+    return f"cca_{shape}_k{cca.depthwise_kernel}{cca.grouped_kernel}"
 
 
 def _check(a: AttentionSpec) -> None:
@@ -42,14 +42,15 @@ def _check(a: AttentionSpec) -> None:
         raise ZdiffError(f"the CCA kernel needs a rotary_dim that is a power of two >= 2 dividing head_dim {d}, "
                          f"got {rd} (model.attention.rope_fraction)")
     if (a.num_kv_heads * d) % 2:
-        raise ZdiffError(f"CCGQA splits the value width in halves; num_kv_heads * head_dim = {a.num_kv_heads * d} is odd")
+        raise ZdiffError(f"CCGQA splits the value width in halves; num_kv_heads * head_dim = {a.num_kv_heads * d} "
+                         "is odd")
     if a.qk_norm != "l2":
         raise ZdiffError(f"the CCA kernel fuses the L2 QK norm; got qk_norm {a.qk_norm!r} (model.attention.qk_norm)")
 
 
 def default_configs(name: str, head_dim: int, target: str) -> dict:
     """Default launch config per entry point. Rows per program stay small: decode passes are short."""
-    hip = target in HIP_TARGETS
+    hip = TARGETS[target].is_amd
     big = head_dim >= 128
     rows = {"BLOCK_T": 16 if big else 32, "BLOCK_K": 32 if big else 16, "num_warps": 8 if big else 4, "num_stages": 1}
     weight = {"BLOCK_T": 32, "BLOCK_O": 32 if big else head_dim, "SPLIT": 16, "num_warps": 4, "num_stages": 1}
@@ -73,12 +74,12 @@ def cca_plan(a: AttentionSpec, dtype: str = "fp32", target: str = "cpu", configs
         "K0": a.cca.depthwise_kernel, "K1": a.cca.grouped_kernel, "DV": dv,
         "BLOCK_DV": 1 << (dv - 1).bit_length(), "ptr": DTYPE_PTR[dtype], "dtype": dtype,
     }
-    return KernelPlan(name=name, family="cca", template="cca.py.jinja", constants=constants,
+    return KernelPlan(name=name, family="cca", template="cca.py.jinja", role="cca", constants=constants,
                       configs=configs or default_configs(name, a.head_dim, target))
 
 
 def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
-    hip = target in HIP_TARGETS
+    hip = TARGETS[target].is_amd
     warps = [4, 8] if hip else [4, 8, 16]
     amd = [{"waves_per_eu": w, "matrix_instr_nonkdim": 16} for w in (0, 1, 2)] if hip else [{}]
     stages = [1] if hip else [1, 2]
@@ -112,3 +113,6 @@ def bench_shape(kernel: str, bucket: int, state: int, batch: int | None = None) 
         return {"batch": batch, "rows": max(1, bucket // batch), "state": state}
     batch = batch or max(1, bucket // min(bucket, 1024))
     return {"batch": batch, "rows": max(1, bucket // batch), "state": 0}
+
+
+FAMILY = KernelFamily("cca", plans, config_space, buckets, bucket_tile)

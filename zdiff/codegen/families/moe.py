@@ -7,7 +7,8 @@ Two kernel instances per spec (every MoE layer of a model shares the shapes):
 The experts have two paths: training / prefill sized groups (BLOCK_M 64) and a small-M path (BLOCK_M 16)
 for decode-sized groups, chosen at launch from the average group size. Entry points (CONFIGS keys):
 `_gate_up`, `_gate_up_small`, `_down`, `_down_small` (forward), `_down_bwd`, `_dx_bwd`, `_ddown_bwd`,
-`_dgate_up_bwd` (backward), and `_dispatch` (the single-program sort / pad of the slots). The gate_up config's BLOCK_M is the dispatch tile of its path.
+`_dgate_up_bwd` (backward), and `_dispatch` (the single-program sort / pad of the slots). The gate_up
+config's BLOCK_M is the dispatch tile of its path.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 import triton
 
 from ...spec import Spec
-from ..plan import DTYPE_PTR, KernelPlan
+from ...targets import TARGETS
+from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 
-CUDA_TARGETS = ("h100", "h200")
-HIP_TARGETS = ("mi300x", "mi355x")
 SMALL_TOKENS_PER_EXPERT = 16  # average routed tokens per expert at or below which the small-M path runs
 
 
@@ -46,14 +46,14 @@ def router_plan(spec: Spec, dtype: str = "fp32", target: str = "cpu") -> KernelP
                  "SKIP_EXPERT": moe.skip_expert, "UPDATE_RATE": moe.balancing_bias.update_rate,
                  "ptr": DTYPE_PTR[dtype], "dtype": dtype}
     config = {"num_warps": 1}  # one row of a few classes per program: one warp / wave
-    return KernelPlan(name=name, family="moe", template="moe_router.py.jinja", constants=constants,
+    return KernelPlan(name=name, family="moe", template="moe_router.py.jinja", role="moe_router", constants=constants,
                       configs={f"{name}_fwd": dict(config), f"{name}_bwd": dict(config)})
 
 
 def _default_configs(target: str) -> dict:
     """Default config per experts entry point suffix, for a target."""
-    if target in HIP_TARGETS:
-        amd = {"waves_per_eu": 2, "matrix_instr_nonkdim": 16, "kpack": 1 if target == "mi355x" else 2}
+    if TARGETS[target].is_amd:
+        amd = {"waves_per_eu": 2, "matrix_instr_nonkdim": 16, "kpack": max(TARGETS[target].kpacks)}
         big = {"num_warps": 4, "num_stages": 2, **amd}
         return {
             "gate_up": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, **big},
@@ -65,7 +65,7 @@ def _default_configs(target: str) -> dict:
             "ddown_bwd": {"BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_S": 64, **big},
             "dgate_up_bwd": {"BLOCK_P": 64, "BLOCK_Q": 64, "BLOCK_S": 64, **big},
         }
-    if target in CUDA_TARGETS:
+    if TARGETS[target].backend == "cuda":
         return {
             "gate_up": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 4},
             "gate_up_small": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},
@@ -98,7 +98,8 @@ def experts_plan(spec: Spec, dtype: str = "fp32", target: str = "cpu") -> Kernel
                  "GROUPS_P2": triton.next_power_of_2(m.moe.num_experts + 1), "ptr": DTYPE_PTR[dtype], "dtype": dtype}
     configs = {f"{name}_{suffix}": config for suffix, config in _default_configs(target).items()}
     configs[f"{name}_dispatch"] = {"CHUNK": 64 if target == "cpu" else 256, "num_warps": 4}
-    return KernelPlan(name=name, family="moe", template="moe_experts.py.jinja", constants=constants, configs=configs)
+    return KernelPlan(name=name, family="moe", template="moe_experts.py.jinja", role="moe_experts",
+                      constants=constants, configs=configs)
 
 
 def _keep(config: dict, target: str) -> bool:
@@ -106,25 +107,26 @@ def _keep(config: dict, target: str) -> bool:
     m = config.get("BLOCK_M", config.get("BLOCK_P", 64))
     n = config.get("BLOCK_N", config.get("BLOCK_Q", 64))
     k = config.get("BLOCK_K", config.get("BLOCK_S", 64))
-    if target in HIP_TARGETS and config.get("matrix_instr_nonkdim") == 32 and min(m, n) < 32:
+    amd = TARGETS[target].is_amd
+    if amd and config.get("matrix_instr_nonkdim") == 32 and min(m, n) < 32:
         return False  # 32x32 MFMA needs 32-wide tiles
     stage_bytes = 2 * (m * k + 2 * k * n)  # gate_up loads two B tiles
-    limit = {"mi300x": 64 * 1024, "mi355x": 160 * 1024}.get(target, 227 * 1024)
-    return stage_bytes * max(1, config.get("num_stages", 2) - (0 if target in HIP_TARGETS else 1)) <= limit
+    return stage_bytes * max(1, config.get("num_stages", 2) - (0 if amd else 1)) <= TARGETS[target].shared_bytes
 
 
 def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
     suffix = kernel[len(plan.name) + 1:]
-    if plan.family != "moe" or plan.template == "moe_router.py.jinja":
+    if plan.role == "moe_router":
         return [{"num_warps": w} for w in (1, 2, 4)]
     if suffix == "dispatch":
         return [{"CHUNK": c, "num_warps": w} for c in (128, 256, 512) for w in (4, 8)]
     # gate_up's BLOCK_M is the dispatch tile of its whole path (down and the backward reuse it), and
     # a static ranking cannot weigh its weight re-reads: it stays at the plan's default until a
     # measured run can compare whole paths
-    block_ms = [plan.configs[kernel]["BLOCK_M"]] if kernel in plan.configs and "BLOCK_M" in plan.configs[kernel] else [16]
-    if target in HIP_TARGETS:
-        kpacks = [1] if target == "mi355x" else [1, 2]
+    default = plan.configs.get(kernel, {})
+    block_ms = [default["BLOCK_M"]] if "BLOCK_M" in default else [16]
+    if TARGETS[target].is_amd:
+        kpacks = TARGETS[target].kpacks
         options = [{"num_warps": w, "num_stages": s, "waves_per_eu": wpe, "matrix_instr_nonkdim": nk, "kpack": kp}
                    for w in (4, 8) for s in (2, 3) for wpe in (0, 1, 2) for nk in (16, 32) for kp in kpacks]
     else:
@@ -151,7 +153,7 @@ def bucket_tile(plan: KernelPlan, kernel: str):
     program; gate_up tiles them by its BLOCK_M; the GEMMs after it by the path's dispatch tile (a constant
     of the AOT entry, the default gate_up BLOCK_M); the weight gradients and the dispatch loop over the
     slots inside their programs (None)."""
-    if plan.template == "moe_router.py.jinja":
+    if plan.role == "moe_router":
         return 1
     suffix = kernel[len(plan.name) + 1:]
     if suffix.startswith("gate_up"):
@@ -160,3 +162,6 @@ def bucket_tile(plan: KernelPlan, kernel: str):
         return None
     path = "gate_up_small" if suffix.endswith("_small") else "gate_up"
     return int(plan.configs[f"{plan.name}_{path}"]["BLOCK_M"])
+
+
+FAMILY = KernelFamily("moe", plans, config_space, buckets, bucket_tile)

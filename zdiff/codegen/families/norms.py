@@ -9,7 +9,8 @@ from __future__ import annotations
 import triton
 
 from ...spec import Spec
-from ..plan import DTYPE_PTR, KernelPlan
+from ...targets import TARGETS
+from ..plan import DTYPE_PTR, KernelFamily, KernelPlan
 
 
 def _warps(block_d: int) -> int:
@@ -35,14 +36,14 @@ def norm_plan(kind: str, d: int, dtype: str = "fp32", rows: int = 16) -> KernelP
     name = f"{kind}_d{d}"
     config = {"num_warps": _warps(block)}
     return KernelPlan(
-        name=name, family="norms", template=f"{kind}.py.jinja",
+        name=name, family="norms", template=f"{kind}.py.jinja", role=kind,
         constants={"D": d, "BLOCK_D": block, "ptr": DTYPE_PTR[dtype], "dtype": dtype},
         configs={f"{name}_fwd": config, f"{name}_bwd": {"ROWS": rows, **config}},
     )
 
 
 def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
-    warps = [2, 4, 8, 16] if target in ("h100", "h200", "cpu") else [2, 4, 8]  # 16 wave64s would be 1024 lanes
+    warps = [w for w in (2, 4, 8, 16) if w <= TARGETS[target].max_warps]
     if kernel.endswith("_bwd"):
         return [{"ROWS": rows, "num_warps": w} for rows in (4, 16, 64) for w in warps]
     return [{"num_warps": w} for w in warps]
@@ -56,3 +57,6 @@ def buckets(plan: KernelPlan, kernel: str) -> list[int]:
 def bucket_tile(plan: KernelPlan, kernel: str):
     """Autotune's static score: one row per forward program, ROWS per backward program."""
     return "ROWS" if kernel.endswith("_bwd") else 1
+
+
+FAMILY = KernelFamily("norms", plans, config_space, buckets, bucket_tile)

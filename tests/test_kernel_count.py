@@ -1,0 +1,56 @@
+"""Kernels per layer of one decode step of the generated model (zaya1-tiny, CCGQA + MLP router), pinned: the
+difference between a 4-layer and a 2-layer model, so it is exactly what one more layer launches. Counted with a
+TorchDispatchMode (torch ops that run a kernel) and a Triton launch counter, the Triton kernels not executed
+(tests/launch_counter.py). Lower it deliberately when a fusion lands; it must never grow silently."""
+
+import dataclasses
+
+import torch
+
+from launch_counter import count_launches
+from zdiff.codegen.compile import compile_spec
+from zdiff.codegen.render import load_module
+from zdiff.generation.cache import DecodeCache
+from zdiff.pattern import BatchLayout, decode_pattern
+from zdiff.runtime import build_model
+from zdiff.spec import load_spec
+
+# issue 11 measured 32 before (24 torch ops + 8 Triton launches): the router's RMSNorm ran as 6 torch ops, q and
+# k as two GEMMs and a cat, a missing predecessor's value as a zeros + GEMV, the grouped-conv weight was
+# permuted and the predecessors converted in every layer
+TORCH_OPS_PER_LAYER = {"addcmul": 1, "addmm": 3, "gelu": 2, "mm": 5}  # router MLP 6, q|k, delayed, current, o
+TRITON_PER_LAYER = 9  # 2 residual+norm, router norm, router tail, CCA, attention, dispatch, gate_up, down
+
+
+def _decode_step_counts(tmp_path, layers):
+    spec = load_spec("zaya1-tiny")
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, num_layers=layers))
+    out = tmp_path / f"layers{layers}"
+    compile_spec(spec, "cpu", out, aot=False, check_targets=False, log=lambda *_: None)
+    model = load_module(out / "model.py", f"count_{tmp_path.name}_{layers}").GeneratedTransformer(spec.model)
+    model.load_state_dict(build_model(spec.model, seed=0).state_dict())
+    block, C, drafts, batch = spec.diffusion.block_size, 12, 4, 2
+    pattern = decode_pattern(C, drafts, block, tuple(a for a in spec.diffusion.acceptance_levels if a <= drafts))
+    cache = DecodeCache(spec.model, batch, 64)
+    cache.lengths = [C] * batch
+    predecessors = cache.state_predecessors(0) + [cache.extended_index(0, int(p))
+                                                  for p in pattern.predecessors()[C:]]
+    ids = torch.randint(0, 256, (batch, pattern.num_rows - C))
+    kwargs = dict(positions=pattern.positions()[C:], predecessors=torch.tensor(predecessors), cache=cache,
+                  layout=BatchLayout.of_patterns([pattern] * batch, block))
+    with torch.no_grad():
+        with count_launches(execute=False):
+            model.forward_full(ids, **kwargs)  # the steady state: derived weights are made on the first call
+        with count_launches(execute=False) as counter:
+            model.forward_full(ids, **kwargs)
+    return counter
+
+
+def test_kernels_per_decode_layer_are_pinned(tmp_path):
+    two, four = _decode_step_counts(tmp_path, 2), _decode_step_counts(tmp_path, 4)
+    torch_ops = {name.split(".")[0]: (four.torch_ops[name] - two.torch_ops[name]) / 2
+                 for name in four.torch_ops | two.torch_ops}
+    torch_ops = {name: n for name, n in torch_ops.items() if n}
+    triton = sum(four.triton.values()) - sum(two.triton.values())
+    assert torch_ops == TORCH_OPS_PER_LAYER, torch_ops
+    assert triton / 2 == TRITON_PER_LAYER, dict(four.triton)
