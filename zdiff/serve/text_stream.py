@@ -8,7 +8,8 @@ is new. Two things are held back until later tokens settle them:
   chunk completes, and text a client has received cannot be taken back.
 So the concatenated deltas equal the text of a non-streamed request, and a stop string is
 found wherever the engine's chunk boundaries fall. The completion ends *before* the stop
-string (it is not returned), as OpenAI's does; its tokens end with the one that completed the
+string that is completed first (the longest of those completed at the same character, e.g.
+"\n\n" over "\n"), which is not returned, as OpenAI's is not; its tokens end with the one that completed the
 stop string (what usage counts).
 """
 
@@ -36,12 +37,12 @@ class TextStream:
         text = self.decode(self.tokens)
         # where a stop string could start: not inside text already sent (it held no stop)
         search_from = max(0, len(self.sent) - max((len(s) for s in self.stops), default=0) + 1)
-        hits = [i for i in (text.find(stop, search_from) for stop in self.stops) if i >= 0]
+        hits = [(i + len(stop), i) for stop in self.stops for i in [text.find(stop, search_from)] if i >= 0]
         if hits:
+            # the stop string completed first (then the longest): the same cut whatever the chunking
+            end, start = min(hits)
             self.stopped = True
-            start = min(hits)
-            stop = next(s for s in self.stops if text.startswith(s, start))
-            self._keep_tokens_through(start + len(stop), before)
+            self._keep_tokens_through(end, before)
             return self._advance(text[:start])
         if not finished:
             text = text.rstrip(REPLACEMENT)
