@@ -312,7 +312,5 @@ def test_serve_cli_refuses_bad_flags(tmp_path):
     from zdiff.cli import build_parser
 
     assert build_parser().parse_args(["serve", "ck"]).host == "127.0.0.1"
-    bad = run_cli("serve", tmp_path / "missing")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "checkpoint directory not found" in bad.stderr
     bad = run_cli("serve", tmp_path, "--max-slots", "0")
-    assert bad.returncode == 2 and "--max-slots must be at least 1, got 0" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "zdiff: error: --max-slots must be at least 1, got 0\n"

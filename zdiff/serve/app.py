@@ -264,6 +264,8 @@ class _Run:
                 text = "".join([t async for t, _ in deltas])
         except _ClientGone:
             return Response(status_code=499)  # nobody is listening; the slot is already given back
+        except EngineFailed as err:
+            raise APIError(500, str(err), kind="server_error") from None
         ids = self.text.tokens if self.body.return_token_ids else None
         return self.fmt.response(text, self._finish_reason(), self._final_usage(), ids)
 
@@ -276,6 +278,9 @@ class _Run:
                     if text or (self.body.return_token_ids and ids):
                         yield sse(self.fmt.chunk(text, token_ids=ids if self.body.return_token_ids else None))
         except _ClientGone:
+            return
+        except EngineFailed as err:  # the status line has gone out: report it in the stream, as vLLM does
+            yield sse(error_object(str(err), kind="server_error"))
             return
         yield sse(self.fmt.chunk("", finish_reason=self._finish_reason()))
         usage = self._final_usage()

@@ -137,6 +137,11 @@ class EngineWorker:
                     self._release()
                     submission.post(err)
                     continue
+                except Exception as exc:  # noqa: BLE001 - a bug in add() fails this request, not the thread
+                    log.exception("engine.add failed")
+                    self._release()
+                    submission.post(EngineFailed(f"the engine could not take the request: {type(exc).__name__}: {exc}"))
+                    continue
                 self._live[submission.request_id] = submission
                 submission.post(ACCEPTED)
             elif command[1].request_id in self._live:  # "cancel"; a finished request has nothing to free
