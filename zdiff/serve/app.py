@@ -25,6 +25,7 @@ from .worker import EngineFailed, EngineWorker, QueueFull, Submission, Update
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
 RETRY_AFTER_SECONDS = 1
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 # engine field names in its one-line errors -> the request field a client sets
 ENGINE_FIELDS = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
                  "mix_weight": "mix_weight", "seed": "seed", "mode": "mode", "sampler": "sampler", "prompt": "prompt"}
@@ -72,8 +73,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 
 def _engine_error(err: ZdiffError, prompt_param: str) -> APIError:
     message = str(err)
-    named = [name for name in ENGINE_FIELDS if re.search(rf"\b{name}\b", message)]
-    param = ENGINE_FIELDS[named[0]] if named else None
+    field = re.match(r"^(\w+):", message)  # the engine's errors start with the field they are about
+    param = ENGINE_FIELDS.get(field.group(1)) if field else None
     for engine_name, api_name in ENGINE_FIELDS.items():  # speak the client's field names
         message = re.sub(rf"\b{engine_name}\b", api_name, message)
     return APIError(400, message, param=prompt_param if param == "prompt" else param)
@@ -91,7 +92,8 @@ class _CountRequests:
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                self.metrics.requests.labels(scope["path"], str(message["status"])).inc()
+                path = scope["path"] if scope["path"] in ENDPOINTS else "other"  # bounded label values
+                self.metrics.requests.labels(path, str(message["status"])).inc()
             await send(message)
 
         return await self.app(scope, receive, counting_send)
@@ -146,8 +148,14 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
                                             "owned_by": "zdiff", "max_model_len": served.max_len}]}
 
+    def served_model(body: SamplingRequest) -> None:
+        if body.model != served.name:
+            raise APIError(404, f"model: this server serves {served.name!r}, got {body.model!r}", param="model",
+                           code="model_not_found")
+
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request):
+        served_model(body)
         if isinstance(body.prompt, str):
             prompt = served.tokenizer.encode(body.prompt).tolist()
         else:
@@ -156,6 +164,7 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        served_model(body)
         if served.chat_template is None:
             raise APIError(400, f"model {served.name} has no chat template (no chat_template in its "
                            "tokenizer_config.json); use /v1/completions", param="messages")
@@ -167,11 +176,6 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
 
     async def _generate(request: Request, body: SamplingRequest, prompt: list[int], chat: bool):
         prompt_param = "messages" if chat else "prompt"
-        if body.model != served.name:
-            raise APIError(404, f"model: this server serves {served.name!r}, got {body.model!r}", param="model",
-                           code="model_not_found")
-        if not prompt:
-            raise APIError(400, f"{prompt_param}: must not be empty", param=prompt_param)
         max_tokens = body.requested_max_tokens
         if max_tokens is None:
             max_tokens = max(served.max_len - len(prompt), 1) if chat else COMPLETION_DEFAULT_MAX_TOKENS
