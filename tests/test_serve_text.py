@@ -95,3 +95,27 @@ def test_request_fields_map_onto_engine_params():
     assert err.value.param == "temperature"
     seeds = {engine_params(CompletionRequest(model="m", prompt="x"), defaults, 7, ()).seed for _ in range(4)}
     assert len(seeds) > 1  # no seed: a fresh one per request, as OpenAI samples
+
+
+HF_STYLE = """{%- set ns = namespace(system='') -%}
+{%- for m in messages -%}{%- if m.role == 'system' -%}{%- set ns.system = m.content -%}{%- endif -%}{%- endfor -%}
+{{ bos_token }}{% if ns.system %}<sys>{{ ns.system | tojson }}</sys>{% endif %}
+{% for m in messages if m.role != 'system' %}
+  {% if loop.index0 > 5 %}{% break %}{% endif %}
+  {% if m.role == 'assistant' %}<a>{% generation %}{{ m.content | trim }}{% endgeneration %}{{ eos_token }}
+  {% else %}<u>{{ m.content }}{% if tools is not none %}[tools]{% endif %}</u>
+  {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}<a>{% endif %}"""
+
+
+def test_chat_template_renders_what_transformers_renders():
+    chat_utils = pytest.importorskip("transformers.utils.chat_template_utils")
+    messages = [{"role": "system", "content": 'Say "<ok>" & stop'}, {"role": "user", "content": "héllo"},
+                {"role": "assistant", "content": "  hi \n"}, {"role": "user", "content": "again"}]
+    tokens = dict(bos_token="<s>", eos_token="</s>")
+    ours = ChatTemplate(HF_STYLE, **tokens).render(messages)
+    (theirs,), _ = chat_utils.render_jinja_template([messages], chat_template=HF_STYLE, add_generation_prompt=True,
+                                                    **tokens)
+    assert ours == theirs
+    assert '<sys>"Say \\"<ok>\\" & stop"</sys>' in ours and "[tools]" not in ours and ours.endswith("<a>")

@@ -3,8 +3,10 @@
 Where the template comes from, first found wins: `chat_template.jinja` (newer transformers
 save it on its own), else `chat_template` in tokenizer_config.json (a string, or a list of
 named templates of which "default" is used). Rendering uses Jinja2's immutable sandbox with
-trim_blocks / lstrip_blocks, the `raise_exception` and `strftime_now` globals and a `tojson`
-filter, as transformers does, so templates written for HF tokenizers render the same text.
+trim_blocks / lstrip_blocks, loop controls, `{% generation %}` blocks, the `raise_exception`,
+`strftime_now` and `dict` globals, transformers' `tojson` filter and `tools` / `documents`
+set to None, as transformers' apply_chat_template does (tested against it), so templates
+written for HF tokenizers render the same text.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ZdiffError
@@ -37,12 +41,34 @@ def _special_token(value) -> str:
     return value or ""
 
 
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    """transformers' `tojson`: no HTML escaping (Jinja's own filter escapes <, >, &)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+class _GenerationBlocks(Extension):
+    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks in
+    transformers; for serving it renders its body unchanged."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", origin: str = "template"):
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=[_GenerationBlocks, "jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.globals["dict"] = dict
         try:
             self.template = env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
@@ -70,7 +96,7 @@ class ChatTemplate:
     def render(self, messages: list[dict]) -> str:
         """The prompt text, ending where the assistant's answer starts (add_generation_prompt)."""
         try:
-            return self.template.render(messages=messages, add_generation_prompt=True,
+            return self.template.render(messages=messages, tools=None, documents=None, add_generation_prompt=True,
                                         bos_token=self.bos_token, eos_token=self.eos_token)
         except ChatTemplateError:
             raise
