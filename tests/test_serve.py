@@ -1,12 +1,13 @@
 """`zdiff serve` end to end: the official `openai` client against live servers on localhost.
 
-A random-weight zaya1-tiny checkpoint (byte-level vocabulary, CPU). Three servers: `server`
-(chat template, 4 slots), `guarded` (no chat template, --api-key, 1 slot + 1 queued request)
-and one that the SIGTERM test stops. Every request is bounded (a few dozen tokens at most),
+A random-weight zaya1-tiny checkpoint (byte-level vocabulary, CPU). Two servers: `server`
+(chat template, 4 slots) and `guarded` (no chat template, --api-key, 1 slot + 1 queued
+request), which the SIGTERM test stops at the end. Every request is bounded (a few dozen tokens at most),
 every client has a timeout and no retries, so a hang fails the test instead of CI.
 """
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -286,31 +287,27 @@ def test_queue_full_and_disconnects_free_slots(guarded):
     assert c.completions.create(model=MODEL, prompt="ok", max_tokens=3).usage.completion_tokens >= 1
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(checkpoints):
-    _, plain, root = checkpoints
-    live = ServerProcess(plain, "--max-slots", "2", "--served-model-name", MODEL, log=root / "sigterm.log",
-                         env=child_env(REPO)).start()
-    try:
-        stream = client(live).completions.create(model=MODEL, prompt="import sys", max_tokens=12, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True},
-                                                 extra_body={"return_token_ids": True})
-        chunks = iter(stream)
-        first = next(chunks)
-        live.process.send_signal(15)
-        text, ids, finish, usage = stream_text(chunks)
-        ids = first.choices[0].model_extra["token_ids"] + ids
-        assert finish in ("length", "stop") and len(ids) == usage.completion_tokens
-        assert finish == "stop" or len(ids) == 12
-        assert live.terminate(timeout=60) == 0, live.log()[-2000:]
-        assert "Application shutdown complete" in live.log()
-    finally:
-        if live.process.poll() is None:
-            live.process.kill()
+def test_sigterm_drains_in_flight_requests_and_exits_0(guarded):
+    """Stops the `guarded` server: keep this the last test that uses it."""
+    stream = client(guarded, key=KEY).completions.create(
+        model=MODEL, prompt="import sys", max_tokens=6, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"return_token_ids": True})
+    chunks = iter(stream)
+    first = next(chunks)
+    guarded.process.send_signal(signal.SIGTERM)
+    text, ids, finish, usage = stream_text(chunks)
+    ids = first.choices[0].model_extra["token_ids"] + ids
+    assert finish in ("length", "stop") and len(ids) == usage.completion_tokens
+    assert finish == "stop" or len(ids) == 6
+    assert guarded.terminate(timeout=60) == 0, guarded.log()[-2000:]
+    assert "Application shutdown complete" in guarded.log()
+    with pytest.raises(openai.APIConnectionError):  # no longer listening
+        client(guarded, key=KEY).models.list()
 
 
-def test_serve_cli_refuses_bad_flags(tmp_path):
-    from zdiff.cli import build_parser
+def test_serve_cli_refuses_bad_flags(tmp_path, capsys):
+    from zdiff.cli import build_parser, main
 
     assert build_parser().parse_args(["serve", "ck"]).host == "127.0.0.1"
-    bad = run_cli("serve", tmp_path, "--max-slots", "0")
-    assert bad.returncode == 2 and bad.stderr == "zdiff: error: --max-slots must be at least 1, got 0\n"
+    assert main(["serve", str(tmp_path), "--max-slots", "0"]) == 2
+    assert capsys.readouterr().err == "zdiff: error: --max-slots must be at least 1, got 0\n"
