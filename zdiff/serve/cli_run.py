@@ -25,9 +25,9 @@ def _import_server_packages():
 def parse_proposals(value: str):
     if value == "auto":
         return value
-    if value.isdigit() and int(value) >= 1:
+    if value.isdigit():  # 0: TiDAR steps without proposal blocks
         return int(value)
-    raise ZdiffError(f"--proposals must be 'auto' or a positive integer, got {value!r}")
+    raise ZdiffError(f"--proposals must be auto or an integer >= 0, got {value!r}")
 
 
 def run_serve(args) -> int:
