@@ -40,17 +40,20 @@ class SamplingParams:
 
 
 def processed_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, banned ids, top-k and top-p as -inf masking, in fp32 (same for p and q).
-
-    The arithmetic lives in `batched_sampling.process_logits` (the engine's), so both agree."""
-    from .batched_sampling import process_logits
-
-    device = logits.device
-    banned = torch.tensor(params.banned, dtype=torch.long, device=device) if params.banned else None
-    filtered = bool(params.top_k) or params.top_p < 1.0
-    return process_logits(logits, torch.tensor(params.temperature, device=device),
-                          torch.tensor(params.top_k, device=device), torch.tensor(params.top_p, device=device),
-                          banned, filtered)
+    """Temperature, banned ids, top-k and top-p as -inf masking, in fp32 (same for p and q)."""
+    z = logits.float() / params.temperature
+    if params.banned:
+        z[..., list(params.banned)] = float("-inf")
+    if params.top_k and params.top_k < z.shape[-1]:
+        kth = torch.topk(z, params.top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly before each token
+        drop_sorted = before >= params.top_p  # the first token is always kept
+        z = z.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    return z
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
