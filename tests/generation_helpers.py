@@ -1,8 +1,11 @@
 """A tiny model with a 8-token vocabulary (id 7 is the mask) whose distributions are far from uniform."""
 
+import itertools
+
 import torch
 
 from zdiff.runtime import Transformer, init_weights
+from zdiff.generation import sampling
 from zdiff.spec import parse_spec
 
 TINY_VOCAB_SPEC = """
@@ -45,3 +48,24 @@ def chi_square_p_value(counts: torch.Tensor, expected_probs: torch.Tensor) -> fl
     stat = ((counts - expected) ** 2 / expected).sum()
     dof = len(counts) - 1
     return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat / 2))
+
+
+def exact_ar_distribution(model, prompt, length, params, mask=7):
+    """P(x_1..x_length | prompt) for every sequence, by enumeration (mask id excluded)."""
+    vocab = [t for t in range(model.spec.vocab_size) if t != mask]
+    table = {}
+    for seq in itertools.product(vocab, repeat=length):
+        prob = 1.0
+        for j in range(length):
+            logits = model(torch.tensor([prompt + list(seq[:j])]))[0, -1]
+            prob *= sampling.probabilities(logits, params)[seq[j]].item()
+        table[seq] = prob
+    return table
+
+
+def counts_against(tokens, table):
+    index = {seq: i for i, seq in enumerate(table)}
+    counts = torch.zeros(len(table))
+    for t in tokens:
+        counts[index[tuple(t)]] += 1
+    return counts, torch.tensor(list(table.values()))

@@ -1,13 +1,11 @@
 """Generation: the cache equals brute force, greedy TiDAR equals greedy AR, and the samplers
 are checked as the mathematical claims they are (goodness of fit against exact enumeration)."""
 
-import itertools
-
 import pytest
 import torch
 
 from conftest import assert_close
-from generation_helpers import chi_square_p_value, tiny_vocab_model
+from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_vocab_model
 from zdiff.generation import DecodeCache, SamplingParams, generate
 from zdiff.generation import loop as loop_module
 from zdiff.generation import sampling
@@ -78,44 +76,23 @@ def test_greedy_tidar_equals_greedy_ar_on_ragged_batch(verifier):
         assert ids[0, len(prompt):].tolist() == tokens
 
 
-def _exact_ar_distribution(model, prompt, length, params):
-    """P(x_1..x_length | prompt) for every sequence, by enumeration (mask id excluded)."""
-    vocab = [t for t in range(model.spec.vocab_size) if t != MASK]
-    table = {}
-    for seq in itertools.product(vocab, repeat=length):
-        prob = 1.0
-        for j in range(length):
-            logits = model(torch.tensor([prompt + list(seq[:j])]))[0, -1]
-            prob *= sampling.probabilities(logits, params)[seq[j]].item()
-        table[seq] = prob
-    return table
-
-
-def _counts(tokens, table):
-    index = {seq: i for i, seq in enumerate(table)}
-    counts = torch.zeros(len(table))
-    for t in tokens:
-        counts[index[tuple(t)]] += 1
-    return counts, torch.tensor(list(table.values()))
-
-
 @pytest.fixture(scope="module")
 def exact3():
     model, spec = tiny_vocab_model(seed=0)
     params = SamplingParams(kind="lossless", banned=(MASK,))  # generate() bans the mask token too
     with torch.no_grad():
-        return model, spec, _exact_ar_distribution(model, PROMPT, 3, params)
+        return model, spec, exact_ar_distribution(model, PROMPT, 3, params)
 
 
 N_SAMPLES = 4000
 
 
-def test_lossless_tidar_matches_exact_ar_distribution(exact3):
+def test_lossless_tidar_matchesexact_ar_distribution(exact3):
     model, spec, table = exact3
     result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
                       mode="tidar", max_new_tokens=3, seed=11)
     assert sum(result.forward_passes) < 3 * N_SAMPLES  # drafts really were accepted
-    counts, probs = _counts(result.tokens, table)
+    counts, probs = counts_against(result.tokens, table)
     assert chi_square_p_value(counts, probs) > 1e-3
 
 
@@ -139,7 +116,7 @@ def test_the_exactness_test_rejects_broken_acceptance_rules(exact3, monkeypatch,
     monkeypatch.setattr(loop_module, "verify_stochastic", {"accept_all": accept_all, "resample_from_p": resample_from_p}[broken])
     result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
                       mode="tidar", max_new_tokens=3, seed=11)
-    counts, probs = _counts(result.tokens, table)
+    counts, probs = counts_against(result.tokens, table)
     assert chi_square_p_value(counts, probs) < 1e-6
 
 
@@ -166,9 +143,9 @@ def test_logit_mix_matches_its_mixed_target():
                 plain[(c, x)] = p_c[c].item() * ar[x].item()
     result = generate(model, [PROMPT] * N_SAMPLES, params, diffusion=spec.diffusion, mode="tidar",
                       max_new_tokens=2, seed=5)
-    counts, probs = _counts(result.tokens, mixed)
+    counts, probs = counts_against(result.tokens, mixed)
     assert chi_square_p_value(counts, probs) > 1e-3
-    counts, probs = _counts(result.tokens, plain)
+    counts, probs = counts_against(result.tokens, plain)
     assert chi_square_p_value(counts, probs) < 1e-6  # and it is not the lossless distribution
 
 

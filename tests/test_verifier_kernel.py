@@ -212,3 +212,43 @@ def test_fused_verifier_compiles_ahead_of_time_without_spills():
     assert len(reports) == 4 * 2 * len(kernels)  # every target, stochastic and greedy
     for r in reports:
         assert r["spills"] == 0 and r["registers"] > 0 and r["binary_bytes"] > 1000 and r["occupancy"] >= 1, r
+
+
+@pytest.mark.parametrize("kind,mix", [("lossless", 1.0), ("logit_mix", 1.0), ("logit_mix", 0.0), ("logit_mix", 0.5)])
+def test_masked_logits_are_exact_not_nan(kind, mix):
+    """Logits of -inf (top-k / banned masks applied by a caller) in the target and the drafts: the fused
+    verifier must not form 0 * -inf (which made every draft pass); it equals the reference draw for draw."""
+    B, M, V = 6, 3, 40
+    params, ar, draft, _, drafts, num, uniforms, gumbel = _case(B, M, V, "lossless", seed=7)
+    params = SamplingParams(kind=kind, mix_weight=mix, temperature=0.8, banned=(7,))
+    masked = torch.rand(B, M + 1, V, generator=torch.Generator().manual_seed(3)) < 0.4
+    masked[..., :3] = False  # keep a few ids alive in every row
+    ar = ar.masked_fill(masked, float("-inf"))
+    draft = draft.masked_fill(masked[:, :M], float("-inf"))
+    q = sampling.probabilities(draft, params)
+    drafts = torch.stack([torch.multinomial(q[b], 1).squeeze(-1) for b in range(B)])
+    to = dict(device=DEVICE)
+    accepted, token = fused_verify(ar.to(**to), draft.to(**to), drafts.to(**to), num.to(**to), params,
+                                   uniforms=uniforms.to(**to), gumbel=gumbel.to(**to), block_v=16)
+    for b in range(B):
+        m = int(num[b])
+        target = sampling.target_probs(ar[b, : m + 1], draft[b, :m], params)
+        assert torch.isfinite(target).all()
+        expected = sampling.verify_stochastic(target, q[b, :m], drafts[b, :m], uniforms[b, :m], gumbel[b, : m + 1])
+        assert (int(accepted[b]), int(token[b])) == expected, (kind, mix, b)
+        assert not masked[b, int(accepted[b]), int(token[b])]  # never a masked id
+
+
+@pytest.mark.parametrize("bad", [-1, 40, 41])
+def test_draft_ids_outside_the_vocabulary_are_refused(bad):
+    B, M, V = 3, 2, 40
+    params, ar, draft, q, drafts, num, uniforms, gumbel = _case(B, M, V, "lossless", seed=9)
+    num[:] = M
+    drafts[1, 1] = bad
+    with pytest.raises(ZdiffError, match=r"drafts: ids must be in \[0, 40\)"):
+        fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params)
+    target = sampling.target_probs(ar[1], draft[1], params)
+    with pytest.raises(ZdiffError, match=r"drafts: ids must be in \[0, 40\)"):
+        sampling.verify_stochastic(target, q[1], drafts[1], uniforms[1], gumbel[1])
+    num[1] = 1  # a padded entry past num_drafts is not a draft: no error
+    fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params)

@@ -1,26 +1,95 @@
 """The `zdiff` command line (also `python -m zdiff`).
 
-Every user error is a ZdiffError: one line on stderr, exit status 2, no traceback.
+Every user error is a ZdiffError: one line on stderr, exit status 2, no traceback. Numbers are
+range-checked when parsed (bounds: zdiff.limits), so a bad flag fails before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 
-from . import __version__
+from . import __version__, limits
 from .errors import ZdiffError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+COMPILE_TARGETS = ("mi300x", "mi355x", "h100", "h200", "cpu")
+GPU_TARGETS = COMPILE_TARGETS[:-1]
+MAX_SEED = 2**63 - 1
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`zdiff: error: --flag must ...`) and exit status 2 like every
+    other error, phrased as zdiff phrases its own."""
+
+    def error(self, message):
+        flag = re.match(r"argument (\S+?)(?:/\S+)?: (.*)$", message, re.DOTALL)
+        if not flag:  # "the following arguments are required: spec", "unrecognized arguments: ..."
+            raise ZdiffError(message if self.prog == "zdiff" else f"{self.prog}: {message}")
+        name, reason = flag.groups()
+        choice = re.match(r"invalid choice: (.*?) \(choose from (.*)\)$", reason, re.DOTALL)
+        if choice:
+            reason = f"must be one of {choice.group(2).replace(chr(39), '')}, got {choice.group(1)}"
+        raise ZdiffError(f"{name} {reason}")
+
+
+def _out_of_range(value, low, high, low_open: bool = False) -> str | None:
+    """Why `value` is outside [low, high] (or (low, high]); None inside."""
+    if low_open and value <= low:
+        return "must be positive" if low == 0 else f"must be greater than {low:g}"
+    if value < low:
+        return "must not be negative" if low == 0 else f"must be at least {low:g}"
+    if value > high:
+        return f"must be at most {high:g}"
+    return None
+
+
+def _int_in(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        reason = _out_of_range(value, low, high)
+        if reason:
+            raise argparse.ArgumentTypeError(f"{reason}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _proposals(text: str) -> int | str:
+    """--proposals: auto, or a block count (checked against the spec's levels when the engine starts)."""
+    if text == "auto":
+        return text
+    return _int_in(0, limits.SPEC_MAXIMUM["diffusion.proposals"])(text)
+
+
+def _float_in(low: float, high: float, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        reason = _out_of_range(value, low, high, low_open)
+        if reason:
+            raise argparse.ArgumentTypeError(f"{reason}, got {value:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def _cmd_check(args) -> int:
     from .report import format_summary, spec_summary
     from .spec import load_spec
 
-    if args.context < 0:
-        raise ZdiffError(f"--context must not be negative, got {args.context}")
     spec = load_spec(args.spec)
     summary = spec_summary(spec, context=args.context, dtype_bytes=2 if args.dtype != "fp32" else 4)
     print(json.dumps(summary, indent=2) if args.json else format_summary(spec, summary))
@@ -33,31 +102,49 @@ def _cmd_import(args) -> int:
     from .checkpoint.hf_import import import_hf
 
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
-    spec = import_hf(args.hf_dir, args.out_dir, force=args.force, dtype=dtype)
+    spec = import_hf(args.hf_dir, args.out_dir, force=args.force, dtype=dtype, allow_nonfinite=args.allow_nonfinite)
     print(f"imported {spec.name} ({spec.model.attention.kind}, {spec.model.num_layers} layers) -> {args.out_dir}")
     return 0
 
 
 def _cmd_compile(args) -> int:
     from .codegen.compile import compile_spec
-    from .spec import load_spec
+    from .spec import load_spec, resolve_spec_path
 
     spec = load_spec(args.spec)
-    compile_spec(spec, args.target, args.out or f"build/{spec.name}/{args.target}", force=args.force)
+    compile_spec(spec, args.target, args.out or f"build/{spec.name}/{args.target}", force=args.force,
+                 inputs=(resolve_spec_path(args.spec),))
     return 0
 
 
 def _cmd_train(args) -> int:
+    from .outputs import output_lock, resolve_output
     from .train import TrainConfig, train
 
+    # a run directory is written into, not replaced: it must not overlap what it reads, and one run at a time
+    resolve_output(args.out, inputs=(args.init, None if args.data == "stdlib" else args.data), replaces=False)
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
-    train(TrainConfig(**fields), resume=args.resume)
+    with output_lock(args.out):
+        train(TrainConfig(**fields), resume=args.resume)
     return 0
 
 
 def _cmd_generate(args) -> int:
+    from pathlib import Path
+
     from .generation.cli_run import run_generate
 
+    if args.mix_weight is not None:
+        kind = args.sampler
+        if kind is None and (Path(args.checkpoint) / "spec.yaml").is_file():
+            from .spec import load_spec
+
+            kind = load_spec(Path(args.checkpoint) / "spec.yaml").sampler.kind
+        if kind is not None and kind != "logit_mix":
+            raise ZdiffError(f"--mix-weight only applies to --sampler logit_mix (the sampler is {kind})")
+    if len(args.prompt) > limits.MAX_PROMPTS:
+        raise ZdiffError(f"--prompt is given {len(args.prompt)} times, at most {limits.MAX_PROMPTS} "
+                         "(zdiff.limits.MAX_PROMPTS)")
     return run_generate(args)
 
 
@@ -69,11 +156,14 @@ def _cmd_serve(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .demo import DemoPlan, run_demo
+    from .outputs import output_lock, resolve_output
 
     names = ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows", "new_tokens")
     overrides = {name: getattr(args, name) for name in names}
     plan = DemoPlan(**{name: value for name, value in overrides.items() if value is not None})
-    summary = run_demo(out=args.out, plan=plan, prompt=args.prompt)
+    resolve_output(args.out, replaces=False)
+    with output_lock(args.out):  # one demo per directory: it replaces its ar/ and tidar/ runs
+        summary = run_demo(out=args.out, plan=plan, prompt=args.prompt)
     return 0 if summary["verdict"] == "PASS" else 1
 
 
@@ -101,21 +191,24 @@ def _cmd_autotune(args) -> int:
 
     check_environment()
     spec = load_spec(args.spec)
-    if args.target not in spec.targets:
+    if args.target not in spec.targets:  # --target is one of GPU_TARGETS (argparse), so adding it helps
         raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {args.target} to tune for it")
     autotune(spec, args.target, budget=args.budget, out=args.out)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zdiff", description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
+    L = limits
+    steps, seed = _int_in(1, L.MAX_STEPS), _int_in(0, MAX_SEED)
+    parser = _OneLineParser(prog="zdiff", description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
     parser.add_argument("--version", action="version", version=f"zdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="validate a spec; print parameter, FLOP and cache counts")
     check.add_argument("spec", help="spec YAML file, or a preset name (zaya1-8b, zaya1-tiny, qwen3-moe-tiny)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.add_argument("--context", type=int, default=4096, help="context length for the decode FLOP count")
+    check.add_argument("--context", type=_int_in(0, L.MAX_CONTEXT), default=4096,
+                       help="context length for the decode FLOP count")
     check.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="element type for cache sizes")
     check.set_defaults(run=_cmd_check)
 
@@ -124,11 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("out_dir")
     imp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     imp.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the file's dtype)")
+    imp.add_argument("--allow-nonfinite", action="store_true", help="import weights with NaN / inf (refused by default)")
     imp.set_defaults(run=_cmd_import)
 
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
     comp.add_argument("spec")
-    comp.add_argument("--target", required=True, help="mi300x, mi355x, h100, h200 or cpu (sources only)")
+    comp.add_argument("--target", required=True, choices=COMPILE_TARGETS, help="cpu: sources only")
     comp.add_argument("--out", help="output directory (default build/<spec name>/<target>)")
     comp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     comp.set_defaults(run=_cmd_compile)
@@ -139,36 +233,50 @@ def build_parser() -> argparse.ArgumentParser:
                     "this Python's standard library source")
     tr.add_argument("--mode", choices=["ar", "tidar"], required=True)
     tr.add_argument("--init", help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
-    tr.add_argument("--steps", type=int, required=True)
+    tr.add_argument("--steps", type=steps, required=True)
     tr.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    tr.add_argument("--batch-size", type=int, default=16, help="global batch (sequences per step)")
-    tr.add_argument("--seq-len", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--warmup", type=int, default=50)
-    tr.add_argument("--min-lr-ratio", type=float, default=0.1)
-    tr.add_argument("--weight-decay", type=float, default=0.1)
-    tr.add_argument("--clip", type=float, default=1.0)
+    tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16,
+                    help="global batch (sequences per step)")
+    tr.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), default=256)
+    tr.add_argument("--lr", type=_float_in(0.0, L.MAX_LR, low_open=True), default=1e-3)
+    tr.add_argument("--warmup", type=_int_in(0, L.MAX_STEPS), default=50)
+    tr.add_argument("--min-lr-ratio", type=_float_in(0.0, 1.0), default=0.1)
+    tr.add_argument("--weight-decay", type=_float_in(0.0, L.MAX_WEIGHT_DECAY), default=0.1)
+    tr.add_argument("--clip", type=_float_in(0.0, L.MAX_CLIP, low_open=True), default=1.0,
+                    help="gradient-norm clipping threshold")
     tr.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype (bf16: autocast)")
-    tr.add_argument("--checkpoint-every", type=int, default=100)
-    tr.add_argument("--eval-every", type=int, default=0)
-    tr.add_argument("--eval-windows", type=int, default=64)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--checkpoint-every", type=steps, default=100)
+    tr.add_argument("--eval-every", type=_int_in(0, L.MAX_STEPS), default=0)
+    tr.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), default=64)
+    tr.add_argument("--seed", type=seed, default=0)
     tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     tr.set_defaults(run=_cmd_train)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
     gen.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. RUN/final)")
-    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
+    gen.add_argument("--prompt", action="append", required=True, type=_prompt,
+                     help="repeat for a batch of prompts")
     gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
-    gen.add_argument("--mix-weight", type=float, help="logit_mix weight w (1 = lossless)")
-    gen.add_argument("--temperature", type=float)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
+    gen.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True),
+                     help="> 0 (for argmax decoding use --sampler greedy)")
+    gen.add_argument("--top-k", type=_int_in(0, L.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
+    gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), help="(0, 1]; 1: off")
     gen.add_argument("--mode", choices=["ar", "tidar"], default="tidar")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--verifier", choices=["reference", "fused"], default="reference")
+    gen.add_argument("--max-new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), default=64)
+    gen.add_argument("--seed", type=seed, default=0)
+    gen.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when a GPU is visible")
+    gen.add_argument("--backend", choices=["triton", "torch"],
+                     help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
+    gen.add_argument("--proposals", type=_proposals, default="auto",
+                     help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
+    gen.add_argument("--allow-nonfinite", action="store_true", help="load a checkpoint with NaN / inf weights")
+    gen.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE),
+                     help="engine slots (default: the number of prompts, at most 64)")
+    gen.add_argument("--loop", choices=["engine", "reference"], default="engine",
+                     help="the decode engine, or the host-driven reference loop (the oracle)")
+    gen.add_argument("--verifier", choices=["reference", "fused"], help="with --loop reference only")
     gen.add_argument("--compare-ar", action="store_true", help="also decode with AR and compare")
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")
@@ -193,42 +301,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")
     cost.add_argument("spec")
-    cost.add_argument("--target", required=True, help="mi300x, mi355x, h100 or h200")
-    cost.add_argument("--batch", type=int, default=1, help="sequences per forward")
-    cost.add_argument("--context", type=int, default=4096, help="cached tokens per sequence")
+    cost.add_argument("--target", required=True, choices=GPU_TARGETS)
+    cost.add_argument("--batch", type=_int_in(1, L.MAX_BATCH_SIZE), default=1, help="sequences per forward")
+    cost.add_argument("--context", type=_int_in(0, L.MAX_CONTEXT), default=4096, help="cached tokens per sequence")
     cost.add_argument("--acceptance", metavar="FILE", help="JSON histogram of accepted drafts per step "
                       "(zdiff generate --json output or a list); default: a documented assumption")
-    cost.add_argument("--max-proposals", type=int, default=8, help="largest P to evaluate")
+    cost.add_argument("--max-proposals", type=_int_in(0, L.SPEC_MAXIMUM["diffusion.proposals"]), default=8,
+                      help="largest P to evaluate")
     cost.add_argument("--json", action="store_true")
     cost.set_defaults(run=_cmd_cost)
 
     tune = sub.add_parser("autotune", help="compile each kernel's config space ahead of time, prune, rank; "
                           "write JSON tables per device")
     tune.add_argument("spec")
-    tune.add_argument("--target", required=True, help="mi300x, mi355x, h100 or h200")
-    tune.add_argument("--budget", type=float, default=300.0, help="seconds of wall time (default 300); the best "
-                      "config so far is kept when it runs out")
+    tune.add_argument("--target", required=True, choices=GPU_TARGETS)
+    tune.add_argument("--budget", type=_float_in(0.0, L.MAX_BUDGET_S, low_open=True), default=300.0,
+                      help="seconds of wall time (default 300); the best config so far is kept when it runs out")
     tune.add_argument("--out", help="tables root (default: the package's zdiff/autotune/tables); "
                       "files go to OUT/<target>/<kernel module>.json")
     tune.set_defaults(run=_cmd_autotune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
     demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
-    demo.add_argument("--prompt", default="def fibonacci(n):")
+    demo.add_argument("--prompt", default="def fibonacci(n):", type=_prompt)
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
-    for flag in ("--ar-steps", "--tidar-steps", "--batch-size", "--seq-len", "--eval-windows", "--new-tokens"):
-        demo.add_argument(flag, type=int, help="override the demo plan")
+    for flag in ("--ar-steps", "--tidar-steps"):
+        demo.add_argument(flag, type=steps, help="override the demo plan")
+    demo.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
+    demo.add_argument("--new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), help="override the demo plan")
+    demo.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
+    demo.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), help="override the demo plan")
     demo.set_defaults(run=_cmd_demo)
     return parser
 
 
+def _prompt(text: str) -> str:
+    if len(text) > limits.MAX_PROMPT_CHARS:
+        raise argparse.ArgumentTypeError(f"is {len(text)} characters, at most {limits.MAX_PROMPT_CHARS} "
+                                         "(zdiff.limits.MAX_PROMPT_CHARS)")
+    return text
+
+
+def _check_utf8(argv: list[str]) -> None:
+    """Arguments the OS gave as bytes that are not UTF-8 arrive as lone surrogates; refuse them up front."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ZdiffError(f"argument {i + 1} is not valid UTF-8: '{shown}'") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        _check_utf8(argv)
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except ZdiffError as err:
-        print(f"zdiff: error: {err}", file=sys.stderr)
+        print(f"zdiff: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system said no (permissions, a full disk, ...): not a zdiff bug
+        where = f": {err.filename}" if err.filename else ""
+        print(f"zdiff: error: {_one_line(err.strerror or str(err))}{where}", file=sys.stderr)
+        return 2
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split("\n"))
 
 
 if __name__ == "__main__":

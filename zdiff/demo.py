@@ -23,7 +23,8 @@ from pathlib import Path
 from .checkpoint.atomic import atomic_write_text
 from .checkpoint.store import load_model
 from .errors import ZdiffError
-from .generation import SamplingParams, generate
+from .generation import SamplingParams
+from .generation.api import generate_on_engine as generate
 from .generation.cli_run import stats_table
 from .plots import acceptance_histogram
 from .report import spec_summary
@@ -119,7 +120,9 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     heldout = load_corpus("stdlib", Tokenizer(None, spec.model.vocab_size), heldout=True)  # no need to read the training split
     windows = heldout.windows(plan.prompt_bytes, plan.prompts).tolist()
     prompts = [[t for t in w if t < 256] or [tok.bos_id] for w in windows]
-    common = dict(diffusion=spec.diffusion, max_new_tokens=plan.new_tokens, seed=0, stop_tokens=(tok.eos_id,))
+    # the decode engine with the spec's proposal blocks (auto would plan for a GPU's cost model)
+    common = dict(diffusion=spec.diffusion, max_new_tokens=plan.new_tokens, seed=0, stop_tokens=(tok.eos_id,),
+                  proposals=spec.diffusion.proposals)
     runs = {
         "AR (lossless sampling)": generate(model, prompts, SamplingParams(kind="lossless"), mode="ar", **common),
         "TiDAR lossless": generate(model, prompts, SamplingParams(kind="lossless"), mode="tidar", **common),

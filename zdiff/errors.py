@@ -20,12 +20,18 @@ class SpecError(ZdiffError):
             where = f" ({source}:{line})"
         elif line is not None:
             where = f" (line {line})"
-        shown = "" if value is _MISSING else f", got {value!r}"
+        shown = "" if value is _MISSING else f", got {_short_repr(value)}"
         super().__init__(f"{path}: {reason}{shown}{where}")
 
     def located(self, line: int | None, source: str | None) -> "SpecError":
         """The same error with a YAML location attached (the validator knows paths, the loader lines)."""
         return SpecError(self.path, self.value, self.reason, self.line or line, source)
+
+
+def _short_repr(value, limit: int = 80) -> str:
+    """repr of a user value, cut so that a 1 MB string still gives a one-line, readable error."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class _Missing:

@@ -221,9 +221,9 @@ def load_acceptance(path: str | Path, block_size: int) -> list[float]:
         data = runs[0] if runs else {}
     if isinstance(data, dict):
         data = data.get("tokens_per_step_histogram")
-    if (not isinstance(data, list) or not data or not all(isinstance(x, (int, float)) and x >= 0 for x in data)
-            or sum(data) <= 0):
-        raise ZdiffError(f"--acceptance: {path} must hold a non-empty list of non-negative counts "
+    counts = isinstance(data, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data)
+    if not counts or not data or not all(x >= 0 for x in data) or not 0 < sum(data) < math.inf:
+        raise ZdiffError(f"--acceptance: {path} must hold a non-empty list of finite, non-negative counts "
                          "(or zdiff generate --json output with tokens_per_step_histogram)")
     if len(data) > block_size:
         raise ZdiffError(f"--acceptance: the histogram has {len(data)} entries, more than block_size "

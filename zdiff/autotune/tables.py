@@ -4,6 +4,11 @@
     {"device": "mi300x", "triton_version": "3.9.0", "date": "2026-11-27", "method": "static" | "measured",
      "spec": ..., "spec_hash": ..., "kernels": {entry point: {bucket: config}}}
 
+A device folder is one *set*: `write_tables` rebuilds it beside the old one (the tables it does
+not rewrite are copied) and swaps it in whole (zdiff.outputs), and `load_tables` reads every file
+through one handle on the folder and retries if the folder was swapped meanwhile, so a reader
+never sees a mix of two sets or half of one, even while an autotune run is killed mid-write.
+
 Buckets are JSON strings on disk and ints in memory. A generated module keeps `CONFIGS`
 (its defaults) and `TABLES` (filled here); at launch it calls
 `pick_config(TABLES, entry, bucket, CONFIGS[entry])`, which takes the nearest bucket and
@@ -14,12 +19,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
 import triton
 
 from ..errors import ZdiffError
+from ..outputs import atomic_directory
 
 TABLES_DIR = Path(__file__).parent / "tables"
 METHODS = ("static", "measured")
@@ -29,25 +37,50 @@ def table_path(device: str, module_name: str, root: str | Path | None = None) ->
     return Path(root or TABLES_DIR) / device / f"{module_name}.json"
 
 
-def write_table(device: str, module_name: str, kernels: dict, method: str, root: str | Path | None = None,
-                extra: dict | None = None, date: str | None = None) -> Path:
-    """Write one module's table; `kernels` is {entry: {bucket: config}}."""
+def table_body(device: str, kernels: dict, method: str, extra: dict | None = None, date: str | None = None) -> dict:
+    """One module's table as written to disk; `kernels` is {entry: {bucket: config}}."""
     assert method in METHODS, method
-    path = table_path(device, module_name, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"device": device, "triton_version": triton.__version__,
+    return {"device": device, "triton_version": triton.__version__,
             "date": date or datetime.date.today().isoformat(), "method": method, **(extra or {}),
             "kernels": {entry: {str(b): rows[b] for b in sorted(rows, key=int)} for entry, rows in kernels.items()}}
-    path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    return path
+
+
+def write_tables(device: str, bodies: dict[str, dict], root: str | Path | None = None, lock: bool = True) -> list[Path]:
+    """Write several modules' tables ({module: table_body(...)}) as one set, swapped in whole.
+
+    `lock=False` when the caller holds zdiff.outputs.output_lock on the device folder (autotune does,
+    for its whole run)."""
+    folder = Path(root or TABLES_DIR) / device
+    with atomic_directory(folder, force=True, lock=lock) as tmp:
+        if folder.is_dir():
+            for kept in folder.glob("*.json"):
+                if kept.stem not in bodies:
+                    shutil.copy2(kept, tmp / kept.name)
+        for module_name, body in bodies.items():
+            (tmp / f"{module_name}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    return [table_path(device, name, root) for name in bodies]
+
+
+def write_table(device: str, module_name: str, kernels: dict, method: str, root: str | Path | None = None,
+                extra: dict | None = None, date: str | None = None) -> Path:
+    """Write (or replace) one module's table in the device's set."""
+    return write_tables(device, {module_name: table_body(device, kernels, method, extra, date)}, root)[0]
 
 
 def read_table(path: str | Path) -> dict:
     """One table file, checked, with int buckets."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        text = path.read_text()
+    except OSError as err:
+        raise ZdiffError(f"autotune table {path} is not readable JSON ({err.__class__.__name__})") from None
+    return parse_table(text, path)
+
+
+def parse_table(text: str, path: Path) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
         raise ZdiffError(f"autotune table {path} is not readable JSON ({err.__class__.__name__})") from None
     kernels = data.get("kernels") if isinstance(data, dict) else None
     if not isinstance(kernels, dict) or data.get("method") not in METHODS:
@@ -65,13 +98,44 @@ def load_tables(device: str, root: str | Path | None = None) -> dict[str, dict[s
     """{module_name: {entry: {bucket: config}}} of every table of a device (empty when none)."""
     folder = Path(root or TABLES_DIR) / device
     tables = {}
-    for path in sorted(folder.glob("*.json")):
-        table = read_table(path)
-        if table.get("triton_version", "").split(".")[:2] != triton.__version__.split(".")[:2]:
+    for path, text in _read_set(folder).items():
+        table = parse_table(text, path)
+        if str(table.get("triton_version", "")).split(".")[:2] != triton.__version__.split(".")[:2]:
             warnings.warn(f"{path} was tuned with Triton {table.get('triton_version')}, running {triton.__version__}",
                           stacklevel=2)
         tables[path.stem] = table["kernels"]
     return tables
+
+
+def _read_set(folder: Path, attempts: int = 20) -> dict[Path, str]:
+    """The text of every table in `folder`, all from one version of the folder.
+
+    Files are read relative to one open handle on the folder; if the path names another folder
+    afterwards (a writer swapped a new set in), the read is repeated. Writers never change a
+    folder in place, so an unchanged folder means one complete set."""
+    for _ in range(attempts):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            raise ZdiffError(f"autotune tables {folder} cannot be read ({err.strerror})") from None
+        try:
+            texts = {}
+            for name in sorted(os.listdir(fd)):
+                if name.endswith(".json") and not name.startswith("."):
+                    file_fd = os.open(name, os.O_RDONLY, dir_fd=fd)
+                    with os.fdopen(file_fd, "rb") as f:
+                        texts[folder / name] = f.read().decode("utf-8", errors="replace")
+            if os.stat(folder).st_ino == os.fstat(fd).st_ino:
+                return texts
+        except FileNotFoundError:
+            pass  # the folder was swapped out and is being removed: read the new one
+        except OSError as err:
+            raise ZdiffError(f"autotune tables {folder} cannot be read ({err.strerror})") from None
+        finally:
+            os.close(fd)
+    raise ZdiffError(f"autotune tables {folder} kept changing while being read ({attempts} tries)")
 
 
 def apply_tables(modules: dict, device: str, root: str | Path | None = None) -> list[str]:

@@ -49,8 +49,10 @@ from ..codegen.compile import _no_line_info
 from ..codegen.plan import family_module, plan_kernels
 from ..codegen.render import load_module, render
 from ..errors import ZdiffError
+from ..limits import MAX_BUDGET_S
+from ..outputs import output_lock
 from ..spec import Spec
-from .tables import write_table
+from .tables import TABLES_DIR, table_body, write_tables
 from .targets import TargetRates, target_rates
 
 MIN_OCCUPANCY = {"hip": 1, "cuda": 4}  # waves per SIMD (AMD) / warps per SM (NVIDIA)
@@ -300,19 +302,24 @@ def run_schedule(modules, target: str, deadline: float, measure: bool = False, b
 
 def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | None = None, log=print,
              progress: bool = True, measure: bool | None = None) -> dict:
-    """Tune every kernel instance of `spec` for `target`; write one table per module. Returns a summary.
+    """Tune every kernel instance of `spec` for `target`; write one table per module, the device's tables
+    replaced as one set (zdiff.autotune.tables). Returns a summary.
 
     measure None: time the configs when a device of the target is present (`device_matches`)."""
     if target not in AOT_TARGETS:
         raise ZdiffError(f"--target must be one of {', '.join(AOT_TARGETS)}, got {target!r}")
-    if budget <= 0:
+    if not budget > 0:  # also refuses NaN
         raise ZdiffError(f"--budget must be positive, got {budget}")
+    if budget > MAX_BUDGET_S:
+        raise ZdiffError(f"--budget must be at most {MAX_BUDGET_S:g} seconds, got {budget}")
     check_environment()
     start = time.monotonic()
     deadline = start + budget
     measure = device_matches(target) if measure is None else measure
     plans = plan_kernels(spec, "bf16", target)
-    with tempfile.TemporaryDirectory(prefix="zdiff-autotune-") as tmp, _no_line_info():
+    # the device's table folder is locked for the whole run; the new set is swapped in at the end
+    with (output_lock(Path(out or TABLES_DIR) / target), tempfile.TemporaryDirectory(prefix="zdiff-autotune-") as tmp,
+          _no_line_info()):
         modules = []
         for plan in plans:
             path = Path(tmp) / f"{plan.name}.py"
@@ -321,15 +328,15 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
         total = sum(len(family_module(p.family).config_space(p, e, target)) + 1 for p, m in modules for e in m.AOT)
         with tqdm(total=total, desc=f"autotune {target}", unit="config", disable=not progress, leave=False) as bar:
             results = run_schedule(modules, target, deadline, measure=measure, bar=bar)
-    elapsed = time.monotonic() - start
-    written = []
-    for plan, _ in modules:
-        mine = [r for r in results if r.module == plan.name and r.best]
-        if not mine:
-            continue
-        method = "measured" if all(r.method == "measured" for r in mine) else "static"
-        written.append(str(write_table(target, plan.name, {r.entry: r.best for r in mine}, method, root=out,
-                                       extra={"spec": spec.name, "spec_hash": spec.hash()})))
+        elapsed = time.monotonic() - start
+        bodies = {}
+        for plan, _ in modules:
+            mine = [r for r in results if r.module == plan.name and r.best]
+            if mine:
+                method = "measured" if all(r.method == "measured" for r in mine) else "static"
+                bodies[plan.name] = table_body(target, {r.entry: r.best for r in mine}, method,
+                                               extra={"spec": spec.name, "spec_hash": spec.hash()})
+        written = [str(p) for p in write_tables(target, bodies, root=out, lock=False)]
     cut = sum(r.cut_by_budget for r in results)
     summary = {"target": target, "seconds": elapsed, "budget": budget, "measured_on_device": measure,
                "tables": written, "cut_by_budget": cut, "entries": [_entry_summary(r) for r in results]}

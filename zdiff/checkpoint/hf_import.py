@@ -15,9 +15,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import CheckpointError, SpecError
+from ..outputs import atomic_directory, check_output
 from ..spec import Spec, spec_from_dict
-from .atomic import atomic_directory
-from .store import short_list, copy_tokenizer, write_checkpoint_files
+from .store import check_tokenizer_files, check_weight, copy_tokenizer, short_list, write_checkpoint_files
 from .tensors import TensorSource
 
 SUPPORTED = ("zaya", "qwen3_moe")
@@ -93,8 +93,25 @@ def _refuse(field: str, value, why: str):
     raise CheckpointError(f"config.json: {field} = {value!r} is not supported ({why})")
 
 
+def _required(cfg: dict, *keys: str):
+    """The first of `keys` that config.json has (several names for one field across transformers versions)."""
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    raise CheckpointError(f"config.json: no {' or '.join(keys)}")
+
+
+def _positive_int(cfg: dict, key: str) -> int:
+    value = _required(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CheckpointError(f"config.json: {key} must be a positive integer, got {value!r}")
+    return value
+
+
 def _rope(cfg: dict, layer_type: str | None) -> dict:
     params = cfg.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"config.json: rope_parameters must be an object, got {type(params).__name__}")
     if layer_type is not None and isinstance(params.get(layer_type), dict):
         params = params[layer_type]
     rope_type = params.get("rope_type", "default")
@@ -104,30 +121,35 @@ def _rope(cfg: dict, layer_type: str | None) -> dict:
     if theta is None:
         raise CheckpointError("config.json: no rope_theta (in rope_parameters or at top level)")
     fraction = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
-    return {"rope_theta": float(theta), "rope_fraction": float(fraction)}
+    return {"rope_theta": theta, "rope_fraction": fraction}  # types and ranges: the spec checks them
 
 
 def spec_from_hf_config(cfg: dict, name: str) -> Spec:
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"config.json must hold a JSON object, got a {type(cfg).__name__}")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED:
         raise CheckpointError(f"config.json: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED)})")
     if cfg.get("hidden_act", "silu") != "silu":
         _refuse("hidden_act", cfg["hidden_act"], "experts are SwiGLU with silu")
-    heads = cfg["num_attention_heads"]
+    heads, hidden = _positive_int(cfg, "num_attention_heads"), _positive_int(cfg, "hidden_size")
     attention = {
         "num_heads": heads,
         "num_kv_heads": cfg.get("num_key_value_heads", heads),
-        "head_dim": cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        "head_dim": cfg.get("head_dim") or hidden // heads,
         "bias": bool(cfg.get("attention_bias", False)),
     }
     model = {
-        "vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"], "num_layers": cfg["num_hidden_layers"],
-        "norm_eps": float(cfg["rms_norm_eps"]), "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "vocab_size": _required(cfg, "vocab_size"), "hidden_size": hidden,
+        "num_layers": _required(cfg, "num_hidden_layers"), "norm_eps": _required(cfg, "rms_norm_eps"),
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
     }
-    num_experts = cfg.get("num_experts", cfg.get("num_local_experts"))
-    moe = {"num_experts": num_experts, "top_k": cfg["num_experts_per_tok"], "ffn_size": cfg["moe_intermediate_size"]}
+    moe = {"num_experts": _required(cfg, "num_experts", "num_local_experts"),
+           "top_k": _required(cfg, "num_experts_per_tok"), "ffn_size": _required(cfg, "moe_intermediate_size")}
     if model_type == "zaya":
         layer_types = cfg.get("layer_types") or ["hybrid"]
+        if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+            raise CheckpointError(f"config.json: layer_types must be a list of names, got {layer_types!r}")
         if set(layer_types) != {"hybrid"}:
             _refuse("layer_types", sorted(set(layer_types)), "sliding-window layers")
         if cfg.get("lm_head_bias"):
@@ -174,20 +196,25 @@ def _load_source_tensor(source: TensorSource, model_type: str, name: str, num_ex
     raise CheckpointError(f"missing tensor {theirs} (for zdiff {name})")
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtype: torch.dtype | None = None) -> Spec:
+def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtype: torch.dtype | None = None,
+              allow_nonfinite: bool = False) -> Spec:
+    """Convert an HF directory into a zdiff checkpoint at `out_dir` (zdiff.outputs rules: whole or nothing,
+    locked, never onto or inside `hf_dir`). Weights with NaN / inf are refused unless `allow_nonfinite`."""
     from ..runtime import Transformer
 
     hf_dir = Path(hf_dir)
+    check_output(out_dir, force, inputs=(hf_dir,))  # fail before reading gigabytes, not after
     if not hf_dir.is_dir():
         raise CheckpointError(f"HF model directory not found: {hf_dir}")
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{hf_dir}: no config.json")
     try:
-        cfg = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+        cfg = json.loads(config_path.read_bytes())
+    except ValueError as exc:  # bad JSON, or not UTF-8 at all
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
     spec = spec_from_hf_config(cfg, name=hf_dir.resolve().name)
+    check_tokenizer_files(hf_dir, spec.model.vocab_size)
     model_type = cfg["model_type"]
     source = TensorSource(hf_dir)
     with torch.device("meta"):
@@ -202,6 +229,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
         tensor, names = _load_source_tensor(source, model_type, name, spec.model.moe.num_experts)
         if tuple(tensor.shape) != tuple(meta.shape):
             raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies {list(meta.shape)} (zdiff {name})")
+        check_weight(names[0], tensor, meta.dtype, allow_nonfinite)
         if dtype is not None and tensor.is_floating_point() and not name.endswith("balancing_bias"):
             tensor = tensor.to(dtype)
         converted[name] = tensor
@@ -211,7 +239,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
     if unused:
         raise CheckpointError(f"{hf_dir}: tensor(s) zdiff does not know how to use: {short_list(unused)}")
 
-    with atomic_directory(out_dir, force=force) as tmp:
+    with atomic_directory(out_dir, force=force, inputs=(hf_dir,)) as tmp:
         write_checkpoint_files(tmp, spec, converted, metadata={"imported_from": model_type})
         copied = copy_tokenizer(hf_dir, tmp)
         provenance = {"source": str(hf_dir.resolve()), "model_type": model_type, "tokenizer_files": copied,

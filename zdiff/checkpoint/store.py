@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,56 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja",
 )
 BACKENDS = ("torch", "triton")
+
+
+def check_tokenizer_files(directory: Path, vocab_size: int) -> None:
+    """The tokenizer files a checkpoint (or HF) directory holds are files, readable, and name only ids the
+    model has; a tokenizer.json that cannot be read is an error, never a silent fall-back to bytes."""
+    for name in TOKENIZER_FILES:
+        path = directory / name
+        if path.exists() and not path.is_file():
+            raise CheckpointError(f"{path}: is not a regular file")
+    tokenizer_json = directory / "tokenizer.json"
+    if tokenizer_json.is_file():
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            Tokenizer = None  # reading it needs the package; zdiff.train.data says so when it is used
+        if Tokenizer is not None:
+            try:
+                ids = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True).values()
+            except Exception as exc:  # tokenizers raises plain Exception for every malformed file
+                reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                raise CheckpointError(f"{tokenizer_json}: not a readable tokenizer ({reason[:200]})") from None
+            top = max(ids, default=-1)
+            if top >= vocab_size:
+                raise CheckpointError(f"{tokenizer_json}: has token id {top}, past the model's vocabulary "
+                                      f"(model.vocab_size {vocab_size})")
+    config = directory / "generation_config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_bytes())
+        except ValueError as exc:
+            raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{config}: must hold a JSON object, got a {type(data).__name__}")
+        eos = data.get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in eos_ids):
+            raise CheckpointError(f"{config}: eos_token_id must be an id in 0..{vocab_size - 1} or a list of them, "
+                                  f"got {eos!r}"[:300])
+
+
+def check_weight(name: str, tensor: torch.Tensor, expected_dtype: torch.dtype, allow_nonfinite: bool = False) -> None:
+    """A stored tensor can stand for a parameter: floating point where the model is, and finite unless allowed."""
+    if expected_dtype.is_floating_point and not tensor.is_floating_point():
+        raise CheckpointError(f"tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; the model needs "
+                              "floating-point weights there")
+    if tensor.is_floating_point() and not allow_nonfinite:
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise CheckpointError(f"tensor {name} has {bad} non-finite value(s) (NaN or inf); refusing to load it "
+                                  "(allow_nonfinite=True / --allow-nonfinite loads it anyway)")
 
 
 def copy_tokenizer(src: Path, dst: Path) -> list[str]:
@@ -46,11 +97,14 @@ def save_checkpoint(model, spec: Spec, out_dir: str | Path, tokenizer_dir: str |
     return Path(out_dir)
 
 
-def load_model(checkpoint_dir: str | Path, backend: str = "torch", device=None, dtype=None, kernels_dir=None):
+def load_model(checkpoint_dir: str | Path, backend: str = "torch", device=None, dtype=None, kernels_dir=None,
+               allow_nonfinite: bool = False):
     """Build the model a checkpoint's spec describes and load its weights (strictly).
 
     backend="triton" returns the generated model (`zdiff compile`'s model.py) with the same weights;
-    `kernels_dir` is a `zdiff compile` output for this spec, by default one is generated in the cache."""
+    `kernels_dir` is a `zdiff compile` output for this spec, by default one is generated in the cache.
+    Integer / bool tensors where the model has floats, NaN or inf weights (unless `allow_nonfinite`) and
+    unreadable tokenizer files are CheckpointErrors."""
     from ..runtime import Transformer, cast_model
 
     if backend not in BACKENDS:
@@ -61,6 +115,7 @@ def load_model(checkpoint_dir: str | Path, backend: str = "torch", device=None, 
     if not (directory / SPEC_FILE).is_file():
         raise CheckpointError(f"{directory}: no {SPEC_FILE} (is this a zdiff checkpoint? `zdiff import` converts HF directories)")
     spec = load_spec(directory / SPEC_FILE)
+    check_tokenizer_files(directory, spec.model.vocab_size)
     source = TensorSource(directory)
     model_class = Transformer if backend == "torch" else generated_model_class(spec, device, kernels_dir)
     with torch.device("meta"):
@@ -68,6 +123,8 @@ def load_model(checkpoint_dir: str | Path, backend: str = "torch", device=None, 
     expected = model.state_dict()
     check_tensor_names(directory, expected, source)
     state = {name: source.get(name) for name in expected}
+    for name, tensor in state.items():
+        check_weight(name, tensor, expected[name].dtype, allow_nonfinite)
     model.load_state_dict(state, assign=True)
     if dtype is None:
         dtype = state["embed.weight"].dtype
@@ -108,14 +165,16 @@ def generated_model_class(spec: Spec, device=None, kernels_dir=None):
 
     from ..codegen.compile import compile_spec
     from ..codegen.render import load_module
+    from ..outputs import output_lock
 
     target = runtime_target(device)
     if kernels_dir is None:
         cache = Path(os.environ.get("ZDIFF_CACHE", Path.home() / ".cache" / "zdiff"))
         kernels_dir = cache / "compiled" / f"{spec.name}-{spec.hash()[:16]}-{target}"
-        if not (kernels_dir / "model.py").is_file():
-            kernels_dir.parent.mkdir(parents=True, exist_ok=True)
-            compile_spec(spec, target, kernels_dir, force=True, log=lambda *_: None, aot=False, check_targets=False)
+        with output_lock(kernels_dir, wait=True):  # another process may be rendering the same entry
+            if not (kernels_dir / "model.py").is_file():
+                compile_spec(spec, target, kernels_dir, force=True, log=lambda *_: None, aot=False,
+                             check_targets=False, lock=False)
     kernels_dir = Path(kernels_dir)
     if not (kernels_dir / "model.py").is_file():
         raise ZdiffError(f"{kernels_dir}: no model.py (run `zdiff compile SPEC --target {target} --out {kernels_dir}`)")

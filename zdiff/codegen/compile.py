@@ -23,8 +23,8 @@ import triton
 from tqdm import tqdm
 
 from .. import __version__
-from ..checkpoint.atomic import atomic_directory
 from ..errors import ZdiffError
+from ..outputs import atomic_directory, check_output
 from ..spec import Spec, dump_spec
 from .aot import AOT_TARGETS, check_fits, compile_entry
 from .plan import plan_kernels
@@ -34,10 +34,11 @@ BINARY_EXT = {"hip": "hsaco", "cuda": "cubin"}
 
 
 def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = False, log=print, aot: bool = True,
-                 check_targets: bool = True) -> dict:
+                 check_targets: bool = True, inputs=(), lock: bool = True) -> dict:
     """Render every kernel of `spec` for `target` and the model that uses them; with `aot`, also compile the
     GPU binaries and report their resources (`load_model(backend="triton")` skips that: the JIT compiles
-    for the device at hand)."""
+    for the device at hand). `out_dir` follows zdiff.outputs (locked, whole or nothing, never onto an
+    input); `lock=False` when the caller holds its lock."""
     if target not in (*AOT_TARGETS, "cpu"):
         raise ZdiffError(f"--target must be one of {', '.join([*AOT_TARGETS, 'cpu'])}, got {target!r}")
     if check_targets and target not in spec.targets:
@@ -45,9 +46,10 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     if aot and target != "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise ZdiffError("TRITON_INTERPRET=1 is set, but compiling for a GPU target needs the real Triton "
                          "compiler; unset it (or use --target cpu)")
+    check_output(out_dir, force, inputs)
     dtype = "fp32" if target == "cpu" else "bf16"
     plans = plan_kernels(spec, dtype, target)
-    with _no_line_info(), atomic_directory(out_dir, force=force) as tmp:
+    with _no_line_info(), atomic_directory(out_dir, force=force, inputs=inputs, lock=lock) as tmp:
         (tmp / "kernels").mkdir()
         entries = []
         for plan in tqdm(plans, desc=f"compile {target}", unit="kernel", leave=False):

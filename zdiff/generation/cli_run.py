@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ..checkpoint.store import SPEC_FILE, load_model
 from ..errors import ZdiffError
 from ..spec import load_spec
 from ..train.data import Tokenizer
-from .loop import GenerationResult, generate
+from .api import generate_on_engine
+from .loop import GenerationResult
+from .loop import generate as reference_loop
 from .sampling import SamplingParams
 
 
@@ -40,22 +44,47 @@ def stats_table(runs: dict[str, GenerationResult]) -> str:
     return "\n".join(rows)
 
 
+def _device_and_backend(args) -> tuple[torch.device, str]:
+    """--device / --backend with their defaults: the kernels on a GPU, the reference model on a CPU."""
+    on_gpu = torch.cuda.is_available()
+    device = torch.device(args.device or ("cuda" if on_gpu else "cpu"))
+    if device.type == "cuda" and not on_gpu:
+        raise ZdiffError("--device cuda: no CUDA or ROCm device is visible to torch")
+    backend = args.backend or ("triton" if device.type == "cuda" else "torch")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type == "cpu" and not interpreted and (backend == "triton" or args.verifier == "fused"):
+        what = "--backend triton" if backend == "triton" else "--verifier fused"
+        raise ZdiffError(f"{what} on the CPU runs Triton kernels in the interpreter: set TRITON_INTERPRET=1 "
+                         "(slow, for debugging) or use a GPU")
+    return device, backend
+
+
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
-    model = load_model(checkpoint)
+    if args.verifier is not None and args.loop != "reference":
+        raise ZdiffError("--verifier chooses the reference loop's verifier; add --loop reference")
+    device, backend = _device_and_backend(args)
+    model = load_model(checkpoint, backend=backend, device=device,
+                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                       allow_nonfinite=args.allow_nonfinite)
     spec = load_spec(checkpoint / SPEC_FILE)
     tokenizer = checkpoint_tokenizer(checkpoint, spec)
     params = SamplingParams.from_spec(spec.sampler, kind=args.sampler, mix_weight=args.mix_weight,
                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if params.kind == "logit_mix" and not 0.0 <= params.mix_weight <= 1.0:
         raise ZdiffError(f"--mix-weight must be in [0, 1], got {params.mix_weight}")
-    if params.temperature <= 0:
+    if params.kind != "greedy" and not params.temperature > 0:
         raise ZdiffError(f"--temperature must be positive, got {params.temperature}")
     prompts = [tokenizer.encode(p).tolist() for p in args.prompt]
     if any(not p for p in prompts):
         raise ZdiffError("--prompt must not be empty")
     common = dict(diffusion=spec.diffusion, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                  stop_tokens=stop_tokens_of(checkpoint, tokenizer), verifier=args.verifier)
+                  stop_tokens=stop_tokens_of(checkpoint, tokenizer))
+    if args.loop == "reference":
+        decode, common = reference_loop, {**common, "verifier": args.verifier or "reference"}
+    else:
+        decode = generate_on_engine
+        common.update(proposals=args.proposals, max_slots=args.max_slots, spec=spec)
     modes = [args.mode] + (["ar"] if args.compare_ar and args.mode != "ar" else [])
     runs = {}
     for mode in modes:
@@ -63,7 +92,7 @@ def run_generate(args) -> int:
             def advance(done: int, bar=bar) -> None:
                 bar.update(done - bar.n)
 
-            runs[f"{mode} {params.kind}"] = generate(model, prompts, params, mode=mode, progress=advance, **common)
+            runs[f"{mode} {params.kind}"] = decode(model, prompts, params, mode=mode, progress=advance, **common)
     main = next(iter(runs.values()))
     texts = [tokenizer.decode(t) for t in main.tokens]
     if args.histogram:

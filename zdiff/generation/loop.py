@@ -43,6 +43,7 @@ class GenerationResult:
     seconds: float
     mode: str
     block_size: int
+    engine: dict = field(default_factory=dict)  # engine statistics (steps, graph replays, proposal policy)
 
     @property
     def total_tokens(self) -> int:
@@ -67,7 +68,8 @@ class GenerationResult:
     def summary(self) -> dict:
         return {"mode": self.mode, "tokens": self.total_tokens, "forward_passes": sum(self.forward_passes),
                 "tokens_per_forward": self.tokens_per_forward, "tokens_per_s": self.tokens_per_second,
-                "seconds": self.seconds, "tokens_per_step_histogram": self.histogram()}
+                "seconds": self.seconds, "tokens_per_step_histogram": self.histogram(),
+                **({"engine": self.engine} if self.engine else {})}
 
 
 class _Batch:

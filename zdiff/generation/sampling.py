@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ZdiffError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,20 +42,17 @@ class SamplingParams:
 
 
 def processed_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, banned ids, top-k and top-p as -inf masking, in fp32 (same for p and q)."""
-    z = logits.float() / params.temperature
-    if params.banned:
-        z[..., list(params.banned)] = float("-inf")
-    if params.top_k and params.top_k < z.shape[-1]:
-        kth = torch.topk(z, params.top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_z, order = torch.sort(z, dim=-1, descending=True)
-        probs = torch.softmax(sorted_z, dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly before each token
-        drop_sorted = before >= params.top_p  # the first token is always kept
-        z = z.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
-    return z
+    """Temperature, banned ids, top-k and top-p as -inf masking, in fp32 (same for p and q).
+
+    The arithmetic lives in `batched_sampling.process_logits` (the engine's), so both agree."""
+    from .batched_sampling import process_logits
+
+    device = logits.device
+    banned = torch.tensor(params.banned, dtype=torch.long, device=device) if params.banned else None
+    filtered = bool(params.top_k) or params.top_p < 1.0
+    return process_logits(logits, torch.tensor(params.temperature, device=device),
+                          torch.tensor(params.top_k, device=device), torch.tensor(params.top_p, device=device),
+                          banned, filtered)
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -77,7 +76,10 @@ def target_probs(ar_logits: torch.Tensor, draft_logits: torch.Tensor | None, par
     m = draft_logits.shape[0]
     w = params.mix_weight
     mixed = ar_logits.float().clone()
-    mixed[:m] = w * ar_logits[:m].float() + (1 - w) * draft_logits.float()
+    if w == 0.0:  # a zero weight drops its term: 0 * -inf (a masked logit) would be NaN
+        mixed[:m] = draft_logits.float()
+    else:
+        mixed[:m] = w * ar_logits[:m].float() + (1 - w) * draft_logits.float()
     return probabilities(mixed, params)
 
 
@@ -85,6 +87,10 @@ def verify_stochastic(target: torch.Tensor, q: torch.Tensor, drafts: torch.Tenso
                       gumbel: torch.Tensor) -> tuple[int, int]:
     """(accepted drafts n, token placed at position L+n) for target (m+1, V), q (m, V), drafts (m,)."""
     m = drafts.shape[0]
+    V = target.shape[-1]
+    bad = [int(d) for d in drafts if not 0 <= int(d) < V]
+    if bad:
+        raise ZdiffError(f"drafts: ids must be in [0, {V}), got {bad[0]}")
     for i in range(m):
         d = int(drafts[i])
         if uniforms[i] * q[i, d] < target[i, d]:  # u < min(1, p/q), without dividing by a tiny q

@@ -29,12 +29,20 @@ TINY = tl.constexpr(1e-30)  # keeps tl.log away from 0 in discarded lanes; a nor
 
 
 @triton.jit
+def _mix(za, zd, mix_weight):
+    """w * z_AR + (1 - w) * z_draft where a zero weight drops its term: a masked -inf logit times a
+    zero weight would be NaN (0 * -inf), and w = 1 must be exactly the lossless target."""
+    mixed = mix_weight * za + (1.0 - mix_weight) * zd
+    return tl.where(mix_weight == 1.0, za, tl.where(mix_weight == 0.0, zd, mixed))
+
+
+@triton.jit
 def _target_and_draft(ar_row, draft_row, idx, V, banned_id, mix_weight, inv_temperature):
     """One vocabulary chunk of a verify row: target logits t and draft logits z_q, -inf outside."""
     valid = (idx < V) & (idx != banned_id)
     za = tl.load(ar_row + idx, mask=valid, other=0.0)
     zd = tl.load(draft_row + idx, mask=valid, other=0.0)
-    t = tl.where(valid, (mix_weight * za + (1.0 - mix_weight) * zd) * inv_temperature, NEG_INF)
+    t = tl.where(valid, _mix(za, zd, mix_weight) * inv_temperature, NEG_INF)
     zq = tl.where(valid, zd * inv_temperature, NEG_INF)
     return t, zq
 
@@ -93,7 +101,7 @@ def fused_verify_kernel(
                     best_t_idx = v0 + chunk_arg
             za_d = tl.load(ar_base + i * V + d)
             zd_d = tl.load(draft_base + i * V + d)
-            p_d = tl.exp((mix_weight * za_d + (1.0 - mix_weight) * zd_d) * inv_temperature - max_t) / sum_t
+            p_d = tl.exp(_mix(za_d, zd_d, mix_weight) * inv_temperature - max_t) / sum_t
             q_d = tl.exp(zd_d * inv_temperature - max_q) / sum_q
             if GREEDY:
                 keep = d == best_t_idx
@@ -335,8 +343,7 @@ def verify_sample_kernel(
                 at_d = live & (d != banned_id)  # a banned draft has p(d) = q(d) = 0: rejected, as the reference
                 za_d = tl.load(ar_base + i * V + d, mask=at_d, other=0.0)
                 zd_d = tl.load(draft_base + i * V + d, mask=at_d, other=0.0)
-                p_d = tl.where(at_d, tl.exp((mix_weight * za_d + (1.0 - mix_weight) * zd_d) * inv_temperature
-                                            - max_t) / sum_t, 0.0)
+                p_d = tl.where(at_d, tl.exp(_mix(za_d, zd_d, mix_weight) * inv_temperature - max_t) / sum_t, 0.0)
                 q_d = tl.where(at_d, tl.exp(zd_d * inv_temperature - max_q) / sum_q, 0.0)
                 if GIVEN_NOISE:
                     u = tl.load(uniforms_ptr + b * M + i, mask=live, other=0.0)
@@ -474,7 +481,26 @@ def _check(ar_logits, draft_logits, drafts, num_drafts, params):
     if draft_logits.shape != (B, M, V) or drafts.shape != (B, M) or num_drafts.shape != (B,):
         raise ValueError(f"shape mismatch: ar {tuple(ar_logits.shape)}, draft {tuple(draft_logits.shape)}, "
                          f"drafts {tuple(drafts.shape)}, num_drafts {tuple(num_drafts.shape)}")
+    check_draft_ids(drafts, num_drafts, V)
     return B, M, V
+
+
+def check_draft_ids(drafts: torch.Tensor, num_drafts: torch.Tensor, vocab: int) -> None:
+    """Real drafts (the first num_drafts[b] of each row) must be ids in [0, V): the kernels read
+    p(d) and q(d) at d, so an id outside would read a neighbouring row or past the end.
+
+    On the CPU the check is free and raises ZdiffError; on a GPU it is a device-side assert
+    (torch._assert_async), which fails the stream without a host synchronisation."""
+    if drafts.numel() == 0:
+        return
+    real = torch.arange(drafts.shape[1], device=drafts.device)[None, :] < num_drafts.to(drafts.device)[:, None]
+    ok = ((drafts >= 0) & (drafts < vocab)) | ~real
+    if drafts.device.type == "cpu":
+        if not bool(ok.all()):
+            bad = drafts[~ok][0].item()
+            raise ZdiffError(f"drafts: ids must be in [0, {vocab}), got {bad}")
+    else:
+        torch._assert_async(ok.all(), f"drafts: ids must be in [0, {vocab})")
 
 
 def fused_verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,

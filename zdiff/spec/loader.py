@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..errors import MISSING, SpecError, ZdiffError
+from ..limits import SPEC_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES
 from .schema import Spec
 from .validate import validate
 
@@ -58,11 +60,28 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path) -> Spec:
     """Read, convert and validate a spec file (or preset name)."""
     path = resolve_spec_path(name_or_path)
-    return parse_spec(path.read_text(), source=str(path))
+    return parse_spec(read_spec_text(path), source=str(path))
+
+
+def read_spec_text(path: Path) -> str:
+    """The file as text: UTF-8 (a BOM is fine), at most SPEC_MAX_BYTES."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(SPEC_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ZdiffError(f"cannot read spec {path}: {exc.strerror}") from None
+    if len(raw) > SPEC_MAX_BYTES:
+        raise ZdiffError(f"spec {path} is larger than {SPEC_MAX_BYTES} bytes (zdiff.limits.SPEC_MAX_BYTES); "
+                         "is it a spec?")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ZdiffError(f"spec {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
 
 
 def parse_spec(text: str, source: str | None = None) -> Spec:
     try:
+        check_yaml_size(text, source)
         data = yaml.load(text, Loader=_SpecLoader)
         lines = _line_index(yaml.compose(text, Loader=_SpecLoader))
     except yaml.YAMLError as exc:
@@ -70,6 +89,8 @@ def parse_spec(text: str, source: str | None = None) -> Spec:
         where = f" ({source or 'spec'}:{mark.line + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ZdiffError(f"spec is not valid YAML: {problem}{where}") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's digit limit
+        raise ZdiffError(f"spec is not valid YAML: {str(exc).splitlines()[0]} ({source or 'spec'})") from None
     except _DuplicateKey as dup:
         raise SpecError(dup.path, MISSING, "is given twice", dup.line, source) from None
     try:
@@ -86,6 +107,48 @@ def spec_from_dict(data: Any) -> Spec:
 
 def dump_spec(spec: Spec) -> str:
     return yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# --- size guard (before anything walks the document recursively) --------------------------
+
+
+def check_yaml_size(text: str, source: str | None = None) -> None:
+    """Refuse documents nested deeper than YAML_MAX_DEPTH or larger than YAML_MAX_NODES once every
+    alias is expanded ("billion laughs"), and aliases that refer to their own anchor.
+
+    Walks PyYAML's event stream, which is produced without recursion, keeping each open
+    collection's expanded size; an anchor remembers the size of what it names, so an alias
+    costs a dictionary lookup and the walk is linear in the text."""
+    where = source or "spec"
+    anchored: dict[str, int] = {}
+    open_collections: list[list] = [[None, 0]]  # [anchor, expanded nodes so far]
+    for event in yaml.parse(text, Loader=_SpecLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in anchored:
+                if any(c[0] == event.anchor for c in open_collections):
+                    raise ZdiffError(f"spec is not valid YAML: alias *{event.anchor} refers to itself ({where}:{line})")
+                raise ZdiffError(f"spec is not valid YAML: alias *{event.anchor} has no anchor before it ({where}:{line})")
+            open_collections[-1][1] += anchored[event.anchor]
+        elif isinstance(event, yaml.ScalarEvent):
+            open_collections[-1][1] += 1
+            if event.anchor is not None:
+                anchored[event.anchor] = 1
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            open_collections.append([event.anchor, 1])
+            if len(open_collections) - 1 > YAML_MAX_DEPTH:
+                raise ZdiffError(f"spec nests deeper than {YAML_MAX_DEPTH} levels (zdiff.limits.YAML_MAX_DEPTH) "
+                                 f"({where}:{line})")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = open_collections.pop()
+            if anchor is not None:
+                anchored[anchor] = size
+            open_collections[-1][1] += size
+        else:
+            continue
+        if sum(c[1] for c in open_collections) > YAML_MAX_NODES:
+            raise ZdiffError(f"spec has more than {YAML_MAX_NODES} values once its aliases are expanded "
+                             f"(zdiff.limits.YAML_MAX_NODES) ({where}:{line})")
 
 
 # --- structural conversion -------------------------------------------------------------
@@ -145,7 +208,13 @@ def _convert(tp, value: Any, path: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, value, "must be a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer literal past the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise SpecError(path, value, "must be a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise SpecError(path, value, "must be a string")

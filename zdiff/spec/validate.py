@@ -7,9 +7,15 @@ later stage reads concrete values and never re-derives a default on its own.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ..errors import SpecError
+from ..limits import SPEC_MAXIMUM, SPEC_MINIMUM, SPEC_NAME_MAX_CHARS
 from .schema import CCASpec, Spec
+
+# `name` is a path component of default outputs (build/<name>/<target>, the kernel cache):
+# printable, no separator, not a dot directory
+_NAME_CHARS = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
 
 
 def _positive(path: str, value: int | float) -> None:
@@ -34,7 +40,45 @@ def default_acceptance_levels(block_size: int, proposals: int) -> tuple[int, ...
     return tuple(sorted({round(i * top / (proposals - 1)) for i in range(proposals)}))
 
 
+def _field(spec: Spec, path: str):
+    """The value at a dotted path, None when a section on the way is absent (e.g. cca of a gqa model)."""
+    value = spec
+    for part in path.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def check_bounds(spec: Spec) -> None:
+    """The documented upper (and few lower) bounds of zdiff.limits, before any rule uses a value."""
+    for path, top in SPEC_MAXIMUM.items():
+        value = _field(spec, path)
+        if value is not None and value > top:
+            raise SpecError(path, value, f"must be at most {_number(top)} (zdiff.limits.SPEC_MAXIMUM)")
+    for path, low in SPEC_MINIMUM.items():
+        value = _field(spec, path)
+        if value is not None and value < low:
+            raise SpecError(path, value, f"must be at least {_number(low)} (zdiff.limits.SPEC_MINIMUM)")
+
+
+def _number(bound: int | float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def check_name(name: str) -> None:
+    if not name.strip():
+        raise SpecError("name", name, "must not be blank")
+    if len(name) > SPEC_NAME_MAX_CHARS:
+        raise SpecError("name", name, f"must be at most {SPEC_NAME_MAX_CHARS} characters (it names output directories)")
+    if not _NAME_CHARS.match(name) or name in (".", ".."):
+        raise SpecError("name", name, "must be usable as a directory name: no '/', '\\', control characters, "
+                        "'.' or '..'")
+
+
 def validate(spec: Spec) -> Spec:
+    check_name(spec.name)
+    check_bounds(spec)
     model = spec.model
     for name in ("vocab_size", "hidden_size", "num_layers"):
         _positive(f"model.{name}", getattr(model, name))
@@ -131,7 +175,4 @@ def validate(spec: Spec) -> Spec:
     for i, target in enumerate(spec.targets):
         if target in spec.targets[:i]:
             raise SpecError(f"targets[{i}]", target, "is listed twice")
-    if not spec.name.strip():
-        raise SpecError("name", spec.name, "must not be blank")
-
     return dataclasses.replace(spec, model=model, diffusion=diff)

@@ -1,0 +1,212 @@
+"""End-to-end decode steps of the engine at ZAYA1-8B shapes, next to the `zdiff cost` floor.
+
+    PYTHONPATH=. python benchmarks/decode_bench.py --out "$OUT"               # one GPU call
+    python benchmarks/decode_bench.py --smoke --out /tmp/decode               # CPU: tiny spec, logic only
+
+For every (context, batch, P) it fills a slot cache to `context` tokens per sequence (random
+K/V and CCA state: a step's cost does not depend on the values), runs engine steps with random
+bf16 weights, and reports ms per step graphed and eager, the roofline floor of the same forward
+(CostModel.forward on the card's target), their ratio, host time per step (stats.host_seconds:
+step() outside waits), kernels per step and the top kernels of a profile (eager steps), and
+tokens/s at an assumed acceptance histogram (the cost model's default) and, with --acceptance,
+at a measured one (e.g. the demo's `zdiff generate --json` output). Random weights accept
+almost nothing, so tokens/s comes from the histogram, not from the run.
+Writes results.json, results.md (card, versions, date) and steps.png (ms/step vs batch with the
+floor) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zdiff.autotune.cost import CostModel, default_acceptance, expected_tokens, load_acceptance  # noqa: E402
+from zdiff.autotune.targets import target_rates  # noqa: E402
+from zdiff.generation.engine import Engine, RequestParams  # noqa: E402
+from zdiff.spec import load_spec  # noqa: E402
+
+
+def build(spec, backend: str, device: str, dtype):
+    """Random weights (N(0, 0.02), norms at one) created on the device: no 35 GB host init."""
+    from zdiff.checkpoint.store import generated_model_class
+    from zdiff.runtime import Transformer, cast_model
+
+    cls = Transformer if backend == "torch" else generated_model_class(spec, device=torch.device(device))
+    with torch.device(device):
+        model = cls(spec.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:  # norms, residual scales, key temperatures
+                p.fill_(1.0)
+    return cast_model(model, dtype=dtype).eval()
+
+
+def filled_engine(model, spec, batch: int, context: int, proposals: int, graphs: bool) -> Engine:
+    engine = Engine(model, diffusion=spec.diffusion, spec=spec, max_slots=batch, max_len=context + 4096,
+                    proposals=proposals, graphs=graphs)
+    for i in range(batch):  # one-token prompts: no prefill; the cache is filled below
+        engine.add([i + 1], RequestParams(max_new_tokens=4000, seed=i, mode="tidar" if proposals else "ar"))
+    engine._admit()
+    with torch.no_grad():
+        engine.state.cache_len[:batch] = context
+        for layer in engine.cache.layers:
+            for buffer in (layer.k, layer.v, layer.state_qk, layer.state_delayed):
+                buffer.normal_()
+    return engine
+
+
+def time_steps(engine: Engine, steps: int, warmup: int) -> tuple[float, float]:
+    """(ms per step on the device clock, host ms per step outside waits)."""
+    cuda = engine.device.type == "cuda"
+    for _ in range(warmup):
+        engine.step()
+    if cuda:
+        torch.cuda.synchronize()
+    host0 = engine.stats.host_seconds
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    if cuda:
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps
+    return wall * 1e3, (engine.stats.host_seconds - host0) / steps * 1e3
+
+
+def profile_steps(engine: Engine, steps: int) -> tuple[float, list[tuple[str, float]]]:
+    """(kernels per step, top 10 kernels by device time in ms per step) of eager steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = engine.device.type == "cuda"
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        for _ in range(steps):
+            engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if (e.device_type.name == "CUDA") == cuda]
+    attr = "device_time_total" if cuda else "self_cpu_time_total"
+    if cuda:
+        kernels = sum(e.count for e in events)
+    else:  # on the CPU count the aten ops that would launch kernels
+        kernels = sum(e.count for e in events if e.key.startswith("aten::") and getattr(e, attr) > 0)
+    top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:10]
+    return kernels / steps, [(e.key[:90], getattr(e, attr) / 1e3 / steps) for e in top]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="decode-bench")
+    ap.add_argument("--smoke", action="store_true", help="tiny spec on the CPU, a few steps")
+    ap.add_argument("--spec", default="zaya1-8b")
+    ap.add_argument("--backend", default="triton")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[4096, 32768])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--proposals", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--acceptance", help="a measured histogram (zdiff generate --json output)")
+    args = ap.parse_args()
+    if args.smoke:
+        args.spec, args.backend, args.contexts, args.batches, args.steps = "zaya1-tiny", "torch", [24], [1, 2], 2
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    spec = load_spec(args.spec)
+    target = "h200" if device == "cpu" else _target()
+    cost = CostModel(spec, target_rates(target))
+    b, levels = spec.diffusion.block_size, spec.diffusion.acceptance_levels
+    histograms = {"assumed": default_acceptance(b)}
+    if args.acceptance:
+        histograms["measured"] = load_acceptance(args.acceptance, b)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build(spec, args.backend, device, dtype)
+    rows = []
+    for context in args.contexts:
+        for batch in args.batches:
+            for p in args.proposals:
+                row = {"context": context, "batch": batch, "proposals": p,
+                       "floor_ms": cost.forward(batch, context, p).seconds * 1e3}
+                for graphs in ([True, False] if device == "cuda" else [False]):
+                    engine = filled_engine(model, spec, batch, context, p, graphs)
+                    ms, host_ms = time_steps(engine, args.steps, warmup=3)
+                    key = "graphed" if graphs else "eager"
+                    row[f"{key}_ms"], row[f"{key}_host_ms"] = ms, host_ms
+                    if not graphs:
+                        row["kernels_per_step"], row["top_kernels"] = profile_steps(engine, max(2, args.steps // 4))
+                    del engine
+                best = row.get("graphed_ms", row["eager_ms"])
+                row["ratio_to_floor"] = best / row["floor_ms"]
+                for name, accept in histograms.items():
+                    tokens = expected_tokens(accept, tuple(levels[:p]), b) if p else 1.0
+                    row[f"tokens_per_s_{name}"] = batch * tokens / (best / 1e3)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "top_kernels"}), flush=True)
+    results = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+               "torch": torch.__version__, "triton": triton.__version__, "spec": spec.name, "backend": args.backend,
+               "target": target, "rows": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(_markdown(results))
+    _plot(results, out / "steps.png")
+    return 0
+
+
+def _target() -> str:
+    from zdiff.checkpoint.store import runtime_target
+
+    return runtime_target(torch.device("cuda"))
+
+
+def _markdown(results: dict) -> str:
+    lines = [f"{results['device']}, torch {results['torch']}, triton {results['triton']}, {results['date']}; "
+             f"{results['spec']} backend {results['backend']}, floors for {results['target']}", "",
+             "| context | batch | P | floor ms | graphed ms | eager ms | ratio | host ms | kernels/step | tok/s (assumed) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['context']} | {r['batch']} | {r['proposals']} | {r['floor_ms']:.3f} | "
+                     f"{r.get('graphed_ms', float('nan')):.3f} | {r['eager_ms']:.3f} | {r['ratio_to_floor']:.2f} | "
+                     f"{r.get('graphed_host_ms', r['eager_host_ms']):.3f} | {r['kernels_per_step']:.0f} | "
+                     f"{r['tokens_per_s_assumed']:.0f} |")
+    worst = max(results["rows"], key=lambda r: r["ratio_to_floor"])
+    lines += ["", f"Top kernels of the eager step furthest from its floor (context {worst['context']}, batch "
+              f"{worst['batch']}, P {worst['proposals']}), ms per step:", ""]
+    lines += [f"- {name}: {ms:.3f}" for name, ms in worst["top_kernels"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len({r["context"] for r in results["rows"]}), figsize=(11, 4), squeeze=False)
+    for ax, context in zip(axes[0], sorted({r["context"] for r in results["rows"]})):
+        for p in sorted({r["proposals"] for r in results["rows"]}):
+            rows = [r for r in results["rows"] if r["context"] == context and r["proposals"] == p]
+            batches = [r["batch"] for r in rows]
+            line, = ax.plot(batches, [r.get("graphed_ms", r["eager_ms"]) for r in rows], marker="o", label=f"P={p}")
+            ax.plot(batches, [r["floor_ms"] for r in rows], linestyle="--", color=line.get_color())
+        ax.set(xscale="log", yscale="log", xlabel="batch (slots)", ylabel="ms per step",
+               title=f"context {context} (dashed: cost-model floor)")
+        ax.legend()
+    fig.suptitle(f"{results['spec']} decode steps, {results['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The decode engine against the host-driven loop (the oracle): greedy token for token, the
+stochastic samplers as exact distributions (with power checks), per-request reproducibility,
+continuous batching, and a step that never synchronises with the host."""
+
+import pytest
+import torch
+
+from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_vocab_model
+from sync_guard import ENGINE_MODULES, HostSyncError, no_host_sync
+from zdiff.errors import ZdiffError
+from zdiff.generation import SamplingParams, generate, sampling
+from zdiff.generation import batched_sampling, decode_step, engine as engine_module
+from zdiff.generation.engine import Engine, RequestParams
+from zdiff.pattern import decode_pattern
+from zdiff.runtime import build_model
+from zdiff.spec import load_spec
+
+PROMPT = [1, 2, 3]
+MASK = 7
+N_SAMPLES = 4000
+
+
+def _engine_tokens(model, diffusion, prompts, params, slots, **kw):
+    engine = Engine(model, diffusion=diffusion, max_slots=slots, max_len=64, **kw)
+    ids = [engine.add(p, params) for p in prompts]
+    results = engine.run()
+    return [results[i].tokens for i in ids], engine
+
+
+@pytest.mark.parametrize("mode", ["ar", "tidar"])
+def test_greedy_engine_equals_reference_loop_with_refills(mode):
+    """Ragged prompts, fewer slots than requests (slots are refilled mid-run), fixed P = 3."""
+    model, spec = tiny_vocab_model(seed=1)
+    prompts = [[1, 2, 3, 4, 5], [6], [2, 2, 4, 1, 0, 3, 5, 6, 1], [3, 3], [5, 1, 2]]
+    ref = generate(model, prompts, SamplingParams(kind="greedy"), diffusion=spec.diffusion, mode=mode, max_new_tokens=13)
+    tokens, engine = _engine_tokens(model, spec.diffusion, prompts,
+                                    RequestParams(max_new_tokens=13, sampler="greedy", mode=mode), slots=2, proposals=3)
+    assert tokens == ref.tokens
+    if mode == "tidar":
+        assert sum(engine.stats.tokens_per_step[1:]) > 0  # drafts were accepted: the commit paths ran
+        assert engine.stats.steps < 13 * len(prompts) / 2
+
+
+@pytest.mark.parametrize("name", ["zaya1-tiny", "qwen3-moe-tiny"])
+def test_greedy_engine_equals_reference_loop_on_presets(name):
+    """Both attention kinds (CCGQA with its conv state, plain GQA), AR and TiDAR requests mixed in
+    one batch, a prompt longer than the prefill chunk."""
+    spec = load_spec(name)
+    model = build_model(spec.model, seed=3).eval()
+    prompts = [[256, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [256, 40], [256, 99, 98]]
+    greedy = SamplingParams(kind="greedy")
+    ref_tidar = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="tidar", max_new_tokens=10)
+    ref_ar = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="ar", max_new_tokens=10)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=4, max_len=64, proposals=2, prefill_chunk=4)
+    ids = [engine.add(p, RequestParams(max_new_tokens=10, sampler="greedy", mode=m))
+           for p in prompts for m in ("tidar", "ar")]
+    results = engine.run()
+    assert [results[i].tokens for i in ids[0::2]] == ref_tidar.tokens
+    assert [results[i].tokens for i in ids[1::2]] == ref_ar.tokens
+
+
+@pytest.fixture(scope="module")
+def exact3():
+    model, spec = tiny_vocab_model(seed=0)
+    with torch.no_grad():
+        table = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(MASK,)))
+    return model, spec, table
+
+
+def _sampled(model, spec, params, proposals=3, n=N_SAMPLES, length=3):
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=1000, max_len=16, proposals=proposals)
+    ids = [engine.add(PROMPT, RequestParams(max_new_tokens=length, seed=11 + i, **params)) for i in range(n)]
+    results = engine.run()
+    return [results[i].tokens for i in ids], engine
+
+
+def test_lossless_engine_matches_exact_ar_distribution(exact3):
+    model, spec, table = exact3
+    tokens, engine = _sampled(model, spec, {})
+    assert sum(engine.stats.tokens_per_step[1:]) > 0.2 * sum(engine.stats.tokens_per_step)  # drafts were accepted
+    assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
+
+
+@pytest.mark.parametrize("broken", ["accept_all", "resample_from_p"])
+def test_the_engine_exactness_test_rejects_broken_verifiers(exact3, monkeypatch, broken):
+    """Power: the same test fails for plausible verifier bugs injected into the engine's step."""
+    model, spec, table = exact3
+    verify = batched_sampling.verify
+
+    def accept_all(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest):
+        n, _ = verify(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest)
+        # keep every draft and draw the bonus token from p_m
+        m = num_drafts
+        forced = torch.where(m > 0, m, n)
+        p = torch.softmax(batched_sampling.process_logits(ar_logits, *rest[1:4], rest[-2], rest[-1]), -1)
+        row = p.gather(1, forced[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]
+        return forced, batched_sampling.inverse_cdf(row, torch.rand(row.shape[0], dtype=torch.float64))
+
+    def resample_from_p(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest):
+        # a rejection redraws from p instead of max(0, p - q): same as verifying with q = 0 at the resample
+        n, token = verify(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest)
+        p = torch.softmax(batched_sampling.process_logits(ar_logits, *rest[1:4], rest[-2], rest[-1]), -1)
+        row = p.gather(1, n[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]
+        redrawn = batched_sampling.inverse_cdf(row, torch.rand(row.shape[0], dtype=torch.float64))
+        return n, torch.where(n < num_drafts, redrawn, token)
+
+    monkeypatch.setattr(decode_step, "verify", {"accept_all": accept_all, "resample_from_p": resample_from_p}[broken])
+    tokens, _ = _sampled(model, spec, {})
+    assert chi_square_p_value(*counts_against(tokens, table)) < 1e-6
+
+
+def test_logit_mix_engine_matches_its_mixed_target():
+    """Two new tokens: c from p, then x_1 verified against softmax(w z_AR + (1-w) z_draft) where z_draft
+    is the level-0 block's slot 1 seen from c: exact, enumerable. And not the lossless distribution."""
+    model, spec = tiny_vocab_model(seed=2)
+    w = 0.3
+    params = SamplingParams(kind="logit_mix", mix_weight=w, banned=(MASK,))
+    vocab = [t for t in range(8) if t != MASK]
+    b = spec.diffusion.block_size
+    mixed, plain = {}, {}
+    with torch.no_grad():
+        p_c = sampling.probabilities(model(torch.tensor([PROMPT]))[0, -1], params)
+        for c in vocab:
+            # the engine's first step: verify row c (position 3), level-0 block at positions 3.. seeing c
+            pattern = decode_pattern(len(PROMPT), 0, b, (0,))
+            rows = model(torch.tensor([PROMPT + [c] + [MASK] * b]), positions=pattern.positions(),
+                         predecessors=pattern.predecessors(), visible=pattern.dense_mask())[0, len(PROMPT):]
+            z_draft = rows[2]  # block slot 1: the draft for position 4
+            z_ar = model(torch.tensor([PROMPT + [c]]))[0, -1]
+            target = sampling.probabilities(w * z_ar + (1 - w) * z_draft, params)
+            ar = sampling.probabilities(z_ar, params)
+            for x in vocab:
+                mixed[(c, x)] = p_c[c].item() * target[x].item()
+                plain[(c, x)] = p_c[c].item() * ar[x].item()
+    tokens, _ = _sampled(model, spec, {"sampler": "logit_mix", "mix_weight": w}, length=2)
+    assert chi_square_p_value(*counts_against(tokens, mixed)) > 1e-3
+    assert chi_square_p_value(*counts_against(tokens, plain)) < 1e-6
+
+
+def test_top_k_top_p_engine_matches_exact_filtered_distribution():
+    """Lossless with top-k and top-p: the output is distributed as AR sampling from the filtered p."""
+    model, spec = tiny_vocab_model(seed=4)
+    filt = dict(top_k=4, top_p=0.85, temperature=0.9)
+    with torch.no_grad():
+        table = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(MASK,), **filt))
+        unfiltered = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(MASK,),
+                                                                           temperature=0.9))
+    tokens, engine = _sampled(model, spec, filt)
+    assert sum(engine.stats.tokens_per_step[1:]) > 0
+    assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
+    assert chi_square_p_value(*counts_against([t for t in tokens], unfiltered)) < 1e-6
+
+
+def test_a_requests_draws_do_not_depend_on_its_slot_or_neighbours():
+    model, spec = tiny_vocab_model(seed=5)
+    probe = RequestParams(max_new_tokens=12, seed=1234, top_k=5)
+    alone, _ = _engine_tokens(model, spec.diffusion, [PROMPT], probe, slots=1)
+    others = [RequestParams(max_new_tokens=n, seed=s, sampler=k) for n, s, k in
+              [(5, 1, "lossless"), (9, 2, "logit_mix"), (3, 3, "greedy"), (12, 4, "lossless")]]
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=3, max_len=64)
+    for params in others[:3]:
+        engine.add([4, 5, 6], params)
+    rid = engine.add(PROMPT, probe)  # queued: it enters whichever slot frees first, mid-run
+    engine.add([1], others[3])
+    results = engine.run()
+    assert results[rid].tokens == alone[0]
+
+
+def test_stop_tokens_length_and_cancel():
+    model, spec = tiny_vocab_model(seed=1)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=4, max_len=64)
+    ids = [engine.add(PROMPT, RequestParams(max_new_tokens=9, stop_tokens=(0,), seed=s)) for s in range(30)]
+    victim = engine.add(PROMPT, RequestParams(max_new_tokens=40, seed=99))
+    events = []
+    while engine.has_work():
+        events += engine.step()
+        if engine.result(ids[-1]) is not None and engine.result(victim) is None:
+            engine.cancel(victim)
+    results = {i: engine.result(i) for i in ids}
+    for r in results.values():
+        assert 1 <= len(r.tokens) <= 9 and MASK not in r.tokens
+        assert 0 not in r.tokens[:-1] and (r.tokens[-1] == 0) == (r.finish_reason == "stop")
+        assert r.finish_reason == "stop" or len(r.tokens) == 9
+    assert any(r.finish_reason == "stop" for r in results.values())
+    assert engine.result(victim).finish_reason == "cancelled"
+    for rid in ids:  # the events of a request concatenate to its tokens, finished exactly once
+        mine = [e for e in events if e.request_id == rid]
+        assert sum((e.tokens for e in mine), []) == results[rid].tokens
+        assert [e.finished for e in mine].count(True) == 1 and mine[-1].finished
+
+
+def test_the_step_never_synchronises_with_the_host(monkeypatch):
+    model, spec = tiny_vocab_model(seed=1)
+    guarded_step = decode_step.decode_step
+    modules = list(ENGINE_MODULES)
+
+    def checked(*args, **kwargs):
+        with no_host_sync(tuple(modules)):
+            return guarded_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "decode_step", checked)
+    kinds = [dict(sampler="lossless"), dict(sampler="greedy"), dict(sampler="logit_mix", mix_weight=0.5),
+             dict(sampler="lossless", top_k=3, top_p=0.9, mode="ar")]
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=4, max_len=64)
+    for i, kw in enumerate(kinds):
+        engine.add(PROMPT, RequestParams(max_new_tokens=8, seed=i, **kw))
+    engine.run()
+    assert engine.stats.eager_steps > 3
+
+    # and the guard has teeth: a sync in guarded code (here this test module's) is caught
+    modules.append(__name__)
+
+    def syncing(*args, **kwargs):
+        n, token = batched_sampling.verify(*args, **kwargs)
+        int(n.sum())
+        return n, token
+
+    monkeypatch.setattr(decode_step, "verify", syncing)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=64)
+    engine.add(PROMPT, RequestParams(max_new_tokens=4))
+    with pytest.raises(HostSyncError, match="__int__"):
+        engine.run()
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("max_new_tokens", 0, "max_new_tokens"), ("max_new_tokens", 100, "exceeds the engine's max_len"),
+    ("sampler", "beam", "sampler"), ("temperature", float("nan"), "temperature"), ("temperature", 0.0, "temperature"),
+    ("top_k", -1, "top_k"), ("top_p", 0.0, "top_p"), ("top_p", 1.5, "top_p"), ("mix_weight", 2.0, "mix_weight"),
+    ("seed", -1, "seed"), ("mode", "beam", "mode"), ("stop_tokens", (9,), "stop_tokens"),
+])
+def test_bad_requests_are_refused_with_the_field(field, value, match):
+    model, spec = tiny_vocab_model(seed=1)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=1, max_len=64)
+    with pytest.raises(ZdiffError, match=match):
+        engine.add(PROMPT, RequestParams(**{field: value}))
+    for prompt, match in (([], "at least one"), ([8], r"\[0, 8\)"), ([-1], r"\[0, 8\)"), ([MASK], "mask token")):
+        with pytest.raises(ZdiffError, match=match):
+            engine.add(prompt, RequestParams())
+    assert not engine.has_work()
+
+
+def test_an_engine_that_cannot_fit_is_refused_with_numbers():
+    model, spec = tiny_vocab_model(seed=1)
+    with pytest.raises(ZdiffError, match=r"max_slots=100000, max_len=100000000: the engine needs about .* GiB"):
+        Engine(model, diffusion=spec.diffusion, max_slots=100_000, max_len=100_000_000)
+
+
+def test_auto_policy_follows_acceptance_and_reports():
+    """With the cost model of an H200 at batch 1 (memory bound), high acceptance buys proposal
+    blocks and zero acceptance falls back to AR (P = 0); the engine reports what it chose."""
+    from zdiff.generation.proposals import ProposalPolicy
+
+    spec = load_spec("zaya1-8b")
+    levels = spec.diffusion.acceptance_levels
+    good = ProposalPolicy(spec, levels, "auto", "h200")
+    for _ in range(500):
+        good.observe(spec.diffusion.block_size - 1)
+    bad = ProposalPolicy(spec, levels, "auto", "h200")
+    for _ in range(500):
+        bad.observe(0)
+    assert good.choose(1, 4096) >= 1
+    assert bad.choose(1, 4096) == 0
+    model, tiny = tiny_vocab_model(seed=1)
+    _, engine = _engine_tokens(model, tiny.diffusion, [PROMPT] * 3, RequestParams(max_new_tokens=10), slots=3)
+    report = engine.policy.report()
+    assert report["policy"] == "auto" and sum(report["proposals_used"].values()) == engine.stats.steps

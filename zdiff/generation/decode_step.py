@@ -1,0 +1,159 @@
+"""One decode step over a prefix of slots, as device work only (DESIGN.md, "The decode engine").
+
+Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is b when any slot may
+hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the device:
+  1. layout: verify rows [c, d_1..d_m] (m = num_drafts), then P_s blocks at the first levels
+     <= m (0 for AR slots), then padding; positions and predecessors from cache_len;
+  2. forward through the model (a StepLayout: no host tuple, no mask for the generated model);
+  3. verify all slots at once (batched_sampling.verify) with their own parameters;
+  4. commit c, d_1..d_n into the cache (fixed-shape scatter), stop / length checks;
+  5. next drafts from the block at the largest level <= n, sampled slot by slot;
+  6. the output packet (tokens, count, done, n, was active) for the host to read one step late.
+Nothing here reads a value back to the host: `tests/test_engine.py` runs it under a guard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .batched_sampling import process_logits, sample_rows, verify
+from .counter_rng import DRAFT
+from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
+from .slots import SlotCache, StepLayout
+
+# new-row predecessor codes, before mapping into [cache state rows | new rows]
+LAST_CACHED, NO_PREDECESSOR = -1, -2
+
+
+@dataclass(frozen=True)
+class StepShape:
+    slots: int  # bucket: slots [0, slots) take part
+    verify_rows: int  # 1 (no slot holds drafts) or block_size
+    proposals: int  # P blocks at levels[:P]
+    filtered: bool  # some slot uses top-k or top-p (the sort runs)
+    block_size: int
+
+    @property
+    def rows(self) -> int:
+        return self.verify_rows + self.proposals * self.block_size
+
+
+@dataclass(frozen=True)
+class StepConstants:
+    """Device constants of an engine, made once (the step never creates tensors from host lists)."""
+
+    block_size: int
+    level_values: tuple[int, ...]  # the spec's acceptance levels (host copy of `levels`)
+    levels: torch.Tensor  # (len(levels),) int64
+    anchors: torch.Tensor  # levels + 1, or (0,) for AR-only engines
+    banned: torch.Tensor  # ids never sampled (the mask token)
+    fill_id: int  # the id of mask and padding rows
+
+
+def extended_predecessors(new_pred: torch.Tensor, cache_len: torch.Tensor, receptive_field: int) -> torch.Tensor:
+    """(S, rf + R) indices into [cache state rows | new rows] from new-row codes (S, R): a row index,
+    LAST_CACHED (the last committed token) or NO_PREDECESSOR. State row j is the (rf - j)-th last
+    committed token; its predecessor is row j - 1 while that token exists."""
+    rf = receptive_field
+    j = torch.arange(rf, device=new_pred.device)[None, :]
+    state = torch.where((j > 0) & (cache_len[:, None] - rf + j - 1 >= 0), j - 1, -1)
+    last = torch.where(cache_len[:, None] >= 1, rf - 1, -1) if rf else torch.full_like(new_pred, -1)
+    new = torch.where(new_pred >= 0, rf + new_pred, torch.where(new_pred == LAST_CACHED, last, -1))
+    return torch.cat([state.expand(new_pred.shape[0], rf), new], dim=1)
+
+
+def causal_chunk_inputs(tokens: torch.Tensor, start: torch.Tensor, rows: torch.Tensor, receptive_field: int):
+    """ids, positions, predecessors of causal chunks (S, R), rows[s] of them real, after start[s] cached
+    tokens (prefill)."""
+    R = tokens.shape[1]
+    r = torch.arange(R, device=tokens.device)[None, :].expand(tokens.shape[0], R)
+    new_pred = torch.where(r == 0, LAST_CACHED, r - 1)
+    new_pred = torch.where(r < rows[:, None], new_pred, NO_PREDECESSOR)
+    return tokens, start[:, None] + r, extended_predecessors(new_pred, start, receptive_field)
+
+
+def _layout_rows(st: SlotState, shape: StepShape, k: StepConstants):
+    """(ids, positions, predecessors, layout, causal, blocks per slot) of this step."""
+    S, R, b = shape.slots, shape.rows, k.block_size
+    levels = k.levels[: shape.proposals]
+    m = torch.where(st.active, st.num_drafts, 0) if shape.verify_rows > 1 else torch.zeros_like(st.num_drafts)
+    blocks = (levels[None, :] <= m[:, None]).sum(-1) if shape.proposals else torch.zeros_like(m)
+    blocks = torch.where(st.tidar & st.active, blocks, 0)
+    causal = torch.where(st.active, 1 + m, 0)
+    n_rows = causal + blocks * b
+    r = torch.arange(R, device=m.device)[None, :].expand(S, R)
+    in_block = (r >= causal[:, None]) & (r < n_rows[:, None])
+    j = ((r - causal[:, None]).clamp_min(0) // b).clamp_max(max(shape.proposals - 1, 0))
+    t = (r - causal[:, None]).clamp_min(0) % b
+    level = levels[j] if shape.proposals else torch.zeros_like(j)
+    if st.drafts.shape[1]:
+        draft_ids = st.drafts.gather(1, (r - 1).clamp(0, st.drafts.shape[1] - 1))
+    else:
+        draft_ids = torch.full_like(r, k.fill_id)
+    ids = torch.where(r == 0, st.pending[:, None], torch.where(r < causal[:, None], draft_ids, k.fill_id))
+    cl = st.cache_len[:, None]
+    positions = torch.where(in_block, cl + 1 + level + t, cl + r.clamp_max(shape.verify_rows - 1))
+    new_pred = torch.where(r == 0, LAST_CACHED, r - 1)
+    new_pred = torch.where(in_block & (t == 0), level, new_pred)
+    new_pred = torch.where(r < n_rows[:, None], new_pred, NO_PREDECESSOR)
+    layout = StepLayout(b, k.level_values[: shape.proposals],
+                        torch.where(st.active, st.cache_len, 0).int(), causal.int(), n_rows.int(), k.anchors)
+    return ids, positions, new_pred, layout, causal, blocks
+
+
+def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: StepConstants) -> None:
+    """Run one step on slots [0, shape.slots) of `st` (a prefix view) and `cache` (the same prefix)."""
+    S, b, V_ROWS = shape.slots, k.block_size, shape.verify_rows
+    ids, positions, new_pred, layout, causal, blocks = _layout_rows(st, shape, k)
+    preds = extended_predecessors(new_pred, st.cache_len, cache.receptive_field)
+    logits = model(ids, positions=positions, predecessors=preds, cache=cache, layout=layout)  # (S, R, V) fp32
+
+    D = V_ROWS - 1
+    n, token = verify(logits[:, :V_ROWS], st.draft_logits, st.drafts, torch.where(st.active, st.num_drafts, 0)
+                      if D else torch.zeros_like(st.num_drafts), st.cache_len + 1, st.kind, st.temperature,
+                      st.top_k, st.top_p, st.mix_weight, st.seed, k.banned, shape.filtered)
+    active = st.active
+    n = torch.where(active, n, 0)
+    counts = torch.where(active, n + 1, 0)
+    cache.commit(st.cache_len, counts, V_ROWS)
+
+    # the tokens this step commits: d_1..d_n, then the verifier's token
+    i = torch.arange(b, device=n.device)[None, :]
+    tokens = torch.where(i < n[:, None], torch.cat([st.drafts, token[:, None]], dim=1), token[:, None])
+    hit = ((tokens[..., None] == st.stop_ids[:, None, :]).any(-1)) & (i < counts[:, None])
+    first_stop = torch.where(hit.any(-1), hit.int().argmax(-1), b)
+    delivered = torch.minimum(torch.minimum(counts, first_stop + 1), st.max_new - st.generated).clamp_min(0)
+    delivered = torch.where(active, delivered, 0)
+    done = active & ((first_stop < counts) | (st.generated + delivered >= st.max_new))
+
+    packet = st.packet
+    packet[:, :b].copy_(torch.where(i < delivered[:, None], tokens, -1))
+    assert (COUNT, DONE, ACCEPTED, WAS_ACTIVE) == (0, 1, 2, 3)
+    packet[:, b:].copy_(torch.stack([delivered, done.long(), n, active.long()], dim=1))
+
+    # next drafts: block at the largest level a <= n supplies slots n - a + 1 .. b - 1
+    new_len = st.cache_len + counts
+    if shape.proposals:
+        levels = k.levels[: shape.proposals]
+        usable = (levels[None, :] <= n[:, None]) & (torch.arange(shape.proposals, device=n.device)[None, :] < blocks[:, None])
+        chosen = (usable.long().sum(-1) - 1).clamp_min(0)
+        a = levels[chosen]
+        offset = n - a
+        start = causal + chosen * b + offset + 1
+        t = torch.arange(b - 1, device=n.device)[None, :]
+        rows = (start[:, None] + t).clamp_max(shape.rows - 1)
+        block_logits = logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1]))
+        z = process_logits(block_logits, st.temperature, st.top_k, st.top_p, k.banned, shape.filtered)
+        new_drafts = sample_rows(z, st.kind, st.seed, new_len[:, None] + 1 + t, DRAFT)
+        st.draft_logits.copy_(block_logits)
+        st.drafts.copy_(new_drafts)
+        st.num_drafts.copy_(torch.where(active & st.tidar & (blocks > 0), b - 1 - offset, 0))
+    else:
+        st.num_drafts.zero_()
+
+    st.pending.copy_(torch.where(active, token, st.pending))
+    st.cache_len.copy_(new_len)
+    st.generated.add_(delivered)
+    st.active.copy_(active & ~done)

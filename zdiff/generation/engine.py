@@ -1,0 +1,480 @@
+"""The decode engine: continuous batching over a fixed number of slots, one device-resident
+step per forward pass, replayed as a CUDA/HIP graph per step shape.
+
+    engine = Engine.from_checkpoint("runs/demo/tidar/final", max_slots=8)
+    rid = engine.add(prompt_ids, RequestParams(max_new_tokens=64, sampler="lossless", seed=1))
+    while engine.has_work():
+        for event in engine.step():       # tokens committed for each request, one step late
+            ...
+    engine.result(rid).tokens
+
+Host work per step: admit queued requests into free slots (each prompt prefilled in chunks),
+pick the step shape (slot bucket, verify rows, proposal blocks), launch `decode_step` (a graph
+replay on CUDA/ROCm), start one non-blocking copy of the (slots, b + 4) output packet, and read
+the previous step's packet. The device never waits for the host; the host waits for a step
+only when it has nothing else to do. The old host-driven loop (`zdiff.generation.loop`) stays
+as the oracle the engine is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ZdiffError
+from ..spec import DiffusionSpec, Spec
+from .batched_sampling import GREEDY, KIND_CODES
+from .decode_step import StepConstants, StepShape, causal_chunk_inputs, decode_step
+from .proposals import ProposalPolicy
+from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
+from .slots import SlotCache, StepLayout
+
+MODES = ("tidar", "ar")
+MAX_STOP_TOKENS = 16
+MAX_SEED = 2**63 - 1
+CPU_POLICY_TARGET = "h200"  # the cost model needs a card; on the CPU the policy plans for an H200
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    max_new_tokens: int = 64
+    mode: str = "tidar"  # tidar | ar, per request (both mix in one batch)
+    sampler: str = "lossless"  # lossless | logit_mix | greedy
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    mix_weight: float = 1.0  # logit_mix only
+    seed: int = 0
+    stop_tokens: tuple[int, ...] = ()  # ids that end the request (kept in the output)
+
+
+@dataclass
+class TokenEvent:
+    request_id: int
+    tokens: list[int]  # committed since this request's last event
+    finished: bool
+    finish_reason: str | None  # stop | length | cancelled | None
+
+
+@dataclass
+class RequestResult:
+    request_id: int
+    prompt: list[int]
+    tokens: list[int]
+    forward_passes: int  # prefill chunks + decode steps this request took part in
+    accepted: list[int]  # drafts accepted (and delivered) per decode step
+    finish_reason: str
+
+
+@dataclass
+class EngineStats:
+    max_slots: int
+    forward_passes: int = 0  # decode steps + prefill chunks
+    steps: int = 0
+    tokens: int = 0
+    step_seconds: float = 0.0  # host wall time of the last step() call, waits included
+    host_seconds: float = 0.0  # total host time in step() outside waits for the device
+    wait_seconds: float = 0.0  # total host time waiting for a step's packet
+    tokens_per_step: list[int] = field(default_factory=list)  # index k: slot-steps that delivered k+1 tokens
+    proposals_used: dict[int, int] = field(default_factory=dict)
+    graph_replays: int = 0
+    eager_steps: int = 0
+    active_slots: int = 0
+    queue_depth: int = 0
+
+
+@dataclass
+class _Request:
+    request_id: int
+    prompt: list[int]
+    params: RequestParams
+    tokens: list[int] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    forward_passes: int = 0
+    reported: int = 0  # tokens already handed out in events
+    slot: int | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Launched:
+    """A step whose packet is on its way to the host."""
+
+    slots: dict[int, int]  # slot -> request id at launch
+    host: torch.Tensor
+    event: object | None
+    tidar_step: bool
+
+
+class Engine:
+    """Not thread-safe: drive it from one thread (a server runs it in its own loop thread)."""
+
+    def __init__(self, model, *, diffusion: DiffusionSpec | None = None, spec: Spec | None = None, max_slots: int = 8,
+                 max_len: int = 2048, proposals: int | str = "auto", device=None, graphs: bool | None = None,
+                 prefill_chunk: int = 256, target: str | None = None):
+        self.model = model.eval()
+        self.device = model.embed.weight.device if device is None else torch.device(device)
+        if max_slots < 1:
+            raise ZdiffError(f"max_slots must be at least 1, got {max_slots}")
+        if max_len < 2:
+            raise ZdiffError(f"max_len must be at least 2, got {max_len}")
+        if prefill_chunk < 1:
+            raise ZdiffError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        model_spec = model.spec
+        self.vocab = model_spec.vocab_size
+        self.diffusion = diffusion if diffusion is not None and diffusion.mask_token_id is not None else None
+        b = self.diffusion.block_size if self.diffusion else 1
+        levels = tuple(self.diffusion.acceptance_levels or ()) if self.diffusion else ()
+        self.block_size, self.levels = b, levels
+        self.mask_id = self.diffusion.mask_token_id if self.diffusion else None
+        self.max_slots, self.max_len, self.prefill_chunk = max_slots, max_len, prefill_chunk
+        self._check_memory(model_spec)
+
+        spec = spec or Spec(model=model_spec, diffusion=self.diffusion or DiffusionSpec())
+        if target is None:
+            target = _runtime_target(self.device)
+        self.policy = ProposalPolicy(spec, levels, proposals if self.diffusion else 0, target)
+        self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device)
+        self.state = SlotState.allocate(max_slots, b, self.vocab, MAX_STOP_TOKENS, self.device)
+        dev = self.device
+        self.constants = StepConstants(
+            block_size=b, level_values=levels, levels=torch.tensor(levels, dtype=torch.long, device=dev),
+            anchors=torch.tensor([a + 1 for a in levels] or [0], dtype=torch.long, device=dev),
+            banned=torch.tensor([] if self.mask_id is None else [self.mask_id], dtype=torch.long, device=dev),
+            fill_id=self.mask_id if self.mask_id is not None else 0)
+        cuda = self.device.type == "cuda"
+        self.graphs = cuda if graphs is None else graphs
+        if self.graphs and not cuda:
+            raise ZdiffError("graphs=True needs a CUDA or ROCm device")
+        self._graphs: dict[StepShape, torch.cuda.CUDAGraph] = {}
+        self._seen: set[StepShape] = set()
+        self._not_capturable: set[StepShape] = set()
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._host_packets = [torch.empty(self.state.packet.shape, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+
+        self._requests: dict[int, _Request] = {}
+        self._queue: deque[int] = deque()
+        self._slots: list[int | None] = [None] * max_slots
+        self._launched: deque[_Launched] = deque()
+        self._events: list[TokenEvent] = []
+        self._next_id = 0
+        self._may_have_drafts = False
+        self.stats = EngineStats(max_slots=max_slots, tokens_per_step=[0] * b)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir, *, backend: str | None = None, device=None, dtype=None,
+                        kernels_dir=None, **kwargs) -> "Engine":
+        """Load a checkpoint and build an engine. Defaults: the generated kernels in bf16 on a GPU,
+        the reference model in fp32 on the CPU."""
+        from ..checkpoint.store import SPEC_FILE, load_model
+        from ..spec import load_spec
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        on_gpu = device.type == "cuda"
+        backend = backend or ("triton" if on_gpu else "torch")
+        dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
+        model = load_model(checkpoint_dir, backend=backend, device=device, dtype=dtype, kernels_dir=kernels_dir)
+        spec = load_spec(Path(checkpoint_dir) / SPEC_FILE)
+        return cls(model, diffusion=spec.diffusion, spec=spec, device=device, **kwargs)
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def validate(self, prompt: list[int], params: RequestParams) -> None:
+        """Raise ZdiffError (one line naming the field and value) for a request this engine cannot run."""
+        p = params
+        if not prompt:
+            raise ZdiffError("prompt: needs at least one token")
+        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < self.vocab]
+        if bad:
+            raise ZdiffError(f"prompt: token ids must be integers in [0, {self.vocab}), got {bad[0]!r}")
+        if self.mask_id is not None and self.mask_id in prompt:
+            raise ZdiffError(f"prompt: contains the mask token id {self.mask_id}")
+        if not isinstance(p.max_new_tokens, int) or p.max_new_tokens < 1:
+            raise ZdiffError(f"max_new_tokens: must be a positive integer, got {p.max_new_tokens!r}")
+        if len(prompt) + p.max_new_tokens > self.max_len:
+            raise ZdiffError(f"max_new_tokens: prompt ({len(prompt)} tokens) + max_new_tokens ({p.max_new_tokens}) "
+                             f"exceeds the engine's max_len {self.max_len}")
+        if p.mode not in MODES:
+            raise ZdiffError(f"mode: must be one of {', '.join(MODES)}, got {p.mode!r}")
+        if p.mode == "tidar" and self.diffusion is None:
+            raise ZdiffError("mode: 'tidar' needs diffusion settings with a mask token (a converted checkpoint)")
+        if p.sampler not in KIND_CODES:
+            raise ZdiffError(f"sampler: must be one of {', '.join(KIND_CODES)}, got {p.sampler!r}")
+        if p.sampler != "greedy" and not (isinstance(p.temperature, (int, float)) and math.isfinite(p.temperature)
+                                          and p.temperature > 0):
+            raise ZdiffError(f"temperature: must be a finite number > 0 (use sampler greedy for argmax), "
+                             f"got {p.temperature!r}")
+        if not isinstance(p.top_k, int) or p.top_k < 0:
+            raise ZdiffError(f"top_k: must be an integer >= 0 (0 = off), got {p.top_k!r}")
+        if not (isinstance(p.top_p, (int, float)) and 0 < p.top_p <= 1):
+            raise ZdiffError(f"top_p: must be in (0, 1], got {p.top_p!r}")
+        if not (isinstance(p.mix_weight, (int, float)) and 0 <= p.mix_weight <= 1):
+            raise ZdiffError(f"mix_weight: must be in [0, 1], got {p.mix_weight!r}")
+        if not isinstance(p.seed, int) or not 0 <= p.seed <= MAX_SEED:
+            raise ZdiffError(f"seed: must be an integer in [0, 2^63), got {p.seed!r}")
+        if len(p.stop_tokens) > MAX_STOP_TOKENS:
+            raise ZdiffError(f"stop_tokens: at most {MAX_STOP_TOKENS}, got {len(p.stop_tokens)}")
+        bad = [t for t in p.stop_tokens if not isinstance(t, int) or not 0 <= t < self.vocab]
+        if bad:
+            raise ZdiffError(f"stop_tokens: ids must be integers in [0, {self.vocab}), got {bad[0]!r}")
+
+    def add(self, prompt: list[int], params: RequestParams = RequestParams()) -> int:
+        try:
+            prompt = [operator.index(t) for t in prompt]
+        except TypeError:
+            raise ZdiffError(f"prompt: token ids must be integers, got {list(prompt)[:8]!r}") from None
+        self.validate(prompt, params)
+        rid = self._next_id
+        self._next_id += 1
+        self._requests[rid] = _Request(rid, list(prompt), params)
+        self._queue.append(rid)
+        return rid
+
+    def cancel(self, request_id: int) -> None:
+        req = self._requests.get(request_id)
+        if req is None or req.finish_reason is not None:
+            return
+        if req.slot is None:
+            self._queue.remove(request_id)
+        else:
+            self.state.active[req.slot] = False  # stream-ordered after any step in flight
+            self._slots[req.slot] = None
+        self._finish(req, "cancelled")
+
+    def result(self, request_id: int) -> RequestResult | None:
+        req = self._requests.get(request_id)
+        if req is None or req.finish_reason is None:
+            return None
+        return RequestResult(req.request_id, req.prompt, list(req.tokens), req.forward_passes, list(req.accepted),
+                             req.finish_reason)
+
+    def has_work(self) -> bool:
+        return bool(self._queue or any(s is not None for s in self._slots) or self._launched or self._events)
+
+    def run(self, progress=None) -> dict[int, RequestResult]:
+        """Step until every request finished; `progress(tokens so far)` after each step."""
+        while self.has_work():
+            self.step()
+            if progress is not None:
+                progress(self.stats.tokens)
+        return {rid: self.result(rid) for rid, req in self._requests.items() if req.finish_reason is not None}
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    def step(self) -> list[TokenEvent]:
+        start = time.perf_counter()
+        waited = 0.0
+        self._admit()
+        occupied = [s for s, rid in enumerate(self._slots) if rid is not None]
+        if occupied:
+            self._launch(occupied)
+        if len(self._launched) > (1 if occupied else 0):
+            waited = self._collect(self._launched.popleft())
+        events, self._events = self._events, []
+        total = time.perf_counter() - start
+        self.stats.step_seconds = total
+        self.stats.wait_seconds += waited
+        self.stats.host_seconds += total - waited
+        self.stats.active_slots = sum(s is not None for s in self._slots)
+        self.stats.queue_depth = len(self._queue)
+        return events
+
+    def _shape(self, occupied: list[int]) -> StepShape:
+        reqs = [self._requests[self._slots[s]] for s in occupied]
+        any_tidar = any(r.params.mode == "tidar" for r in reqs)
+        context = sum(len(r.prompt) + len(r.tokens) for r in reqs) // len(reqs)
+        p = self.policy.choose(len(reqs), context) if any_tidar else 0
+        verify_rows = self.block_size if (self._may_have_drafts and self.block_size > 1) else 1
+        filtered = any(r.params.top_k > 0 or r.params.top_p < 1 for r in reqs)
+        bucket = _bucket(occupied[-1] + 1, self.max_slots)
+        self.stats.proposals_used[p] = self.stats.proposals_used.get(p, 0) + 1
+        self._may_have_drafts = p > 0
+        return StepShape(bucket, verify_rows, p, filtered, self.block_size)
+
+    def _launch(self, occupied: list[int]) -> None:
+        shape = self._shape(occupied)
+        state, cache = self.state.prefix(shape.slots), self.cache.view(0, shape.slots)
+        graph = self._graph(shape, state, cache)
+        if graph is not None:
+            graph.replay()
+            self.stats.graph_replays += 1
+        else:
+            with torch.no_grad():
+                decode_step(self.model, state, cache, shape, self.constants)
+            self.stats.eager_steps += 1
+        self.stats.steps += 1
+        self.stats.forward_passes += 1
+        host = self._host_packets[self.stats.steps % 2]
+        host[: shape.slots].copy_(state.packet, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        snapshot = {s: self._slots[s] for s in occupied}
+        self._launched.append(_Launched(snapshot, host, event, shape.verify_rows > 1))
+
+    def _graph(self, shape: StepShape, state: SlotState, cache: SlotCache):
+        """The captured graph of this shape: the first step of a shape runs eagerly (warm-up: Triton
+        compiles, cuBLAS workspaces), the second captures, later ones replay."""
+        if not self.graphs or shape in self._not_capturable:
+            return None
+        if shape in self._graphs:
+            return self._graphs[shape]
+        if shape not in self._seen:
+            self._seen.add(shape)
+            return None
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+                decode_step(self.model, state, cache, shape, self.constants)
+        except Exception as error:  # a kernel or op that cannot be captured: run this shape eagerly
+            warnings.warn(f"zdiff engine: step {shape} could not be captured as a graph ({error}); running it eagerly")
+            self._not_capturable.add(shape)
+            return None
+        self._graphs[shape] = graph
+        return graph
+
+    def _collect(self, launched: _Launched) -> float:
+        start = time.perf_counter()
+        if launched.event is not None:
+            launched.event.synchronize()
+        waited = time.perf_counter() - start
+        b = self.block_size
+        rows = launched.host[: max(launched.slots) + 1].tolist() if launched.slots else []
+        for slot, rid in launched.slots.items():
+            req = self._requests[rid]
+            row = rows[slot]
+            if req.finish_reason is not None or not row[b + WAS_ACTIVE]:
+                continue  # cancelled while in flight, or finished on the device one step earlier
+            count = row[b + COUNT]
+            req.tokens.extend(row[:count])
+            req.forward_passes += 1
+            self.stats.tokens += count
+            if count:
+                self.stats.tokens_per_step[count - 1] += 1
+            if count:
+                req.accepted.append(count - 1)
+            if req.params.mode == "tidar" and launched.tidar_step:
+                self.policy.observe(row[b + ACCEPTED])
+            if row[b + DONE]:
+                stopped = bool(req.tokens) and req.tokens[-1] in req.params.stop_tokens
+                self._slots[slot] = None
+                self._finish(req, "stop" if stopped else "length")
+            elif count:
+                self._report(req, finished=False)
+        return waited
+
+    def _report(self, req: _Request, finished: bool) -> None:
+        new = req.tokens[req.reported:]
+        req.reported = len(req.tokens)
+        self._events.append(TokenEvent(req.request_id, new, finished, req.finish_reason))
+
+    def _finish(self, req: _Request, reason: str) -> None:
+        req.finish_reason = reason
+        req.slot = None
+        self._report(req, finished=True)
+
+    # ---- admission and prefill ---------------------------------------------------------------
+
+    def _admit(self) -> None:
+        admitted = []
+        while self._queue and None in self._slots:
+            slot = self._slots.index(None)
+            req = self._requests[self._queue.popleft()]
+            self._slots[slot], req.slot = req.request_id, slot
+            self._load_slot(slot, req)
+            admitted.append(req)
+        if admitted:
+            self._prefill(admitted)
+
+    def _load_slot(self, slot: int, req: _Request) -> None:
+        """Write a request's parameters into its slot. All prompt tokens but the last are prefilled
+        (`_prefill`); the last becomes the pending token c, so the slot's first step samples the first
+        new token and, for TiDAR, drafts the first block: DESIGN.md's prefill layout, one step later."""
+        p, st = req.params, self.state
+        with torch.no_grad():
+            self.cache.reset_slot(slot)
+            st.stop_ids[slot].fill_(-1)
+            if p.stop_tokens:
+                st.stop_ids[slot, : len(p.stop_tokens)] = torch.tensor(p.stop_tokens, dtype=torch.long)
+            for name, value in (("tidar", p.mode == "tidar"), ("pending", req.prompt[-1]), ("num_drafts", 0),
+                                ("generated", 0), ("max_new", p.max_new_tokens), ("kind", KIND_CODES[p.sampler]),
+                                ("temperature", 1.0 if KIND_CODES[p.sampler] == GREEDY else p.temperature),
+                                ("top_k", p.top_k), ("top_p", p.top_p),
+                                ("mix_weight", p.mix_weight if p.sampler == "logit_mix" else 1.0), ("seed", p.seed),
+                                ("cache_len", len(req.prompt) - 1), ("active", True)):
+                getattr(st, name)[slot] = value
+
+    @torch.no_grad()
+    def _prefill(self, admitted: list[_Request]) -> None:
+        """The prompts (but their last tokens) of newly admitted requests, together, in causal chunks of
+        at most prefill_chunk tokens per slot: a decode-kind layout with no blocks over the slots'
+        prefix; slots with nothing to prefill take no rows (their cache is only written past its length)."""
+        bucket = _bucket(max(r.slot for r in admitted) + 1, self.max_slots)
+        cache = self.cache.view(0, bucket)
+        chunk = self.prefill_chunk
+        longest = max(len(r.prompt) - 1 for r in admitted)
+        for start in range(0, longest, chunk):
+            pieces = {r.slot: r.prompt[start:min(start + chunk, len(r.prompt) - 1)] for r in admitted}
+            pieces = {slot: piece for slot, piece in pieces.items() if piece}
+            width = max(map(len, pieces.values()))
+            tokens = torch.full((bucket, width), self.constants.fill_id, dtype=torch.long)
+            begin, rows = torch.zeros(bucket, dtype=torch.long), torch.zeros(bucket, dtype=torch.long)
+            for slot, piece in pieces.items():
+                tokens[slot, : len(piece)] = torch.tensor(piece)
+                begin[slot], rows[slot] = start, len(piece)
+            tokens, begin, rows = (t.to(self.device, non_blocking=True) for t in (tokens, begin, rows))
+            # running slots take no rows; their commit lands past their own length, never on their keys
+            begin = torch.where(rows > 0, begin, self.state.cache_len[:bucket])
+            ids, positions, preds = causal_chunk_inputs(tokens, begin, rows, cache.receptive_field)
+            layout = StepLayout(self.block_size, (), begin.int(), rows.int(), rows.int(), self.constants.anchors)
+            self.model(ids, positions=positions, predecessors=preds, cache=cache, layout=layout)
+            cache.commit(begin, rows, width)
+            self.stats.forward_passes += 1
+            for req in admitted:
+                req.forward_passes += req.slot in pieces
+
+    def _check_memory(self, spec) -> None:
+        """Refuse a slot count / length whose cache and step buffers cannot fit (numbers in the message)."""
+        a = spec.attention
+        element = torch.finfo(self.model.dtype).bits // 8
+        kv = 2 * spec.num_layers * self.max_slots * (self.max_len + self.block_size + 1) * a.num_kv_heads * a.head_dim
+        rows = self.block_size * (1 + len(self.levels))
+        logits = 8 * self.max_slots * rows * self.vocab * 4  # logits, processed copies, probabilities, sort
+        need = kv * element + logits
+        free = _free_memory(self.device)
+        if free is not None and need > free:
+            raise ZdiffError(f"max_slots={self.max_slots}, max_len={self.max_len}: the engine needs about "
+                             f"{need / 2**30:.1f} GiB (KV cache {kv * element / 2**30:.1f} GiB, step buffers "
+                             f"{logits / 2**30:.1f} GiB) but {self.device} has {free / 2**30:.1f} GiB free; "
+                             f"lower max_slots or max_len")
+
+
+def _bucket(needed: int, max_slots: int) -> int:
+    """The smallest power of two >= needed, capped at max_slots (one graph per bucket)."""
+    return min(1 << (needed - 1).bit_length(), max_slots)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _runtime_target(device: torch.device) -> str:
+    if device.type != "cuda":
+        return CPU_POLICY_TARGET
+    from ..checkpoint.store import runtime_target
+
+    return runtime_target(device)
