@@ -286,14 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "metrics) on the decode engine; needs zdiff[serve]")
     serve.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. runs/demo/tidar/final)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
-    serve.add_argument("--backend", choices=["torch", "triton"],
-                       help="generated Triton model or reference torch model (default: triton on a GPU, torch on the CPU)")
-    serve.add_argument("--max-slots", type=int, default=8, help="requests decoded together (continuous batching)")
-    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503")
-    serve.add_argument("--max-len", type=int, default=2048, help="tokens per slot (prompt + completion)")
-    serve.add_argument("--proposals", default="auto", help="proposal blocks per TiDAR pass: auto or N")
+    serve.add_argument("--port", type=_int_in(0, 65535), default=8000)
+    serve.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when a GPU is visible")
+    serve.add_argument("--backend", choices=["triton", "torch"],
+                       help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
+    serve.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE), default=8,
+                       help="requests decoded together (continuous batching)")
+    serve.add_argument("--max-queue", type=_int_in(0, L.MAX_BATCH_SIZE), default=64,
+                       help="requests waiting for a slot; one more is answered 503")
+    serve.add_argument("--max-len", type=_int_in(2, L.MAX_CONTEXT), default=2048,
+                       help="tokens per slot (prompt + completion)")
+    serve.add_argument("--proposals", type=_proposals, default="auto",
+                       help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/*")
     serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

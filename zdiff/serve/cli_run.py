@@ -22,14 +22,6 @@ def _import_server_packages():
     return uvicorn
 
 
-def parse_proposals(value: str):
-    if value == "auto":
-        return value
-    if value.isdigit():  # 0: TiDAR steps without proposal blocks
-        return int(value)
-    raise ZdiffError(f"--proposals must be auto or an integer >= 0, got {value!r}")
-
-
 def run_serve(args) -> int:
     uvicorn = _import_server_packages()
     from ..generation.engine import Engine
@@ -37,15 +29,9 @@ def run_serve(args) -> int:
     from .chat_template import ChatTemplate
     from .schemas import SamplerDefaults
 
-    for flag, value, least in (("--max-slots", args.max_slots, 1), ("--max-queue", args.max_queue, 0),
-                               ("--max-len", args.max_len, 2)):
-        if value < least:
-            raise ZdiffError(f"{flag} must be at least {least}, got {value}")
-    if not 0 <= args.port <= 65535:
-        raise ZdiffError(f"--port must be in [0, 65535], got {args.port}")
     checkpoint = Path(args.checkpoint)
     engine = Engine.from_checkpoint(checkpoint, backend=args.backend, device=args.device, max_slots=args.max_slots,
-                                    max_len=args.max_len, proposals=parse_proposals(args.proposals))
+                                    max_len=args.max_len, proposals=args.proposals)
     spec = load_spec(checkpoint / SPEC_FILE)
     tokenizer = checkpoint_tokenizer(checkpoint, spec)
     served = ServedModel(name=args.served_model_name or args.checkpoint, tokenizer=tokenizer,
@@ -59,7 +45,7 @@ def run_serve(args) -> int:
     # drain. These handlers make a drained shutdown exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    logging.getLogger("zdiff.serve").info("serving %s as %r", checkpoint, served.name)
+    logging.getLogger("uvicorn.error").info("serving %s as model %r", checkpoint, served.name)
     server.run()
     return 0 if engine_healthy(app) else 1
 
