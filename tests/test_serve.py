@@ -116,23 +116,22 @@ def test_models_health_and_metrics(server):
     assert steps >= 1 and after["zdiff_step_seconds_count"] > before["zdiff_step_seconds_count"]
 
 
-def test_greedy_equals_engine_and_zdiff_generate(server, checkpoints):
-    chat, _, _ = checkpoints
-    prompt, n = "def fib(n):", 12
+def test_greedy_equals_zdiff_generate(server, checkpoints):
+    """`zdiff generate` decodes on the engine too: same tokens, same forward passes."""
+    chat, _, root = checkpoints
+    prompt, n = "def fib(n):", 10
     r = client(server).completions.create(model=MODEL, prompt=prompt, max_tokens=n, temperature=0,
                                           extra_body={"return_token_ids": True})
     ids = r.choices[0].model_extra["token_ids"]
-    engine = Engine.from_checkpoint(chat, device="cpu", max_slots=2, max_len=256)
-    rid = engine.add(list(prompt.encode()), RequestParams(max_new_tokens=n, sampler="greedy", stop_tokens=(EOS,)))
-    expected = engine.run()[rid]
-    assert ids == expected.tokens and len(ids) == r.usage.completion_tokens
-    assert r.usage.forward_passes == expected.forward_passes and r.usage.prompt_tokens == len(prompt)
-    assert r.choices[0].text == decode(ids)
-    assert r.choices[0].finish_reason == ("stop" if expected.finish_reason == "stop" else "length")
     cli = run_cli("generate", chat, "--prompt", prompt, "--sampler", "greedy", "--max-new-tokens", n, "--json",
-                  env_extra={"ZDIFF_CACHE": str(checkpoints[2] / "cache")})
+                  env_extra={"ZDIFF_CACHE": str(root / "cache")})
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout)["tokens"] == [ids]
+    generated = json.loads(cli.stdout)
+    assert generated["tokens"] == [ids] and len(ids) == r.usage.completion_tokens
+    (run,) = generated["runs"].values()
+    assert r.usage.forward_passes == run["forward_passes"] and r.usage.prompt_tokens == len(prompt)
+    assert r.choices[0].text == decode(ids) == generated["texts"][0]
+    assert r.choices[0].finish_reason == ("stop" if ids[-1] == EOS else "length")
 
 
 def test_streaming_equals_non_streamed_text(server):
