@@ -10,7 +10,8 @@
 
 One server (`zdiff serve` in a child process, --max-slots = the largest concurrency) serves
 every cell; the decoding configuration is per request (mode, sampler, mix_weight), so AR,
-TiDAR-lossless and TiDAR-logit-mix share the server. For each configuration and concurrency
+TiDAR-lossless and TiDAR-logit-mix share the server. Every configuration is first warmed up
+at every concurrency (the first step of a new step shape is slow). For each configuration and concurrency
 c, c clients (closed loop, `openai.AsyncOpenAI`, streaming) send --requests requests in all.
 Measured at the client: time to first token (TTFT), inter-token latency (ITL: time between
 stream chunks per token in the chunk; a TiDAR chunk carries every token of one step), and
@@ -128,7 +129,9 @@ def bench(args) -> dict:
         checkpoint = Path(args.checkpoint) if args.checkpoint else random_checkpoint(args.random, Path(tmp), args.dtype)
         with ServerProcess(checkpoint, *flags, log=Path(args.out) / "server.log", env=child_env(REPO),
                            startup_timeout=1800) as server:
-            asyncio.run(run_cell(server.base_url, CONFIGS["ar"], 1, 1, 2))  # warm-up: first-step costs, graphs
+            for fields in configs.values() if not args.smoke else ():  # warm-up: the first step of each
+                for c in levels:  # shape pays compiles / graph captures / allocator growth
+                    asyncio.run(run_cell(server.base_url, fields, c, c, 4))
             cells = []
             for name, fields in configs.items():
                 for c in levels:
