@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from zdiff.serve.launcher import ServerProcess, child_env  # noqa: E402
+from zdiff.serve.launcher import ServerProcess, child_env
 
 CONFIGS = {  # name -> request fields (zdiff extensions of the OpenAI body)
     "ar": {"mode": "ar", "sampler": "lossless"},
@@ -162,8 +162,8 @@ def machine() -> dict:
 
 
 def markdown(data: dict) -> str:
-    rows = ["| config | clients | requests | tok/s | req/s | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms | "
-            "tokens per forward (request / engine) |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("| config | clients | requests | tok/s | req/s | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms | "
+             "tokens per forward (request / engine) |"), "|---|---|---|---|---|---|---|---|"]
     for c in data["cells"]:
         t, i = c["ttft_ms"], c["itl_ms"]
         rows.append(f"| {c['config']} | {c['concurrency']} | {c['requests']} | {c['tokens_per_s']:.1f} | "

@@ -20,13 +20,14 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from conftest import REPO, run_cli  # noqa: E402
-from zdiff.checkpoint.store import save_checkpoint  # noqa: E402
-from zdiff.generation.engine import Engine, RequestParams  # noqa: E402
-from zdiff.runtime import build_model  # noqa: E402
-from zdiff.serve.launcher import ServerProcess, child_env  # noqa: E402
-from zdiff.spec import load_spec  # noqa: E402
-from zdiff.tokenize import ByteTokenizer  # noqa: E402
+from conftest import REPO, run_cli
+
+from zdiff.checkpoint.store import save_checkpoint
+from zdiff.generation.engine import Engine, RequestParams
+from zdiff.runtime import build_model
+from zdiff.serve.launcher import ServerProcess, child_env
+from zdiff.spec import load_spec
+from zdiff.tokenize import ByteTokenizer
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -294,7 +295,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(guarded):
     chunks = iter(stream)
     first = next(chunks)
     guarded.process.send_signal(signal.SIGTERM)
-    text, ids, finish, usage = stream_text(chunks)
+    _, ids, finish, usage = stream_text(chunks)
     ids = first.choices[0].model_extra["token_ids"] + ids
     assert finish in ("length", "stop") and len(ids) == usage.completion_tokens
     assert finish == "stop" or len(ids) == 6

@@ -1,6 +1,7 @@
 """The server's text layer without a server: incremental detokenisation with stop strings, the
 chat template, and request validation (fast, pure)."""
 
+import itertools
 import json
 
 import pytest
@@ -9,11 +10,16 @@ from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
 
-from zdiff.errors import ZdiffError  # noqa: E402
-from zdiff.serve.chat_template import ChatTemplate, ChatTemplateError  # noqa: E402
-from zdiff.serve.schemas import CompletionRequest, FieldError, SamplerDefaults, engine_params  # noqa: E402
-from zdiff.serve.text_stream import TextStream  # noqa: E402
-from zdiff.tokenize import ByteTokenizer  # noqa: E402
+from zdiff.errors import ZdiffError
+from zdiff.serve.chat_template import ChatTemplate, ChatTemplateError
+from zdiff.serve.schemas import (
+    CompletionRequest,
+    FieldError,
+    SamplerDefaults,
+    engine_params,
+)
+from zdiff.serve.text_stream import TextStream
+from zdiff.tokenize import ByteTokenizer
 
 decode = ByteTokenizer().decode
 ALPHABET = "ab\n é€😀"  # 1- to 4-byte UTF-8 characters
@@ -38,7 +44,7 @@ def test_deltas_concatenate_to_the_text_whatever_the_chunking(text, noise, cuts,
     bounds = sorted({min(c, len(tokens)) for c in cuts} | {0, len(tokens)})
     stream = TextStream(decode, stops)
     sent = []
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         sent.append(stream.push(tokens[lo:hi], finished=hi == len(tokens)))
         if stream.stopped:
             break

@@ -19,7 +19,14 @@ from ..train.data import Tokenizer
 from .chat_template import ChatTemplate, ChatTemplateError
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_format import DONE, ResponseFormat, Usage, error_object, sse
-from .schemas import ChatCompletionRequest, CompletionRequest, FieldError, SamplerDefaults, SamplingRequest, engine_params
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FieldError,
+    SamplerDefaults,
+    SamplingRequest,
+    engine_params,
+)
 from .text_stream import TextStream
 from .worker import EngineFailed, EngineWorker, QueueFull, Submission, Update
 

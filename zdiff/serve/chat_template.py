@@ -50,7 +50,7 @@ class _GenerationBlocks(Extension):
     """`{% generation %}...{% endgeneration %}` marks assistant text for training masks in
     transformers; for serving it renders its body unchanged."""
 
-    tags = {"generation"}
+    tags = frozenset({"generation"})
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno
@@ -76,7 +76,7 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path) -> "ChatTemplate | None":
+    def from_checkpoint(cls, checkpoint: Path) -> ChatTemplate | None:
         config_path = checkpoint / CONFIG_FILE
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         tokens = dict(bos_token=_special_token(config.get("bos_token")), eos_token=_special_token(config.get("eos_token")))

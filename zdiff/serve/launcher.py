@@ -46,7 +46,7 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         for _ in range(3):  # another process may take the free port between our probe and the bind
             self.port = free_port()
             with open(self.log_path, "ab") as log:
@@ -85,7 +85,7 @@ class ServerProcess:
             self.process.wait()
             raise RuntimeError(f"zdiff serve did not exit {timeout:.0f} s after SIGTERM:\n{self.log()[-3000:]}") from None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -9,8 +9,14 @@ accepted drafts, the server never re-counts them.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+
+from ..generation.engine import EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -24,7 +30,7 @@ def _snapshot(stats) -> dict:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, metrics: "ServerMetrics"):
+    def __init__(self, metrics: ServerMetrics):
         self.metrics = metrics
 
     def collect(self):
@@ -64,7 +70,7 @@ class ServerMetrics:
         self.completion_tokens = Counter("zdiff_completion_tokens", "tokens returned to clients", registry=self.registry)
         self.step_seconds = Histogram("zdiff_step_seconds", "wall time of one engine step", buckets=STEP_BUCKETS,
                                       registry=self.registry)
-        self.engine = _snapshot(_EmptyStats)
+        self.engine = _snapshot(EngineStats(max_slots=0))  # until the worker's first snapshot
         self.registry.register(_EngineCollector(self))
 
     def on_step(self, engine) -> None:
@@ -77,9 +83,3 @@ class ServerMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class _EmptyStats:
-    forward_passes = tokens = steps = active_slots = queue_depth = max_slots = 0
-    step_seconds = 0.0
-    tokens_per_step: list = []
-    proposals_used: dict = {}

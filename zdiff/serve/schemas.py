@@ -134,7 +134,7 @@ class SamplerDefaults:
     mode: str = "tidar"
 
     @classmethod
-    def from_spec(cls, spec) -> "SamplerDefaults":
+    def from_spec(cls, spec) -> SamplerDefaults:
         s = spec.sampler
         return cls(sampler=s.kind, mix_weight=1.0 if s.mix_weight is None else s.mix_weight,
                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,

@@ -137,7 +137,7 @@ class EngineWorker:
                     self._release()
                     submission.post(err)
                     continue
-                except Exception as exc:  # noqa: BLE001 - a bug in add() fails this request, not the thread
+                except Exception as exc:  # a bug in add() fails this request, not the thread
                     log.exception("engine.add failed")
                     self._release()
                     submission.post(EngineFailed(f"the engine could not take the request: {type(exc).__name__}: {exc}"))
@@ -156,7 +156,7 @@ class EngineWorker:
                 continue
             try:
                 events = self.engine.step()
-            except Exception as exc:  # noqa: BLE001 - a bug in the engine must not hang every client
+            except Exception as exc:  # a bug in the engine must not leave every client hanging
                 log.exception("engine step failed")
                 self._fail(f"the engine failed: {type(exc).__name__}: {exc}")
                 return
