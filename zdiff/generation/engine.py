@@ -69,9 +69,10 @@ class RequestResult:
     request_id: int
     prompt: list[int]
     tokens: list[int]
-    forward_passes: int  # prefill chunks + decode steps this request took part in
+    forward_passes: int  # decode steps this request took part in (each delivers >= 1 token)
     accepted: list[int]  # drafts accepted (and delivered) per decode step
     finish_reason: str
+    prefill_passes: int = 0  # prefill chunks (deliver no token; shared with the other admitted prompts)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class _Request:
     tokens: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
     forward_passes: int = 0
+    prefill_passes: int = 0
     reported: int = 0  # tokens already handed out in events
     slot: int | None = None
     finish_reason: str | None = None
@@ -254,7 +256,7 @@ class Engine:
         if req is None or req.finish_reason is None:
             return None
         return RequestResult(req.request_id, req.prompt, list(req.tokens), req.forward_passes, list(req.accepted),
-                             req.finish_reason)
+                             req.finish_reason, req.prefill_passes)
 
     def has_work(self) -> bool:
         return bool(self._queue or any(s is not None for s in self._slots) or self._launched or self._events)
@@ -440,7 +442,7 @@ class Engine:
             cache.commit(begin, rows, width)
             self.stats.forward_passes += 1
             for req in admitted:
-                req.forward_passes += req.slot in pieces
+                req.prefill_passes += req.slot in pieces
 
     def _check_memory(self, spec) -> None:
         """Refuse a slot count / length whose cache and step buffers cannot fit (numbers in the message)."""
