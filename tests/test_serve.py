@@ -111,7 +111,9 @@ def test_models_health_and_metrics(server):
     assert after["zdiff_prompt_tokens_total"] - before.get("zdiff_prompt_tokens_total", 0) == len("import os")
     assert after["zdiff_completion_tokens_total"] - before.get("zdiff_completion_tokens_total", 0) == \
         r.usage.completion_tokens
-    assert after["zdiff_forward_passes_total"] - before["zdiff_forward_passes_total"] >= r.usage.forward_passes > 0
+    prefill = r.usage.model_extra["prefill_passes"]
+    assert after["zdiff_forward_passes_total"] - before["zdiff_forward_passes_total"] >= r.usage.forward_passes + prefill
+    assert r.usage.forward_passes > 0 and prefill == 1  # a 9-token prompt is one prefill chunk
     assert after["zdiff_generated_tokens_total"] - before["zdiff_generated_tokens_total"] >= r.usage.completion_tokens
     steps = after["zdiff_accepted_drafts_count"] - before["zdiff_accepted_drafts_count"]
     assert steps >= 1 and after["zdiff_step_seconds_count"] > before["zdiff_step_seconds_count"]
@@ -147,6 +149,8 @@ def test_streaming_equals_non_streamed_text(server):
         assert ids == whole.choices[0].model_extra["token_ids"] and len(ids) == usage.completion_tokens
         assert finish == whole.choices[0].finish_reason
         assert usage.prompt_tokens == whole.usage.prompt_tokens == len("class Node:")
+        if sampler.get("mode") == "ar":  # one token per decode step
+            assert whole.usage.forward_passes == usage.forward_passes == len(ids)
 
 
 def test_chat_renders_the_checkpoint_template(server):

@@ -267,7 +267,8 @@ class _Run:
         """Usage of the finished request (counted once into the metrics)."""
         completion = len(self.text.tokens)
         self.metrics.completion_tokens.inc(completion)
-        return Usage(self.prompt_tokens, completion, self.finished.result.forward_passes)
+        result = self.finished.result
+        return Usage(self.prompt_tokens, completion, result.forward_passes, result.prefill_passes)
 
     async def collect(self):
         try:

@@ -1,7 +1,8 @@
 """The JSON objects OpenAI clients parse: completions, chat completions, their stream chunks, errors.
 
 Shapes follow the OpenAI API reference (and what vLLM / SGLang return); `usage` carries
-zdiff's `forward_passes` next to the token counts (clients keep unknown fields).
+zdiff's `forward_passes` (decode steps) and `prefill_passes` next to the token counts
+(clients keep unknown fields).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 class Usage:
     prompt_tokens: int
     completion_tokens: int
-    forward_passes: int
+    forward_passes: int  # decode steps the request took part in (each delivered at least one token)
+    prefill_passes: int  # prefill chunks (shared with the prompts admitted with it)
 
     def as_dict(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens, "forward_passes": self.forward_passes}
+                "total_tokens": self.prompt_tokens + self.completion_tokens, "forward_passes": self.forward_passes,
+                "prefill_passes": self.prefill_passes}
 
 
 def error_object(message: str, *, param: str | None = None, kind: str = "invalid_request_error",
