@@ -197,7 +197,7 @@ def test_sixteen_concurrent_streams_with_different_samplers(server, checkpoints)
     carry each token exactly once, and the tokens equal the engine's for the same requests."""
     samplers = [dict(sampler="lossless"), dict(sampler="logit_mix", mix_weight=0.3), dict(sampler="greedy"),
                 dict(mode="ar", top_k=20), dict(sampler="lossless", top_p=0.9), dict(mode="ar", sampler="greedy")]
-    requests = [dict(prompt=f"x{i} = ", seed=100 + i, max_tokens=3 + i % 5, extra=samplers[i % len(samplers)])
+    requests = [dict(prompt=f"x{i} = ", seed=100 + i, max_tokens=2 + i % 4, extra=samplers[i % len(samplers)])
                 for i in range(16)]
 
     def one(req):
