@@ -54,11 +54,12 @@ def build(spec, backend: str, device: str, dtype):
     return cast_model(model, dtype=dtype).eval()
 
 
-def filled_engine(model, spec, batch: int, context: int, proposals: int, graphs: bool) -> Engine:
-    engine = Engine(model, diffusion=spec.diffusion, spec=spec, max_slots=batch, max_len=context + 4096,
+def filled_engine(model, spec, batch: int, context: int, proposals: int, graphs: bool, steps: int) -> Engine:
+    headroom = (steps + 8) * spec.diffusion.block_size + 64  # every step commits at most b tokens per slot
+    engine = Engine(model, diffusion=spec.diffusion, spec=spec, max_slots=batch, max_len=context + headroom,
                     proposals=proposals, graphs=graphs)
     for i in range(batch):  # one-token prompts: no prefill; the cache is filled below
-        engine.add([i + 1], RequestParams(max_new_tokens=4000, seed=i, mode="tidar" if proposals else "ar"))
+        engine.add([i + 1], RequestParams(max_new_tokens=headroom - 2, seed=i, mode="tidar" if proposals else "ar"))
     engine._admit()
     with torch.no_grad():
         engine.state.cache_len[:batch] = context
@@ -120,6 +121,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.spec, args.backend, args.contexts, args.batches, args.steps = "zaya1-tiny", "torch", [24], [1, 2], 2
+        args.proposals = [0, 2]
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     spec = load_spec(args.spec)
@@ -139,7 +141,7 @@ def main() -> int:
                 row = {"context": context, "batch": batch, "proposals": p,
                        "floor_ms": cost.forward(batch, context, p).seconds * 1e3}
                 for graphs in ([True, False] if device == "cuda" else [False]):
-                    engine = filled_engine(model, spec, batch, context, p, graphs)
+                    engine = filled_engine(model, spec, batch, context, p, graphs, 2 * args.steps + 3)
                     ms, host_ms = time_steps(engine, args.steps, warmup=3)
                     key = "graphed" if graphs else "eager"
                     row[f"{key}_ms"], row[f"{key}_host_ms"] = ms, host_ms

@@ -24,6 +24,21 @@ def test_gpu_session_script_smoke(tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("cpu, torch")
 
 
+def test_decode_bench_script_smoke(tmp_path):
+    """benchmarks/decode_bench.py end to end on the CPU (tiny spec, reference backend, eager steps):
+    every (context, batch, P) row has a time, a floor, kernels per step and tokens/s; the table is written."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode_bench.py"), "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["batch"], r["proposals"]) for r in data["rows"]} == {(b, p) for b in (1, 2) for p in (0, 2)}
+    for row in data["rows"]:
+        assert row["eager_ms"] > 0 and row["floor_ms"] > 0 and row["kernels_per_step"] > 0
+        assert row["tokens_per_s_assumed"] > 0 and row["top_kernels"]
+    assert (tmp_path / "results.md").read_text().startswith("cpu, torch")
+
+
 def test_serve_bench_smoke(tmp_path):
     """benchmarks/serve_bench.py end to end on a random tiny model: every configuration and
     concurrency measured through a live `zdiff serve`, the tables and the plot written."""

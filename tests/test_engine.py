@@ -11,7 +11,7 @@ from zdiff.errors import ZdiffError
 from zdiff.generation import SamplingParams, generate, sampling
 from zdiff.generation import batched_sampling, decode_step, engine as engine_module
 from zdiff.generation.engine import Engine, RequestParams
-from zdiff.pattern import decode_pattern
+from zdiff.pattern import prefill_pattern
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec
 
@@ -110,8 +110,9 @@ def test_the_engine_exactness_test_rejects_broken_verifiers(exact3, monkeypatch,
 
 
 def test_logit_mix_engine_matches_its_mixed_target():
-    """Two new tokens: c from p, then x_1 verified against softmax(w z_AR + (1-w) z_draft) where z_draft
-    is the level-0 block's slot 1 seen from c: exact, enumerable. And not the lossless distribution."""
+    """Two new tokens: x_1 from p (the first step has no drafts), then x_2 verified against
+    softmax(w z_AR + (1-w) z_draft) where z_draft is slot 1 of the first step's level-0 block, which
+    saw the prompt only (DESIGN's prefill block): exact, enumerable. And not the lossless distribution."""
     model, spec = tiny_vocab_model(seed=2)
     w = 0.3
     params = SamplingParams(kind="logit_mix", mix_weight=w, banned=(MASK,))
@@ -119,13 +120,12 @@ def test_logit_mix_engine_matches_its_mixed_target():
     b = spec.diffusion.block_size
     mixed, plain = {}, {}
     with torch.no_grad():
-        p_c = sampling.probabilities(model(torch.tensor([PROMPT]))[0, -1], params)
+        pattern = prefill_pattern(len(PROMPT), b)
+        block = model(torch.tensor([PROMPT + [MASK] * b]), positions=pattern.positions(),
+                      predecessors=pattern.predecessors(), visible=pattern.dense_mask())[0]
+        p_c = sampling.probabilities(block[len(PROMPT) - 1], params)
+        z_draft = block[len(PROMPT) + 1]
         for c in vocab:
-            # the engine's first step: verify row c (position 3), level-0 block at positions 3.. seeing c
-            pattern = decode_pattern(len(PROMPT), 0, b, (0,))
-            rows = model(torch.tensor([PROMPT + [c] + [MASK] * b]), positions=pattern.positions(),
-                         predecessors=pattern.predecessors(), visible=pattern.dense_mask())[0, len(PROMPT):]
-            z_draft = rows[2]  # block slot 1: the draft for position 4
             z_ar = model(torch.tensor([PROMPT + [c]]))[0, -1]
             target = sampling.probabilities(w * z_ar + (1 - w) * z_draft, params)
             ar = sampling.probabilities(z_ar, params)
@@ -223,14 +223,14 @@ def test_the_step_never_synchronises_with_the_host(monkeypatch):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("max_new_tokens", 0, "max_new_tokens"), ("max_new_tokens", 100, "exceeds the engine's max_len"),
+    ("max_new_tokens", 0, "max_new_tokens"), ("max_new_tokens", 88, "exceeds the engine's max_len"),
     ("sampler", "beam", "sampler"), ("temperature", float("nan"), "temperature"), ("temperature", 0.0, "temperature"),
     ("top_k", -1, "top_k"), ("top_p", 0.0, "top_p"), ("top_p", 1.5, "top_p"), ("mix_weight", 2.0, "mix_weight"),
     ("seed", -1, "seed"), ("mode", "beam", "mode"), ("stop_tokens", (9,), "stop_tokens"),
 ])
 def test_bad_requests_are_refused_with_the_field(field, value, match):
     model, spec = tiny_vocab_model(seed=1)
-    engine = Engine(model, diffusion=spec.diffusion, max_slots=1, max_len=64)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=1, max_len=90)
     with pytest.raises(ZdiffError, match=match):
         engine.add(PROMPT, RequestParams(**{field: value}))
     for prompt, match in (([], "at least one"), ([8], r"\[0, 8\)"), ([-1], r"\[0, 8\)"), ([MASK], "mask token")):
