@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -37,3 +39,22 @@ def test_decode_bench_script_smoke(tmp_path):
         assert row["eager_ms"] > 0 and row["floor_ms"] > 0 and row["kernels_per_step"] > 0
         assert row["tokens_per_s_assumed"] > 0 and row["top_kernels"]
     assert (tmp_path / "results.md").read_text().startswith("cpu, torch")
+
+
+def test_serve_bench_smoke(tmp_path):
+    """benchmarks/serve_bench.py end to end on a random tiny model: every configuration and
+    concurrency measured through a live `zdiff serve`, the tables and the plot written."""
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    env = dict(os.environ, PYTHONPATH=str(REPO), ZDIFF_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "--random", "zaya1-tiny",
+                             "--smoke", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert {(c["config"], c["concurrency"]) for c in cells} == {(n, c) for n in ("ar", "tidar-lossless",
+                                                                                  "tidar-logit-mix-0.5") for c in (2,)}
+    for cell in cells:
+        assert cell["requests"] == 2 and 2 <= cell["tokens"] <= 4 and cell["tokens_per_s"] > 0, cell
+        assert cell["ttft_ms"]["50"] > 0 and cell["engine_tokens_per_forward"] > 0, cell
+    assert "| tidar-lossless | 2 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "serve_bench.png").stat().st_size > 0

@@ -228,6 +228,14 @@ def _probe_generate(args):
     return 0
 
 
+def _probe_serve(args):
+    assert 0 <= args.port <= 65535 and 1 <= args.max_slots <= limits.MAX_BATCH_SIZE
+    assert 0 <= args.max_queue <= limits.MAX_BATCH_SIZE and 2 <= args.max_len <= limits.MAX_CONTEXT
+    assert args.proposals == "auto" or 0 <= args.proposals <= limits.SPEC_MAXIMUM["diffusion.proposals"]
+    PROBED["serve"] = PROBED.get("serve", 0) + 1
+    return 0
+
+
 def _probe_autotune(spec, target, budget=300.0, out=None, **_):
     assert target in spec.targets and math.isfinite(budget) and 0 < budget <= limits.MAX_BUDGET_S
     PROBED["autotune"] = PROBED.get("autotune", 0) + 1
@@ -246,6 +254,7 @@ def world(tmp_path_factory):
         mp.chdir(root)
         mp.setattr("zdiff.train.train", _probe_train)
         mp.setattr("zdiff.generation.cli_run.run_generate", _probe_generate)
+        mp.setattr("zdiff.serve.cli_run.run_serve", _probe_serve)
         mp.setattr("zdiff.autotune.tune.autotune", _probe_autotune)
         mp.setattr("zdiff.autotune.tune.check_environment", lambda: None)
         mp.setattr("zdiff.demo.run_demo", _probe_demo)
@@ -292,7 +301,8 @@ def _check_world(world: World, argv: list[str], code: int) -> None:
             assert (out / "spec.yaml").is_file(), f"{argv}: partial output {sorted(os.listdir(out))}"
 
 
-EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40, "demo": 30}
+EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40, "demo": 30,
+            "serve": 30}
 
 
 @pytest.mark.parametrize("command", sorted(SUBPARSERS))
@@ -314,7 +324,7 @@ def test_random_command_lines_end_cleanly(command, world):
 
 def test_the_vectors_reach_the_work():
     """Not only argparse is exercised: every command succeeded at least once (probed ones reached their probe)."""
-    assert set(PROBED) == {"train", "generate", "autotune", "demo"}, PROBED
+    assert set(PROBED) == {"train", "generate", "autotune", "demo", "serve"}, PROBED
     assert all(EXITS.get(command) == {0, 2} for command in SUBPARSERS), EXITS
 
 

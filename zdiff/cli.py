@@ -148,6 +148,12 @@ def _cmd_generate(args) -> int:
     return run_generate(args)
 
 
+def _cmd_serve(args) -> int:
+    from .serve.cli_run import run_serve
+
+    return run_serve(args)
+
+
 def _cmd_demo(args) -> int:
     from .demo import DemoPlan, run_demo
     from .outputs import output_lock, resolve_output
@@ -275,6 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=_cmd_generate)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
+                           "metrics) on the decode engine; needs zdiff[serve]")
+    serve.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. runs/demo/tidar/final)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_int_in(0, 65535), default=8000)
+    serve.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when a GPU is visible")
+    serve.add_argument("--backend", choices=["triton", "torch"],
+                       help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
+    serve.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE), default=8,
+                       help="requests decoded together (continuous batching)")
+    serve.add_argument("--max-queue", type=_int_in(0, L.MAX_BATCH_SIZE), default=64,
+                       help="requests waiting for a slot; one more is answered 503")
+    serve.add_argument("--max-len", type=_int_in(2, L.MAX_CONTEXT), default=2048,
+                       help="tokens per slot (prompt + completion)")
+    serve.add_argument("--proposals", type=_proposals, default="auto",
+                       help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/*")
+    serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=_cmd_serve)
 
     cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")
     cost.add_argument("spec")

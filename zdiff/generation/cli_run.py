@@ -20,6 +20,12 @@ from .loop import generate as reference_loop
 from .sampling import SamplingParams
 
 
+def checkpoint_tokenizer(checkpoint: Path, spec) -> Tokenizer:
+    """The checkpoint's tokenizer.json, else the byte-level tokenizer of the tiny specs."""
+    tokenizer_json = checkpoint / "tokenizer.json"
+    return Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
+
+
 def stop_tokens_of(checkpoint: Path, tokenizer: Tokenizer) -> tuple[int, ...]:
     if tokenizer.tokenizer_json is None:
         return (tokenizer.byte.eos_id,)
@@ -63,8 +69,7 @@ def run_generate(args) -> int:
                        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
                        allow_nonfinite=args.allow_nonfinite)
     spec = load_spec(checkpoint / SPEC_FILE)
-    tokenizer_json = checkpoint / "tokenizer.json"
-    tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
+    tokenizer = checkpoint_tokenizer(checkpoint, spec)
     params = SamplingParams.from_spec(spec.sampler, kind=args.sampler, mix_weight=args.mix_weight,
                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if params.kind == "logit_mix" and not 0.0 <= params.mix_weight <= 1.0:

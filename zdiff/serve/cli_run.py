@@ -1,0 +1,66 @@
+"""`zdiff serve`: load a checkpoint into the decode engine and serve it over HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+from ..checkpoint.store import SPEC_FILE
+from ..errors import ZdiffError
+from ..generation.cli_run import checkpoint_tokenizer, stop_tokens_of
+from ..spec import load_spec
+
+
+def _import_server_packages():
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise ZdiffError(f"zdiff serve needs {exc.name}: pip install 'zdiff[serve]'") from None
+    return uvicorn
+
+
+def run_serve(args) -> int:
+    uvicorn = _import_server_packages()
+    from ..generation.engine import Engine
+    from .app import ServedModel, build_app
+    from .chat_template import ChatTemplate
+    from .schemas import SamplerDefaults
+
+    checkpoint = Path(args.checkpoint)
+    engine = Engine.from_checkpoint(
+        checkpoint,
+        backend=args.backend,
+        device=args.device,
+        max_slots=args.max_slots,
+        max_len=args.max_len,
+        proposals=args.proposals,
+    )
+    spec = load_spec(checkpoint / SPEC_FILE)
+    tokenizer = checkpoint_tokenizer(checkpoint, spec)
+    served = ServedModel(
+        name=args.served_model_name or args.checkpoint,
+        tokenizer=tokenizer,
+        defaults=SamplerDefaults.from_spec(spec),
+        stop_tokens=stop_tokens_of(checkpoint, tokenizer),
+        max_len=args.max_len,
+        chat_template=ChatTemplate.from_checkpoint(checkpoint),
+    )
+    app = build_app(served, engine, max_queue=args.max_queue, api_key=args.api_key)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    )
+    # uvicorn drains on SIGTERM / SIGINT, then re-raises the signal to whatever handler was
+    # there before it: with the default one the process would die by the signal after a clean
+    # drain. These handlers make a drained shutdown exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    logging.getLogger("uvicorn.error").info("serving %s as model %r", checkpoint, served.name)
+    server.run()
+    return 0 if engine_healthy(app) else 1
+
+
+def engine_healthy(app) -> bool:
+    return app.state.worker.failure is None
