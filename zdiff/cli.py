@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-windows", type=int, default=64)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
+    tr.add_argument("--backend", choices=["torch", "triton"], help="torch: the reference model (dense mask); triton: "
+                    "the generated kernels (no mask, needs TRITON_INTERPRET=1 on a CPU). Default: triton on a GPU, "
+                    "torch on a CPU")
+    tr.add_argument("--device", help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
+    tr.add_argument("--activation-checkpointing", action="store_true",
+                    help="recompute each layer's activations in backward (long sequences)")
     tr.set_defaults(run=_cmd_train)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")

@@ -60,6 +60,10 @@ class TensorSource:
     def get(self, name: str) -> torch.Tensor:
         return self._handle(name).get_tensor(name)
 
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor, read without loading the rest (a shard of a sharded model)."""
+        return self._handle(name).get_slice(name)[start:stop]
+
 
 def write_tensors(directory: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], shard_bytes: int = 4 << 30,
                   metadata: dict[str, str] | None = None) -> None:

@@ -20,8 +20,17 @@ from .rope import rope_cos_sin
 
 @dataclass
 class ForwardOutput:
-    logits: torch.Tensor  # (B, T, V) fp32
+    """What a forward pass produced. Logits are computed only when asked for: training takes the loss
+    from `hidden` and `head` in chunks (zdiff.train.linear_ce) and never holds (B, T, V) logits."""
+
+    hidden: torch.Tensor  # (B, T, H) final-norm output, model dtype
+    head: torch.Tensor  # (V, H) LM head (the embedding when tied)
     routings: list[Routing]  # one per layer, for load statistics and balancing-bias updates
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, T, V) fp32."""
+        return (self.hidden @ self.head.t()).float()
 
 
 class Block(nn.Module):
@@ -49,6 +58,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    activation_checkpointing = False  # recompute each layer in backward (training at long context)
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
@@ -104,11 +115,21 @@ class Transformer(nn.Module):
         router_state, routings = None, []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else cache.layers[i]
-            x, router_state, routing = layer(x, router_state, cos, sin, predecessors, visible, layer_cache)
+            x, router_state, routing = self.run_layer(layer, x, router_state, cos, sin, predecessors, visible,
+                                                      layer_cache)
             routings.append(routing)
         h = self.final_norm(x.to(self.dtype))
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return ForwardOutput(logits=(h @ head.t()).float(), routings=routings)
+        return ForwardOutput(hidden=h, head=head, routings=routings)
+
+    def run_layer(self, fn, *args):
+        """fn(*args), its activations recomputed in backward when `activation_checkpointing` is on
+        (only while training with gradients: evaluation and decoding run it plainly)."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
 
 @torch.no_grad()

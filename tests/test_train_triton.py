@@ -1,0 +1,142 @@
+"""Training on the generated kernels (backend "triton", TRITON_INTERPRET on the CPU): the objective reads
+only the BatchLayout (building a dense mask fails the test), its chunked loss equals the full-logits loss
+and gradients, activation checkpointing recomputes layers without changing gradients, and peak memory
+per sequence grows linearly in S (the reference path's does not)."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close
+from training_helpers import MICRO_SPEC
+from zdiff.pattern import BatchLayout, Pattern, training_pattern
+from zdiff.spec import parse_spec
+from zdiff.train.model_init import model_class, random_model
+from zdiff.train.objective import Objective
+
+ONE_LAYER = MICRO_SPEC.replace("num_layers: 2", "num_layers: 1")
+
+
+def _model(spec, backend, monkeypatch, tmp_path, seed=3):
+    monkeypatch.setenv("ZDIFF_CACHE", str(tmp_path / "cache"))
+    model = random_model(model_class(spec, backend, "cpu"), spec.model, seed, "cpu")
+    with torch.no_grad():  # move scales and biases off their initial values so a miswired one shows
+        gen = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.add_((0.1 if p.dim() == 1 else 0.5 * p.std().item()) * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture
+def no_dense_mask(monkeypatch):
+    def refuse(*_, **__):
+        raise AssertionError("a dense visibility mask was built on the triton path")
+    monkeypatch.setattr(BatchLayout, "dense_visible", refuse)
+    monkeypatch.setattr(Pattern, "dense_mask", refuse)
+
+
+def _full_logits_loss(model, spec, mode, window, layout_only):
+    """The objective as it was: fp32 logits for every row, F.cross_entropy per half."""
+    x, labels = window[:, :-1], window[:, 1:]
+    B, S = x.shape
+    b = spec.diffusion.block_size
+    if mode == "ar":
+        logits = model(x, layout=BatchLayout.training(B, S, b, diffusion=False))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)), None
+    pattern = training_pattern(S, b)
+    ids = torch.cat([x, torch.full_like(x, spec.diffusion.mask_token_id)], dim=1)
+    visible = None if layout_only else pattern.dense_mask()
+    logits = model(ids, positions=pattern.positions(), predecessors=pattern.predecessors(), visible=visible,
+                   layout=BatchLayout.training(B, S, b))
+    ar = F.cross_entropy(logits[:, :S].reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    diffusion = F.cross_entropy(logits[:, S:].reshape(-1, logits.shape[-1]), x.reshape(-1))
+    alpha = spec.diffusion.loss_alpha
+    return (alpha * ar + diffusion) / (1 + alpha), (ar, diffusion)
+
+
+def _grads(model):
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("backend,mode,batch", [("triton", "tidar", 2), ("triton", "ar", 1), ("torch", "tidar", 2)])
+def test_chunked_objective_equals_the_full_logits_loss(backend, mode, batch, monkeypatch, tmp_path, request):
+    spec = parse_spec(MICRO_SPEC if mode == "tidar" else ONE_LAYER)
+    spec = dataclasses.replace(spec, diffusion=dataclasses.replace(spec.diffusion, loss_alpha=0.5))
+    model = _model(spec, backend, monkeypatch, tmp_path)
+    window = torch.randint(0, 256, (batch, 7 + 1), generator=torch.Generator().manual_seed(1))  # S = 7: a ragged block
+    want, halves = _full_logits_loss(model, spec, mode, window, layout_only=backend == "triton")
+    want.backward()
+    want_grads = _grads(model)
+    if backend == "triton":
+        request.getfixturevalue("no_dense_mask")
+    parts = Objective(spec, mode, 7, backend)(model, window)
+    parts.total.backward()
+    assert_close(parts.total, want, rtol=1e-5, what="loss")
+    if halves is not None:
+        assert_close(parts.ar, halves[0], rtol=1e-5, what="AR loss")
+        assert_close(parts.diffusion, halves[1], rtol=1e-5, what="diffusion loss")
+    for (name, _), got, ref in zip(model.named_parameters(), _grads(model), want_grads):
+        assert_close(got, ref, rtol=1e-5, atol=1e-7, what=f"d {name}")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_activation_checkpointing_recomputes_layers_with_the_same_gradients(backend, monkeypatch, tmp_path):
+    spec = parse_spec(MICRO_SPEC)
+    model = _model(spec, backend, monkeypatch, tmp_path)
+    window = torch.randint(0, 256, (1, 3 + 1), generator=torch.Generator().manual_seed(2))
+    objective = Objective(spec, "tidar", 3, backend)
+    calls = []
+    layer_fn = type(model)._layer if backend == "triton" else type(model.layers[0]).forward
+    owner = type(model) if backend == "triton" else type(model.layers[0])
+    monkeypatch.setattr(owner, "_layer" if backend == "triton" else "forward",
+                        lambda *args, **kwargs: calls.append(1) or layer_fn(*args, **kwargs))
+    results = {}
+    for on in (False, True):
+        calls.clear()
+        model.activation_checkpointing = on
+        parts = objective(model, window)
+        parts.total.backward()
+        results[on] = parts.total.detach(), _grads(model), len(calls)
+    assert results[False][2] == 2 and results[True][2] == 4  # each of the 2 layers runs again in backward
+    assert torch.equal(results[True][0], results[False][0])
+    for (name, _), a, b in zip(model.named_parameters(), results[True][1], results[False][1]):
+        assert_close(a, b, rtol=1e-6, atol=1e-8, what=f"d {name} with checkpointing")
+
+
+def _peak_step_bytes(model, objective, seq_len):
+    """Peak bytes of tensors alive during one forward + backward beyond what existed before it."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    window = torch.randint(0, 256, (1, seq_len + 1), generator=torch.Generator().manual_seed(seq_len))
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker:
+        before = tracker.get_tracker_snapshot("current")
+        objective(model, window).total.backward()
+        peak = tracker.get_tracker_snapshot("peak")
+    model.zero_grad(set_to_none=True)
+    device = torch.device("cpu")
+    return peak[device]["Total"] - before.get(device, {}).get("Total", 0)
+
+
+def _growth_ratio(spec, backend, lengths, monkeypatch, tmp_path):
+    model = _model(spec, backend, monkeypatch, tmp_path)
+    peaks = [_peak_step_bytes(model, Objective(spec, "tidar", S, backend), S) for S in lengths]
+    return (peaks[2] - peaks[1]) / (peaks[1] - peaks[0]), peaks
+
+
+@pytest.mark.slow
+def test_peak_memory_per_sequence_is_linear_in_length_on_the_triton_path(monkeypatch, tmp_path, no_dense_mask):
+    """Doubling S doubles the step's extra memory (ratio of successive increments 2: linear; 4: quadratic).
+    The reference path, with its dense mask and score matrices, is measured the same way to show the
+    measurement can tell them apart."""
+    spec = parse_spec(ONE_LAYER)
+    ratio, peaks = _growth_ratio(spec, "triton", (16, 32, 64), monkeypatch, tmp_path)
+    assert 1.8 < ratio < 2.2, (ratio, peaks)
+    monkeypatch.undo()
+    ratio, peaks = _growth_ratio(spec, "torch", (256, 512, 1024), monkeypatch, tmp_path)
+    assert ratio > 3.0, (ratio, peaks)
