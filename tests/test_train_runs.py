@@ -168,3 +168,67 @@ def test_convert_an_imported_hf_checkpoint_with_its_tokenizer(tmp_path):
 
     assert load_spec(tmp_path / "conv" / "final" / "spec.yaml").diffusion.mask_token_id == spare
     assert converted.spec.vocab_size == 96
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """--seq-len / --batch-size are checked against the memory formula first: no pattern, batch or model
+    is built (building the training pattern is made to fail), and the CLI answers in one line."""
+    import zdiff.train.objective
+    from zdiff.errors import ZdiffError
+    from zdiff.train import TrainConfig, train
+
+    def no_pattern(*_):
+        raise AssertionError("the training pattern was built before the size check")
+    monkeypatch.setattr(zdiff.train.objective, "training_pattern", no_pattern)
+    spec = micro_spec(tmp_path)
+    for sizes in ({"seq_len": 10**9}, {"batch_size": 10**9}, {"seq_len": 10**6, "batch_size": 64}):
+        cfg = TrainConfig(spec=str(spec), data="stdlib", mode="tidar", steps=1, out=str(tmp_path / "run"), **sizes)
+        with pytest.raises(ZdiffError, match=r"expected peak memory .* GB per device .* exceeds the .* GB of"):
+            train(cfg)
+    assert not (tmp_path / "run").exists()
+    cmd = [sys.executable, "-m", "zdiff", "train", str(spec), "--mode", "tidar", "--steps", "1", "--seq-len", "1000000000",
+           "--out", str(tmp_path / "cli")]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--seq-len 1000000000 --batch-size 16" in result.stderr and "dense attention" in result.stderr
+
+
+def test_training_stops_at_the_first_non_finite_step(tmp_path):
+    """An absurd learning rate blows the weights up after step 1: step 2's loss is NaN. The run stops before
+    applying it, names the step, exits 2, and the step-1 checkpoint stays the latest, with finite weights."""
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
+    run = tmp_path / "run"
+    result = run_cli("train", spec, "--data", corpus, "--mode", "tidar", "--steps", "5", "--out", run,
+                     "--checkpoint-every", "1", *FAST[:4], "--warmup", "1", "--eval-windows", "2", "--lr", "1e30")
+    assert result.returncode == 2, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("zdiff: error: step 2: non-finite training values (loss nan"), last_line
+    assert "step_0000001" in last_line and "Traceback" not in result.stderr
+    assert (run / "latest").read_text().strip() == "step_0000001"
+    assert not (run / "checkpoints" / "step_0000002").exists() and not (run / "final").exists()
+    weights = load_file(run / "checkpoints" / "step_0000001" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert [r["step"] for r in _records(run)] == [1]
+
+
+@pytest.mark.slow
+def test_fsdp2_loads_a_checkpoint_shard_by_shard(tmp_path):
+    """Meta-device model, sharded, then each of 2 ranks reads only its rows of every tensor (about half the
+    checkpoint); gathered, the weights equal a whole load, also when conversion adds a token row."""
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.runtime import build_model
+    from zdiff.spec import load_spec
+
+    spec = load_spec(micro_spec(tmp_path))
+    save_checkpoint(build_model(spec.model, seed=7), spec, tmp_path / "ckpt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "fsdp_load_worker.py"), str(tmp_path / "ckpt"), str(tmp_path)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["same_equal"] == [] and report["grown_equal"] == [], report
+        assert report["same_read"] < 0.6 * report["total"], report  # dim-0 chunks: 2 of 3 experts on rank 0
+    buffers = sum(b.numel() * b.element_size() for name, b in build_model(spec.model).state_dict().items()
+                  if "balancing_bias" in name)  # replicated, not sharded: every rank reads them
+    assert sum(r["same_read"] for r in reports) == reports[0]["total"] + buffers  # the two halves, no more

@@ -55,7 +55,7 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = [(name, getattr(self, name)) for name in
                  ("weights", "gradients", "optimizer", "casts", "activations", "loss", "dense_attention")]
-        return ", ".join(f"{name.replace('_', ' ')} {value / GB:.3g}" for name, value in parts if value)
+        return ", ".join(f"{name.replace('_', ' ')} {value / GB:.3g} GB" for name, value in parts if value)
 
 
 def saved_bytes_per_row(spec: ModelSpec, compute_bytes: int) -> tuple[int, int]:
@@ -121,7 +121,7 @@ def check_fits(estimate: MemoryEstimate, capacity: int, where: str, asked: str) 
     """Refuse a run whose expected peak exceeds the device, naming the numbers."""
     if estimate.total > capacity:
         raise ZdiffError(
-            f"{asked}: expected peak memory {estimate.total / GB:.3g} GB per device ({estimate.describe()}; GB) "
+            f"{asked}: expected peak memory {estimate.total / GB:.3g} GB per device ({estimate.describe()}) "
             f"exceeds the {capacity / GB:.3g} GB of {where}; lower --seq-len or --batch-size, add "
             f"--activation-checkpointing, or shard with --fsdp over more ranks")
 
