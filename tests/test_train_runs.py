@@ -92,6 +92,47 @@ def test_data_parallel_matches_single_process(tmp_path, sharding):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
 
 
+KERNELS = ["--backend", "triton", "--device", "cpu", "--batch-size", "2", "--seq-len", "6", "--warmup", "1",
+           "--eval-windows", "1", "--lr", "3e-3", "--checkpoint-every", "2"]
+INTERPRETER = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def kernel_run_inputs(tmp_path_factory):
+    """A one-layer micro spec trained 2 steps in one process on the generated kernels (the interpreter)."""
+    root = tmp_path_factory.mktemp("kernels")
+    spec = micro_spec(root)
+    spec.write_text(spec.read_text().replace("num_layers: 2", "num_layers: 1"))
+    corpus = micro_corpus(root, files=3)
+    args = ["train", str(spec), "--data", str(corpus), "--mode", "tidar", "--steps", "2", *KERNELS]
+    env = dict(INTERPRETER, ZDIFF_CACHE=str(root / "cache"))
+    single = run_cli(*args, "--out", root / "single", env_extra=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "triton backend" in single.stdout
+    return root, args, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_data_parallel_on_the_kernels_matches_single_process(kernel_run_inputs, sharding):
+    root, args, env = kernel_run_inputs
+    out = root / sharding
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zdiff",
+           *args, "--out", str(out), *(["--fsdp"] if sharding == "fsdp" else [])]
+    multi = subprocess.run(cmd, env=dict(_env(), **env), capture_output=True, text=True, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    a = [r for r in _records(root / "single") if "loss" in r]
+    b = [r for r in _records(out) if "loss" in r]
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in ("loss", "ar_loss", "diffusion_loss"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
+    wa = load_file(root / "single" / "final" / "model.safetensors")
+    wb = load_file(out / "final" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
+
+
 def test_train_cli_errors(tmp_path):
     spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
     base = ["train", spec, "--data", corpus, "--mode", "ar", "--out", tmp_path / "run", *FAST]
