@@ -14,8 +14,9 @@ layers, a bytes per compute element (2 in bf16, 4 in fp32):
                with --activation-checkpointing: b R (L A_in + A): each layer's inputs, one layer recomputed
   loss         one chunk of fp32 logits and its compute-dtype gradient (zdiff.train.linear_ce), the LM
                head in the compute dtype, the final hidden states and their gradient
-  torch backend only: the dense visibility mask (b R^2 bytes) and, per layer, the attention
-               probabilities the reference saves (b heads R^2 fp32), both quadratic in S
+  torch backend only: the dense visibility mask (b R^2 bytes) and, per layer, what SDPA with that
+               mask saves for backward: on a CPU (math path) the probabilities, b heads R^2 fp32; on a
+               GPU the mask as an additive bias, b R^2 a. Quadratic in S either way.
 
 A is an estimate from the saved tensors of the generated model (residual streams in fp32, the
 projections, CCA inputs and outputs, attention output and log-sum-exp, router MLP, the
@@ -74,7 +75,8 @@ def saved_bytes_per_row(spec: ModelSpec, compute_bytes: int) -> tuple[int, int]:
 
 def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int, mode: str = "tidar",
                              compute: str = "fp32", backend: str = "triton", world: int = 1, fsdp: bool = False,
-                             activation_checkpointing: bool = False, fsdp_unit: str = "layer") -> MemoryEstimate:
+                             activation_checkpointing: bool = False, fsdp_unit: str = "layer",
+                             device_type: str = "cuda") -> MemoryEstimate:
     """fsdp_unit: "layer" (one FSDP2 unit per layer, the reference model) or "model" (one unit: the
     generated model, whose kernels read parameters directly; the whole model is gathered for a step)."""
     counts = count_model(spec, dtype_bytes=4)
@@ -105,7 +107,8 @@ def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int,
         per_sequence_rows = rows // batch_per_rank
         squares = batch_per_rank * per_sequence_rows ** 2
         layers_saved = 1 if activation_checkpointing else L
-        dense = squares + layers_saved * squares * spec.attention.num_heads * 4
+        saved_per_square = spec.attention.num_heads * 4 if device_type == "cpu" else a
+        dense = squares + layers_saved * squares * saved_per_square
     return MemoryEstimate(weights, gradients, optimizer, casts, activations, loss, dense)
 
 
