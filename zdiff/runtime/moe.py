@@ -115,8 +115,9 @@ def expert_load(routings: list[Routing], num_experts: int) -> torch.Tensor:
     counts = []
     for r in routings:
         ids = r.experts.flatten()
-        counts.append(torch.zeros(num_experts + 1, device=ids.device).scatter_add_(0, ids, torch.ones(ids.shape, device=ids.device)))
-    return torch.stack(counts)[:, :num_experts]
+        counts.append(torch.zeros(num_experts + 1, device=ids.device).scatter_add_(0, ids, torch.ones(ids.shape, device=ids.device))
+                      [:num_experts])
+    return torch.stack(counts)  # contiguous: it is all-reduced in place over data-parallel ranks
 
 
 @torch.no_grad()
