@@ -5,8 +5,7 @@ is refused in microseconds, before a pattern, a batch or a model exists. With P 
 W data-parallel ranks, b sequences per rank, R rows per sequence (S for AR, 2S for TiDAR), L
 layers, a bytes per compute element (2 in bf16, 4 in fp32):
 
-  weights      4P fp32 master weights          (FSDP2: 4P/W, plus the unsharded root and two layers,
-                                                or all of P when the model is one unit)
+  weights      4P fp32 master weights          (FSDP2: 4P/W, plus the unsharded root and two layers)
   gradients    4P fp32                         (FSDP2: 4P/W, plus the same unsharded part; DDP: +4P buckets)
   optimizer    8P AdamW moments                (FSDP2: 8P/W)
   casts        2P autocast copies of the weights in bf16 (FSDP2: of the unsharded part only)
@@ -75,10 +74,7 @@ def saved_bytes_per_row(spec: ModelSpec, compute_bytes: int) -> tuple[int, int]:
 
 def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int, mode: str = "tidar",
                              compute: str = "fp32", backend: str = "triton", world: int = 1, fsdp: bool = False,
-                             activation_checkpointing: bool = False, fsdp_unit: str = "layer",
-                             device_type: str = "cuda") -> MemoryEstimate:
-    """fsdp_unit: "layer" (one FSDP2 unit per layer, the reference model) or "model" (one unit: the
-    generated model, whose kernels read parameters directly; the whole model is gathered for a step)."""
+                             activation_checkpointing: bool = False, device_type: str = "cuda") -> MemoryEstimate:
     counts = count_model(spec, dtype_bytes=4)
     P, L, H, V = counts.total_params, spec.num_layers, spec.hidden_size, spec.vocab_size
     a = 2 if compute == "bf16" else 4
@@ -87,8 +83,6 @@ def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int,
     if fsdp and world > 1:
         layer = (P - counts.embedding_params - counts.lm_head_params) // L
         unsharded = counts.embedding_params + counts.lm_head_params + 2 * layer  # root + current and prefetched layer
-        if fsdp_unit == "model":
-            unsharded = P
         resident = P // world + unsharded
         weights, gradients, optimizer = 4 * resident, 4 * resident, 8 * (P // world)
         casts = 2 * unsharded if a == 2 else 0

@@ -19,6 +19,7 @@ the last checkpoint stays the last good one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -134,15 +135,22 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def _shard(model, backend: str):
-    """FSDP2. The reference model gets one unit per layer. The generated model reads its parameters inside
-    kernels, not through the layers' forward hooks, and fuses each layer's last residual with the next
-    layer's norm, so it is one unit: parameters, gradients and optimizer state stay sharded at rest and
-    the whole model is gathered for the step."""
-    from torch.distributed.fsdp import fully_shard
+    """FSDP2, one unit per layer. The generated model runs a layer as `_layer(i, ...)` with its parameters
+    read inside kernels (no layer forward call for FSDP's hooks) and fuses each layer's last residual
+    with the next layer's attn_norm. So each layer's unit is its modules but attn_norm (those stay with
+    the root, gathered for the whole step), and `_layer(i, ...)` is registered as that unit's forward."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    if backend == "torch":
-        for layer in model.layers:
+    for i, layer in enumerate(model.layers):
+        if backend == "torch":
             fully_shard(layer)
+            continue
+        unit = [module for name, module in layer.named_children() if name != "attn_norm"]
+        fully_shard(unit)
+        unit[0].fsdp_layer = functools.partial(type(model)._layer, model, i)
+        register_fsdp_forward_method(unit[0], "fsdp_layer")
+    if backend == "triton":
+        model._layer = lambda i, *args: model.layers[i].attn.fsdp_layer(*args)
     return fully_shard(model)
 
 
@@ -258,7 +266,7 @@ def check_memory(cfg: TrainConfig, spec: Spec, backend: str, device, world: int)
     """Refuse, with the numbers, a run whose expected peak memory exceeds the device (zdiff.train.memory)."""
     estimate = estimate_training_memory(
         spec.model, cfg.seq_len, cfg.batch_size // world, cfg.mode, cfg.dtype, backend, world, cfg.fsdp,
-        cfg.activation_checkpointing, fsdp_unit="layer" if backend == "torch" else "model", device_type=device.type)
+        cfg.activation_checkpointing, device_type=device.type)
     capacity, where = device_capacity(device)
     check_fits(estimate, capacity, f"{where} ({device})",
                f"--seq-len {cfg.seq_len} --batch-size {cfg.batch_size} ({cfg.batch_size // world} per rank) "
