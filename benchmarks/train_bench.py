@@ -226,10 +226,10 @@ def run(smoke: bool, out: Path, steps: int) -> dict:
     target = runtime_target(device) if cuda else "cpu"
     results = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
                "triton": triton.__version__, "date": datetime.date.today().isoformat(), "attention": [], "steps": []}
-    for S in ((24,) if smoke else (4096, 16384)):
+    for S in ((20,) if smoke else (4096, 16384)):
         results["attention"] += attention_case(S, device.type, target, smoke)
     if smoke:
-        spec, S = smoke_spec(), 8
+        spec, S = smoke_spec(), 4
     else:
         spec = load_spec("zaya1-8b")
         S = 4096

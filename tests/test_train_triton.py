@@ -68,13 +68,13 @@ def test_chunked_objective_equals_the_full_logits_loss(backend, mode, batch, mon
     spec = parse_spec(MICRO_SPEC if mode == "tidar" else ONE_LAYER)
     spec = dataclasses.replace(spec, diffusion=dataclasses.replace(spec.diffusion, loss_alpha=0.5))
     model = _model(spec, backend, monkeypatch, tmp_path)
-    window = torch.randint(0, 256, (batch, 7 + 1), generator=torch.Generator().manual_seed(1))  # S = 7: a ragged block
+    window = torch.randint(0, 256, (batch, 6 + 1), generator=torch.Generator().manual_seed(1))  # S = 6: a ragged block
     want, halves = _full_logits_loss(model, spec, mode, window, layout_only=backend == "triton")
     want.backward()
     want_grads = _grads(model)
     if backend == "triton":
         request.getfixturevalue("no_dense_mask")
-    parts = Objective(spec, mode, 7, backend)(model, window)
+    parts = Objective(spec, mode, 6, backend)(model, window)
     parts.total.backward()
     assert_close(parts.total, want, rtol=1e-5, what="loss")
     if halves is not None:
