@@ -58,3 +58,20 @@ def test_serve_bench_smoke(tmp_path):
         assert cell["ttft_ms"]["50"] > 0 and cell["engine_tokens_per_forward"] > 0, cell
     assert "| tidar-lossless | 2 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "serve_bench.png").stat().st_size > 0
+
+
+def test_train_bench_script_smoke(tmp_path):
+    """benchmarks/train_bench.py on tiny shapes: every attention variant and every training-step case runs."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TRITON_INTERPRET="1", ZDIFF_CACHE=str(tmp_path / "cache"))
+    script = REPO / "benchmarks" / "train_bench.py"
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["kernel"] for r in data["attention"]] == ["zdiff", "flex", "sdpa causal"]
+    assert data["attention"][0]["max_abs_diff_vs_flex"] < 1e-4  # fp32 on the CPU: the same pattern as Flex's BlockMask
+    cases = {(r["backend"], r["activation_checkpointing"]) for r in data["steps"] if "error" not in r}
+    assert cases == {(b, c) for b in ("torch", "triton") for c in (False, True)}, data["steps"]
+    losses = [r["loss"] for r in data["steps"]]
+    assert max(losses) - min(losses) < 1e-3, losses  # one first step of the same model: same loss on every path
+    assert (tmp_path / "results.md").read_text().startswith("cpu, torch")

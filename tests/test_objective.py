@@ -93,7 +93,7 @@ def test_conversion_adds_a_row_when_no_id_is_spare(tmp_path):
     assert new_spec.model.vocab_size == 259 and new_spec.diffusion.mask_token_id == 258
     assert "new embedding row" in note
     assert torch.equal(grown.embed.weight[:258], model.embed.weight)
-    assert_close(grown.embed.weight[258], model.embed.weight.mean(0), rtol=1e-6, what="new row")
+    assert_close(grown.embed.weight[258], model.embed.weight.double().mean(0), rtol=1e-6, what="new row")
     ids = torch.randint(0, 256, (1, 6))
     assert_close(grown(ids)[..., :258], model(ids), rtol=1e-5, atol=1e-6, what="old logits unchanged")
 

@@ -93,6 +93,47 @@ def test_data_parallel_matches_single_process(tmp_path, sharding):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
 
 
+KERNELS = ["--backend", "triton", "--device", "cpu", "--batch-size", "2", "--seq-len", "4", "--warmup", "1",
+           "--eval-windows", "1", "--lr", "3e-3", "--checkpoint-every", "2"]
+INTERPRETER = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def kernel_run_inputs(tmp_path_factory):
+    """The micro spec trained 2 steps in one process on the generated kernels (the interpreter). Two layers:
+    under FSDP2 layer 0's last fused residual + norm reads layer 1's attn_norm (kept in the root unit)."""
+    root = tmp_path_factory.mktemp("kernels")
+    spec = micro_spec(root)
+    corpus = micro_corpus(root, files=3)
+    args = ["train", str(spec), "--data", str(corpus), "--mode", "tidar", "--steps", "2", *KERNELS]
+    env = dict(INTERPRETER, ZDIFF_CACHE=str(root / "cache"))
+    single = run_cli(*args, "--out", root / "single", env_extra=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "triton backend" in single.stdout
+    return root, args, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_data_parallel_on_the_kernels_matches_single_process(kernel_run_inputs, sharding):
+    root, args, env = kernel_run_inputs
+    out = root / sharding
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zdiff",
+           *args, "--out", str(out), *(["--fsdp"] if sharding == "fsdp" else [])]
+    multi = subprocess.run(cmd, env=dict(_env(), **env), capture_output=True, text=True, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    a = [r for r in _records(root / "single") if "loss" in r]
+    b = [r for r in _records(out) if "loss" in r]
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in ("loss", "ar_loss", "diffusion_loss"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
+    wa = load_file(root / "single" / "final" / "model.safetensors")
+    wb = load_file(out / "final" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
+
+
 def test_train_cli_errors(tmp_path):
     spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
     base = ["train", spec, "--data", corpus, "--mode", "ar", "--out", tmp_path / "run", *FAST]
@@ -171,3 +212,81 @@ def test_convert_an_imported_hf_checkpoint_with_its_tokenizer(tmp_path):
 
     assert load_spec(tmp_path / "conv" / "final" / "spec.yaml").diffusion.mask_token_id == spare
     assert converted.spec.vocab_size == 96
+
+
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """--seq-len / --batch-size are checked against the memory formula first: no pattern, batch or model
+    is built (building the training pattern is made to fail), and the CLI answers in one line."""
+    import zdiff.train.objective
+    from zdiff.errors import ZdiffError
+    from zdiff.train import TrainConfig, train
+
+    def no_pattern(*_):
+        raise AssertionError("the training pattern was built before the size check")
+    monkeypatch.setattr(zdiff.train.objective, "training_pattern", no_pattern)
+    spec = micro_spec(tmp_path)
+    for sizes in ({"seq_len": 10**9}, {"batch_size": 10**9}, {"seq_len": 10**6, "batch_size": 64}):
+        cfg = TrainConfig(spec=str(spec), data="stdlib", mode="tidar", steps=1, out=str(tmp_path / "run"), **sizes)
+        with pytest.raises(ZdiffError, match=r"expected peak memory .* GB per device .* exceeds the .* GB of"):
+            train(cfg)
+    assert not (tmp_path / "run").exists()
+    cmd = [sys.executable, "-m", "zdiff", "train", str(spec), "--mode", "tidar", "--steps", "1", "--seq-len", "32768",
+           "--batch-size", "65536", "--backend", "torch", "--out", str(tmp_path / "cli")]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--seq-len 32768 --batch-size 65536" in result.stderr and "dense attention" in result.stderr
+
+
+def test_training_stops_at_the_first_non_finite_step(tmp_path, monkeypatch):
+    """Step 3's loss is made NaN (so are its gradients). The run stops before applying it, names the step,
+    and the step-2 checkpoint stays the latest, with finite weights; no final/ is written."""
+    from zdiff.errors import ZdiffError
+    from zdiff.train import TrainConfig, train
+    from zdiff.train.objective import Objective
+
+    calls, compute = [], Objective.__call__
+
+    def poisoned(self, model, window):
+        parts = compute(self, model, window)
+        calls.append(1)
+        if len(calls) == 3:
+            parts.total = parts.total * float("nan")
+        return parts
+    monkeypatch.setattr(Objective, "__call__", poisoned)
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
+    run = tmp_path / "run"
+    cfg = TrainConfig(spec=str(spec), data=str(corpus), mode="tidar", steps=5, out=str(run), batch_size=2, seq_len=16,
+                      warmup=1, eval_windows=2, checkpoint_every=1)
+    with pytest.raises(ZdiffError) as error:
+        train(cfg, log=lambda *_: None)
+    message = str(error.value)
+    assert message.startswith("step 3: non-finite training values (loss nan"), message
+    assert "step_0000002" in message and len(message.splitlines()) == 1
+    assert (run / "latest").read_text().strip() == "step_0000002"
+    assert not (run / "checkpoints" / "step_0000003").exists() and not (run / "final").exists()
+    weights = load_file(run / "checkpoints" / "step_0000002" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert [r["step"] for r in _records(run)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_fsdp2_loads_a_checkpoint_shard_by_shard(tmp_path):
+    """Meta-device model, sharded, then each of 2 ranks reads only its rows of every tensor (about half the
+    checkpoint); gathered, the weights equal a whole load, also when conversion adds a token row."""
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.runtime import build_model
+    from zdiff.spec import load_spec
+
+    spec = load_spec(micro_spec(tmp_path))
+    save_checkpoint(build_model(spec.model, seed=7), spec, tmp_path / "ckpt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "fsdp_load_worker.py"), str(tmp_path / "ckpt"), str(tmp_path)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["same_equal"] == [] and report["grown_equal"] == [], report
+        assert report["same_read"] < 0.6 * report["total"], report  # dim-0 chunks: 2 of 3 experts on rank 0
+    buffers = sum(b.numel() * b.element_size() for name, b in build_model(spec.model).state_dict().items()
+                  if "balancing_bias" in name)  # replicated, not sharded: every rank reads them
+    assert sum(r["same_read"] for r in reports) == reports[0]["total"] + buffers  # the two halves, no more

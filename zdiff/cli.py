@@ -7,8 +7,10 @@ range-checked when parsed (bounds: zdiff.limits), so a bad flag fails before any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import re
 import sys
 
@@ -124,7 +126,9 @@ def _cmd_train(args) -> int:
     # a run directory is written into, not replaced: it must not overlap what it reads, and one run at a time
     resolve_output(args.out, inputs=(args.init, None if args.data == "stdlib" else args.data), replaces=False)
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
-    with output_lock(args.out):
+    # under torchrun only rank 0 writes the run directory, so only it holds the lock
+    lock = output_lock(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
         train(TrainConfig(**fields), resume=args.resume)
     return 0
 
@@ -251,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), default=64)
     tr.add_argument("--seed", type=seed, default=0)
     tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
+    tr.add_argument("--backend", choices=["torch", "triton"], help="torch: the reference model (dense mask); triton: "
+                    "the generated kernels (no mask, needs TRITON_INTERPRET=1 on a CPU). Default: triton on a GPU, "
+                    "torch on a CPU")
+    tr.add_argument("--device", help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
+    tr.add_argument("--activation-checkpointing", action="store_true",
+                    help="recompute each layer's activations in backward (long sequences)")
     tr.set_defaults(run=_cmd_train)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")

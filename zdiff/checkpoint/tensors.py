@@ -94,6 +94,10 @@ class TensorSource:
             reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             raise CheckpointError(f"{self.directory / self.file_of[name]}: tensor {name} cannot be read ({reason})") from None
 
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor, read without loading the rest (a shard of a sharded model)."""
+        return self._handle(name).get_slice(name)[start:stop]
+
 
 def write_tensors(directory: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], shard_bytes: int = 4 << 30,
                   metadata: dict[str, str] | None = None) -> None:

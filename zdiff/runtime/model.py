@@ -27,8 +27,17 @@ from .rope import rope_cos_sin
 
 @dataclass
 class ForwardOutput:
-    logits: torch.Tensor  # (B, T, V) fp32
+    """What a forward pass produced. Logits are computed only when asked for: training takes the loss
+    from `hidden` and `head` in chunks (zdiff.train.linear_ce) and never holds (B, T, V) logits."""
+
+    hidden: torch.Tensor  # (B, T, H) final-norm output, model dtype
+    head: torch.Tensor  # (V, H) LM head (the embedding when tied)
     routings: list[Routing]  # one per layer, for load statistics and balancing-bias updates
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, T, V) fp32."""
+        return (self.hidden @ self.head.t()).float()
 
 
 class ReferenceOps:
@@ -85,6 +94,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     ops = ReferenceOps()  # the generated model swaps in its kernels here
+    activation_checkpointing = False  # recompute each layer in backward (training at long context)
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -139,11 +149,23 @@ class Transformer(nn.Module):
         router_state, routings = None, []
         for i, (layer, next_norm) in enumerate(zip(self.layers, norms_after)):
             layer_cache = None if cache is None else cache.layers[i]
-            x, normed, router_state, routing = layer(self.ops, x, normed, router_state, cos, sin, predecessors,
-                                                     mask, layer_cache, next_norm)
+            x, normed, router_state, routing = self.run_layer(getattr(layer, "sharded_forward", layer), self.ops, x,
+                                                              normed, router_state, cos, sin, predecessors, mask,
+                                                              layer_cache, next_norm)
             routings.append(routing)
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return ForwardOutput(logits=(normed @ head.t()).float(), routings=routings)
+        return ForwardOutput(hidden=normed, head=head, routings=routings)
+
+    def run_layer(self, fn, *args):
+        """fn(*args), its activations recomputed in backward when `activation_checkpointing` is on
+        (only while training with gradients: evaluation and decoding run it plainly). Under FSDP2 a
+        block runs through `sharded_forward` (zdiff.train.trainer._shard), the registered forward of
+        its unit."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
 
 @torch.no_grad()

@@ -109,9 +109,15 @@ class MoE(nn.Module):
 
 
 def expert_load(routings: list[Routing], num_experts: int) -> torch.Tensor:
-    """(layers, num_experts) token-choice counts of the real experts (the skip expert is not counted)."""
-    return torch.stack([torch.bincount(r.experts.flatten(), minlength=num_experts + 1)[:num_experts].float()
-                        for r in routings])
+    """(layers, num_experts) token-choice counts of the real experts (the skip expert is not counted).
+
+    scatter_add, not bincount: bincount reads the largest id back to the host, a sync per layer."""
+    counts = []
+    for r in routings:
+        ids = r.experts.flatten()
+        ones = torch.ones(ids.shape, device=ids.device)
+        counts.append(torch.zeros(num_experts + 1, device=ids.device).scatter_add_(0, ids, ones)[:num_experts])
+    return torch.stack(counts)  # contiguous: it is all-reduced in place over data-parallel ranks
 
 
 @torch.no_grad()

@@ -3,6 +3,11 @@
 A batch is a window of S + 1 tokens per sequence. AR: rows x_0..x_{S-1} predict
 x_1..x_S. TiDAR: the input is [x_0..x_{S-1} | M x S] in the training layout; clean row j
 predicts x_{j+1} (AR), mask row j predicts x_j (diffusion, no shift).
+
+Losses come from the final hidden states and the LM head in chunks (zdiff.train.linear_ce):
+no (B, rows, V) logits. Backend "torch" (the reference model) also gets the dense visibility
+mask it reads; backend "triton" (the generated model) gets only the BatchLayout, so nothing
+of size rows x rows is built on that path.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..checkpoint.store import BACKENDS
 from ..errors import ZdiffError
 from ..pattern import BatchLayout, training_pattern
 from ..runtime.moe import Routing
 from ..spec import Spec
+from .linear_ce import linear_cross_entropy
 
 
 @dataclass
@@ -26,16 +32,14 @@ class LossParts:
     routings: list[Routing]
 
 
-def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-
-
 class Objective:
     """Builds the inputs of one mode once per sequence length and computes its loss."""
 
-    def __init__(self, spec: Spec, mode: str, seq_len: int):
+    def __init__(self, spec: Spec, mode: str, seq_len: int, backend: str = "torch"):
         if mode not in ("ar", "tidar"):
             raise ZdiffError(f"--mode must be ar or tidar, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.mode, self.seq_len = mode, seq_len
         self.block_size = spec.diffusion.block_size
         self.alpha = spec.diffusion.loss_alpha
@@ -47,22 +51,22 @@ class Objective:
             pattern = training_pattern(seq_len, spec.diffusion.block_size)
             self.positions = pattern.positions()
             self.predecessors = pattern.predecessors()
-            self.visible = pattern.dense_mask()
+            self.visible = pattern.dense_mask() if backend == "torch" else None
 
     def __call__(self, model, window: torch.Tensor) -> LossParts:
         """window: (B, S + 1) token ids."""
         x, labels = window[:, :-1], window[:, 1:]
         if self.mode == "ar":
             out = model(x, return_routings=True, layout=BatchLayout.training(len(x), x.shape[1], self.block_size, diffusion=False))
-            ar = _ce(out.logits, labels)
+            ar = linear_cross_entropy(out.hidden, out.head, labels).mean()
             return LossParts(ar, ar.detach(), None, out.routings)
         device = window.device
         ids = torch.cat([x, torch.full_like(x, self.mask_id)], dim=1)
         out = model(ids, positions=self.positions.to(device), predecessors=self.predecessors.to(device),
-                    visible=self.visible.to(device), return_routings=True,
+                    visible=None if self.visible is None else self.visible.to(device), return_routings=True,
                     layout=BatchLayout.training(len(x), self.seq_len, self.block_size))
         S = self.seq_len
-        ar = _ce(out.logits[:, :S], labels)
-        diffusion = _ce(out.logits[:, S:], x)
+        nll = linear_cross_entropy(out.hidden, out.head, torch.cat([labels, x], dim=1))  # (B, 2S)
+        ar, diffusion = nll[:, :S].mean(), nll[:, S:].mean()
         total = (self.alpha * ar + diffusion) / (1 + self.alpha)
         return LossParts(total, ar.detach(), diffusion.detach(), out.routings)

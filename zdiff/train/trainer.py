@@ -9,12 +9,19 @@ Layout of --out:
   final/                   a zdiff checkpoint of the end state (zdiff.load_model reads it)
 Checkpoints are written to a temp directory and renamed, and `latest` is replaced
 atomically, so a run killed at any instant resumes from a complete checkpoint.
+
+Before anything is built, the expected peak memory (zdiff.train.memory) is checked against
+the device, so an impossible --seq-len or --batch-size is refused with the numbers. A step
+whose loss or gradient norm is not finite stops the run before the optimizer applies it;
+the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 import shutil
 import time
@@ -26,16 +33,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
-from ..checkpoint.store import SPEC_FILE, load_model, write_checkpoint_files
+from ..checkpoint.store import BACKENDS, SPEC_FILE, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
 from ..errors import ZdiffError
 from ..plots import loss_curve
-from ..runtime import build_model
 from ..runtime.moe import expert_load, update_balancing_bias
 from ..spec import Spec, load_spec
-from .convert import add_mask_token
+from .convert import plan_mask_token
 from .data import Tokenizer, split_corpus
 from .evaluate import evaluate
+from .memory import check_fits, device_capacity, estimate_training_memory
+from .model_init import load_full, load_sharded, model_class, random_model
 from .objective import Objective
 from .schedule import learning_rate
 
@@ -63,6 +71,9 @@ class TrainConfig:
     eval_windows: int = 64
     seed: int = 0
     fsdp: bool = False
+    backend: str | None = None  # torch (reference model) or triton (generated kernels); None: triton on a GPU
+    device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward
 
     def check(self, world: int) -> None:
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows"):
@@ -74,22 +85,47 @@ class TrainConfig:
             raise ZdiffError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.batch_size % world:
             raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 # --- distributed -------------------------------------------------------------------------
 
 
-def _init_distributed() -> tuple[int, int, torch.device]:
+def _resolve_device(asked: str | None, world: int) -> torch.device:
+    try:
+        device = torch.device(asked) if asked else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise ZdiffError(f"--device must be cpu, cuda or cuda:N, got {asked!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ZdiffError(f"--device must be cpu, cuda or cuda:N, got {asked!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ZdiffError(f"--device {asked}: no GPU is visible to torch")
+        index = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else (device.index or 0)
+        if index >= torch.cuda.device_count():
+            raise ZdiffError(f"--device {asked}: GPU {index} asked, {torch.cuda.device_count()} visible")
+        device = torch.device("cuda", index)
+    return device
+
+
+def _init_distributed(asked_device: str | None) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = _resolve_device(asked_device, world)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world, device
+
+
+def _resolve_backend(asked: str | None, device: torch.device) -> str:
+    backend = asked or ("triton" if device.type == "cuda" else "torch")
+    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise ZdiffError("--backend triton on the CPU runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1 "
+                         "(slow; for tests), or use --backend torch")
+    return backend
 
 
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -98,20 +134,39 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _wrap(model, cfg: TrainConfig, world: int, device):
+def _shard(model, backend: str):
+    """FSDP2, one unit per layer, for both backends. A block fuses its last residual with the *next*
+    block's attn_norm (and the generated kernels read parameters without calling module forwards), so
+    each unit is a block's modules but attn_norm (those stay with the root, gathered for the whole
+    step), and the block's forward is registered as that unit's forward (`sharded_forward`, which the
+    model's layer loop calls when present)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for layer in model.layers:
+        unit = [module for name, module in layer.named_children() if name != "attn_norm"]
+        fully_shard(unit)
+        unit[0].fsdp_block = functools.partial(type(layer).forward, layer)
+        register_fsdp_forward_method(unit[0], "fsdp_block")
+        layer.sharded_forward = unit[0].fsdp_block
+    return fully_shard(model)
+
+
+def _wrap(model, cfg: TrainConfig, world: int, device, backend: str):
     if world == 1:
         return model
     if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.layers:
-            fully_shard(layer)
-        return fully_shard(model)
+        return model if _is_sharded(model) else _shard(model, backend)
     from torch.nn.parallel import DistributedDataParallel
 
     # experts that no token of a batch chose get no gradient: DDP must not wait for them
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True)
+
+
+def _is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _state_dicts(model, optimizer):
@@ -169,14 +224,13 @@ class RunDir:
 # --- model and spec ----------------------------------------------------------------------
 
 
-def _prepare(cfg: TrainConfig, device):
-    """(model, spec, tokenizer, tokenizer_dir, note) for a fresh start or a conversion."""
+def _prepare(cfg: TrainConfig):
+    """(spec, file_spec, tokenizer, init_dir, note): the spec to train and, for --init, the checkpoint's own
+    model spec (conversion may add a token row to it)."""
     spec = load_spec(cfg.spec)
     if cfg.init is None:
-        tokenizer = Tokenizer(None, spec.model.vocab_size)
-        return build_model(spec.model, seed=cfg.seed), spec, tokenizer, None, "random initialisation"
+        return spec, None, Tokenizer(None, spec.model.vocab_size), None, "random initialisation"
     init_dir = Path(cfg.init)
-    model = load_model(init_dir, dtype=torch.float32)
     init_spec = load_spec(init_dir / SPEC_FILE)
     if init_spec.model != spec.model:
         field = _first_difference(dataclasses.asdict(spec.model), dataclasses.asdict(init_spec.model), "model")
@@ -186,9 +240,34 @@ def _prepare(cfg: TrainConfig, device):
     tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
     note = f"initialised from {init_dir}"
     if cfg.mode == "tidar":
-        model, spec, mask_note = add_mask_token(model, spec, tokenizer)
+        spec, mask_note = plan_mask_token(spec, tokenizer)
         note += f"; {mask_note}"
-    return model, spec, tokenizer, init_dir, note
+    return spec, init_spec.model, tokenizer, init_dir, note
+
+
+def _build_model(cfg: TrainConfig, spec: Spec, file_spec, init_dir, backend: str, device, world: int):
+    """The model on `device`, already sharded when FSDP2 loads a checkpoint (never whole on a rank)."""
+    cls = model_class(spec, backend, device)
+    if init_dir is None:
+        return random_model(cls, spec.model, cfg.seed, device), None
+    if not (cfg.fsdp and world > 1):
+        return load_full(cls, spec.model, init_dir, file_spec, device), None
+    with torch.device("meta"):
+        model = cls(spec.model)
+    model = _shard(model, backend)
+    model.to_empty(device=device)
+    return model, load_sharded(model, init_dir, file_spec)
+
+
+def check_memory(cfg: TrainConfig, spec: Spec, backend: str, device, world: int) -> None:
+    """Refuse, with the numbers, a run whose expected peak memory exceeds the device (zdiff.train.memory)."""
+    estimate = estimate_training_memory(
+        spec.model, cfg.seq_len, cfg.batch_size // world, cfg.mode, cfg.dtype, backend, world, cfg.fsdp,
+        cfg.activation_checkpointing, device_type=device.type)
+    capacity, where = device_capacity(device)
+    check_fits(estimate, capacity, f"{where} ({device})",
+               f"--seq-len {cfg.seq_len} --batch-size {cfg.batch_size} ({cfg.batch_size // world} per rank) "
+               f"with {spec.name} ({cfg.mode}, {cfg.dtype}, backend {backend})")
 
 
 def _first_difference(a: dict, b: dict, path: str) -> str:
@@ -203,9 +282,24 @@ def _first_difference(a: dict, b: dict, path: str) -> str:
 # --- the loop ----------------------------------------------------------------------------
 
 
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """The gradient norm as a plain tensor (FSDP2 returns a DTensor)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def _non_finite_message(step: int, loss, ar_loss, diff_loss, norm, run: "RunDir") -> str:
+    latest = run.latest()
+    kept = f"the last good checkpoint is {latest}" if latest is not None else "no checkpoint was written yet"
+    return (f"step {step}: non-finite training values (loss {loss}, AR {ar_loss}, diffusion {diff_loss}, "
+            f"gradient norm {norm}); stopped before applying the step, {kept} (resume from it with a lower --lr)")
+
+
+
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
-    rank, world, device = _init_distributed()
+    rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
+    backend = _resolve_backend(cfg.backend, device)
+    check_memory(cfg, load_spec(cfg.spec), backend, device, world)
     run = RunDir(cfg.out)
     latest = run.latest()
     if latest is not None and not resume:
@@ -215,22 +309,28 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if resume:
         saved = json.loads((run.root / "run.json").read_text())["config"]
         mine = dataclasses.asdict(cfg)
+        defaults = dataclasses.asdict(TrainConfig(**{f: None for f in ("spec", "data", "mode", "steps", "out")}))
         for key in mine:
-            if saved.get(key) != mine[key]:
+            if saved.get(key, defaults[key]) != mine[key]:
                 raise ZdiffError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in the interrupted run, "
                                  f"now {mine[key]!r}; a resumed run must use the same settings")
 
-    model, spec, tokenizer, tokenizer_dir, note = _prepare(cfg, device)
-    model = model.to(device).train()
+    spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
     train_data, heldout = split_corpus(cfg.data, tokenizer)
-    objective = Objective(spec, cfg.mode, cfg.seq_len)
-    tidar_eval = Objective(spec, "tidar", cfg.seq_len) if spec.diffusion.mask_token_id is not None else None
-    wrapped = _wrap(model, cfg, world, device)
+    model, read_bytes = _build_model(cfg, spec, file_spec, init_dir, backend, device, world)
+    model.activation_checkpointing = cfg.activation_checkpointing
+    model.train()
+    objective = Objective(spec, cfg.mode, cfg.seq_len, backend)
+    ar_eval = objective if cfg.mode == "ar" else Objective(spec, "ar", cfg.seq_len, backend)
+    tidar_eval = Objective(spec, "tidar", cfg.seq_len, backend) if spec.diffusion.mask_token_id is not None else None
+    wrapped = _wrap(model, cfg, world, device, backend)
+    if read_bytes is not None:
+        log(f"[train] rank {rank}: read {read_bytes:,} bytes of the --init checkpoint (sharded load)")
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
 
     start = 0
     if resume:
-        trainer_state = torch.load(latest / "trainer.pt", weights_only=False)
+        trainer_state = torch.load(latest / "trainer.pt", weights_only=False, mmap=True)  # pages in what a rank reads
         source = TensorSource(latest)
         model_state = {name: source.get(name) for name in source.names()}
         _load_state_dicts(wrapped, optimizer, model_state, trainer_state["optimizer"])
@@ -245,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         atomic_write_text(run.root / "run.json", json.dumps(info, indent=1))
         run.truncate_metrics(0)
     if rank == 0:
-        log(f"[train] {cfg.mode} on {spec.name}: {note}; {train_data.num_files} training files "
+        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_files} training files "
             f"({len(train_data.tokens):,} tokens), {heldout.num_files} held-out; world size {world}"
             + (f"; resuming at step {start}" if start else ""))
 
@@ -254,53 +354,61 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
     metrics_file = run.metrics.open("a") if rank == 0 else None
     tick, last = time.perf_counter(), {}
-    for step in range(start, cfg.steps):
-        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)[rank * local:(rank + 1) * local]
-        with autocast:
-            parts = objective(wrapped, window.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.clip)
-        optimizer.step()
-        update_balancing_bias(model, _all_sum(expert_load(parts.routings, spec.model.moe.num_experts)))
+    try:
+        for step in range(start, cfg.steps):
+            lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)[rank * local:(rank + 1) * local]
+            with autocast:
+                parts = objective(wrapped, window.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.clip)
+            diffusion = parts.diffusion if parts.diffusion is not None else torch.zeros_like(parts.ar)
+            stats = _all_sum(torch.stack([parts.total.detach(), parts.ar, diffusion]).float()) / world
+            # the step's one host sync: logging, and the finiteness check before the optimizer applies the step
+            loss, ar_loss, diff_loss, norm = torch.cat([stats, _full(grad_norm).float().view(1)]).tolist()
+            if not all(map(math.isfinite, (loss, ar_loss, diff_loss, norm))):
+                raise ZdiffError(_non_finite_message(step + 1, loss, ar_loss, diff_loss, norm, run))
+            optimizer.step()
+            update_balancing_bias(model, _all_sum(expert_load(parts.routings, spec.model.moe.num_experts)))
 
-        stats = torch.tensor([parts.total.item(), parts.ar.item(),
-                              parts.diffusion.item() if parts.diffusion is not None else 0.0])
-        stats = _all_sum(stats) / world
-        now = time.perf_counter()
-        last = {"step": step + 1, "loss": stats[0].item(), "ar_loss": stats[1].item(),
-                "diffusion_loss": stats[2].item() if parts.diffusion is not None else None,
-                "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": cfg.batch_size * cfg.seq_len / (now - tick)}
-        tick = now
-        if metrics_file:
-            metrics_file.write(json.dumps(last) + "\n")
-            metrics_file.flush()
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
-
-        done = step + 1 == cfg.steps
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
-            result = {"step": step + 1, **evaluate(wrapped, heldout, tidar_eval, cfg.seq_len, cfg.eval_windows, device=device)}
+            now = time.perf_counter()
+            last = {"step": step + 1, "loss": loss, "ar_loss": ar_loss,
+                    "diffusion_loss": diff_loss if parts.diffusion is not None else None,
+                    "lr": lr, "grad_norm": norm, "tokens_per_s": cfg.batch_size * cfg.seq_len / (now - tick)}
+            tick = now
             if metrics_file:
-                metrics_file.write(json.dumps(result) + "\n")
-        if (step + 1) % cfg.checkpoint_every == 0 or done:
-            model_state, optim_state = _state_dicts(wrapped, optimizer)
-            if rank == 0:
-                run.save(step + 1, spec, model_state, optim_state, tokenizer_dir)
-                loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
-    bar.close()
+                metrics_file.write(json.dumps(last) + "\n")
+                metrics_file.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
 
-    final_eval = evaluate(wrapped, heldout, tidar_eval, cfg.seq_len, cfg.eval_windows, device=device)
+            done = step + 1 == cfg.steps
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
+                result = {"step": step + 1, **evaluate(wrapped, heldout, ar_eval, tidar_eval, cfg.seq_len, cfg.eval_windows,
+                                                       device=device)}
+                if metrics_file:
+                    metrics_file.write(json.dumps(result) + "\n")
+            if (step + 1) % cfg.checkpoint_every == 0 or done:
+                model_state, optim_state = _state_dicts(wrapped, optimizer)
+                if rank == 0:
+                    run.save(step + 1, spec, model_state, optim_state, init_dir)
+                    loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.flush()
+
+    final_eval = evaluate(wrapped, heldout, ar_eval, tidar_eval, cfg.seq_len, cfg.eval_windows, device=device)
     summary = {"step": cfg.steps, **final_eval}
     if rank == 0:
         metrics_file.write(json.dumps(summary) + "\n")
         metrics_file.close()
         model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
         with atomic_directory(run.root / "final", force=True) as tmp:
-            write_checkpoint_files(tmp, spec, model_state, tokenizer_dir)
+            write_checkpoint_files(tmp, spec, model_state, init_dir)
         loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
         log(f"[train] done: final loss {last.get('loss', float('nan')):.4f}; held-out AR "
             f"{final_eval['heldout_ar_bits_per_byte']:.4f} bits/byte"
