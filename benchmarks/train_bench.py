@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_bench import module as attention_module  # noqa: E402
 
 from zdiff.autotune.targets import TARGETS  # noqa: E402
-from zdiff.checkpoint.store import runtime_target  # noqa: E402
 from zdiff.pattern import BatchLayout  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 from zdiff.spec.counts import count_model  # noqa: E402
 from zdiff.spec.validate import validate  # noqa: E402
+from zdiff.targets import device_target  # noqa: E402
 from zdiff.train.memory import device_capacity, estimate_training_memory  # noqa: E402
 from zdiff.train.model_init import model_class, random_model  # noqa: E402
 from zdiff.train.objective import Objective  # noqa: E402
@@ -214,7 +214,7 @@ def step_case(spec, S: int, backend: str, checkpointing: bool, device, smoke: bo
         activation_checkpointing=checkpointing,
         device_type=device.type,
     )
-    peak_rate = TARGETS[runtime_target(device)].nominal_tflops * 1e12 if cuda else float("nan")
+    peak_rate = TARGETS[device_target(device).name].nominal_tflops * 1e12 if cuda else float("nan")
     result = {
         "part": "step",
         "backend": backend,
@@ -286,7 +286,7 @@ def smoke_spec():
 def run(smoke: bool, out: Path, steps: int) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    target = runtime_target(device) if cuda else "cpu"
+    target = device_target(device).name if cuda else "cpu"
     results = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "torch": torch.__version__,

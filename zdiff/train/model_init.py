@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.store import check_tensor_names, generated_model_class
+from ..checkpoint.store import check_tensor_names
 from ..checkpoint.tensors import TensorSource
+from ..codegen.generated import generated_model_class
 from ..runtime import Transformer, cast_model, init_weights
 from ..spec import ModelSpec, Spec
 from .convert import VOCAB_ROWS, grow_vocab_rows

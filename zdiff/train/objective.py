@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint.store import BACKENDS
+from .. import BACKENDS
 from ..errors import ZdiffError
 from ..pattern import BatchLayout, training_pattern
 from ..runtime.moe import Routing

@@ -32,8 +32,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .. import BACKENDS
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
-from ..checkpoint.store import BACKENDS, SPEC_FILE, write_checkpoint_files
+from ..checkpoint.store import SPEC_FILE, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
 from ..errors import ZdiffError
 from ..plots import loss_curve
