@@ -4,7 +4,8 @@ Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is b when 
 hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the device:
   1. layout: verify rows [c, d_1..d_m] (m = num_drafts), then P_s blocks at the first levels
      <= m (0 for AR slots), then padding; positions and predecessors from cache_len;
-  2. forward through the model (a StepLayout: no host tuple, no mask for the generated model);
+  2. forward through the model (a StepLayout: no host tuple, no mask for the generated model) to the
+     final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
   3. verify all slots at once (batched_sampling.verify) with their own parameters;
   4. commit c, d_1..d_n into the cache (fixed-shape scatter), stop / length checks;
   5. next drafts from the block at the largest level <= n, sampled slot by slot;
@@ -102,17 +103,24 @@ def _layout_rows(st: SlotState, shape: StepShape, k: StepConstants):
     return ids, positions, new_pred, layout, causal, blocks
 
 
+def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the given rows only: the verify rows and the chosen block's b - 1 draft rows, 2b - 1
+    of the b + P * b rows of a step (the unchosen blocks' logits are never needed)."""
+    return (hidden @ head.t()).float()
+
+
 def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: StepConstants) -> None:
     """Run one step on slots [0, shape.slots) of `st` (a prefix view) and `cache` (the same prefix)."""
     b, V_ROWS = k.block_size, shape.verify_rows
     ids, positions, new_pred, layout, causal, blocks = _layout_rows(st, shape, k)
     preds = extended_predecessors(new_pred, st.cache_len, cache.receptive_field)
-    logits = model(ids, positions=positions, predecessors=preds, cache=cache, layout=layout)  # (S, R, V) fp32
+    out = model(ids, positions=positions, predecessors=preds, cache=cache, layout=layout, return_routings=True)
+    hidden, head = out.hidden, out.head  # (S, R, H): the LM head runs only on the rows a step reads
 
     D = V_ROWS - 1
-    n, token = verify(logits[:, :V_ROWS], st.draft_logits, st.drafts, torch.where(st.active, st.num_drafts, 0)
-                      if D else torch.zeros_like(st.num_drafts), st.cache_len + 1, st.kind, st.temperature,
-                      st.top_k, st.top_p, st.mix_weight, st.seed, k.banned, shape.filtered)
+    num_drafts = torch.where(st.active, st.num_drafts, 0) if D else torch.zeros_like(st.num_drafts)
+    n, token = verify(_logits(hidden[:, :V_ROWS], head), st.draft_logits, st.drafts, num_drafts, st.cache_len + 1,
+                      st.kind, st.temperature, st.top_k, st.top_p, st.mix_weight, st.seed, k.banned, shape.filtered)
     active = st.active
     n = torch.where(active, n, 0)
     counts = torch.where(active, n + 1, 0)
@@ -144,7 +152,7 @@ def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: Ste
         start = causal + chosen * b + offset + 1
         t = torch.arange(b - 1, device=n.device)[None, :]
         rows = (start[:, None] + t).clamp_max(shape.rows - 1)
-        block_logits = logits.gather(1, rows[..., None].expand(-1, -1, logits.shape[-1]))
+        block_logits = _logits(hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])), head)
         z = process_logits(block_logits, st.temperature, st.top_k, st.top_p, k.banned, shape.filtered)
         new_drafts = sample_rows(z, st.kind, st.seed, new_len[:, None] + 1 + t, DRAFT)
         st.draft_logits.copy_(block_logits)
