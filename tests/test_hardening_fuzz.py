@@ -104,7 +104,7 @@ def damaged_texts(draw):
 def _load_or_fail_cleanly(text: str) -> None:
     """parse_spec gives a Spec or one-line ZdiffError, within the deadline; an accepted spec then survives
     what check / compile do first with it (anything but a one-line ZdiffError is a failure)."""
-    from zdiff.codegen.plan import plan_kernels
+    from zdiff.codegen.families import plan_kernels
     from zdiff.report import spec_summary
 
     with deadline(20):
