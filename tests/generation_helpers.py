@@ -69,3 +69,28 @@ def counts_against(tokens, table):
     for t in tokens:
         counts[index[tuple(t)]] += 1
     return counts, torch.tensor(list(table.values()))
+
+
+def logit_mix_tables(model, prompt, w: float, params, block_size: int, mask: int = 7):
+    """(mixed, plain): exact P(x_1, x_2) of two new tokens under logit-mix(w) and under plain AR sampling.
+
+    x_1 comes from p; x_2 is verified against softmax(w z_AR + (1-w) z_draft), z_draft the prefill layout's
+    block slot 1 (the block saw the prompt only; the engine's first step and the loop's prefill both draft
+    from it)."""
+    from zdiff.pattern import prefill_pattern
+
+    vocab = [t for t in range(model.spec.vocab_size) if t != mask]
+    pattern = prefill_pattern(len(prompt), block_size)
+    block = model(torch.tensor([prompt + [mask] * block_size]), positions=pattern.positions(),
+                  predecessors=pattern.predecessors(), visible=pattern.dense_mask())[0]
+    p_c = sampling.probabilities(block[len(prompt) - 1], params)
+    z_draft = block[len(prompt) + 1]
+    mixed, plain = {}, {}
+    for c in vocab:
+        z_ar = model(torch.tensor([prompt + [c]]))[0, -1]
+        target = sampling.probabilities(w * z_ar + (1 - w) * z_draft, params)
+        ar = sampling.probabilities(z_ar, params)
+        for x in vocab:
+            mixed[(c, x)] = p_c[c].item() * target[x].item()
+            plain[(c, x)] = p_c[c].item() * ar[x].item()
+    return mixed, plain

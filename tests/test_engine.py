@@ -6,12 +6,17 @@ import pytest
 import torch
 from sync_guard import ENGINE_MODULES, HostSyncError, no_host_sync
 
-from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_vocab_model
+from generation_helpers import (
+    chi_square_p_value,
+    counts_against,
+    exact_ar_distribution,
+    logit_mix_tables,
+    tiny_vocab_model,
+)
 from zdiff.errors import ZdiffError
-from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate, sampling
+from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate
 from zdiff.generation import engine as engine_module
 from zdiff.generation.engine import Engine, RequestParams
-from zdiff.pattern import prefill_pattern
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec
 
@@ -117,22 +122,8 @@ def test_logit_mix_engine_matches_its_mixed_target():
     model, spec = tiny_vocab_model(seed=2)
     w = 0.3
     params = SamplingParams(kind="logit_mix", mix_weight=w, banned=(MASK,))
-    vocab = [t for t in range(8) if t != MASK]
-    b = spec.diffusion.block_size
-    mixed, plain = {}, {}
     with torch.no_grad():
-        pattern = prefill_pattern(len(PROMPT), b)
-        block = model(torch.tensor([PROMPT + [MASK] * b]), positions=pattern.positions(),
-                      predecessors=pattern.predecessors(), visible=pattern.dense_mask())[0]
-        p_c = sampling.probabilities(block[len(PROMPT) - 1], params)
-        z_draft = block[len(PROMPT) + 1]
-        for c in vocab:
-            z_ar = model(torch.tensor([PROMPT + [c]]))[0, -1]
-            target = sampling.probabilities(w * z_ar + (1 - w) * z_draft, params)
-            ar = sampling.probabilities(z_ar, params)
-            for x in vocab:
-                mixed[(c, x)] = p_c[c].item() * target[x].item()
-                plain[(c, x)] = p_c[c].item() * ar[x].item()
+        mixed, plain = logit_mix_tables(model, PROMPT, w, params, spec.diffusion.block_size, MASK)
     tokens, _ = _sampled(model, spec, {"sampler": "logit_mix", "mix_weight": w}, length=2)
     assert chi_square_p_value(*counts_against(tokens, mixed)) > 1e-3
     assert chi_square_p_value(*counts_against(tokens, plain)) < 1e-6

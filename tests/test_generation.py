@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from conftest import assert_close
-from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_vocab_model
+from generation_helpers import (
+    chi_square_p_value,
+    counts_against,
+    exact_ar_distribution,
+    logit_mix_tables,
+    tiny_vocab_model,
+)
 from zdiff.generation import DecodeCache, SamplingParams, generate, sampling
 from zdiff.generation import loop as loop_module
 from zdiff.generation.loop import _Batch
@@ -126,21 +132,8 @@ def test_logit_mix_matches_its_mixed_target():
     model, spec = tiny_vocab_model(seed=2)
     w = 0.3
     params = SamplingParams(kind="logit_mix", mix_weight=w, banned=(MASK,))
-    vocab = [t for t in range(8) if t != MASK]
-    b = spec.diffusion.block_size
     with torch.no_grad():
-        pre = prefill_pattern(len(PROMPT), b)
-        block = _brute(model, PROMPT + [MASK] * b, pre)
-        p_c = sampling.probabilities(block[len(PROMPT) - 1], params)
-        z_draft = block[len(PROMPT) + 1]
-        mixed, plain = {}, {}
-        for c in vocab:
-            z_ar = model(torch.tensor([PROMPT + [c]]))[0, -1]
-            target = sampling.probabilities(w * z_ar + (1 - w) * z_draft, params)
-            ar = sampling.probabilities(z_ar, params)
-            for x in vocab:
-                mixed[(c, x)] = p_c[c].item() * target[x].item()
-                plain[(c, x)] = p_c[c].item() * ar[x].item()
+        mixed, plain = logit_mix_tables(model, PROMPT, w, params, spec.diffusion.block_size, MASK)
     result = generate(model, [PROMPT] * N_SAMPLES, params, diffusion=spec.diffusion, mode="tidar",
                       max_new_tokens=2, seed=5)
     counts, probs = counts_against(result.tokens, mixed)
