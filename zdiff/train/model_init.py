@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.store import check_tensor_names
+from ..checkpoint.store import check_tensor_names, check_weight
 from ..checkpoint.tensors import TensorSource
 from ..codegen.generated import generated_model_class
 from ..runtime import Transformer, cast_model, init_weights
@@ -38,7 +38,10 @@ def load_full(cls: type[Transformer], spec: ModelSpec, init_dir: Path, file_spec
     source = TensorSource(init_dir)
     expected = _file_expected(file_spec)
     check_tensor_names(init_dir, expected, source)
-    state = grow_vocab_rows({name: source.get(name) for name in expected}, spec.vocab_size)
+    state = {name: source.get(name) for name in expected}
+    for name, tensor in state.items():  # NaN / inf / integer weights are refused, as zdiff.load_model does
+        check_weight(name, tensor, expected[name].dtype)
+    state = grow_vocab_rows(state, spec.vocab_size)
     with torch.device("meta"):
         model = cls(spec)
     model.load_state_dict(state, assign=True)
@@ -78,6 +81,7 @@ def load_sharded(model: Transformer, init_dir: Path, file_spec: ModelSpec) -> in
             part = source.get(name)
         else:
             part = source.get_rows(name, first, min(stop, file_rows))
+        check_weight(name, part, expected[name].dtype)  # this rank's rows: every row is checked by some rank
         read += part.numel() * part.element_size()
         if name in VOCAB_ROWS and stop is not None and stop > file_rows:  # conversion added token rows
             mean = sum(source.get_rows(name, r, r + 1024).double().sum(0) for r in range(0, file_rows, 1024)) / file_rows
