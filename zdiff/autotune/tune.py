@@ -228,7 +228,7 @@ def prepare_entries(module, plan, target: str, measure: bool = False) -> list[En
         tuned = kernels.tuned(plan, entry)
         space = [dict(c) for c in kernels.config_space(plan, entry, target)] if tuned else []
         others = [c for c in space if c != default]
-        can_measure = measure and entry in getattr(module, "BENCH", {})
+        can_measure = measure and entry in module.BENCH
         # the default's neighbours first (a local search around the hand-tuned config), then least padding
         others.sort(key=lambda c: (_distance(c, default), _pre_score(c, bucket_tile(plan, entry, c), buckets)))
         result = EntryResult(plan.name, entry, len(space), buckets, tuned=tuned)

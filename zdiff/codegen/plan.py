@@ -20,12 +20,18 @@ Each kernel family lives in `codegen/families/<family>.py` and exports one `Kern
 - `bucket_loop(plan, kernel)`: is the bucket a loop of tiles inside each program (attention keys)?
 - `tuned(plan, kernel)`: does the host code read this entry's table at all?
 The plan's `role` says what a kernel module is for (the generated model wires modules by role).
+
+A rendered module holds constants, `CONFIGS` / `TABLES` and the `@triton.jit` kernels; its last lines bind
+the family's host code (`codegen/host/<family>.py`: launchers, autograd, AOT signatures, benchmark hooks) to
+itself as `HOST` and export it. Autotune, AOT compilation and `zdiff compile` read a module only through
+`KernelModule`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..spec import Spec
 
@@ -65,3 +71,17 @@ class KernelFamily:
     bucket_tile: Callable[[KernelPlan, str], str | int | None]
     bucket_loop: Callable[[KernelPlan, str], bool] = _never
     tuned: Callable[[KernelPlan, str], bool] = _always
+
+
+class KernelModule(Protocol):
+    """What codegen, autotune and AOT compilation read of a rendered kernel module (the names its template
+    defines; the host code of codegen/host/<family>.py provides AOT and BENCH through the module's HOST)."""
+
+    CONFIGS: dict[str, dict]  # entry point -> default launch config for the target
+    TABLES: dict[str, dict]  # entry point -> {bucket: config}, filled from autotune tables at load
+    # entry point -> (kernel, AOT signature derived from its parameters, fixed constexprs)
+    AOT: dict[str, tuple]
+    # entry point -> hook(bucket, config, device="cuda", ...) -> zero-argument callable that runs the
+    # entry's real host launcher with `config` instead of the table's (autotune's measured path)
+    BENCH: dict[str, Callable]
+    BENCH_SKIPPED: dict[str, str]  # entry point -> why it has no hook
