@@ -171,10 +171,9 @@ CASES = [  # (spec, scenario, tokens, path)
 
 @pytest.mark.parametrize("spec,scenario,N,path", CASES,
                          ids=[f"k{s.model.moe.top_k}-{c}-{n}-{p}" for s, c, n, p in CASES])
-def test_experts_forward_matches_reference(tmp_path, spec, scenario, N, path):
+def test_experts_forward_matches_reference(tmp_path, poison_allocations, spec, scenario, N, path):
     _, module = _modules(tmp_path, spec)
-    _poison(module)
-    module.SMALL_TOKENS_PER_EXPERT = 10**6 if path == "small" else 0
+    module.HOST.small_tokens_per_expert = 10**6 if path == "small" else 0
     m = spec.model
     E, H, k = m.moe.num_experts, m.hidden_size, m.moe.top_k
     gen = torch.Generator().manual_seed(N * 7 + k)
@@ -219,9 +218,8 @@ def test_experts_forward_matches_reference(tmp_path, spec, scenario, N, path):
     assert_close(kernel_experts.down.grad, reference.down.grad, rtol=1e-4, atol=1e-5, what="ddown")
 
 
-def test_experts_without_grad_take_the_inference_path(tmp_path):
+def test_experts_without_grad_take_the_inference_path(tmp_path, poison_allocations):
     _, module = _modules(tmp_path, LINEAR_TOP1)
-    _poison(module)
     m = LINEAR_TOP1.model
     gen = torch.Generator().manual_seed(5)
     reference = Experts(m).double()
