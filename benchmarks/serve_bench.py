@@ -34,9 +34,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from zdiff.serve.launcher import ServerProcess, child_env
+sys.path.insert(0, str(REPO))  # zdiff is imported inside the functions, from this checkout
 
 CONFIGS = {  # name -> request fields (zdiff extensions of the OpenAI body)
     "ar": {"mode": "ar", "sampler": "lossless"},
@@ -145,6 +143,8 @@ def random_checkpoint(spec_name: str, directory: Path, dtype: str) -> Path:
 
 
 def bench(args) -> dict:
+    from zdiff.serve.launcher import ServerProcess, child_env
+
     levels = [int(c) for c in args.concurrency.split(",")]
     configs = {name: CONFIGS[name] for name in args.configs.split(",")} if args.configs else CONFIGS
     flags = [

@@ -28,10 +28,12 @@ def _readme_examples(checkpoint):
     input_ids = torch.tensor([[104, 105, 106, 107]])
     logits = model(input_ids)
     causal = causal_pattern(4)
-    same = model(input_ids, positions=causal.positions(), predecessors=causal.predecessors(), visible=causal.dense_mask())
+    same = model(input_ids, positions=causal.positions(), predecessors=causal.predecessors(),
+                 visible=causal.dense_mask())
     tidar = training_pattern(4, spec.diffusion.block_size)
     ids = torch.cat([input_ids, torch.full_like(input_ids, spec.diffusion.mask_token_id)], dim=1)
-    pattern_logits = model(ids, positions=tidar.positions(), predecessors=tidar.predecessors(), visible=tidar.dense_mask())
+    pattern_logits = model(ids, positions=tidar.positions(), predecessors=tidar.predecessors(),
+                           visible=tidar.dense_mask())
     result = zdiff.generate(model, [[104, 105]], diffusion=spec.diffusion, mode="tidar", max_new_tokens=16)
     return logits, same, pattern_logits, result
 

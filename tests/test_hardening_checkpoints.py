@@ -63,7 +63,8 @@ def test_unreadable_safetensors(ck, damage, fragment):
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 def test_integer_weights_of_the_right_shape(ck, dtype):
     _rewrite(ck, lambda t: t.__setitem__("embed.weight", torch.ones_like(t["embed.weight"], dtype=dtype)))
-    with pytest.raises(CheckpointError, match=rf"tensor embed.weight has dtype {str(dtype)[6:]}; the model needs floating-point"):
+    expected = rf"tensor embed.weight has dtype {str(dtype)[6:]}; the model needs floating-point"
+    with pytest.raises(CheckpointError, match=expected):
         zdiff.load_model(ck)
 
 
@@ -107,7 +108,8 @@ def _word_level(vocab: dict) -> str:
     (lambda p: p.write_text("{}"), "not a readable tokenizer"),
     (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "not a readable tokenizer"),
     (lambda p: p.mkdir(), "tokenizer.json: is not a regular file"),
-    (lambda p: p.write_text(_word_level({"[UNK]": 0, "a": 1, "far": 5000})), "has token id 5000, past the model's vocabulary (model.vocab_size 264)"),
+    (lambda p: p.write_text(_word_level({"[UNK]": 0, "a": 1, "far": 5000})),
+     "has token id 5000, past the model's vocabulary (model.vocab_size 264)"),
 ])
 def test_bad_tokenizer_json_is_an_error_never_bytes(ck, write, fragment):
     write(ck / "tokenizer.json")
@@ -168,7 +170,8 @@ def test_sharded_checkpoint_still_loads(ck):
     (lambda c: [c], "config.json must hold a JSON object, got a list"),
     (lambda c: {k: v for k, v in c.items() if k != "num_attention_heads"}, "config.json: no num_attention_heads"),
     (lambda c: {k: v for k, v in c.items() if k != "vocab_size"}, "config.json: no vocab_size"),
-    (lambda c: {k: v for k, v in c.items() if k not in ("num_experts", "num_local_experts")}, "no num_experts or num_local_experts"),
+    (lambda c: {k: v for k, v in c.items() if k not in ("num_experts", "num_local_experts")},
+     "no num_experts or num_local_experts"),
     (lambda c: {**c, "num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
     (lambda c: {**c, "hidden_size": "big"}, "hidden_size must be a positive integer, got 'big'"),
     (lambda c: {**c, "num_key_value_heads": 0}, "model.attention.num_kv_heads: must be positive"),

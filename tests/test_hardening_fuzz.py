@@ -174,8 +174,8 @@ class World:
         # outputs that are none of the world's inputs (a --force there may replace them: that is asked for)
         outputs = ["out/a", "out/b", "existing", ".", "..", "plain_file", "plain_file/x", "/proc/zdiff-fuzz"]
         self.positionals = {
-            "spec": [*preset_names(), "zaya1-tiny", "specs/tiny.yaml", "specs/bad.yaml", "specs/binary.yaml", "nowhere.yaml",
-                     "specs", "plain_file", str(root / "ck" / "spec.yaml"), "", "../"],
+            "spec": [*preset_names(), "zaya1-tiny", "specs/tiny.yaml", "specs/bad.yaml", "specs/binary.yaml",
+                     "nowhere.yaml", "specs", "plain_file", str(root / "ck" / "spec.yaml"), "", "../"],
             "checkpoint": [str(self.ck), "missing", "specs", "plain_file", "", str(self.hf)],
             "hf_dir": [str(self.hf), "missing", "specs", "plain_file", str(self.ck), ""],
             # import's output; "hf" and what is in or around it overlap its input and must be refused
@@ -277,7 +277,8 @@ def argvs(draw, command: str, world: World):
             argv.append(flag)
         elif action.choices:  # mostly valid; the only target the CPU suite can compile for is cpu
             valid = [*action.choices, *(["cpu"] * 4 if "cpu" in action.choices else [])]
-            argv += [flag, draw(st.one_of(st.sampled_from(valid), st.sampled_from(valid), st.sampled_from(["tpu", ""])))]
+            choice = st.one_of(st.sampled_from(valid), st.sampled_from(valid), st.sampled_from(["tpu", ""]))
+            argv += [flag, draw(choice)]
         elif action.dest == "prompt":
             for _ in range(draw(st.integers(1, 3))):
                 argv += [flag, draw(st.one_of(st.text(max_size=30), st.just("z" * (limits.MAX_PROMPT_CHARS + 1))))]
@@ -301,8 +302,8 @@ def _check_world(world: World, argv: list[str], code: int) -> None:
             assert (out / "spec.yaml").is_file(), f"{argv}: partial output {sorted(os.listdir(out))}"
 
 
-EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40, "demo": 30,
-            "serve": 30}
+EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40,
+            "demo": 30, "serve": 30}
 
 
 @pytest.mark.parametrize("command", sorted(SUBPARSERS))

@@ -81,7 +81,8 @@ def test_import_onto_or_inside_its_input_is_refused(tmp_path):
         assert_error(code, err, f"the input {src}")
     code, _, err = run_main(["import", src, tmp_path, "--force"], seconds=60)
     assert_error(code, err, "contains the input")
-    assert json.loads((src / "config.json").read_text()) == {} and sorted(p.name for p in src.iterdir()) == ["config.json"]
+    assert json.loads((src / "config.json").read_text()) == {}
+    assert sorted(p.name for p in src.iterdir()) == ["config.json"]
 
 
 def test_a_second_writer_gets_a_clear_error(tmp_path):
@@ -97,7 +98,8 @@ def test_lock_is_held_across_processes(tmp_path):
     script = ("import sys, time; from zdiff.outputs import output_lock\n"
               "with output_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)\n")
     env = dict(os.environ, PYTHONPATH=str(__import__("conftest").REPO))
-    holder = subprocess.Popen([sys.executable, "-c", script, tmp_path / "out"], stdout=subprocess.PIPE, text=True, env=env)
+    holder = subprocess.Popen([sys.executable, "-c", script, tmp_path / "out"], stdout=subprocess.PIPE, text=True,
+                              env=env)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ZdiffError, match=rf"being written by another zdiff run \(pid {holder.pid}"):
@@ -244,7 +246,8 @@ def test_a_table_set_write_that_dies_leaves_the_old_set(tmp_path, monkeypatch):
 def test_autotune_refuses_a_second_run_on_the_same_tables(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the lock is taken before anything is compiled
     with output_lock(tmp_path / "mi300x"):
-        code, _, err = run_main(["autotune", "zaya1-tiny", "--target", "mi300x", "--budget", "1", "--out", tmp_path], 60)
+        code, _, err = run_main(["autotune", "zaya1-tiny", "--target", "mi300x", "--budget", "1", "--out", tmp_path],
+                                60)
     assert_error(code, err, "is being written by another zdiff run")
 
 

@@ -53,7 +53,8 @@ def test_yaml_bombs_and_depth_are_refused_fast(text, fragment):
 
 
 def test_aliases_within_bounds_still_work():
-    text = TINY_TEXT.replace("num_kv_heads: 2", "num_kv_heads: &two 2").replace("depthwise_kernel: 2", "depthwise_kernel: *two")
+    text = TINY_TEXT.replace("num_kv_heads: 2", "num_kv_heads: &two 2")
+    text = text.replace("depthwise_kernel: 2", "depthwise_kernel: *two")
     assert "*two" in text and parse_spec(text).model.attention.cca.depthwise_kernel == 2
 
 

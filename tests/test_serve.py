@@ -15,18 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("prometheus_client")
-
 from conftest import REPO, run_cli
 from zdiff.checkpoint.store import save_checkpoint
 from zdiff.generation.engine import Engine, RequestParams
 from zdiff.runtime import build_model
-from zdiff.serve.launcher import ServerProcess, child_env
+from zdiff.serve.launcher import ServerProcess, child_env  # stdlib only: importable without the serve extra
 from zdiff.spec import load_spec
 from zdiff.tokenize import ByteTokenizer
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

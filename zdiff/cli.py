@@ -204,7 +204,8 @@ def _cmd_autotune(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     L = limits
     steps, seed = _int_in(1, L.MAX_STEPS), _int_in(0, MAX_SEED)
-    parser = _OneLineParser(prog="zdiff", description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
+    parser = _OneLineParser(prog="zdiff",
+                            description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
     parser.add_argument("--version", action="version", version=f"zdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("out_dir")
     imp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     imp.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the file's dtype)")
-    imp.add_argument("--allow-nonfinite", action="store_true", help="import weights with NaN / inf (refused by default)")
+    imp.add_argument("--allow-nonfinite", action="store_true",
+                     help="import weights with NaN / inf (refused by default)")
     imp.set_defaults(run=_cmd_import)
 
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")

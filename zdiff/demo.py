@@ -117,7 +117,8 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     spec = load_spec(root / "tidar" / "final" / "spec.yaml")
     model = load_model(root / "tidar" / "final").eval()
     tok = ByteTokenizer()
-    heldout = load_corpus("stdlib", Tokenizer(None, spec.model.vocab_size), heldout=True)  # no need to read the training split
+    # no need to read the training split
+    heldout = load_corpus("stdlib", Tokenizer(None, spec.model.vocab_size), heldout=True)
     windows = heldout.windows(plan.prompt_bytes, plan.prompts).tolist()
     prompts = [[t for t in w if t < 256] or [tok.bos_id] for w in windows]
     # the decode engine with the spec's proposal blocks (auto would plan for a GPU's cost model)

@@ -28,7 +28,8 @@ def _weight_map(index: Path) -> dict[str, str]:
         raise CheckpointError(f"{index}: not a safetensors index ({exc.__class__.__name__}: {exc})") from None
     except OSError as exc:
         raise CheckpointError(f"{index}: cannot be read ({exc.strerror})") from None
-    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
         raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names, got a "
                               f"{type(weight_map).__name__}")
     bad = sorted({f for f in weight_map.values() if Path(f).name != f or f in ("", ".", "..")})
@@ -92,7 +93,8 @@ class TensorSource:
             return handle.get_tensor(name)
         except Exception as exc:  # data past the end of a truncated file, an unknown dtype, ...
             reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            raise CheckpointError(f"{self.directory / self.file_of[name]}: tensor {name} cannot be read ({reason})") from None
+            path = self.directory / self.file_of[name]
+            raise CheckpointError(f"{path}: tensor {name} cannot be read ({reason})") from None
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of a tensor, read without loading the rest (a shard of a sharded model)."""

@@ -128,7 +128,8 @@ def check_yaml_size(text: str, source: str | None = None) -> None:
             if event.anchor not in anchored:
                 if any(c[0] == event.anchor for c in open_collections):
                     raise ZdiffError(f"spec is not valid YAML: alias *{event.anchor} refers to itself ({where}:{line})")
-                raise ZdiffError(f"spec is not valid YAML: alias *{event.anchor} has no anchor before it ({where}:{line})")
+                raise ZdiffError(f"spec is not valid YAML: alias *{event.anchor} has no anchor before it "
+                                 f"({where}:{line})")
             open_collections[-1][1] += anchored[event.anchor]
         elif isinstance(event, yaml.ScalarEvent):
             open_collections[-1][1] += 1

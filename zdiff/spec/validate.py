@@ -93,7 +93,8 @@ def validate(spec: Spec) -> Spec:
             f"must be divisible by model.attention.num_kv_heads ({attn.num_kv_heads})",
         )
     if attn.head_dim % 16:
-        raise SpecError("model.attention.head_dim", attn.head_dim, "must be a multiple of 16 (matrix-instruction tiles)")
+        raise SpecError("model.attention.head_dim", attn.head_dim,
+                        "must be a multiple of 16 (matrix-instruction tiles)")
     if not 0.0 < attn.rope_fraction <= 1.0:
         raise SpecError("model.attention.rope_fraction", attn.rope_fraction, "must be in (0, 1]")
     rotary = attn.head_dim * attn.rope_fraction
@@ -108,7 +109,8 @@ def validate(spec: Spec) -> Spec:
         _at_least("model.attention.cca.depthwise_kernel", cca.depthwise_kernel, 1)
         _at_least("model.attention.cca.grouped_kernel", cca.grouped_kernel, 1)
         if attn.num_kv_heads * attn.head_dim % 2:
-            raise SpecError("model.attention.num_kv_heads", attn.num_kv_heads, "ccgqa splits the value width in halves; kv width must be even")
+            raise SpecError("model.attention.num_kv_heads", attn.num_kv_heads,
+                            "ccgqa splits the value width in halves; kv width must be even")
         attn = dataclasses.replace(attn, cca=cca)
     elif attn.cca is not None:
         raise SpecError("model.attention.cca", spec.model.attention.cca, "is only allowed with kind: ccgqa")
@@ -132,26 +134,32 @@ def validate(spec: Spec) -> Spec:
     diff = spec.diffusion
     _at_least("diffusion.block_size", diff.block_size, 1)
     if diff.mask_token_id is not None and not 0 <= diff.mask_token_id < model.vocab_size:
-        raise SpecError("diffusion.mask_token_id", diff.mask_token_id, f"must be in 0..{model.vocab_size - 1} (model.vocab_size)")
+        raise SpecError("diffusion.mask_token_id", diff.mask_token_id,
+                        f"must be in 0..{model.vocab_size - 1} (model.vocab_size)")
     _at_least("diffusion.proposals", diff.proposals, 1)
     if diff.proposals > diff.block_size:
-        raise SpecError("diffusion.proposals", diff.proposals, f"cannot exceed the {diff.block_size} acceptance levels 0..block_size-1")
+        raise SpecError("diffusion.proposals", diff.proposals,
+                        f"cannot exceed the {diff.block_size} acceptance levels 0..block_size-1")
     levels = diff.acceptance_levels
     if levels is None:
         levels = default_acceptance_levels(diff.block_size, diff.proposals)
         if len(levels) != diff.proposals:
-            raise SpecError("diffusion.acceptance_levels", None, "cannot be spread evenly for these proposals; list them")
+            raise SpecError("diffusion.acceptance_levels", None,
+                            "cannot be spread evenly for these proposals; list them")
     else:
         if len(levels) != diff.proposals:
-            raise SpecError("diffusion.acceptance_levels", list(levels), f"must list exactly diffusion.proposals ({diff.proposals}) levels")
+            raise SpecError("diffusion.acceptance_levels", list(levels),
+                            f"must list exactly diffusion.proposals ({diff.proposals}) levels")
         for i, level in enumerate(levels):
             if not 0 <= level <= diff.max_drafts:
-                raise SpecError(f"diffusion.acceptance_levels[{i}]", level, f"must be in 0..{diff.max_drafts} (block_size - 1)")
+                raise SpecError(f"diffusion.acceptance_levels[{i}]", level,
+                                f"must be in 0..{diff.max_drafts} (block_size - 1)")
         if list(levels) != sorted(set(levels)):
             raise SpecError("diffusion.acceptance_levels", list(levels), "must be strictly increasing")
         if levels[0] != 0:
             # a step that accepts no draft reads its next drafts from the level-0 block
-            raise SpecError("diffusion.acceptance_levels", list(levels), "must include 0 (the block used when every draft is rejected)")
+            raise SpecError("diffusion.acceptance_levels", list(levels),
+                            "must include 0 (the block used when every draft is rejected)")
     if diff.loss_alpha < 0:
         raise SpecError("diffusion.loss_alpha", diff.loss_alpha, "must not be negative")
     diff = dataclasses.replace(diff, acceptance_levels=tuple(levels))

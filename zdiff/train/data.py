@@ -71,7 +71,8 @@ class Tokenizer:
             self.byte = ByteTokenizer()
             if vocab_size < self.byte.mask_id + 1:
                 raise ZdiffError(f"model.vocab_size is {vocab_size}; byte-level training needs at least "
-                                 f"{self.byte.mask_id + 1} (256 bytes + bos/eos/mask) or a checkpoint with tokenizer.json")
+                                 f"{self.byte.mask_id + 1} (256 bytes + bos/eos/mask) or a checkpoint with "
+                                 "tokenizer.json")
             self.separator = self.byte.eos_id
         else:
             from tokenizers import Tokenizer as HFTokenizer

@@ -84,7 +84,8 @@ def load_sharded(model: Transformer, init_dir: Path, file_spec: ModelSpec) -> in
         check_weight(name, part, expected[name].dtype)  # this rank's rows: every row is checked by some rank
         read += part.numel() * part.element_size()
         if name in VOCAB_ROWS and stop is not None and stop > file_rows:  # conversion added token rows
-            mean = sum(source.get_rows(name, r, r + 1024).double().sum(0) for r in range(0, file_rows, 1024)) / file_rows
+            mean = sum(source.get_rows(name, r, r + 1024).double().sum(0)
+                       for r in range(0, file_rows, 1024)) / file_rows
             read += expected[name].numel() * expected[name].element_size()
             part = torch.cat([part, mean.to(part.dtype).expand(stop - max(first, file_rows), -1)])
         local.copy_(part.view(local.shape))

@@ -57,7 +57,8 @@ class Objective:
         """window: (B, S + 1) token ids."""
         x, labels = window[:, :-1], window[:, 1:]
         if self.mode == "ar":
-            out = model(x, return_routings=True, layout=BatchLayout.training(len(x), x.shape[1], self.block_size, diffusion=False))
+            layout = BatchLayout.training(len(x), x.shape[1], self.block_size, diffusion=False)
+            out = model(x, return_routings=True, layout=layout)
             ar = linear_cross_entropy(out.hidden, out.head, labels).mean()
             return LossParts(ar, ar.detach(), None, out.routings)
         device = window.device

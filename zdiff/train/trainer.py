@@ -236,7 +236,8 @@ def _prepare(cfg: TrainConfig):
     if init_spec.model != spec.model:
         field = _first_difference(dataclasses.asdict(spec.model), dataclasses.asdict(init_spec.model), "model")
         raise ZdiffError(f"{field}: the spec and the --init checkpoint disagree")
-    spec = dataclasses.replace(init_spec, diffusion=spec.diffusion, sampler=spec.sampler, targets=spec.targets, name=spec.name)
+    spec = dataclasses.replace(init_spec, diffusion=spec.diffusion, sampler=spec.sampler, targets=spec.targets,
+                               name=spec.name)
     tokenizer_json = init_dir / "tokenizer.json"
     tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
     note = f"initialised from {init_dir}"
@@ -341,13 +342,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     elif rank == 0:
         run.root.mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
-                "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens), "heldout_tokens": len(heldout.tokens),
+                "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens),
+                "heldout_tokens": len(heldout.tokens),
                 "train_files": train_data.num_files, "heldout_files": heldout.num_files}
         atomic_write_text(run.root / "run.json", json.dumps(info, indent=1))
         run.truncate_metrics(0)
     if rank == 0:
-        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_files} training files "
-            f"({len(train_data.tokens):,} tokens), {heldout.num_files} held-out; world size {world}"
+        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_files} "
+            f"training files ({len(train_data.tokens):,} tokens), {heldout.num_files} held-out; world size {world}"
             + (f"; resuming at step {start}" if start else ""))
 
     local = cfg.batch_size // world
@@ -388,8 +390,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
             done = step + 1 == cfg.steps
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
-                result = {"step": step + 1, **evaluate(wrapped, heldout, ar_eval, tidar_eval, cfg.seq_len, cfg.eval_windows,
-                                                       device=device)}
+                result = {"step": step + 1, **evaluate(wrapped, heldout, ar_eval, tidar_eval, cfg.seq_len,
+                                                       cfg.eval_windows, device=device)}
                 if metrics_file:
                     metrics_file.write(json.dumps(result) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 or done:
@@ -413,7 +415,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
         log(f"[train] done: final loss {last.get('loss', float('nan')):.4f}; held-out AR "
             f"{final_eval['heldout_ar_bits_per_byte']:.4f} bits/byte"
-            + (f", diffusion {final_eval['heldout_diffusion_nats']:.4f} nats" if "heldout_diffusion_nats" in final_eval else "")
+            + (f", diffusion {final_eval['heldout_diffusion_nats']:.4f} nats"
+               if "heldout_diffusion_nats" in final_eval else "")
             + f" -> {run.root / 'final'}")
     elif world > 1:
         _state_dicts(wrapped, optimizer)  # collective: every rank takes part in gathering the final state

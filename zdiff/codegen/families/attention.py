@@ -104,7 +104,8 @@ def tuned(plan: KernelPlan, kernel: str) -> bool:
 
 
 def bench_shape(layout: str, block_size: int, levels, bucket: int, batch: int | None = None) -> dict:
-    """Layout of the autotune benchmark of one bucket (keys per sequence), used by the template's BENCH hooks:
+    """Layout of the autotune benchmark of one bucket (keys per sequence), used by the bench hooks of
+    codegen/host/attention.py:
     decode is a batch-8 step with block_size verify rows + one block per acceptance level after
     `bucket - rows` cache keys; training (clean half causal) / prefill (prompt + one mask block) hold `bucket`
     rows per sequence, max(1, 16384 // bucket) sequences. `batch` overrides the number of sequences."""
