@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import pprint
 import sys
+import textwrap
 from pathlib import Path
 
 import jinja2
@@ -48,9 +48,21 @@ def render(plan: KernelPlan, spec: Spec) -> str:
     )
 
 
-def configs_literal(configs: dict) -> str:
-    """The CONFIGS dict of a generated module: one entry point per line (sorted), wrapped at 120 columns."""
-    return pprint.pformat(configs, width=120, sort_dicts=True)
+def configs_literal(configs: dict, width: int = 120) -> str:
+    """The CONFIGS dict of a generated module: one entry point per line (sorted), its config as `dict(KEY=value,
+    ...)` on that line, or on the next line(s) when it does not fit in `width` columns."""
+    lines = ["{"]
+    for entry in sorted(configs):
+        config = configs[entry]
+        assert entry.isidentifier() and all(key.isidentifier() for key in config), (entry, config)
+        key = f'    "{entry}":'
+        value = "dict(" + ", ".join(f"{k}={python_literal(config[k])}" for k in sorted(config)) + "),"
+        if len(key) + 1 + len(value) <= width:
+            lines.append(f"{key} {value}")
+        else:
+            lines += [key, textwrap.fill(value, width, initial_indent=" " * 8, subsequent_indent=" " * 13,
+                                         break_long_words=False, break_on_hyphens=False)]
+    return "\n".join(lines + ["}"])
 
 
 _ENV.filters["configs"] = configs_literal
