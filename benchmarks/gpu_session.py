@@ -4,15 +4,15 @@
     TRITON_INTERPRET=1 python benchmarks/gpu_session.py --smoke        # CPU: tiny shapes, logic only
 
 Checks (bf16 / fp32 on the device, against the reference implementations):
-  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary, and
-    == the per-sequence kernel with in-kernel noise;
+  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary, and its
+    keyed in-kernel draws unchanged when the sequences move to other slots;
   - rendered RMSNorm kernel forward / backward vs the fp64 reference;
   - TiDAR attention (decode with and without split-KV, training fwd + bwd) and the MoE kernels in
     bf16 vs fp64, next to the same computation's plain bf16 PyTorch error (attention_bench, moe_bench);
   - the generated model (backend="triton") vs the reference model on the tiny spec, fp32 logits;
   - the test suite's `gpu`-marked tests (`pytest -m gpu`; they skip on CPU-only machines).
 Times (triton.testing.do_bench, median):
-  - fused verifier (split-vocabulary kernels, a few block sizes, and the per-sequence kernel)
+  - fused verifier (split-vocabulary kernels, a few block sizes and warp counts)
     at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s of logits read;
   - RMSNorm forward and backward at 8192 x 2048 bf16 vs the torch reference, GB/s;
   - decode-layout attention vs SDPA with the boolean mask (attention_bench), MoE experts vs
