@@ -18,7 +18,7 @@ from zdiff.spec import load_spec
 # issue 11 measured 32 before (24 torch ops + 8 Triton launches): the router's RMSNorm ran as 6 torch ops, q and
 # k as two GEMMs and a cat, a missing predecessor's value as a zeros + GEMV, the grouped-conv weight was
 # permuted and the predecessors converted in every layer
-TORCH_OPS_PER_LAYER = {"addcmul": 1, "addmm": 3, "gelu": 2, "mm": 5}  # router MLP 6, q|k, delayed, current, o
+TORCH_OPS_PER_LAYER = {"addcmul": 1, "addmm": 3, "gelu": 2, "mm": 3}  # router MLP 6, q|k|v_delayed|v_current, o
 TRITON_PER_LAYER = 9  # 2 residual+norm, router norm, router tail, CCA, attention, dispatch, gate_up, down
 
 
