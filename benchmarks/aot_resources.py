@@ -21,7 +21,7 @@ import tempfile  # noqa: E402
 
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
 from zdiff.codegen.compile import compile_spec  # noqa: E402
-from zdiff.generation.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel  # noqa: E402
+from zdiff.generation.verifier_kernel import aot_kernels  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
 
@@ -30,20 +30,15 @@ def main() -> None:
     print(f"triton {triton.__version__}\n")
     print("| kernel | config | target | arch | regs | sgprs | spills | LDS/smem B | occupancy | matrix instr |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for greedy in (False, True):
-        mode = "greedy" if greedy else "stochastic"
-        signature, constexprs = aot_signature(given_noise=False, greedy=greedy)
-        entries = [("fused_verify (per sequence)", fused_verify_kernel, signature, constexprs, 4)]
-        entries += [(name, kernel, sig, cx, warps) for name, kernel, sig, cx, warps in aot_kernels(False, greedy)]
-        for name, kernel, signature, constexprs, warps in entries:
-            for target in sorted(AOT_TARGETS):
-                _, r = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
-                shape = ", ".join(f"{k}={v}" for k, v in constexprs.items() if k not in ("GIVEN_NOISE", "GREEDY"))
-                config = f"{mode}, {shape}, {warps} warps"
-                unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
-                matrix = "yes" if r.matrix_instructions else "no"
-                print(f"| {name} | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
-                      f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {matrix} |")
+    for name, kernel, signature, constexprs, warps in aot_kernels(False):  # per-slot samplers: one build
+        for target in sorted(AOT_TARGETS):
+            _, r = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
+            shape = ", ".join(f"{k}={v}" for k, v in constexprs.items() if k != "GIVEN_NOISE")
+            config = f"{shape}, {warps} warps"
+            unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
+            matrix = "yes" if r.matrix_instructions else "no"
+            print(f"| {name} | {config} | {target} | {r.arch} | {r.registers} | {r.scalar_registers or '-'} | "
+                  f"{r.spills} | {r.shared_bytes} | {r.occupancy} {unit} | {matrix} |")
     spec = load_spec(sys.argv[1] if len(sys.argv) > 1 else "zaya1-8b")
     for target in ("mi300x", "mi355x", "h200"):
         out = tempfile.mkdtemp(prefix="zdiff-aot-report-")

@@ -4,15 +4,15 @@
     TRITON_INTERPRET=1 python benchmarks/gpu_session.py --smoke        # CPU: tiny shapes, logic only
 
 Checks (bf16 / fp32 on the device, against the reference implementations):
-  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary, and
-    == the per-sequence kernel with in-kernel noise;
+  - fused verifier == reference verifier draw for draw (given noise), ZAYA1 vocabulary, and its
+    keyed in-kernel draws unchanged when the sequences move to other slots;
   - rendered RMSNorm kernel forward / backward vs the fp64 reference;
   - TiDAR attention (decode with and without split-KV, training fwd + bwd) and the MoE kernels in
     bf16 vs fp64, next to the same computation's plain bf16 PyTorch error (attention_bench, moe_bench);
   - the generated model (backend="triton") vs the reference model on the tiny spec, fp32 logits;
   - the test suite's `gpu`-marked tests (`pytest -m gpu`; they skip on CPU-only machines).
 Times (triton.testing.do_bench, median):
-  - fused verifier (split-vocabulary kernels, a few block sizes, and the per-sequence kernel)
+  - fused verifier (split-vocabulary kernels, a few block sizes and warp counts)
     at batch 1, 8, 32 with 15 drafts over 262,272 logits, achieved GB/s of logits read;
   - RMSNorm forward and backward at 8192 x 2048 bf16 vs the torch reference, GB/s;
   - decode-layout attention vs SDPA with the boolean mask (attention_bench), MoE experts vs
@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zdiff.codegen.families.norms import norm_plan  # noqa: E402
 from zdiff.codegen.render import load_module, render  # noqa: E402
 from zdiff.generation import sampling  # noqa: E402
+from zdiff.generation.batched_sampling import KIND_CODES  # noqa: E402
 from zdiff.generation.sampling import SamplingParams  # noqa: E402
-from zdiff.generation.verifier_kernel import fused_verify, fused_verify_per_sequence  # noqa: E402
+from zdiff.generation.verifier_kernel import fused_verify, fused_verify_slots  # noqa: E402
 from zdiff.runtime.norms import RMSNorm  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
@@ -69,24 +70,34 @@ def check_verifier(device, V, B, M, results):
         target = sampling.target_probs(ar[b], draft[b], params)
         expected = sampling.verify_stochastic(target, q[b], drafts[b], uniforms[b], gumbel[b])
         mismatches += (int(acc[b]), int(tok[b])) != expected
-    # in-kernel Philox noise: the split kernels draw as the per-sequence kernel, over several seeds
+    # keyed Philox noise: a sequence's draws do not depend on its place in the batch (same seed and positions)
     rng_mismatches = 0
+    perm = torch.randperm(B, generator=gen).to(device)
     for seed in range(4):
-        split = fused_verify(*args, seed=seed)
-        base = fused_verify_per_sequence(*args, seed=seed)
-        rng_mismatches += int((split[0] != base[0]).sum() + (split[1] != base[1]).sum())
+        base = fused_verify_slots_of(args, seed, torch.arange(B, device=device))
+        moved = fused_verify_slots_of(tuple(a[perm] if torch.is_tensor(a) else a for a in args), seed, perm)
+        rng_mismatches += int((moved[0] != base[0][perm]).sum() + (moved[1] != base[1][perm]).sum())
     results["checks"]["fused_verify_matches_reference"] = {"sequences": B, "vocab": V, "mismatches": mismatches,
-                                                           "rng_mismatches_vs_per_sequence": rng_mismatches}
+                                                           "rng_mismatches_when_slots_move": rng_mismatches}
     return mismatches == 0 and rng_mismatches == 0
 
 
+def fused_verify_slots_of(args, seed, slot_ids):
+    """The engine's per-slot entry point on one sampler's inputs; slot s keyed on (seed + slot id, position 0)."""
+    ar, draft, drafts, num, params = args
+    B, dev = ar.shape[0], ar.device
+    full = lambda v, dtype=torch.float32: torch.full((B,), v, dtype=dtype, device=dev)  # noqa: E731
+    return fused_verify_slots(ar, draft, drafts, num, full(0, torch.long), full(KIND_CODES[params.kind], torch.long),
+                              full(params.temperature), full(params.top_k, torch.long), full(params.top_p),
+                              full(params.mix_weight), seed + slot_ids.to(dev), params.banned[0], False)
+
+
 def time_verifier(device, V, M, batches, smoke, results):
-    """Split-vocabulary kernels (a few block sizes / warps) next to the per-sequence kernel, on the same card."""
+    """Split-vocabulary kernels at a few block sizes / warps, on the same card."""
     params = SamplingParams(kind="lossless", banned=(V - 1,))
     configs = [("split", dict(block_v=1024, num_warps=4))] if smoke else [
         ("split", dict(block_v=1024, num_warps=4)), ("split", dict(block_v=2048, num_warps=4)),
         ("split", dict(block_v=2048, num_warps=8)), ("split", dict(block_v=4096, num_warps=8))]
-    configs.append(("per_sequence", dict(block_v=1024)))
     for B in batches:
         ar = torch.randn(B, M + 1, V, device=device)
         draft = ar[:, :M].clone()  # identical distributions: every draft accepted, the longest path
@@ -94,8 +105,7 @@ def time_verifier(device, V, M, batches, smoke, results):
         num = torch.full((B,), M, device=device)
         bytes_read = B * (2 * M + 1) * V * 4  # every accepted row's target and draft logits once, the bonus row once
         for impl, config in configs:
-            fn = fused_verify if impl == "split" else fused_verify_per_sequence
-            ms = bench(lambda: fn(ar, draft, drafts, num, params, seed=1, **config), smoke)
+            ms = bench(lambda: fused_verify(ar, draft, drafts, num, params, seed=1, **config), smoke)
             gbs = bytes_read / (ms * 1e-3) / 1e9 if ms == ms else None
             results["timings"].append({"kernel": "fused_verify", "impl": impl, **config, "batch": B, "drafts": M,
                                        "vocab": V, "ms": ms, "GB/s": gbs})

@@ -180,6 +180,10 @@ def test_cca_decode_step_with_cache_forward(modules, poisoned, k0, k1):
     for key in ("qk", "delayed"):
         assert_close(cache.layers[0].pending[key], cache64.layers[0].pending[key], rtol=1e-5, atol=1e-5,
                      what=f"stashed {key}")
+    # one GEMM: the stash and the kernel read views of [q | k | v_delayed | v_current], nothing was copied
+    stashed_qk, stashed_delayed = cache.layers[0].pending["qk"], cache.layers[0].pending["delayed"]
+    assert stashed_qk.stride(1) == channels + a.num_kv_heads * a.head_dim
+    assert stashed_delayed.data_ptr() == stashed_qk.data_ptr() + channels * stashed_qk.element_size()
 
 
 def test_cca_plans_only_for_ccgqa_specs():

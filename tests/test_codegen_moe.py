@@ -29,6 +29,9 @@ ZAYA_TOP1 = _spec("zaya1-tiny", 48, num_experts=4, top_k=1, ffn_size=40, router=
 ZAYA_TOP2 = _spec("zaya1-tiny", 40, num_experts=5, top_k=2, ffn_size=24, router={"hidden_size": 24})
 LINEAR_TOP2 = _spec("qwen3-moe-tiny", 48, num_experts=5, top_k=2, ffn_size=40)  # normalize_top_k, no skip class
 LINEAR_TOP1 = _spec("qwen3-moe-tiny", 40, num_experts=3, top_k=1, ffn_size=24, router={"normalize_top_k": False})
+# no skip class, renormalised top-2, a router width that is not a power of two (padded columns in the kernel)
+ZAYA_TOP2_NO_SKIP = _spec("zaya1-tiny", 36, num_experts=6, top_k=2, ffn_size=24, skip_expert=False,
+                          router={"hidden_size": 20, "normalize_top_k": True})
 
 
 def _modules(tmp_path, spec):
@@ -51,6 +54,25 @@ def _poison(module):
 # ----------------------------------------------------------------------------------------- router
 
 
+def _random_router(m, gen, N, layer_idx=1):
+    """A float64 reference Router with random parameters, x (N, H) and a router state (N, R) (None for a
+    linear router), and a balancing bias on the scale of the probabilities' spread, so that it moves choices
+    (favouring the skip class, if any, so that some tokens choose it)."""
+    reference = Router(m, layer_idx=layer_idx).double()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.25)
+    R = m.moe.router.hidden_size or 1
+    x = torch.randn(N, m.hidden_size, generator=gen, dtype=torch.float64) * 2
+    state = torch.randn(N, R, generator=gen, dtype=torch.float64) if m.moe.router.kind == "zaya_mlp" else None
+    with torch.no_grad():
+        spread = torch.softmax(reference(x, state)[0].logits, -1).std()
+        reference.balancing_bias.copy_(torch.randn(m.moe.router_classes, generator=gen, dtype=torch.float64) * spread)
+        if m.moe.skip_expert:
+            reference.balancing_bias[-1] = spread
+    return reference, x, state
+
+
 @pytest.mark.parametrize("spec", [ZAYA_TOP1, ZAYA_TOP2, LINEAR_TOP2, LINEAR_TOP1],
                          ids=["zaya-top1", "zaya-top2", "linear-top2-norm", "linear-top1"])
 def test_route_matches_reference_router(tmp_path, spec):
@@ -59,18 +81,7 @@ def test_route_matches_reference_router(tmp_path, spec):
     _poison(router_module)
     m = spec.model
     gen = torch.Generator().manual_seed(m.hidden_size * 10 + m.moe.top_k)
-    reference = Router(m, layer_idx=1).double()
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.25)
-    N, R = 29, m.moe.router.hidden_size or 1
-    x = torch.randn(N, m.hidden_size, generator=gen, dtype=torch.float64) * 2
-    state = torch.randn(N, R, generator=gen, dtype=torch.float64) if m.moe.router.kind == "zaya_mlp" else None
-    with torch.no_grad():  # a balancing bias on the scale of the probabilities' spread, so that it moves choices
-        spread = torch.softmax(reference(x, state)[0].logits, -1).std()
-        reference.balancing_bias.copy_(torch.randn(m.moe.router_classes, generator=gen, dtype=torch.float64) * spread)
-        if m.moe.skip_expert:  # favour the skip class so that some tokens choose it
-            reference.balancing_bias[-1] = spread
+    reference, x, state = _random_router(m, gen, N=29)
 
     x64 = x.clone().requires_grad_()
     s64 = None if state is None else state.clone().requires_grad_()
@@ -108,6 +119,54 @@ def test_route_matches_reference_router(tmp_path, spec):
         assert_close(sk.grad, s64.grad, rtol=1e-4, atol=1e-5, what="dstate")
     for (name, p_ref), p in zip(reference.named_parameters(), kernel_router.parameters()):
         assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, what=f"d{name}")
+
+
+# (spec, tokens, router layer (0: no state input), how the gradient is off, seed: one where the balancing bias
+# moves a choice and, with a skip class, some token chooses it; few tokens make that rarer)
+FUSED_CASES = [
+    (ZAYA_TOP1, 29, 1, "no_grad", 0),
+    (ZAYA_TOP1, 5, 0, "no_grad", 7),
+    (ZAYA_TOP2, 37, 1, "frozen", 0),
+    (ZAYA_TOP2_NO_SKIP, 21, 1, "no_grad", 0),
+    (ZAYA_TOP2_NO_SKIP, 16, 0, "frozen", 0),
+]
+
+
+@pytest.mark.parametrize("spec,N,layer,mode,seed", FUSED_CASES, ids=[
+    f"k{s.model.moe.top_k}-{'skip' if s.model.moe.skip_expert else 'noskip'}-n{n}-layer{layer}-{mode}"
+    for s, n, layer, mode, _ in FUSED_CASES])
+def test_mlp_router_without_grad_is_one_kernel_matching_reference(tmp_path, spec, N, layer, mode, seed):
+    """No gradient needed (grad mode off, or nothing requires grad): the whole MLP router is the one fused kernel
+    (no torch op runs), on ragged token counts, with and without the previous layer's state, equal to the float64
+    reference: choices exactly, weights, logits and the next state closely; every output starts poisoned."""
+    from launch_counter import count_launches
+
+    router_module, _ = _modules(tmp_path, spec)
+    m = spec.model
+    gen = torch.Generator().manual_seed(seed)
+    reference, x, state = _random_router(m, gen, N, layer_idx=layer)
+    with torch.no_grad():
+        ref, ref_state = reference(x, state)
+    kernel_router = copy.deepcopy(reference).float().to(DEVICE)
+    xk, sk = x.float().to(DEVICE), state.float().to(DEVICE)
+    if mode == "frozen":
+        kernel_router.requires_grad_(False)
+    context = torch.enable_grad if mode == "frozen" else torch.no_grad
+    with context(), count_launches(execute=False) as counter:
+        router_module.route(kernel_router, xk, sk)
+    assert dict(counter.triton) == {f"{moe.router_name(spec)}_mlp_fwd": 1} and not counter.torch_ops, counter
+
+    _poison(router_module)
+    with context():
+        got, got_state = router_module.route(kernel_router, xk, sk)
+    assert torch.equal(got.experts.cpu(), ref.experts), "choices differ"
+    unbiased = torch.topk(torch.softmax(ref.logits, -1), m.moe.top_k, -1).indices
+    assert not torch.equal(unbiased, ref.experts)  # the balancing bias moves choices here
+    if m.moe.skip_expert:
+        assert (ref.experts == m.moe.num_experts).any(), "no token chose the skip class"
+    assert_close(got.weights, ref.weights, rtol=1e-5, atol=1e-6, what="weights")
+    assert_close(got.logits, ref.logits, rtol=1e-5, atol=1e-5, what="logits")
+    assert_close(got_state, ref_state, rtol=1e-5, atol=1e-5, what="next_state")
 
 
 def test_balancing_statistics_and_update_match_reference(tmp_path):
@@ -286,11 +345,12 @@ def test_moe_kernels_compile_ahead_of_time_without_spills():
     reports = aot_family_reports("moe")
     spec = load_spec("zaya1-8b")
     entries = {e for plan in moe.plans(spec, "bf16", "h200") for e in plan.configs}
-    assert len(entries) == 11
+    assert len(entries) == 12
     for target, arch in (("mi300x", "gfx942"), ("mi355x", "gfx950"), ("h200", "sm_90")):
         mine = [r for r in reports if r["target"] == target]
         assert {r["entry"] for r in mine} == entries and {r["arch"] for r in mine} == {arch}
         for r in mine:
             assert r["spills"] == 0 and r["registers"] > 0 and r["occupancy"] >= 1, r
-            if "_router_" not in r["entry"] and not r["entry"].endswith("_dispatch"):
+            gemm = r["entry"].endswith("_mlp_fwd") or not ("_router_" in r["entry"] or r["entry"].endswith("_dispatch"))
+            if gemm:
                 assert r["matrix_instructions"], r  # the GEMMs use MFMA / mma / wgmma

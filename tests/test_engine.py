@@ -1,6 +1,11 @@
 """The decode engine against the host-driven loop (the oracle): greedy token for token, the
 stochastic samplers as exact distributions (with power checks), per-request reproducibility,
-continuous batching, and a step that never synchronises with the host."""
+continuous batching, and a step that never synchronises with the host. Both verifiers: the torch
+ops and the fused Triton kernels (in the interpreter on a CPU; the exact-distribution runs of the
+fused verifier need thousands of requests and are `gpu` tests, its statistics are checked at the
+kernel level in test_verifier_kernel.py)."""
+
+import copy
 
 import pytest
 import torch
@@ -23,6 +28,7 @@ from zdiff.spec import load_spec
 PROMPT = [1, 2, 3]
 MASK = 7
 N_SAMPLES = 4000
+VERIFIERS = ["torch", pytest.param("fused", marks=pytest.mark.gpu)]  # fused exact-distribution runs: a GPU
 
 
 def _engine_tokens(model, diffusion, prompts, params, slots, **kw):
@@ -45,6 +51,23 @@ def test_greedy_engine_equals_reference_loop_with_refills(mode):
     if mode == "tidar":
         assert sum(engine.stats.tokens_per_step[1:]) > 0  # drafts were accepted: the commit paths ran
         assert engine.stats.steps < 13 * len(prompts) / 2
+
+
+def test_greedy_engine_with_the_fused_verifier_equals_reference_loop():
+    """The Triton verifier inside the step (interpreter): ragged prompts, refilled slots, AR and TiDAR
+    requests in one batch with per-slot samplers."""
+    model, spec = tiny_vocab_model(seed=1)
+    prompts = [[1, 2, 3, 4, 5], [6], [2, 2, 4, 1, 0, 3, 5, 6, 1], [3, 3]]
+    greedy = SamplingParams(kind="greedy")
+    refs = {mode: generate(model, prompts, greedy, diffusion=spec.diffusion, mode=mode, max_new_tokens=11).tokens
+            for mode in ("tidar", "ar")}
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=3, max_len=64, proposals=3, verifier="fused")
+    ids = {(mode, i): engine.add(p, RequestParams(max_new_tokens=11, sampler="greedy", mode=mode))
+           for i, p in enumerate(prompts) for mode in ("tidar", "ar")}
+    results = engine.run()
+    for mode, ref in refs.items():
+        assert [results[ids[mode, i]].tokens for i in range(len(prompts))] == ref, mode
+    assert sum(engine.stats.tokens_per_step[1:]) > 0  # drafts were accepted: the walk and commit paths ran
 
 
 @pytest.mark.parametrize("name", ["zaya1-tiny", "qwen3-moe-tiny"])
@@ -73,16 +96,20 @@ def exact3():
     return model, spec, table
 
 
-def _sampled(model, spec, params, proposals=3, n=N_SAMPLES, length=3):
-    engine = Engine(model, diffusion=spec.diffusion, max_slots=1000, max_len=16, proposals=proposals)
+def _sampled(model, spec, params, proposals=3, n=N_SAMPLES, length=3, verifier="torch"):
+    if verifier == "fused":
+        model = copy.deepcopy(model).cuda()
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=1000, max_len=16, proposals=proposals,
+                    verifier=verifier)
     ids = [engine.add(PROMPT, RequestParams(max_new_tokens=length, seed=11 + i, **params)) for i in range(n)]
     results = engine.run()
     return [results[i].tokens for i in ids], engine
 
 
-def test_lossless_engine_matches_exact_ar_distribution(exact3):
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_lossless_engine_matches_exact_ar_distribution(exact3, verifier):
     model, spec, table = exact3
-    tokens, engine = _sampled(model, spec, {})
+    tokens, engine = _sampled(model, spec, {}, verifier=verifier)
     assert sum(engine.stats.tokens_per_step[1:]) > 0.2 * sum(engine.stats.tokens_per_step)  # drafts were accepted
     assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
 
@@ -115,7 +142,8 @@ def test_the_engine_exactness_test_rejects_broken_verifiers(exact3, monkeypatch,
     assert chi_square_p_value(*counts_against(tokens, table)) < 1e-6
 
 
-def test_logit_mix_engine_matches_its_mixed_target():
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_logit_mix_engine_matches_its_mixed_target(verifier):
     """Two new tokens: x_1 from p (the first step has no drafts), then x_2 verified against
     softmax(w z_AR + (1-w) z_draft) where z_draft is slot 1 of the first step's level-0 block, which
     saw the prompt only (DESIGN's prefill block): exact, enumerable. And not the lossless distribution."""
@@ -124,12 +152,13 @@ def test_logit_mix_engine_matches_its_mixed_target():
     params = SamplingParams(kind="logit_mix", mix_weight=w, banned=(MASK,))
     with torch.no_grad():
         mixed, plain = logit_mix_tables(model, PROMPT, w, params, spec.diffusion.block_size, MASK)
-    tokens, _ = _sampled(model, spec, {"sampler": "logit_mix", "mix_weight": w}, length=2)
+    tokens, _ = _sampled(model, spec, {"sampler": "logit_mix", "mix_weight": w}, length=2, verifier=verifier)
     assert chi_square_p_value(*counts_against(tokens, mixed)) > 1e-3
     assert chi_square_p_value(*counts_against(tokens, plain)) < 1e-6
 
 
-def test_top_k_top_p_engine_matches_exact_filtered_distribution():
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_top_k_top_p_engine_matches_exact_filtered_distribution(verifier):
     """Lossless with top-k and top-p: the output is distributed as AR sampling from the filtered p."""
     model, spec = tiny_vocab_model(seed=4)
     filt = dict(top_k=4, top_p=0.85, temperature=0.9)
@@ -137,19 +166,20 @@ def test_top_k_top_p_engine_matches_exact_filtered_distribution():
         table = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(MASK,), **filt))
         unfiltered = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(MASK,),
                                                                            temperature=0.9))
-    tokens, engine = _sampled(model, spec, filt)
+    tokens, engine = _sampled(model, spec, filt, verifier=verifier)
     assert sum(engine.stats.tokens_per_step[1:]) > 0
     assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
     assert chi_square_p_value(*counts_against([t for t in tokens], unfiltered)) < 1e-6
 
 
-def test_a_requests_draws_do_not_depend_on_its_slot_or_neighbours():
+@pytest.mark.parametrize("verifier", ["torch", "fused"])
+def test_a_requests_draws_do_not_depend_on_its_slot_or_neighbours(verifier):
     model, spec = tiny_vocab_model(seed=5)
     probe = RequestParams(max_new_tokens=12, seed=1234, top_k=5)
-    alone, _ = _engine_tokens(model, spec.diffusion, [PROMPT], probe, slots=1)
+    alone, _ = _engine_tokens(model, spec.diffusion, [PROMPT], probe, slots=1, verifier=verifier)
     others = [RequestParams(max_new_tokens=n, seed=s, sampler=k) for n, s, k in
               [(5, 1, "lossless"), (9, 2, "logit_mix"), (3, 3, "greedy"), (12, 4, "lossless")]]
-    engine = Engine(model, diffusion=spec.diffusion, max_slots=3, max_len=64)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=3, max_len=64, verifier=verifier)
     for params in others[:3]:
         engine.add([4, 5, 6], params)
     rid = engine.add(PROMPT, probe)  # queued: it enters whichever slot frees first, mid-run
@@ -181,7 +211,8 @@ def test_stop_tokens_length_and_cancel():
         assert [e.finished for e in mine].count(True) == 1 and mine[-1].finished
 
 
-def test_the_step_never_synchronises_with_the_host(monkeypatch):
+@pytest.mark.parametrize("verifier", ["torch", "fused"])
+def test_the_step_never_synchronises_with_the_host(monkeypatch, verifier):
     model, spec = tiny_vocab_model(seed=1)
     guarded_step = decode_step.decode_step
     modules = list(ENGINE_MODULES)
@@ -193,11 +224,13 @@ def test_the_step_never_synchronises_with_the_host(monkeypatch):
     monkeypatch.setattr(engine_module, "decode_step", checked)
     kinds = [dict(sampler="lossless"), dict(sampler="greedy"), dict(sampler="logit_mix", mix_weight=0.5),
              dict(sampler="lossless", top_k=3, top_p=0.9, mode="ar")]
-    engine = Engine(model, diffusion=spec.diffusion, max_slots=4, max_len=64)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=4, max_len=64, verifier=verifier)
     for i, kw in enumerate(kinds):
         engine.add(PROMPT, RequestParams(max_new_tokens=8, seed=i, **kw))
     engine.run()
     assert engine.stats.eager_steps > 3
+    if verifier == "fused":
+        return
 
     # and the guard has teeth: a sync in guarded code (here this test module's) is caught
     modules.append(__name__)

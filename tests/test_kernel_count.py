@@ -17,9 +17,11 @@ from zdiff.spec import load_spec
 
 # issue 11 measured 32 before (24 torch ops + 8 Triton launches): the router's RMSNorm ran as 6 torch ops, q and
 # k as two GEMMs and a cat, a missing predecessor's value as a zeros + GEMV, the grouped-conv weight was
-# permuted and the predecessors converted in every layer
-TORCH_OPS_PER_LAYER = {"addcmul": 1, "addmm": 3, "gelu": 2, "mm": 5}  # router MLP 6, q|k, delayed, current, o
-TRITON_PER_LAYER = 9  # 2 residual+norm, router norm, router tail, CCA, attention, dispatch, gate_up, down
+# permuted and the predecessors converted in every layer. Then 20 (11 torch ops: the router MLP's 3 addmm, 2 gelu,
+# addcmul and out_proj mm, the q|k, v_delayed, v_current and o GEMMs; 9 Triton), now 10: the MLP router and its
+# tail are one kernel at inference, and the four CCA projections one GEMM over the derived concatenation
+TORCH_OPS_PER_LAYER = {"mm": 2}  # [q | k | v_delayed | v_current], o_proj
+TRITON_PER_LAYER = 8  # 2 residual+norm, fused MLP router, CCA, attention, dispatch, gate_up, down
 
 
 def _decode_step_counts(tmp_path, layers):

@@ -1,6 +1,7 @@
-"""The fused Triton verifier against the reference verifier, draw for draw; its own RNG
-statistically; the split-vocabulary kernels over several split counts (empty splits, poisoned
-workspaces) and against the per-sequence kernel; ahead-of-time compilation for every GPU target."""
+"""The fused Triton verifier against the reference verifier, draw for draw (one sampler for a batch, and
+every slot with its own sampler, top-k / top-p included); its keyed RNG statistically and independent of
+the slot and the batch; the split-vocabulary kernels over several split counts (empty splits, poisoned
+workspaces); ahead-of-time compilation for every GPU target."""
 
 import pytest
 import torch
@@ -9,19 +10,21 @@ from conftest import DEVICE
 from generation_helpers import chi_square_p_value
 from zdiff.errors import ZdiffError
 from zdiff.generation import sampling
+from zdiff.generation.batched_sampling import KIND_CODES
 from zdiff.generation.sampling import SamplingParams
 from zdiff.generation.verifier_kernel import (
     MAX_SAMPLE_SPLITS,
     MAX_STATS_SPLITS,
     fused_verify,
-    fused_verify_per_sequence,
+    fused_verify_slots,
     vocab_splits,
 )
 
 
-def _case(B, M, V, kind, seed):
+def _case(B, M, V, kind, seed, **filters):
     gen = torch.Generator().manual_seed(seed)
-    params = SamplingParams(kind=kind, mix_weight=0.4 if kind == "logit_mix" else 1.0, temperature=0.8, banned=(7,))
+    params = SamplingParams(kind=kind, mix_weight=0.4 if kind == "logit_mix" else 1.0, temperature=0.8, banned=(7,),
+                            **filters)
     ar = torch.randn(B, M + 1, V, generator=gen) * 2
     # half of the rows draft close to the target so that acceptances happen, half far from it
     near = torch.rand(B, M, 1, generator=gen) < 0.5
@@ -85,10 +88,25 @@ def test_fused_verifier_rng_is_distributed_correctly():
     assert chi_square_p_value(counts, wrong) < 1e-3
 
 
-def test_fused_verifier_refuses_top_k():
-    with pytest.raises(ZdiffError, match="does not apply top-k"):
-        fused_verify(torch.zeros(1, 1, 4), torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.long),
-                     torch.zeros(1, dtype=torch.long), SamplingParams(top_k=2))
+@pytest.mark.parametrize("kind", ["lossless", "logit_mix", "greedy"])
+def test_fused_verifier_applies_top_k_top_p_draw_for_draw(kind):
+    """Top-k and top-p (a sort, done on the device before the kernels) change the outcome, exactly as the
+    reference's filtered p and q do."""
+    B, M, V = 8, 3, 40
+    params, ar, draft, q, drafts, num, uniforms, gumbel = _case(B, M, V, kind, seed=17, top_k=6, top_p=0.8)
+    accepted, token = fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params,
+                                   uniforms=uniforms.to(DEVICE), gumbel=gumbel.to(DEVICE), block_v=16)
+    differs = False
+    for b in range(B):
+        expected = _expected(kind, params, ar, draft, q, drafts, num, uniforms, gumbel, b)
+        assert (int(accepted[b]), int(token[b])) == expected, (kind, b)
+        m = int(num[b])
+        target = sampling.target_probs(ar[b, : m + 1], draft[b, :m], params)
+        assert target[expected[0], expected[1]] > 0  # a token inside the filtered set of its row
+        unfiltered = SamplingParams(kind=kind, mix_weight=params.mix_weight, temperature=0.8, banned=(7,))
+        q_plain = sampling.probabilities(draft, unfiltered)
+        differs |= _expected(kind, unfiltered, ar, draft, q_plain, drafts, num, uniforms, gumbel, b) != expected
+    assert differs or kind == "greedy"  # the filters mattered in this case (greedy: argmax is always kept)
 
 
 def _expected(kind, params, ar, draft, q, drafts, num, uniforms, gumbel, b):
@@ -132,21 +150,114 @@ def test_split_verifier_equals_reference_for_several_splits(kind, stats_splits, 
     assert outcomes == {True, False}  # both the bonus and the rejection paths ran
 
 
-@pytest.mark.parametrize("kind", ["lossless", "logit_mix"])
-def test_split_verifier_draws_as_the_per_sequence_kernel(kind):
-    """In-kernel Philox noise: the split kernels make the same draws as the one-program-per-sequence kernel."""
-    B, M, V = 8, 3, 45
-    params, ar, draft, q, drafts, num, _, _ = _case(B, M, V, kind, seed=7)
-    args = [t.to(DEVICE) for t in (ar, draft, drafts, num)]
-    base = fused_verify_per_sequence(*args, params, seed=99, block_v=8)
+def _slot_case(S, M, V, seed):
+    """S slots cycling through the samplers, each with its own temperature, mix weight, top-k and top-p."""
+    gen = torch.Generator().manual_seed(seed)
+    kinds = [("lossless", "logit_mix", "greedy")[s % 3] for s in range(S)]
+    params = [SamplingParams(kind=k, mix_weight=0.2 + 0.6 * float(torch.rand(1, generator=gen)),
+                             temperature=0.6 + float(torch.rand(1, generator=gen)), banned=(7,),
+                             top_k=(0, 5, 0, 9)[s % 4], top_p=(1.0, 1.0, 0.85, 0.9)[s % 4])
+              for s, k in enumerate(kinds)]
+    ar = torch.randn(S, M + 1, V, generator=gen) * 2
+    near = torch.rand(S, M, 1, generator=gen) < 0.6
+    close, far = ar[:, :M] + 0.3 * torch.randn(S, M, V, generator=gen), torch.randn(S, M, V, generator=gen)
+    draft = torch.where(near, close, far)
+    q = torch.stack([sampling.probabilities(draft[s], params[s]) for s in range(S)])
+    drafts = torch.stack([torch.multinomial(q[s], 1, generator=gen).squeeze(-1) for s in range(S)])
+    num = torch.randint(0, M + 1, (S,), generator=gen)
+    tensors = dict(kind=torch.tensor([KIND_CODES[p.kind] for p in params]),
+                   temperature=torch.tensor([p.temperature for p in params]),
+                   top_k=torch.tensor([p.top_k for p in params]), top_p=torch.tensor([p.top_p for p in params]),
+                   mix_weight=torch.tensor([p.mix_weight for p in params]))
+    return params, ar, draft, q, drafts, num, tensors
+
+
+def _verify_slots(ar, draft, drafts, num, tensors, seed, first_position, filtered, banned_id=7, **kw):
+    to = {k: v.to(DEVICE) for k, v in tensors.items()}
+    return fused_verify_slots(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE),
+                              first_position.to(DEVICE), to["kind"], to["temperature"], to["top_k"], to["top_p"],
+                              to["mix_weight"], seed.to(DEVICE), banned_id, filtered, **kw)
+
+
+def test_every_slot_verifies_with_its_own_sampler_draw_for_draw():
+    """One launch over 12 slots with different samplers, temperatures, mix weights, top-k and top-p equals
+    the reference verifier run slot by slot with that slot's parameters (given noise)."""
+    S, M, V = 12, 3, 40
+    params, ar, draft, q, drafts, num, tensors = _slot_case(S, M, V, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    uniforms, gumbel = torch.rand(S, M, generator=gen), sampling.draw_gumbel((S, M + 1, V), gen)
+    accepted, token = _verify_slots(ar, draft, drafts, num, tensors, torch.zeros(S, dtype=torch.long),
+                                    torch.zeros(S, dtype=torch.long), True, given=(uniforms, gumbel), block_v=16)
     outcomes = set()
-    for splits in [(None, None), (4, 3)]:
-        split = fused_verify(*args, params, seed=99, block_v=8, stats_splits=splits[0], sample_splits=splits[1])
-        assert torch.equal(split[0].cpu(), base[0].cpu()) and torch.equal(split[1].cpu(), base[1].cpu()), splits
-        outcomes |= {int(a) == int(m) for a, m in zip(split[0].cpu(), num)}
-    assert outcomes == {True, False}
-    other_seed = fused_verify(*args, params, seed=100, block_v=8, stats_splits=4, sample_splits=3)
-    assert not torch.equal(other_seed[1].cpu(), base[1].cpu())  # the comparison can fail
+    for s in range(S):
+        expected = _expected(params[s].kind, params[s], ar, draft, q, drafts, num, uniforms, gumbel, s)
+        assert (int(accepted[s]), int(token[s])) == expected, (s, params[s])
+        outcomes.add((params[s].kind, expected[0] == int(num[s])))
+    assert {k for k, _ in outcomes} == {"lossless", "logit_mix", "greedy"} and {a for _, a in outcomes} == {True, False}
+    # unfiltered slots take the fused temperature / mix path: the same outcome as the reference too
+    plain = {**tensors, "top_k": torch.zeros(S, dtype=torch.long), "top_p": torch.ones(S)}
+    accepted, token = _verify_slots(ar, draft, drafts, num, plain, torch.zeros(S, dtype=torch.long),
+                                    torch.zeros(S, dtype=torch.long), False, given=(uniforms, gumbel), block_v=16)
+    for s in range(S):
+        p = SamplingParams(kind=params[s].kind, mix_weight=params[s].mix_weight, temperature=params[s].temperature,
+                           banned=(7,))
+        q_plain = sampling.probabilities(draft, p)
+        assert (int(accepted[s]), int(token[s])) == _expected(p.kind, p, ar, draft, q_plain, drafts, num, uniforms,
+                                                               gumbel, s), s
+
+
+def test_keyed_draws_do_not_depend_on_the_slot_or_the_batch():
+    """The in-kernel draws of a slot are keyed on its seed and token positions: permuting the slots, or
+    verifying a slot alone, gives it the same outcome; another seed gives other outcomes."""
+    S, M, V = 10, 3, 45
+    params, ar, draft, q, drafts, num, tensors = _slot_case(S, M, V, seed=8)
+    seeds, positions = torch.arange(S) * 1000 + 3, torch.arange(S) * 7 + 20
+    base = _verify_slots(ar, draft, drafts, num, tensors, seeds, positions, True, block_v=16)
+    perm = torch.randperm(S, generator=torch.Generator().manual_seed(0))
+    permuted = _verify_slots(ar[perm], draft[perm], drafts[perm], num[perm], {k: v[perm] for k, v in tensors.items()},
+                             seeds[perm], positions[perm], True, block_v=16, stats_splits=3, sample_splits=2)
+    assert torch.equal(permuted[0].cpu(), base[0].cpu()[perm]) and torch.equal(permuted[1].cpu(), base[1].cpu()[perm])
+    one = slice(4, 5)
+    alone = _verify_slots(ar[one], draft[one], drafts[one], num[one], {k: v[one] for k, v in tensors.items()},
+                          seeds[one], positions[one], True, block_v=16)
+    assert (int(alone[0][0]), int(alone[1][0])) == (int(base[0][4]), int(base[1][4]))
+    reseeded = _verify_slots(ar, draft, drafts, num, tensors, seeds + 1, positions, True, block_v=16)
+    assert not torch.equal(reseeded[1].cpu(), base[1].cpu())  # the comparison can fail
+
+
+def test_keyed_slot_draws_are_distributed_exactly_with_top_k_top_p():
+    """400 slots with their own seeds, one draft each, V = 6, top-k 4 and top-p 0.8: the joint law of
+    (accepted, token) is known exactly from the filtered p and q; the same test rejects resampling from
+    p instead of the residual, and the unfiltered law."""
+    S, V, d = 400, 6, 1
+    filters = dict(top_k=4, top_p=0.8)
+    ar = torch.tensor([[1.0, 0.6, -1.0, 0.5, 0.3, -0.2], [0.2, 1.5, -0.5, 0.0, 0.9, 0.1]])
+    draft = torch.tensor([[0.0, 1.0, 0.0, 0.4, -0.3, 0.2]])
+    params = SamplingParams(kind="lossless", **filters)
+    p0, p1 = sampling.probabilities(ar[0], params), sampling.probabilities(ar[1], params)
+    q = sampling.probabilities(draft[0], params)
+    accept = min(1.0, (p0[d] / q[d]).item())
+    residual = (p0 - q).clamp_min(0)
+    residual /= residual.sum()
+    expected = torch.cat([(1 - accept) * residual, accept * p1])
+    tensors = dict(kind=torch.zeros(S, dtype=torch.long), temperature=torch.ones(S),
+                   top_k=torch.full((S,), params.top_k), top_p=torch.full((S,), params.top_p), mix_weight=torch.ones(S))
+    acc, tok = _verify_slots(ar.expand(S, 2, V).contiguous(), draft.expand(S, 1, V).contiguous(),
+                             torch.full((S, 1), d), torch.ones(S, dtype=torch.long), tensors, torch.arange(S) + 77,
+                             torch.full((S,), 5), True, banned_id=-1)
+    counts = torch.zeros(2 * V)
+    for a, t in zip(acc.tolist(), tok.tolist()):
+        counts[a * V + t] += 1
+    assert chi_square_p_value(counts, expected) > 1e-3
+    assert (p0 == 0).sum() >= 2 and (q == 0).sum() >= 2  # both filters cut something
+    wrong = torch.cat([(1 - accept) * p0, accept * p1])
+    assert chi_square_p_value(counts, wrong) < 1e-3
+    plain_p0, plain_q = torch.softmax(ar[0], -1), torch.softmax(draft[0], -1)
+    plain_accept = min(1.0, (plain_p0[d] / plain_q[d]).item())
+    plain_residual = (plain_p0 - plain_q).clamp_min(0)
+    unfiltered = torch.cat([(1 - plain_accept) * plain_residual / plain_residual.sum(),
+                            plain_accept * torch.softmax(ar[1], -1)])
+    assert chi_square_p_value(counts, unfiltered) < 1e-3
 
 
 def test_split_verifier_rejects_a_banned_draft():
@@ -183,18 +294,13 @@ AOT_SCRIPT = """
 import json, warnings
 warnings.simplefilter("ignore")
 from zdiff.codegen.aot import AOT_TARGETS, check_fits, compile_for_target
-from zdiff.generation.verifier_kernel import aot_kernels, aot_signature, fused_verify_kernel
+from zdiff.generation.verifier_kernel import aot_kernels
 reports = []
 for target in sorted(AOT_TARGETS):
-    for greedy in (False, True):
-        signature, constexprs = aot_signature(given_noise=False, greedy=greedy)
-        _, report = compile_for_target(fused_verify_kernel, signature, constexprs, target, num_warps=4)
-        check_fits(report, "BLOCK_V=1024 num_warps=4")
+    for name, kernel, signature, constexprs, warps in aot_kernels(given_noise=False):
+        _, report = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
+        check_fits(report, f"{constexprs} num_warps={warps}")
         reports.append(report.to_dict())
-        for name, kernel, signature, constexprs, warps in aot_kernels(given_noise=False, greedy=greedy):
-            _, report = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
-            check_fits(report, f"{constexprs} num_warps={warps}")
-            reports.append(report.to_dict())
 print(json.dumps(reports))
 """
 
@@ -215,9 +321,9 @@ def test_fused_verifier_compiles_ahead_of_time_without_spills():
     reports = json.loads(result.stdout.strip().splitlines()[-1])
     assert {(r["target"], r["arch"]) for r in reports} == {("h100", "sm_90"), ("h200", "sm_90"),
                                                            ("mi300x", "gfx942"), ("mi355x", "gfx950")}
-    kernels = {"fused_verify_kernel", "verify_stats_kernel", "verify_sample_kernel", "verify_finish_kernel"}
+    kernels = {"verify_stats_kernel", "verify_sample_kernel", "verify_finish_kernel"}
     assert {r["kernel"] for r in reports} == kernels
-    assert len(reports) == 4 * 2 * len(kernels)  # every target, stochastic and greedy
+    assert len(reports) == 4 * len(kernels)  # every target (the sampler is a per-slot runtime value)
     for r in reports:
         assert r["spills"] == 0 and r["registers"] > 0 and r["binary_bytes"] > 1000 and r["occupancy"] >= 1, r
 

@@ -288,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="engine slots (default: the number of prompts, at most 64)")
     gen.add_argument("--loop", choices=["engine", "reference"], default="engine",
                      help="the decode engine, or the host-driven reference loop (the oracle)")
-    gen.add_argument("--verifier", choices=["reference", "fused"], help="with --loop reference only")
+    gen.add_argument("--verifier", choices=["reference", "fused"],
+                     help="fused: the Triton verifier (default on a GPU); reference: the same maths as torch ops "
+                          "(default on the CPU)")
     gen.add_argument("--compare-ar", action="store_true", help="also decode with AR and compare")
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")

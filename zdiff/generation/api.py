@@ -20,13 +20,14 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
                        diffusion: DiffusionSpec | None = None, mode: str = "tidar", max_new_tokens: int = 64,
                        stop_tokens: tuple[int, ...] = (), seed: int = 0, proposals: int | str = "auto",
                        max_slots: int | None = None, spec=None, target: str | None = None,
-                       progress=None) -> GenerationResult:
+                       verifier: str | None = None, progress=None) -> GenerationResult:
     """Every prompt as one request of a fresh engine with min(len(prompts), 64) slots (continuous
-    batching refills them); `progress(tokens so far)` after each step."""
+    batching refills them); `progress(tokens so far)` after each step. verifier: "fused" | "torch"
+    (default: fused on a GPU, torch on the CPU)."""
     prompts = [list(p) for p in prompts]
     longest = max((len(p) for p in prompts), default=1)
     engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots or min(len(prompts), MAX_DEFAULT_SLOTS),
-                    max_len=longest + max_new_tokens, proposals=proposals, target=target)
+                    max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)
     request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.kind, temperature=params.temperature,
                    top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens))
     ids = [engine.add(p, RequestParams(seed=seed + i, **request)) for i, p in enumerate(prompts)]

@@ -67,6 +67,21 @@ def sample_rows(z: torch.Tensor, kind: torch.Tensor, seed: torch.Tensor, positio
     return torch.where(kind[:, None] == GREEDY, z.argmax(-1), drawn)
 
 
+def mixed_targets(ar_logits: torch.Tensor, draft_logits: torch.Tensor, num_drafts: torch.Tensor, kind: torch.Tensor,
+                  mix_weight: torch.Tensor) -> torch.Tensor:
+    """fp32 target logits (S, D+1, V) before temperature: w z_AR + (1 - w) z_draft on the drafted rows of
+    logit_mix slots (on raw logits, so a masked -inf never meets a zero weight), z_AR everywhere else."""
+    target = ar_logits.float()
+    D = target.shape[1] - 1
+    if not D:
+        return target
+    drafted = torch.arange(D + 1, device=target.device)[None, :] < num_drafts[:, None]
+    w = mix_weight[:, None, None]
+    padded = torch.cat([draft_logits[:, :D].float(), target[:, D:]], dim=1)
+    mix = ((kind == LOGIT_MIX)[:, None] & drafted)[..., None]
+    return torch.where(mix, w * target + (1 - w) * padded, target)
+
+
 def verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,
            first_position: torch.Tensor, kind: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            top_p: torch.Tensor, mix_weight: torch.Tensor, seed: torch.Tensor, banned: torch.Tensor | None,
@@ -83,12 +98,7 @@ def verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Te
     D = rows - 1
     row = torch.arange(rows, device=ar_logits.device)
     drafted = row[None, :] < num_drafts[:, None]  # (S, D+1): rows whose draft exists
-    target_raw = ar_logits.float()
-    if D:
-        w = mix_weight[:, None, None]
-        padded = torch.cat([draft_logits[:, :D].float(), target_raw[:, D:]], dim=1)
-        mix = ((kind == LOGIT_MIX)[:, None] & drafted)[..., None]
-        target_raw = torch.where(mix, w * target_raw + (1 - w) * padded, target_raw)
+    target_raw = mixed_targets(ar_logits, draft_logits, num_drafts, kind, mix_weight)
     p = torch.softmax(process_logits(target_raw, temperature, top_k, top_p, banned, filtered), dim=-1)
     best = p.argmax(-1)  # (S, D+1)
     greedy = kind == GREEDY

@@ -62,8 +62,6 @@ def _device_and_backend(args) -> tuple[torch.device, str]:
 
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
-    if args.verifier is not None and args.loop != "reference":
-        raise ZdiffError("--verifier chooses the reference loop's verifier; add --loop reference")
     device, backend = _device_and_backend(args)
     model = load_model(checkpoint, backend=backend, device=device,
                        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
@@ -85,7 +83,8 @@ def run_generate(args) -> int:
         decode, common = reference_loop, {**common, "verifier": args.verifier or "reference"}
     else:
         decode = generate_on_engine
-        common.update(proposals=args.proposals, max_slots=args.max_slots, spec=spec)
+        verifier = {None: None, "fused": "fused", "reference": "torch"}[args.verifier]
+        common.update(proposals=args.proposals, max_slots=args.max_slots, spec=spec, verifier=verifier)
     modes = [args.mode] + (["ar"] if args.compare_ar and args.mode != "ar" else [])
     runs = {}
     for mode in modes:

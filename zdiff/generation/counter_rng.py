@@ -41,13 +41,26 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniforms(seed: torch.Tensor, position: torch.Tensor, purpose: int) -> torch.Tensor:
-    """float64 uniforms in [0, 1) with 53 random bits, one per element of the broadcast of
-    `seed` and `position` (int64 tensors; seed in [0, 2^63), position >= 0)."""
+def _key(seed: torch.Tensor, position: torch.Tensor, purpose: int) -> torch.Tensor:
     key = hash32(seed ^ 0x9E3779B9)
     key = hash32(key ^ (seed >> 32))
     key = hash32(key ^ position)
-    key = hash32(key ^ (position >> 32) ^ (purpose * 0x632BE5AB))
+    return hash32(key ^ (position >> 32) ^ (purpose * 0x632BE5AB))
+
+
+def uniforms(seed: torch.Tensor, position: torch.Tensor, purpose: int) -> torch.Tensor:
+    """float64 uniforms in [0, 1) with 53 random bits, one per element of the broadcast of
+    `seed` and `position` (int64 tensors; seed in [0, 2^63), position >= 0)."""
+    key = _key(seed, position, purpose)
     hi = hash32(key ^ 0x1B873593) >> 6  # 26 bits
     lo = hash32(key ^ 0xCC9E2D51) >> 5  # 27 bits
     return (hi * (1 << 27) + lo).double() * (2.0 ** -53)
+
+
+def stream_keys(seed: torch.Tensor, position: torch.Tensor, purpose: int) -> torch.Tensor:
+    """int64 keys in [0, 2^63) for a counter-based generator run over the vocabulary (the fused
+    verifier's Philox, `tl.rand(key, token_id)`): one independent stream per (seed, position, purpose)."""
+    key = _key(seed, position, purpose)
+    hi = hash32(key ^ 0x85EBCA6B) >> 1  # 31 bits: the key stays non-negative
+    lo = hash32(key ^ 0xC2B2AE35)
+    return (hi << 32) | lo

@@ -6,7 +6,8 @@ hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the de
      <= m (0 for AR slots), then padding; positions and predecessors from cache_len;
   2. forward through the model (a StepLayout: no host tuple, no mask for the generated model) to the
      final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
-  3. verify all slots at once (batched_sampling.verify) with their own parameters;
+  3. verify all slots at once with their own parameters: the fused Triton verifier
+     (verifier_kernel.fused_verify_slots) or the same maths as torch ops (batched_sampling.verify);
   4. commit c, d_1..d_n into the cache (fixed-shape scatter), stop / length checks;
   5. next drafts from the block at the largest level <= n, sampled slot by slot;
   6. the output packet (tokens, count, done, n, was active) for the host to read one step late.
@@ -23,6 +24,7 @@ from .batched_sampling import process_logits, sample_rows, verify
 from .counter_rng import DRAFT
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
+from .verifier_kernel import fused_verify_slots
 
 # new-row predecessor codes, before mapping into [cache state rows | new rows]
 LAST_CACHED, NO_PREDECESSOR = -1, -2
@@ -50,6 +52,8 @@ class StepConstants:
     levels: torch.Tensor  # (len(levels),) int64
     banned: torch.Tensor  # ids never sampled (the mask token)
     fill_id: int  # the id of mask and padding rows
+    banned_id: int = -1  # host copy of the one banned id (-1: none), for the fused verifier
+    verifier: str = "torch"  # "fused": the Triton kernels (verifier_kernel); "torch": batched_sampling.verify
 
 
 def extended_predecessors(new_pred: torch.Tensor, cache_len: torch.Tensor, receptive_field: int) -> torch.Tensor:
@@ -119,8 +123,14 @@ def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: Ste
 
     D = V_ROWS - 1
     num_drafts = torch.where(st.active, st.num_drafts, 0) if D else torch.zeros_like(st.num_drafts)
-    n, token = verify(_logits(hidden[:, :V_ROWS], head), st.draft_logits, st.drafts, num_drafts, st.cache_len + 1,
-                      st.kind, st.temperature, st.top_k, st.top_p, st.mix_weight, st.seed, k.banned, shape.filtered)
+    sampler = (st.kind, st.temperature, st.top_k, st.top_p, st.mix_weight, st.seed)
+    ar_logits = _logits(hidden[:, :V_ROWS], head)
+    if k.verifier == "fused":
+        n, token = fused_verify_slots(ar_logits, st.draft_logits, st.drafts, num_drafts, st.cache_len + 1, *sampler,
+                                      k.banned_id, shape.filtered)
+    else:
+        n, token = verify(ar_logits, st.draft_logits, st.drafts, num_drafts, st.cache_len + 1, *sampler, k.banned,
+                          shape.filtered)
     active = st.active
     n = torch.where(active, n, 0)
     counts = torch.where(active, n + 1, 0)

@@ -38,6 +38,7 @@ from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
 
 MODES = ("tidar", "ar")
+VERIFIERS = ("fused", "torch")
 MAX_STOP_TOKENS = 16
 MAX_SEED = 2**63 - 1
 CPU_POLICY_TARGET = "h200"  # the cost model needs a card; on the CPU the policy plans for an H200
@@ -121,9 +122,14 @@ class Engine:
 
     def __init__(self, model, *, diffusion: DiffusionSpec | None = None, spec: Spec | None = None, max_slots: int = 8,
                  max_len: int = 2048, proposals: int | str = "auto", device=None, graphs: bool | None = None,
-                 prefill_chunk: int = 256, target: str | None = None):
+                 prefill_chunk: int = 256, target: str | None = None, verifier: str | None = None):
         self.model = model.eval()
         self.device = model.embed.weight.device if device is None else torch.device(device)
+        # the fused Triton verifier on a GPU; on the CPU the same maths as torch ops (the kernels would run in
+        # the interpreter: verifier="fused" with TRITON_INTERPRET=1 for debugging and tests)
+        self.verifier = verifier or ("fused" if self.device.type == "cuda" else "torch")
+        if self.verifier not in VERIFIERS:
+            raise ZdiffError(f"verifier must be one of {', '.join(VERIFIERS)}, got {verifier!r}")
         if max_slots < 1:
             raise ZdiffError(f"max_slots must be at least 1, got {max_slots}")
         if max_len < 2:
@@ -150,7 +156,8 @@ class Engine:
         self.constants = StepConstants(
             block_size=b, level_values=levels, levels=torch.tensor(levels, dtype=torch.long, device=dev),
             banned=torch.tensor([] if self.mask_id is None else [self.mask_id], dtype=torch.long, device=dev),
-            fill_id=self.mask_id if self.mask_id is not None else 0)
+            fill_id=self.mask_id if self.mask_id is not None else 0,
+            banned_id=self.mask_id if self.mask_id is not None else -1, verifier=self.verifier)
         cuda = self.device.type == "cuda"
         self.graphs = cuda if graphs is None else graphs
         if self.graphs and not cuda:

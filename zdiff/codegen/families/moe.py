@@ -1,7 +1,10 @@
-"""Mixture of experts: the router tail (softmax, balancing bias, top-k, weights) and the grouped-GEMM experts.
+"""Mixture of experts: the router (its tail: softmax, balancing bias, top-k, weights; for ZAYA1's MLP router
+the whole router at inference) and the grouped-GEMM experts.
 
 Two kernel instances per spec (every MoE layer of a model shares the shapes):
-- `moe_router_c{C}_k{K}`: template moe_router.py.jinja, public `route(router, x, state)`;
+- `moe_router_c{C}_k{K}`: template moe_router.py.jinja, public `route(router, x, state)`. Entry points
+  `_fwd` / `_bwd` (the tail, one token per program) and, for a zaya_mlp router, `_mlp_fwd` (down_proj,
+  state, RMSNorm, fc1, fc2, out_proj and the tail for BLOCK_M tokens per program, no gradient);
 - `moe_experts_e{E}_h{H}_i{I}_k{K}`: template moe_experts.py.jinja, public `experts_forward(experts, x, routing)`.
 
 The experts have two paths: training / prefill sized groups (BLOCK_M 64) and a small-M path (BLOCK_M 16)
@@ -46,8 +49,23 @@ def router_plan(spec: Spec, dtype: str = "fp32", target: str = "cpu") -> KernelP
                  "SKIP_EXPERT": moe.skip_expert, "UPDATE_RATE": moe.balancing_bias.update_rate,
                  "ptr": DTYPE_PTR[dtype], "dtype": dtype}
     config = {"num_warps": 1}  # one row of a few classes per program: one warp / wave
+    configs = {f"{name}_fwd": dict(config), f"{name}_bwd": dict(config)}
+    if moe.router.kind == "zaya_mlp":
+        R = moe.router.hidden_size
+        constants.update(H=spec.model.hidden_size, R=R, BLOCK_R=max(16, triton.next_power_of_2(R)))
+        configs[f"{name}_mlp_fwd"] = _mlp_router_config(target)
     return KernelPlan(name=name, family="moe", template="moe_router.py.jinja", role="moe_router", constants=constants,
-                      configs={f"{name}_fwd": dict(config), f"{name}_bwd": dict(config)})
+                      configs=configs)
+
+
+def _mlp_router_config(target: str) -> dict:
+    """The fused MLP router's default: 16 rows per program (a decode step has few tokens), the down_proj's
+    input channels and fc1's outputs in chunks so that a (BLOCK_R, chunk) weight tile, not the whole
+    R x R matrix, is live (R = 256 at ZAYA1-8B); AMD's 64 KiB LDS takes the smaller input chunk."""
+    if target == "cpu":
+        return {"BLOCK_M": 16, "BLOCK_H": 32, "BLOCK_J": 16, "num_warps": 4}
+    block_h = 32 if TARGETS[target].is_amd else 64
+    return {"BLOCK_M": 16, "BLOCK_H": block_h, "BLOCK_J": 32, "num_warps": 4, "num_stages": 2}
 
 
 def _default_configs(target: str) -> dict:
@@ -116,6 +134,9 @@ def _keep(config: dict, target: str) -> bool:
 
 def config_space(plan: KernelPlan, kernel: str, target: str) -> list[dict]:
     suffix = kernel[len(plan.name) + 1:]
+    if plan.role == "moe_router" and suffix == "mlp_fwd":
+        return [{"BLOCK_M": m, "BLOCK_H": h, "BLOCK_J": j, "num_warps": w, "num_stages": s}
+                for m in (16, 32) for h in (32, 64) for j in (16, 32) for w in (4, 8) for s in (1, 2)]
     if plan.role == "moe_router":
         return [{"num_warps": w} for w in (1, 2, 4)]
     if suffix == "dispatch":
@@ -149,12 +170,12 @@ def buckets(plan: KernelPlan, kernel: str) -> list[int]:
 
 
 def bucket_tile(plan: KernelPlan, kernel: str):
-    """Autotune's static score: the rows (routed slots) one program covers. The router runs one token per
-    program; gate_up tiles them by its BLOCK_M; the GEMMs after it by the path's dispatch tile (a constant
-    of the AOT entry, the default gate_up BLOCK_M); the weight gradients and the dispatch loop over the
-    slots inside their programs (None)."""
+    """Autotune's static score: the rows (routed slots) one program covers. The router's tail runs one token
+    per program, the fused MLP router BLOCK_M; gate_up tiles them by its BLOCK_M; the GEMMs after it by the
+    path's dispatch tile (a constant of the AOT entry, the default gate_up BLOCK_M); the weight gradients and
+    the dispatch loop over the slots inside their programs (None)."""
     if plan.role == "moe_router":
-        return 1
+        return "BLOCK_M" if kernel.endswith("_mlp_fwd") else 1
     suffix = kernel[len(plan.name) + 1:]
     if suffix.startswith("gate_up"):
         return "BLOCK_M"
