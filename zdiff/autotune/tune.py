@@ -12,7 +12,8 @@ Survivors are then ranked per bucket:
   benchmark hook (`BENCH[entry](bucket, config) -> zero-argument callable` that runs the entry's
   real host launcher with `config`; codegen/host/<family>.py): `triton.testing.do_bench` median
   (it clears the L2 between runs) of every config in the space order, JIT-compiled on the device
-  without the AOT step (the launch is the check: spills show up as time); a config whose launch fails is pruned ("launch error");
+  without the AOT step (the launch is the check: spills show up as time); a config whose launch
+  fails is pruned ("launch error");
 - static otherwise: `static_score`, an estimated time from the resource report and the
   shape (see there); the table is marked "static".
 The tile that covers an entry's bucket comes from the family's `bucket_tile(plan, kernel)`
