@@ -75,6 +75,11 @@ def run_cli(*args, cwd=None, env_extra=None):
 def poison_allocations(monkeypatch):
     """Every tensor the code under test allocates with torch.empty / empty_like starts as NaN (floats)
     or -7 (integers), so an element a kernel forgets to write fails the comparison."""
+    poison_torch_allocations(monkeypatch)
+
+
+def poison_torch_allocations(monkeypatch):
+    """`poison_allocations` from this point of a test on (until its end)."""
     empty, empty_like = torch.empty, torch.empty_like
 
     def poison(t):

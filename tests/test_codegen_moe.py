@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import DEVICE, aot_family_reports, assert_close
+from conftest import DEVICE, aot_family_reports, assert_close, poison_torch_allocations
 from zdiff.codegen.families import moe
 from zdiff.codegen.render import load_module, render
 from zdiff.runtime.moe import Experts, Router, Routing, expert_load, update_balancing_bias
@@ -43,14 +43,6 @@ def _modules(tmp_path, spec):
     return out  # router module, experts module
 
 
-def _poison(module):
-    """Every buffer a kernel writes starts as NaN (or a wrong index), so an unwritten element shows."""
-    def empty(*shape, dtype, device):
-        fill = -7 if not dtype.is_floating_point else float("nan")
-        return torch.full(shape, fill, dtype=dtype, device=device)
-    module._empty = empty
-
-
 # ----------------------------------------------------------------------------------------- router
 
 
@@ -75,10 +67,9 @@ def _random_router(m, gen, N, layer_idx=1):
 
 @pytest.mark.parametrize("spec", [ZAYA_TOP1, ZAYA_TOP2, LINEAR_TOP2, LINEAR_TOP1],
                          ids=["zaya-top1", "zaya-top2", "linear-top2-norm", "linear-top1"])
-def test_route_matches_reference_router(tmp_path, spec):
+def test_route_matches_reference_router(tmp_path, poison_allocations, spec):
     router_module, _ = _modules(tmp_path, spec)
     assert router_module.__file__.endswith(".py")
-    _poison(router_module)
     m = spec.model
     gen = torch.Generator().manual_seed(m.hidden_size * 10 + m.moe.top_k)
     reference, x, state = _random_router(m, gen, N=29)
@@ -135,7 +126,8 @@ FUSED_CASES = [
 @pytest.mark.parametrize("spec,N,layer,mode,seed", FUSED_CASES, ids=[
     f"k{s.model.moe.top_k}-{'skip' if s.model.moe.skip_expert else 'noskip'}-n{n}-layer{layer}-{mode}"
     for s, n, layer, mode, _ in FUSED_CASES])
-def test_mlp_router_without_grad_is_one_kernel_matching_reference(tmp_path, spec, N, layer, mode, seed):
+def test_mlp_router_without_grad_is_one_kernel_matching_reference(tmp_path, monkeypatch, spec, N, layer, mode,
+                                                                   seed):
     """No gradient needed (grad mode off, or nothing requires grad): the whole MLP router is the one fused kernel
     (no torch op runs), on ragged token counts, with and without the previous layer's state, equal to the float64
     reference: choices exactly, weights, logits and the next state closely; every output starts poisoned."""
@@ -156,7 +148,7 @@ def test_mlp_router_without_grad_is_one_kernel_matching_reference(tmp_path, spec
         router_module.route(kernel_router, xk, sk)
     assert dict(counter.triton) == {f"{moe.router_name(spec)}_mlp_fwd": 1} and not counter.torch_ops, counter
 
-    _poison(router_module)
+    poison_torch_allocations(monkeypatch)  # after the count: filling a buffer is a torch op
     with context():
         got, got_state = router_module.route(kernel_router, xk, sk)
     assert torch.equal(got.experts.cpu(), ref.experts), "choices differ"
