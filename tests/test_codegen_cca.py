@@ -57,7 +57,7 @@ def poisoned(monkeypatch, modules):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     for module in modules.values():
-        monkeypatch.setattr(module, "_empty", nan_empty)
+        monkeypatch.setattr(module.HOST, "empty", nan_empty)
     return count
 
 

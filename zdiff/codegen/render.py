@@ -41,10 +41,9 @@ _ENV.globals["visible_function"] = triton_visible_source  # the TiDAR visibility
 
 
 def render(plan: KernelPlan, spec: Spec) -> str:
-    class_name = "".join(part.capitalize() for part in plan.name.split("_")) + "Function"
     return _ENV.get_template(plan.template).render(
-        template=plan.template, spec_name=spec.name, spec_hash=spec.hash(), name=plan.name,
-        class_name=class_name, configs=plan.configs, **plan.constants,
+        template=plan.template, spec_name=spec.name, spec_hash=spec.hash(), name=plan.name, configs=plan.configs,
+        **plan.constants,
     )
 
 
