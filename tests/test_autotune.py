@@ -223,6 +223,34 @@ def test_every_entry_point_has_a_bench_hook_or_a_documented_skip_and_the_hooks_r
     assert skipped == {"attention_decode_q4k2_d32_b8_fwd_split", "attention_decode_q4k2_d32_b8_combine"}
 
 
+def test_every_bench_hook_launches_its_entry_with_the_given_config(tmp_path, monkeypatch):
+    """A hook's callable runs the host's launcher with the config it was given (not the table's or the default):
+    with a marker config (num_warps=3, a value no default uses) some launch of the callable carries exactly that
+    config's tunables and options. Launches are recorded, not run."""
+    import triton.runtime.interpreter as interpreter
+    import triton.runtime.jit as jit
+
+    from zdiff.codegen.launch import launch_kwargs
+
+    launched = []
+    for cls in (jit.JITFunction, interpreter.InterpretedFunction):
+        monkeypatch.setattr(cls, "run", lambda self, *args, **kwargs: launched.append(kwargs))
+    spec, modules = _render_modules(tmp_path)
+    buckets = {"norms": 4, "moe": 16, "cca": 8, "attention": 4 * spec.diffusion.block_size}
+    hooks = 0
+    for plan, module in modules:
+        for entry, make in module.BENCH.items():
+            config = {**module.CONFIGS[entry], "num_warps": 3}
+            extra = {"batch": 1} if plan.family in ("attention", "cca") else {}
+            fn = make(buckets[plan.family], config, device="cpu", **extra)
+            launched.clear()  # launches that build the hook's inputs (a forward for the backward hooks)
+            fn()
+            expected = launch_kwargs(config)
+            assert any(all(k.get(key) == value for key, value in expected.items()) for k in launched), entry
+            hooks += 1
+    assert hooks == sum(len(m.BENCH) for _, m in modules) > 20
+
+
 def test_bucket_tiles_follow_the_dimension_each_family_buckets():
     from zdiff.codegen.families import plan_kernels
     from zdiff.spec import load_spec

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from ..codegen.aot import check_fits, compile_entry
 from ..codegen.families import family, plan_kernels
+from ..codegen.plan import KernelModule, KernelPlan
 from ..codegen.render import no_line_info, render_modules
 from ..errors import ZdiffError
 from ..limits import MAX_BUDGET_S
@@ -175,7 +176,7 @@ def _compile(module, entry: str, target: str, trial: Trial) -> None:
 BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40  # short runs: the budget pays for every (config, bucket) pair
 
 
-def _measure(module, entry: str, bucket: int, config: dict) -> float:
+def _measure(module: KernelModule, entry: str, bucket: int, config: dict) -> float:
     """Median ms of `module.BENCH[entry](bucket, config)` (the hook allocates its inputs on the device)."""
     import triton.testing
 
@@ -219,7 +220,8 @@ def _rank(result: EntryResult, plan, target: str) -> None:
         result.best[bucket] = survivors[min(scored)[2]].config
 
 
-def prepare_entries(module, plan, target: str, measure: bool = False) -> list[EntryResult]:
+def prepare_entries(module: KernelModule, plan: KernelPlan, target: str,
+                    measure: bool = False) -> list[EntryResult]:
     """One EntryResult per entry point, its default first and the alternatives in compile order."""
     kernels = family(plan.family)
     results = []

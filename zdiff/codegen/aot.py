@@ -21,6 +21,7 @@ from triton.compiler import ASTSource
 
 from ..errors import ZdiffError
 from ..targets import GPU_TARGETS, TARGETS, get_target
+from .plan import KernelModule
 
 AOT_TARGETS = GPU_TARGETS  # the targets with a binary format
 
@@ -86,7 +87,7 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, target: str, n
     return compiled, report
 
 
-def compile_entry(module, kernel_name: str, target: str, config: dict | None = None):
+def compile_entry(module: KernelModule, kernel_name: str, target: str, config: dict | None = None):
     """AOT-compile one entry point of a generated module with a launch config (default: its CONFIGS entry).
 
     The config's constexprs join the entry's fixed ones; AMD-only options are kept for hip

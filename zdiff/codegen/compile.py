@@ -27,6 +27,7 @@ from ..spec import Spec, dump_spec
 from ..targets import TARGETS, get_target
 from .aot import check_fits, compile_entry
 from .families import plan_kernels
+from .plan import KernelModule
 from .provenance import render_provenance
 from .render import load_module, no_line_info, render, render_model
 
@@ -68,7 +69,7 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     return manifest
 
 
-def _aot(module, target: str, binaries: Path) -> dict:
+def _aot(module: KernelModule, target: str, binaries: Path) -> dict:
     binaries.mkdir(exist_ok=True)
     reports = {}
     for kernel_name in module.AOT:
