@@ -31,10 +31,11 @@ def default_configs(name: str, layout: str, head_dim: int, target: str) -> dict:
         fwd = dq = dkdv = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
     else:
         # sm_90 at head_dim 128 (AOT sweeps, NOTES.md): the backward's larger tiles reach 255 registers
-        # and a local-memory stack frame
+        # and a local-memory stack frame; below 128 the dk/dv tiles are too small for 8 warps (d 32: a
+        # 24-byte stack frame per thread), 4 compile clean
         fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3 if block_d <= 128 else 2}
         dq = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
-        dkdv = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+        dkdv = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8 if block_d >= 128 else 4, "num_stages": 2}
     configs = {f"{name}_fwd": fwd}
     if layout == "decode":
         configs[f"{name}_fwd_split"] = fwd
