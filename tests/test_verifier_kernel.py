@@ -64,28 +64,25 @@ def test_fused_verifier_equals_reference_draw_for_draw(kind, B, M, V, block_v):
         assert outcomes == {True, False} or B < 4  # both the bonus and the rejection paths ran
 
 
-def test_fused_verifier_rng_is_distributed_correctly():
-    """In-kernel Philox draws: one draft, V = 4: the joint law of (accepted, token) is known exactly."""
-    V, B = 4, 400
-    params = SamplingParams(kind="lossless")
-    ar = torch.tensor([[1.0, 0.0, -1.0, 0.5], [0.2, 1.5, -0.5, 0.0]])
-    draft = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
-    p0, p1 = torch.softmax(ar[0], -1), torch.softmax(ar[1], -1)
-    q = torch.softmax(draft[0], -1)
-    d = 1
-    accept = min(1.0, (p0[d] / q[d]).item())
-    residual = (p0 - q).clamp_min(0)
-    residual /= residual.sum()
-    expected = torch.cat([(1 - accept) * residual, accept * p1])  # (rejected, token) then (accepted, bonus)
-    acc, tok = fused_verify(ar.expand(B, 2, V).contiguous().to(DEVICE), draft.expand(B, 1, V).contiguous().to(DEVICE),
-                            torch.full((B, 1), d, device=DEVICE), torch.ones(B, dtype=torch.long, device=DEVICE),
-                            params, seed=1234)
-    counts = torch.zeros(2 * V)
-    for a, t in zip(acc.tolist(), tok.tolist()):
-        counts[a * V + t] += 1
-    assert chi_square_p_value(counts, expected) > 1e-3
-    wrong = torch.cat([(1 - accept) * p0, accept * p1])  # resampling from p instead of the residual
-    assert chi_square_p_value(counts, wrong) < 1e-3
+@pytest.mark.parametrize("kind", ["lossless", "greedy"])
+def test_a_batch_seed_keys_each_sequence_as_its_own_slot(kind):
+    """`fused_verify(..., seed=s)` is the per-slot verifier with seed s for every sequence and sequence b's
+    rows at positions b (M + 1) + i: the keyed draws whose law test_keyed_slot_draws_are_distributed_exactly_*
+    checks, so sequences in one call draw independently."""
+    B, M, V = 6, 3, 40
+    params, ar, draft, _, drafts, num, _, _ = _case(B, M, V, kind, seed=21)
+    accepted, token = fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params,
+                                   seed=99, block_v=16)
+    tensors = dict(kind=torch.full((B,), KIND_CODES[kind]), temperature=torch.full((B,), params.temperature),
+                   top_k=torch.zeros(B, dtype=torch.long), top_p=torch.ones(B),
+                   mix_weight=torch.full((B,), params.mix_weight))
+    slots = _verify_slots(ar, draft, drafts, num, tensors, torch.full((B,), 99), torch.arange(B) * (M + 1), False,
+                          block_v=16)
+    assert accepted.tolist() == slots[0].tolist() and token.tolist() == slots[1].tolist()
+    other = fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params, seed=100,
+                         block_v=16)
+    assert kind == "greedy" or other[1].tolist() != token.tolist()  # the seed matters (greedy: it must not)
+    assert kind != "greedy" or other[1].tolist() == token.tolist()
 
 
 @pytest.mark.parametrize("kind", ["lossless", "logit_mix", "greedy"])
