@@ -32,7 +32,7 @@ CASES = [
     (GEN + ["--top-p", "1.5"], "--top-p must be at most 1, got 1.5"),
     (GEN + ["--top-p", "nan"], "--top-p must be a finite number, got 'nan'"),
     (GEN + ["--temperature", "nan"], "--temperature must be a finite number, got 'nan'"),
-    (GEN + ["--temperature", "0"], "--temperature must be positive, got 0"),
+    (GEN + ["--temperature", "-1"], "--temperature must not be negative, got -1"),  # 0 is greedy (test_cli_flags)
     (GEN + ["--max-new-tokens", "1000000000000"],
      f"--max-new-tokens must be at most {limits.MAX_NEW_TOKENS}, got 1000000000000"),
     (GEN + ["--prompt", "y" * (limits.MAX_PROMPT_CHARS + 1)], f"at most {limits.MAX_PROMPT_CHARS}"),

@@ -21,31 +21,28 @@ def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None, 
 
     if backend not in BACKENDS:
         raise ZdiffError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from .generation.api import CheckpointContext
+
+    spec = checkpoint_spec(checkpoint_dir)
     model_class = None
     if backend == "triton":
         from .codegen.generated import generated_model_class
 
-        model_class = generated_model_class(checkpoint_spec(checkpoint_dir), device, kernels_dir)
-    return _load(checkpoint_dir, device=device, dtype=dtype, model_class=model_class, allow_nonfinite=allow_nonfinite)
+        model_class = generated_model_class(spec, device, kernels_dir)
+    model = _load(checkpoint_dir, device=device, dtype=dtype, model_class=model_class, allow_nonfinite=allow_nonfinite)
+    # the whole spec (diffusion settings, sampler defaults), tokenizer and stop ids, so that
+    # zdiff.generate(model, "text") needs nothing passed by hand
+    model.checkpoint = CheckpointContext.of(checkpoint_dir, spec)
+    return model
 
 
 def generate(model, prompts, params=None, *, loop: str = "engine", **kwargs):
-    """Decode token-id prompts; returns a GenerationResult (tokens, forward passes, acceptance).
+    """Decode prompts (token-id lists, or text when the model came from `zdiff.load_model`); returns a
+    GenerationResult (tokens, texts for text prompts, forward passes, acceptance). Defaults come from the
+    checkpoint: diffusion settings, sampler, stop ids. See zdiff.generation.api.generate."""
+    from .generation.api import generate as _generate
 
-    loop="engine" (default): the decode engine (zdiff.generation.engine: device-resident steps,
-    continuous batching, CUDA/HIP graphs on a GPU); keyword arguments of
-    zdiff.generation.api.generate_on_engine (diffusion, mode, max_new_tokens, stop_tokens, seed,
-    proposals, max_slots). loop="reference": the host-driven oracle (zdiff.generation.loop.generate,
-    which also takes verifier="fused")."""
-    from .errors import ZdiffError
-    from .generation import SamplingParams
-    from .generation.api import generate_on_engine
-    from .generation.loop import generate as reference_loop
-
-    loops = {"engine": generate_on_engine, "reference": reference_loop}
-    if loop not in loops:
-        raise ZdiffError(f"loop must be engine or reference, got {loop!r}")
-    return loops[loop](model, prompts, params or SamplingParams(), **kwargs)
+    return _generate(model, prompts, params, loop=loop, **kwargs)
 
 
 __all__ = ["CheckpointError", "Spec", "SpecError", "ZdiffError", "__version__", "generate", "load_model", "load_spec"]

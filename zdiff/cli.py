@@ -13,9 +13,10 @@ import math
 import os
 import re
 import sys
+import warnings
 
 from . import __version__, limits
-from .errors import ZdiffError
+from .errors import ZdiffError, ZdiffWarning
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_TARGETS = ("mi300x", "mi355x", "h100", "h200", "cpu")
@@ -69,6 +70,13 @@ def _proposals(text: str) -> int | str:
     if text == "auto":
         return text
     return _int_in(0, limits.SPEC_MAXIMUM["diffusion.proposals"])(text)
+
+
+def _device(text: str) -> str:
+    """--device: cpu, cuda or cuda:N (whether that device exists is checked when the command starts)."""
+    if re.fullmatch(r"cpu|cuda(:\d{1,4})?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
 
 
 def _float_in(low: float, high: float, low_open: bool = False):
@@ -260,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--backend", choices=["torch", "triton"], help="torch: the reference model (dense mask); triton: "
                     "the generated kernels (no mask, needs TRITON_INTERPRET=1 on a CPU). Default: triton on a GPU, "
                     "torch on a CPU")
-    tr.add_argument("--device", help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
+    tr.add_argument("--device", type=_device,
+                    help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
     tr.set_defaults(run=_cmd_train)
@@ -270,15 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", required=True, type=_prompt,
                      help="repeat for a batch of prompts")
     gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
-    gen.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
-    gen.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True),
-                     help="> 0 (for argmax decoding use --sampler greedy)")
+    gen.add_argument("--mix-weight", type=_float_in(0.0, 1.0),
+                     help="logit_mix weight w (default: the spec's, else 0.5; 1 = lossless)")
+    gen.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"]),
+                     help="0: greedy decoding (as --sampler greedy and the server's temperature 0)")
     gen.add_argument("--top-k", type=_int_in(0, L.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
     gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), help="(0, 1]; 1: off")
     gen.add_argument("--mode", choices=["ar", "tidar"], default="tidar")
     gen.add_argument("--max-new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), default=64)
     gen.add_argument("--seed", type=seed, default=0)
-    gen.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when a GPU is visible")
+    gen.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), help="weights and activations (default: bf16 on a GPU, fp32 "
+                     "on the CPU)")
     gen.add_argument("--backend", choices=["triton", "torch"],
                      help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
     gen.add_argument("--proposals", type=_proposals, default="auto",
@@ -301,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. runs/demo/tidar/final)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_int_in(0, 65535), default=8000)
-    serve.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when a GPU is visible")
+    serve.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
+    serve.add_argument("--dtype", choices=sorted(DTYPES), help="weights and activations (default: bf16 on a GPU, "
+                       "fp32 on the CPU)")
+    serve.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the checkpoint's")
     serve.add_argument("--backend", choices=["triton", "torch"],
                        help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
     serve.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE), default=8,
@@ -370,12 +385,26 @@ def _check_utf8(argv: list[str]) -> None:
             raise ZdiffError(f"argument {i + 1} is not valid UTF-8: '{shown}'") from None
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """zdiff's own warnings as one `zdiff: warning: ...` line; everyone else's as Python prints them."""
+    if issubclass(category, ZdiffWarning):
+        print(f"zdiff: warning: {_one_line(str(message))}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.showwarning = _show_warning
     try:
         _check_utf8(argv)
         args = build_parser().parse_args(argv)
         return args.run(args)
+    except BrokenPipeError:
+        # the reader went away (`zdiff check --json | head -1`): what it wanted was printed, nothing to report;
+        # stdout goes to /dev/null so that the interpreter's final flush does not fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ZdiffError as err:
         print(f"zdiff: error: {_one_line(str(err))}", file=sys.stderr)
         return 2

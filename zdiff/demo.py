@@ -26,6 +26,7 @@ from .errors import ZdiffError
 from .generation import SamplingParams
 from .generation.api import generate_on_engine as generate
 from .generation.cli_run import stats_table
+from .plots import MISSING as MISSING_PLOTS
 from .plots import acceptance_histogram
 from .report import spec_summary
 from .spec import load_spec, preset_names
@@ -134,8 +135,12 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     histogram = root / "acceptance.png"
     if acceptance_histogram(runs, histogram, "tiny ZAYA1 after TiDAR conversion: tokens per forward pass"):
         log(f"acceptance histogram: {histogram}")
+    else:
+        log(f"no acceptance histogram or loss curves: {MISSING_PLOTS}")
     sample = generate(model, [tok.encode(prompt, bos=False)], SamplingParams(kind="lossless"), mode="tidar",
                       **{**common, "max_new_tokens": 64})
     log(f"\nTiDAR lossless sample:\n{prompt}{tok.decode(sample.tokens[0])}")
-    log(f"\nloss curves: {root / 'ar' / 'loss.png'}, {root / 'tidar' / 'loss.png'}")
+    curves = [str(p) for p in (root / "ar" / "loss.png", root / "tidar" / "loss.png") if p.is_file()]
+    if curves:
+        log(f"\nloss curves: {', '.join(curves)}")
     return {name: r.summary() for name, r in runs.items()}

@@ -45,3 +45,8 @@ MISSING = _MISSING
 
 class CheckpointError(ZdiffError):
     """A checkpoint directory cannot be read or imported."""
+
+
+class ZdiffWarning(UserWarning):
+    """Something zdiff did on the user's behalf that they should know about (a dropped impossible id, a file
+    that is missing but not needed yet). The CLI prints each as one `zdiff: warning: ...` line."""

@@ -18,6 +18,14 @@ def _pyplot():
     return plt
 
 
+def available() -> bool:
+    """Whether matplotlib can be imported (the optional extra `plots`)."""
+    return _pyplot() is not None
+
+
+MISSING = "matplotlib is not installed (pip install 'zdiff[plots]')"
+
+
 def _save(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)

@@ -355,6 +355,8 @@ def cost_report(spec: Spec, rates: TargetRates, batch: int, context: int, accept
                              "bound": pc.bound} for name, pc in r.cost.parts.items()},
         } for r in rows],
         "recommended": {"P": best.proposals, "levels": list(best.levels), "speedup": best.speedup},
+        # the levels above are the cost model's best for the acceptance; the engine runs the spec's first P
+        "spec_levels": list(spec.diffusion.acceptance_levels or ()),
         # the proposals a pass affords before it turns compute bound (Zyphra's "proposals per pass")
         "memory_bound_up_to": max(r.proposals for r in rows if r.cost.bound == "memory"),
     }
@@ -385,4 +387,9 @@ def format_cost_report(report: dict) -> str:
         lines.append(f"recommended on {report['target']}: P = {best['P']} proposals at acceptance levels "
                      f"{best['levels']} ({best['speedup']:.2f}x AR tokens/s at the floors)")
     lines.append(f"the forward stays memory bound up to P = {report['memory_bound_up_to']} proposals per pass")
+    spec_levels = report["spec_levels"]
+    if any(p["levels"] != spec_levels[:p["P"]] for p in report["proposals"]):
+        lines.append(f"levels: chosen by the cost model to maximise tokens per forward for this acceptance; the spec "
+                     f"lists {spec_levels} and the engine runs its first P (set diffusion.acceptance_levels to use "
+                     "these)")
     return "\n".join(lines)

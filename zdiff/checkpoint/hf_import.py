@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import json
 import re
+import typing
+import warnings
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..errors import CheckpointError, SpecError
+from ..errors import CheckpointError, SpecError, ZdiffWarning
 from ..outputs import atomic_directory, check_output
 from ..spec import Spec, spec_from_dict
-from .store import check_tokenizer_files, check_weight, copy_tokenizer, short_list, write_checkpoint_files
+from ..spec.schema import TargetName
+from .store import (
+    check_tokenizer_files,
+    check_weight,
+    copy_tokenizer,
+    repaired_generation_config,
+    short_list,
+    write_checkpoint_files,
+)
 from .tensors import TensorSource
 
 SUPPORTED = ("zaya", "qwen3_moe")
@@ -172,7 +182,8 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         moe.update(router={"kind": "linear", "normalize_top_k": bool(cfg.get("norm_topk_prob", False))})
     model.update(attention=attention, moe=moe)
     try:
-        return spec_from_dict({"name": name, "model": model})
+        # every target: an imported model compiles for any card zdiff knows (`zdiff compile` needs it listed)
+        return spec_from_dict({"name": name, "model": model, "targets": list(typing.get_args(TargetName))})
     except SpecError as err:
         raise CheckpointError(f"config.json describes a model zdiff cannot build: {err}") from None
 
@@ -215,7 +226,11 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
     except ValueError as exc:  # bad JSON, or not UTF-8 at all
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
     spec = spec_from_hf_config(cfg, name=hf_dir.resolve().name)
-    check_tokenizer_files(hf_dir, spec.model.vocab_size)
+    check_tokenizer_files(hf_dir, spec.model.vocab_size, generation_config=False)
+    generation_config, notes = repaired_generation_config(hf_dir, spec.model.vocab_size)
+    if not (hf_dir / "tokenizer.json").is_file():
+        notes.append(f"{hf_dir}: no tokenizer.json; the checkpoint gets the weights only, and text (prompts, "
+                     f"training data) will be refused until the model's tokenizer.json is copied into {out_dir}")
     model_type = cfg["model_type"]
     source = TensorSource(hf_dir)
     with torch.device("meta"):
@@ -244,7 +259,11 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
     with atomic_directory(out_dir, force=force, inputs=(hf_dir,)) as tmp:
         write_checkpoint_files(tmp, spec, converted, metadata={"imported_from": model_type})
         copied = copy_tokenizer(hf_dir, tmp)
+        if generation_config is not None:  # without the ids the model cannot have
+            (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
         provenance = {"source": str(hf_dir.resolve()), "model_type": model_type, "tokenizer_files": copied,
                       "hf_config": cfg}
         (tmp / "import.json").write_text(json.dumps(provenance, indent=1))
+    for note in notes:  # after the import succeeded: a failed one reports its error alone
+        warnings.warn(note, ZdiffWarning, stacklevel=2)
     return spec

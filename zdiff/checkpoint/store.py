@@ -20,9 +20,10 @@ TOKENIZER_FILES = (
 )
 
 
-def check_tokenizer_files(directory: Path, vocab_size: int) -> None:
+def check_tokenizer_files(directory: Path, vocab_size: int, generation_config: bool = True) -> None:
     """The tokenizer files a checkpoint (or HF) directory holds are files, readable, and name only ids the
-    model has; a tokenizer.json that cannot be read is an error, never a silent fall-back to bytes."""
+    model has; a tokenizer.json that cannot be read is an error, never a silent fall-back to bytes.
+    generation_config=False leaves generation_config.json to `repaired_generation_config` (imports)."""
     for name in TOKENIZER_FILES:
         path = directory / name
         if path.exists() and not path.is_file():
@@ -44,18 +45,56 @@ def check_tokenizer_files(directory: Path, vocab_size: int) -> None:
                 raise CheckpointError(f"{tokenizer_json}: has token id {top}, past the model's vocabulary "
                                       f"(model.vocab_size {vocab_size})")
     config = directory / "generation_config.json"
-    if config.is_file():
-        try:
-            data = json.loads(config.read_bytes())
-        except ValueError as exc:
-            raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{config}: must hold a JSON object, got a {type(data).__name__}")
-        eos = data.get("eos_token_id")
-        eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in eos_ids):
+    if generation_config and config.is_file():
+        data = _generation_config(config)
+        bad = _impossible_special_ids(data, vocab_size)
+        if "eos_token_id" in bad:
             raise CheckpointError(f"{config}: eos_token_id must be an id in 0..{vocab_size - 1} or a list of them, "
-                                  f"got {eos!r}"[:300])
+                                  f"got {data['eos_token_id']!r}"[:300])
+
+
+SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def _generation_config(config: Path) -> dict:
+    try:
+        data = json.loads(config.read_bytes())
+    except ValueError as exc:
+        raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config}: must hold a JSON object, got a {type(data).__name__}")
+    return data
+
+
+def _impossible_special_ids(data: dict, vocab_size: int) -> dict[str, object]:
+    """{key: value} of the special-id fields that name no id of the model (null means unset, so it is fine)."""
+    def possible(i) -> bool:
+        return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size
+
+    bad = {}
+    for key in SPECIAL_ID_KEYS:
+        value = data.get(key)
+        ids = value if isinstance(value, list) else [] if value is None else [value]
+        if not all(possible(i) for i in ids):
+            bad[key] = value
+    return bad
+
+
+def repaired_generation_config(hf_dir: Path, vocab_size: int) -> tuple[dict | None, list[str]]:
+    """An HF directory's generation_config.json (None when it has none) without the special ids the model
+    cannot have (transformers saves its defaults, e.g. eos 106, into tiny random models), and one note per
+    dropped id for the caller to warn with once the import has succeeded."""
+    config = hf_dir / "generation_config.json"
+    if not config.is_file():
+        return None, []
+    data, notes = _generation_config(config), []
+    for key, value in _impossible_special_ids(data, vocab_size).items():
+        ids = value if isinstance(value, list) else [value]
+        kept = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size]
+        data[key] = kept if isinstance(value, list) and kept else (kept[0] if len(kept) == 1 else None)
+        notes.append(f"{config}: {key} {value!r} names no id of the model's vocabulary (0..{vocab_size - 1}); "
+                     f"imported with {key} {data[key]!r}")
+    return data, notes
 
 
 def check_weight(name: str, tensor: torch.Tensor, expected_dtype: torch.dtype, allow_nonfinite: bool = False) -> None:

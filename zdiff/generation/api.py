@@ -1,17 +1,91 @@
-"""`zdiff.generate`: decode a list of token-id prompts on the engine, return a GenerationResult.
+"""`zdiff.generate`: decode prompts on the engine (or the reference loop), return a GenerationResult.
 
-The same call the host-driven loop (`zdiff.generation.loop.generate`, the oracle) answers, so
-results and statistics compare one to one. Request i uses seed `seed + i`.
+The engine answers the same call the host-driven loop (`zdiff.generation.loop.generate`, the oracle)
+answers, so results and statistics compare one to one. Request i uses seed `seed + i`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from ..spec import DiffusionSpec
+from ..errors import ZdiffError
+from ..spec import DiffusionSpec, Spec
 from .engine import Engine, RequestParams
 from .loop import GenerationResult
+from .loop import generate as reference_loop
 from .sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class CheckpointContext:
+    """What a loaded checkpoint brings besides weights: its whole spec, tokenizer and stop ids.
+    `tokenizer_error` says why text cannot be encoded (an import without tokenizer.json) instead of guessing."""
+
+    directory: Path
+    spec: Spec
+    tokenizer: object | None
+    stop_tokens: tuple[int, ...]
+    tokenizer_error: str | None = None
+
+    @classmethod
+    def of(cls, directory, spec: Spec) -> "CheckpointContext":
+        from ..train.data import checkpoint_tokenizer
+
+        directory = Path(directory)
+        try:
+            tokenizer = checkpoint_tokenizer(directory, spec.model.vocab_size)
+        except ZdiffError as err:
+            return cls(directory, spec, None, (), str(err))
+        return cls(directory, spec, tokenizer, stop_tokens_of(directory, tokenizer))
+
+
+def stop_tokens_of(checkpoint: Path, tokenizer) -> tuple[int, ...]:
+    """The ids that end a request: the byte tokenizer's eos, else generation_config.json's eos_token_id."""
+    if tokenizer.tokenizer_json is None:
+        return (tokenizer.byte.eos_id,)
+    config = Path(checkpoint) / "generation_config.json"
+    if config.is_file():
+        eos = json.loads(config.read_text()).get("eos_token_id")
+        if eos is not None:
+            return tuple(eos) if isinstance(eos, list) else (eos,)
+    return ()
+
+
+def generate(model, prompts, params: SamplingParams | None = None, *, loop: str = "engine", **kwargs):
+    """Decode `prompts`: a text, a list of texts (needs the checkpoint's tokenizer) or a list of token-id lists.
+    Defaults from `model.checkpoint` (zdiff.load_model): diffusion settings, spec, sampler, stop ids.
+    loop="engine" (default): the decode engine (device-resident steps, continuous batching, graphs on a GPU),
+    keyword arguments of `generate_on_engine`; loop="reference": the host-driven oracle
+    (zdiff.generation.loop.generate, which also takes verifier="fused")."""
+    loops = {"engine": generate_on_engine, "reference": reference_loop}
+    if loop not in loops:
+        raise ZdiffError(f"loop must be engine or reference, got {loop!r}")
+    context = getattr(model, "checkpoint", None)
+    text = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and any(isinstance(p, str) for p in prompts))
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if text:
+        if not all(isinstance(p, str) for p in prompts):
+            raise ZdiffError("prompts: give all texts or all token-id lists, not a mix")
+        if context is None or context.tokenizer is None:
+            raise ZdiffError("text prompts need the checkpoint's tokenizer: load the model with zdiff.load_model"
+                             + (f" ({context.tokenizer_error})" if context is not None else ""))
+        prompts = [context.tokenizer.encode(p).tolist() for p in prompts]
+    if context is not None:
+        kwargs.setdefault("diffusion", context.spec.diffusion)
+        kwargs.setdefault("stop_tokens", context.stop_tokens)
+        if loop == "engine":
+            kwargs.setdefault("spec", context.spec)
+        if params is None:
+            params = SamplingParams.from_spec(context.spec.sampler)
+    result = loops[loop](model, prompts, params or SamplingParams(), **kwargs)
+    if text:
+        result = dataclasses.replace(result, texts=[context.tokenizer.decode(t) for t in result.tokens])
+    return result
 
 MAX_DEFAULT_SLOTS = 64
 
@@ -36,7 +110,10 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
     seconds = time.perf_counter() - start
     done = [results[i] for i in ids]
     b = diffusion.block_size if diffusion is not None else 1
-    stats = {"steps": engine.stats.steps, "forward_passes": engine.stats.forward_passes,
+    # the result's forward_passes count each request's decode steps (T/NFE's denominator); the engine batches
+    # requests into one forward and also runs prefill chunks, so its counts are named apart
+    stats = {"decode_steps": engine.stats.steps, "prefill_forwards": engine.stats.forward_passes - engine.stats.steps,
+             "batch_forwards": engine.stats.forward_passes,
              "graph_replays": engine.stats.graph_replays, "host_seconds": engine.stats.host_seconds,
              **engine.policy.report()}
     return GenerationResult([r.tokens for r in done], [r.accepted for r in done], [r.forward_passes for r in done],

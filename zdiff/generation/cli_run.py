@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -12,29 +13,19 @@ from tqdm import tqdm
 from .. import load_model
 from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
+from ..plots import available as plots_available
 from ..spec import load_spec
 from ..train.data import Tokenizer
-from .api import generate_on_engine
+from ..train.data import checkpoint_tokenizer as tokenizer_of_checkpoint
+from .api import generate_on_engine, stop_tokens_of
 from .loop import GenerationResult
 from .loop import generate as reference_loop
 from .sampling import SamplingParams
 
 
 def checkpoint_tokenizer(checkpoint: Path, spec) -> Tokenizer:
-    """The checkpoint's tokenizer.json, else the byte-level tokenizer of the tiny specs."""
-    tokenizer_json = checkpoint / "tokenizer.json"
-    return Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
-
-
-def stop_tokens_of(checkpoint: Path, tokenizer: Tokenizer) -> tuple[int, ...]:
-    if tokenizer.tokenizer_json is None:
-        return (tokenizer.byte.eos_id,)
-    config = checkpoint / "generation_config.json"
-    if config.is_file():
-        eos = json.loads(config.read_text()).get("eos_token_id")
-        if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (eos,)
-    return ()
+    """The checkpoint's tokenizer (zdiff.train.data.checkpoint_tokenizer: never a silent fall-back to bytes)."""
+    return tokenizer_of_checkpoint(checkpoint, spec.model.vocab_size)
 
 
 def stats_table(runs: dict[str, GenerationResult]) -> str:
@@ -45,12 +36,28 @@ def stats_table(runs: dict[str, GenerationResult]) -> str:
     return "\n".join(rows)
 
 
+def resolve_device(requested: str | None) -> torch.device:
+    """--device (cpu, cuda, cuda:N; default cuda when a GPU is visible) as a torch device that exists."""
+    on_gpu = torch.cuda.is_available()
+    device = torch.device(requested or ("cuda" if on_gpu else "cpu"))
+    if device.type == "cuda":
+        if not on_gpu:
+            raise ZdiffError(f"--device {requested}: no CUDA or ROCm device is visible to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ZdiffError(f"--device {requested}: torch sees {torch.cuda.device_count()} device(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def resolve_dtype(requested: str | None, device: torch.device) -> torch.dtype:
+    """--dtype (fp32, bf16, fp16) with its default: bf16 on a GPU, fp32 on the CPU."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return names[requested] if requested else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
 def _device_and_backend(args) -> tuple[torch.device, str]:
     """--device / --backend with their defaults: the kernels on a GPU, the reference model on a CPU."""
-    on_gpu = torch.cuda.is_available()
-    device = torch.device(args.device or ("cuda" if on_gpu else "cpu"))
-    if device.type == "cuda" and not on_gpu:
-        raise ZdiffError("--device cuda: no CUDA or ROCm device is visible to torch")
+    device = resolve_device(args.device)
     backend = args.backend or ("triton" if device.type == "cuda" else "torch")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if device.type == "cpu" and not interpreted and (backend == "triton" or args.verifier == "fused"):
@@ -60,20 +67,32 @@ def _device_and_backend(args) -> tuple[torch.device, str]:
     return device, backend
 
 
+def sampling_from_flags(args, spec) -> SamplingParams:
+    """--sampler / --temperature / ... over the spec's sampler. Temperature 0 is greedy decoding (as in the
+    server and the OpenAI API); logit_mix without a weight uses DEFAULT_MIX_WEIGHT and says so."""
+    kind = args.sampler
+    if args.temperature == 0:
+        if kind not in (None, "greedy"):
+            raise ZdiffError(f"--temperature 0 means greedy decoding; --sampler {kind} needs a positive temperature")
+        kind = "greedy"
+    params = SamplingParams.from_spec(spec.sampler, kind=kind, mix_weight=args.mix_weight,
+                                      temperature=args.temperature or None, top_k=args.top_k, top_p=args.top_p)
+    if params.kind == "logit_mix" and args.mix_weight is None and spec.sampler.mix_weight is None:
+        print(f"zdiff: note: logit_mix with its default weight w = {params.mix_weight} (--mix-weight to choose; "
+              "w = 1 is the lossless sampler)", file=sys.stderr)
+    return params
+
+
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
     device, backend = _device_and_backend(args)
-    model = load_model(checkpoint, backend=backend, device=device,
-                       dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+    if args.histogram and not plots_available():  # before decoding, not after it
+        raise ZdiffError("--histogram needs matplotlib (pip install 'zdiff[plots]')")
+    model = load_model(checkpoint, backend=backend, device=device, dtype=resolve_dtype(args.dtype, device),
                        allow_nonfinite=args.allow_nonfinite)
     spec = load_spec(checkpoint / SPEC_FILE)
     tokenizer = checkpoint_tokenizer(checkpoint, spec)
-    params = SamplingParams.from_spec(spec.sampler, kind=args.sampler, mix_weight=args.mix_weight,
-                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if params.kind == "logit_mix" and not 0.0 <= params.mix_weight <= 1.0:
-        raise ZdiffError(f"--mix-weight must be in [0, 1], got {params.mix_weight}")
-    if params.kind != "greedy" and not params.temperature > 0:
-        raise ZdiffError(f"--temperature must be positive, got {params.temperature}")
+    params = sampling_from_flags(args, spec)
     prompts = [tokenizer.encode(p).tolist() for p in args.prompt]
     if any(not p for p in prompts):
         raise ZdiffError("--prompt must not be empty")

@@ -31,6 +31,7 @@ import torch
 
 from ..errors import ZdiffError
 from ..spec import DiffusionSpec, Spec
+from ..spec.schema import DEFAULT_MIX_WEIGHT
 from .batched_sampling import GREEDY, KIND_CODES
 from .decode_step import StepConstants, StepShape, causal_chunk_inputs, decode_step
 from .proposals import ProposalPolicy
@@ -52,7 +53,7 @@ class RequestParams:
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
-    mix_weight: float = 1.0  # logit_mix only
+    mix_weight: float = DEFAULT_MIX_WEIGHT  # logit_mix only (w = 1 is lossless)
     seed: int = 0
     stop_tokens: tuple[int, ...] = ()  # ids that end the request (kept in the output)
 

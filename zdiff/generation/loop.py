@@ -52,6 +52,7 @@ class GenerationResult:
     mode: str
     block_size: int
     engine: dict = field(default_factory=dict)  # engine statistics (steps, graph replays, proposal policy)
+    texts: list[str] | None = None  # the new tokens decoded, when the prompts were text
 
     @property
     def total_tokens(self) -> int:
@@ -74,6 +75,7 @@ class GenerationResult:
         return counts
 
     def summary(self) -> dict:
+        # forward_passes: decode steps summed over requests (T/NFE's denominator; prefill not counted)
         return {"mode": self.mode, "tokens": self.total_tokens, "forward_passes": sum(self.forward_passes),
                 "tokens_per_forward": self.tokens_per_forward, "tokens_per_s": self.tokens_per_second,
                 "seconds": self.seconds, "tokens_per_step_histogram": self.histogram(),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ZdiffError
+from ..spec.schema import DEFAULT_MIX_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,11 @@ class SamplingParams:
 
     @classmethod
     def from_spec(cls, sampler, banned=(), **overrides):
-        values = dict(kind=sampler.kind, mix_weight=1.0 if sampler.mix_weight is None else sampler.mix_weight,
-                      temperature=sampler.temperature, top_k=sampler.top_k, top_p=sampler.top_p, banned=tuple(banned))
+        values = dict(kind=sampler.kind, mix_weight=sampler.mix_weight, temperature=sampler.temperature,
+                      top_k=sampler.top_k, top_p=sampler.top_p, banned=tuple(banned))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["mix_weight"] is None:  # only logit_mix reads it; never silently 1.0 (= lossless)
+            values["mix_weight"] = DEFAULT_MIX_WEIGHT if values["kind"] == "logit_mix" else 1.0
         return cls(**values)
 
 

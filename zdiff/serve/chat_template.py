@@ -79,12 +79,20 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path) -> ChatTemplate | None:
+    def from_checkpoint(cls, checkpoint: Path, override: Path | None = None) -> ChatTemplate | None:
+        """The checkpoint's template (chat_template.jinja, else tokenizer_config.json's), or `override` (a Jinja
+        file, `zdiff serve --chat-template`) with the checkpoint's bos / eos tokens."""
         config_path = checkpoint / CONFIG_FILE
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         tokens = dict(
             bos_token=_special_token(config.get("bos_token")), eos_token=_special_token(config.get("eos_token"))
         )
+        if override is not None:
+            try:
+                source = Path(override).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ZdiffError(f"--chat-template {override}: cannot be read as UTF-8 text ({exc})") from None
+            return cls(source, origin=str(override), **tokens)
         if (checkpoint / TEMPLATE_FILE).is_file():
             return cls((checkpoint / TEMPLATE_FILE).read_text(), origin=str(checkpoint / TEMPLATE_FILE), **tokens)
         source = config.get("chat_template")

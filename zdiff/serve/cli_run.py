@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
-from ..generation.cli_run import checkpoint_tokenizer, stop_tokens_of
+from ..generation.cli_run import checkpoint_tokenizer, resolve_device, resolve_dtype, stop_tokens_of
 from ..spec import load_spec
 
 
@@ -30,10 +30,13 @@ def run_serve(args) -> int:
     from .schemas import SamplerDefaults
 
     checkpoint = Path(args.checkpoint)
+    device = resolve_device(args.device)
+    chat_template = ChatTemplate.from_checkpoint(checkpoint, override=args.chat_template)  # before the weights load
     engine = Engine.from_checkpoint(
         checkpoint,
         backend=args.backend,
-        device=args.device,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
         max_slots=args.max_slots,
         max_len=args.max_len,
         proposals=args.proposals,
@@ -46,7 +49,7 @@ def run_serve(args) -> int:
         defaults=SamplerDefaults.from_spec(spec),
         stop_tokens=stop_tokens_of(checkpoint, tokenizer),
         max_len=args.max_len,
-        chat_template=ChatTemplate.from_checkpoint(checkpoint),
+        chat_template=chat_template,
     )
     app = build_app(served, engine, max_queue=args.max_queue, api_key=args.api_key)
     server = uvicorn.Server(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..generation.engine import RequestParams
+from ..spec.schema import DEFAULT_MIX_WEIGHT
 
 # field -> its value when unused; anything else is refused
 UNSUPPORTED = {
@@ -134,7 +135,7 @@ class SamplerDefaults:
     """What a request that sets nothing gets: the checkpoint spec's sampler and the engine's mode."""
 
     sampler: str = "lossless"
-    mix_weight: float = 1.0
+    mix_weight: float = DEFAULT_MIX_WEIGHT
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -145,7 +146,7 @@ class SamplerDefaults:
         s = spec.sampler
         return cls(
             sampler=s.kind,
-            mix_weight=1.0 if s.mix_weight is None else s.mix_weight,
+            mix_weight=DEFAULT_MIX_WEIGHT if s.mix_weight is None else s.mix_weight,
             temperature=s.temperature,
             top_k=s.top_k,
             top_p=s.top_p,

@@ -111,6 +111,11 @@ class DiffusionSpec:
         return self.block_size - 1
 
 
+# logit_mix's weight when a request or flag picks that sampler without one. w = 1 *is* the lossless sampler, so a
+# silent 1.0 would make "logit_mix" look like it does nothing; 0.5 is the seed's and the demo's operating point.
+DEFAULT_MIX_WEIGHT = 0.5
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     kind: Literal["lossless", "logit_mix", "greedy"] = "lossless"

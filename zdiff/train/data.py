@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ZdiffError
+from ..errors import CheckpointError, ZdiffError
 from ..tokenize import ByteTokenizer
 
 STDLIB = "stdlib"
@@ -93,6 +93,20 @@ class Tokenizer:
         if self.tokenizer_json is None:
             return self.byte.decode(ids)
         return self.hf.decode(list(ids))
+
+
+def checkpoint_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
+    """A checkpoint's tokenizer: its tokenizer.json, else the byte-level tokenizer that zdiff's own byte-level
+    runs use. A checkpoint imported from Hugging Face without tokenizer files is refused rather than read with
+    bytes: its vocabulary is a learned tokenizer's, and byte ids would be silently wrong text."""
+    tokenizer_json = Path(directory) / "tokenizer.json"
+    if tokenizer_json.is_file():
+        return Tokenizer(tokenizer_json, vocab_size)
+    if (Path(directory) / "import.json").is_file():
+        raise CheckpointError(f"{directory}: imported from Hugging Face without tokenizer.json, so its text cannot "
+                              "be encoded; copy the model's tokenizer.json into it (or re-import from a directory "
+                              "that has one)")
+    return Tokenizer(None, vocab_size)
 
 
 @dataclass

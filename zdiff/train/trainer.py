@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,13 @@ from .. import BACKENDS
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
 from ..checkpoint.store import SPEC_FILE, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
-from ..errors import ZdiffError
+from ..errors import ZdiffError, ZdiffWarning
+from ..plots import MISSING as MISSING_PLOTS
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
 from ..spec import Spec, load_spec
 from .convert import plan_mask_token
-from .data import Tokenizer, split_corpus
+from .data import Tokenizer, checkpoint_tokenizer, split_corpus
 from .evaluate import evaluate
 from .memory import check_fits, device_capacity, estimate_training_memory
 from .model_init import load_full, load_sharded, model_class, random_model
@@ -238,8 +240,7 @@ def _prepare(cfg: TrainConfig):
         raise ZdiffError(f"{field}: the spec and the --init checkpoint disagree")
     spec = dataclasses.replace(init_spec, diffusion=spec.diffusion, sampler=spec.sampler, targets=spec.targets,
                                name=spec.name)
-    tokenizer_json = init_dir / "tokenizer.json"
-    tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
+    tokenizer = checkpoint_tokenizer(init_dir, spec.model.vocab_size)
     note = f"initialised from {init_dir}"
     if cfg.mode == "tidar":
         spec, mask_note = plan_mask_token(spec, tokenizer)
@@ -412,7 +413,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
         with atomic_directory(run.root / "final", force=True) as tmp:
             write_checkpoint_files(tmp, spec, model_state, init_dir)
-        loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
+        if not loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}"):
+            warnings.warn(f"{run.root / 'loss.png'} not written: {MISSING_PLOTS}", ZdiffWarning, stacklevel=2)
         log(f"[train] done: final loss {last.get('loss', float('nan')):.4f}; held-out AR "
             f"{final_eval['heldout_ar_bits_per_byte']:.4f} bits/byte"
             + (f", diffusion {final_eval['heldout_diffusion_nats']:.4f} nats"
