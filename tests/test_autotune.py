@@ -64,10 +64,10 @@ PRUNE_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _python(script, *args):
+def _python(script, *args, env_extra=None):
     import os
 
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(REPO))
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(REPO), **(env_extra or {}))
     return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=300)
 
@@ -143,15 +143,17 @@ def test_malformed_tables_are_errors(tmp_path):
 
 def test_autotune_cli_end_to_end_within_budget(tmp_path):
     """Every kernel family planned today, on the tiny spec: norm tables fully tuned, slower families cut
-    by the budget with their best-so-far kept, and the run ends near its budget."""
+    by the budget with their best-so-far kept, and the run ends near its budget. Without --out the tables go to
+    the user's $ZDIFF_CACHE/tables (never into the installed package), where generated models find them."""
     start = time.monotonic()
-    result = run_cli("autotune", "zaya1-tiny", "--target", "mi355x", "--budget", "8", "--out", tmp_path,
-                     env_extra={"TRITON_INTERPRET": "0"})
+    cache = {"ZDIFF_CACHE": str(tmp_path / "cache")}
+    result = run_cli("autotune", "zaya1-tiny", "--target", "mi355x", "--budget", "8",
+                     env_extra={"TRITON_INTERPRET": "0", **cache})
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     assert elapsed < 8 + 30  # the budget, plus one in-flight compile and start-up
     assert "static (no matching device)" in result.stdout
-    norm = read_table(tmp_path / "mi355x" / "rmsnorm_d128.json")
+    norm = read_table(tmp_path / "cache" / "tables" / "mi355x" / "rmsnorm_d128.json")
     assert norm["method"] == "static" and norm["device"] == "mi355x" and norm["spec"] == "zaya1-tiny"
     rows = norm["kernels"]["rmsnorm_d128_bwd"]
     assert sorted(rows) == [64, 1024, 16384] and all({"ROWS", "num_warps"} <= set(c) for c in rows.values())
@@ -168,9 +170,9 @@ def test_autotune_cli_end_to_end_within_budget(tmp_path):
         path.write_text(render(plan, load_spec("zaya1-tiny")))
         module = load_module(path, plan.name)
         module.TABLES = getattr(module, "TABLES", {})
-        print(sorted(apply_tables({plan.name: module}, "mi355x", root=sys.argv[1])))
+        print(sorted(apply_tables({plan.name: module}, "mi355x")))  # the default root: the user's tables
     ''')
-    loaded = _python(script, tmp_path)
+    loaded = _python(script, tmp_path, env_extra=cache)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert "rmsnorm_d128_bwd" in loaded.stdout and "rmsnorm_d128_fwd" in loaded.stdout
 
@@ -463,3 +465,36 @@ def test_an_alternative_starts_only_when_its_expected_time_fits_the_budget():
     now = time.monotonic()
     assert not tune._fits(result, now + 5)  # mean 8 s of trials does not fit in 5 s
     assert tune._fits(result, now + 20)
+
+
+def test_tables_are_read_from_the_flag_then_the_user_then_the_package(tmp_path, monkeypatch):
+    from zdiff.autotune.tables import SHIPPED_TABLES, TABLES_ENV, table_roots, tables_root
+    from zdiff.codegen.provenance import render_provenance
+
+    monkeypatch.setenv("ZDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(TABLES_ENV, raising=False)
+    assert tables_root("mi300x") == SHIPPED_TABLES  # nothing of the user's yet
+    shipped = render_provenance("mi300x")
+    assert shipped["tables_dir"] == str(SHIPPED_TABLES / "mi300x")
+    write_table("mi300x", "rmsnorm_d128", {"rmsnorm_d128_bwd": {64: {"ROWS": 4, "num_warps": 4}}}, "static",
+                root=tmp_path / "cache" / "tables")
+    assert tables_root("mi300x") == tmp_path / "cache" / "tables"
+    assert tables_root("mi355x") == SHIPPED_TABLES  # a device's set is never mixed with another root's
+    assert load_tables("mi300x") == {"rmsnorm_d128": {"rmsnorm_d128_bwd": {64: {"ROWS": 4, "num_warps": 4}}}}
+    user = render_provenance("mi300x")
+    assert user["tables_dir"] == str(tmp_path / "cache" / "tables" / "mi300x")
+    assert user["tables_hash"] != shipped["tables_hash"]  # the render cache re-renders for other tables
+
+    write_table("mi300x", "rmsnorm_d128", {"rmsnorm_d128_bwd": {64: {"ROWS": 8, "num_warps": 2}}}, "static",
+                root=tmp_path / "flag")
+    monkeypatch.setenv(TABLES_ENV, str(tmp_path / "flag"))
+    assert table_roots()[0] == tmp_path / "flag" and tables_root("mi300x") == tmp_path / "flag"
+    assert load_tables("mi300x")["rmsnorm_d128"]["rmsnorm_d128_bwd"][64]["ROWS"] == 8
+    monkeypatch.setenv(TABLES_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ZdiffError, match="is not a directory of autotune tables"):
+        tables_root("mi300x")
+    monkeypatch.delenv(TABLES_ENV)
+    result = run_cli("compile", "zaya1-tiny", "--target", "cpu", "--out", tmp_path / "out", "--tables",
+                     tmp_path / "missing")
+    assert result.returncode == 2 and "is not a directory of autotune tables" in result.stderr
+    assert not (tmp_path / "out").exists()

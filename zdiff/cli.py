@@ -22,6 +22,8 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_TARGETS = ("mi300x", "mi355x", "h100", "h200", "cpu")
 GPU_TARGETS = COMPILE_TARGETS[:-1]
 MAX_SEED = 2**63 - 1
+TABLES_HELP = ("autotune tables to launch with (a `zdiff autotune --out` directory; default: $ZDIFF_TABLES, then the "
+               "user's $ZDIFF_CACHE/tables, then the shipped ones)")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--target", required=True, choices=COMPILE_TARGETS, help="cpu: sources only")
     comp.add_argument("--out", help="output directory (default build/<spec name>/<target>)")
     comp.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    comp.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     comp.set_defaults(run=_cmd_compile)
 
     tr = sub.add_parser("train", help="train AR, or convert AR -> TiDAR diffusion (--mode tidar --init CKPT)")
@@ -272,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
+    tr.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     tr.set_defaults(run=_cmd_train)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
@@ -306,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compare-ar", action="store_true", help="also decode with AR and compare")
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")
+    gen.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     gen.set_defaults(run=_cmd_generate)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
@@ -330,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/*")
     serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     serve.set_defaults(run=_cmd_serve)
 
     cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")
@@ -350,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target", required=True, choices=GPU_TARGETS)
     tune.add_argument("--budget", type=_float_in(0.0, L.MAX_BUDGET_S, low_open=True), default=300.0,
                       help="seconds of wall time (default 300); the best config so far is kept when it runs out")
-    tune.add_argument("--out", help="tables root (default: the package's zdiff/autotune/tables); "
-                      "files go to OUT/<target>/<kernel module>.json")
+    tune.add_argument("--out", help="tables root (default: $ZDIFF_CACHE/tables, which compile / generate / serve / "
+                      "train read before the shipped tables); files go to OUT/<target>/<kernel module>.json")
     tune.set_defaults(run=_cmd_autotune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
@@ -399,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_utf8(argv)
         args = build_parser().parse_args(argv)
+        if getattr(args, "tables", None) is not None:  # read by every generated model this process loads
+            from .autotune.tables import TABLES_ENV, table_roots
+
+            os.environ[TABLES_ENV] = args.tables
+            table_roots()  # a missing directory is refused now, not at the first kernel launch
         return args.run(args)
     except BrokenPipeError:
         # the reader went away (`zdiff check --json | head -1`): what it wanted was printed, nothing to report;

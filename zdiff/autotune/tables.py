@@ -1,6 +1,11 @@
 """Tuned launch configs on disk: one JSON file per (device, generated kernel module), vLLM style.
 
-    zdiff/autotune/tables/<device>/<module_name>.json
+    <tables root>/<device>/<module_name>.json
+
+Roots, first with a folder for the device wins (a device's folder is one set, never mixed with another):
+`$ZDIFF_TABLES` (what `--tables DIR` sets), the user's tables (`$ZDIFF_CACHE/tables`, where `zdiff
+autotune` writes by default), then the tables shipped in the package (zdiff/autotune/tables).
+
     {"device": "mi300x", "triton_version": "3.9.0", "date": "2026-11-27", "method": "static" | "measured",
      "spec": ..., "spec_hash": ..., "kernels": {entry point: {bucket: config}}}
 
@@ -28,13 +33,32 @@ import triton
 
 from ..errors import ZdiffError
 from ..outputs import atomic_directory
+from ..user_dirs import user_tables_root
 
-TABLES_DIR = Path(__file__).parent / "tables"
+SHIPPED_TABLES = Path(__file__).parent / "tables"
+TABLES_DIR = SHIPPED_TABLES  # where the package's own tables live (writers name their root explicitly)
+TABLES_ENV = "ZDIFF_TABLES"
 METHODS = ("static", "measured")
 
 
+def table_roots() -> list[Path]:
+    """The roots searched for a device's tables, in order: $ZDIFF_TABLES, the user's, the shipped ones."""
+    explicit = os.environ.get(TABLES_ENV)
+    if explicit is not None:
+        if not explicit or not Path(explicit).is_dir():
+            raise ZdiffError(f"--tables / ${TABLES_ENV}: {explicit!r} is not a directory of autotune tables "
+                             "(zdiff autotune --out DIR writes one)")
+    return ([Path(explicit)] if explicit else []) + [user_tables_root(), SHIPPED_TABLES]
+
+
+def tables_root(device: str) -> Path:
+    """The root whose <device>/ folder this process reads (the shipped root when no one has the device)."""
+    roots = table_roots()
+    return next((root for root in roots if (root / device).is_dir()), SHIPPED_TABLES)
+
+
 def table_path(device: str, module_name: str, root: str | Path | None = None) -> Path:
-    return Path(root or TABLES_DIR) / device / f"{module_name}.json"
+    return Path(root or tables_root(device)) / device / f"{module_name}.json"
 
 
 def table_body(device: str, kernels: dict, method: str, extra: dict | None = None, date: str | None = None) -> dict:
@@ -50,7 +74,7 @@ def write_tables(device: str, bodies: dict[str, dict], root: str | Path | None =
 
     `lock=False` when the caller holds zdiff.outputs.output_lock on the device folder (autotune does,
     for its whole run)."""
-    folder = Path(root or TABLES_DIR) / device
+    folder = Path(root or user_tables_root()) / device
     with atomic_directory(folder, force=True, lock=lock) as tmp:
         if folder.is_dir():
             for kept in folder.glob("*.json"):
@@ -96,7 +120,7 @@ def parse_table(text: str, path: Path) -> dict:
 
 def load_tables(device: str, root: str | Path | None = None) -> dict[str, dict[str, dict[int, dict]]]:
     """{module_name: {entry: {bucket: config}}} of every table of a device (empty when none)."""
-    folder = Path(root or TABLES_DIR) / device
+    folder = Path(root or tables_root(device)) / device
     tables = {}
     for path, text in _read_set(folder).items():
         table = parse_table(text, path)

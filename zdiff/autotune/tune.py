@@ -54,7 +54,8 @@ from ..limits import MAX_BUDGET_S
 from ..outputs import output_lock
 from ..spec import Spec
 from ..targets import TARGETS, Target, device_matches, get_target
-from .tables import TABLES_DIR, table_body, write_tables
+from ..user_dirs import user_tables_root
+from .tables import table_body, write_tables
 
 MIN_OCCUPANCY = {"hip": 1, "cuda": 4}  # waves per SIMD (AMD) / warps per SM (NVIDIA)
 GOOD_OCCUPANCY = {"hip": 2, "cuda": 16}  # enough to hide memory latency in the static score
@@ -300,8 +301,10 @@ def autotune(spec: Spec, target: str, budget: float = 300.0, out: str | Path | N
     deadline = start + budget
     measure = device_matches(target) if measure is None else measure
     plans = plan_kernels(spec, "bf16", target)
-    # the device's table folder is locked for the whole run; the new set is swapped in at the end
-    with (output_lock(Path(out or TABLES_DIR) / target), tempfile.TemporaryDirectory(prefix="zdiff-autotune-") as tmp,
+    # the device's table folder is locked for the whole run; the new set is swapped in at the end. Default: the
+    # user's tables ($ZDIFF_CACHE/tables), never the installed package
+    out = Path(out) if out is not None else user_tables_root()
+    with (output_lock(out / target), tempfile.TemporaryDirectory(prefix="zdiff-autotune-") as tmp,
           no_line_info()):
         modules = render_modules(plans, spec, Path(tmp))
         total = sum(len(family(p.family).config_space(p, e, target)) + 1 for p, m in modules for e in m.AOT)

@@ -8,20 +8,16 @@ A directory given by the user is checked instead, and refused when another zdiff
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import ZdiffError
 from ..outputs import output_lock
 from ..spec import Spec
 from ..targets import device_target
+from ..user_dirs import cache_root
 from .compile import compile_spec
 from .provenance import cache_key, check_current, stale_reason
 from .render import load_module
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ZDIFF_CACHE", Path.home() / ".cache" / "zdiff"))
 
 
 def cached_compile_dir(spec: Spec, target: str) -> Path:

@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 
 from .. import __version__
+from ..autotune.tables import tables_root
 from ..errors import ZdiffError
 
 PACKAGE = Path(__file__).resolve().parent.parent
 # the templates, the codegen modules that fill them, and the visibility rule rendered into the kernels
 RENDER_SOURCES = (("templates", "*.jinja"), ("codegen", "**/*.py"), ("pattern", "visibility.py"))
-TABLES = PACKAGE / "autotune" / "tables"
 CHECKED = ("zdiff_version", "render_hash")  # what makes kernels stale; tables are read at load time
 
 
@@ -34,9 +34,11 @@ def _digest(root: Path, patterns) -> str:
 
 
 def render_provenance(target: str) -> dict:
-    """{zdiff_version, render_hash (templates + codegen sources), tables_hash (the target's tables)}."""
+    """{zdiff_version, render_hash (templates + codegen sources), tables_dir and tables_hash (the target's tables
+    this process reads: $ZDIFF_TABLES, the user's or the shipped ones, zdiff.autotune.tables)}."""
+    root = tables_root(target)
     return {"zdiff_version": __version__, "render_hash": _digest(PACKAGE, RENDER_SOURCES),
-            "tables_hash": _digest(TABLES, ((target, "*.json"),))}
+            "tables_dir": str(root / target), "tables_hash": _digest(root, ((target, "*.json"),))}
 
 
 def cache_key(target: str) -> str:
