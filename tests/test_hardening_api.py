@@ -35,6 +35,8 @@ def _readme_examples(checkpoint):
     pattern_logits = model(ids, positions=tidar.positions(), predecessors=tidar.predecessors(),
                            visible=tidar.dense_mask())
     result = zdiff.generate(model, [[104, 105]], diffusion=spec.diffusion, mode="tidar", max_new_tokens=16)
+    text = zdiff.generate(model, "def quicksort(", max_new_tokens=8)
+    assert len(text.texts) == 1 and isinstance(text.texts[0], str) and len(text.tokens[0]) <= 8
     return logits, same, pattern_logits, result
 
 
