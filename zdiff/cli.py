@@ -162,6 +162,12 @@ def _cmd_generate(args) -> int:
     return run_generate(args)
 
 
+def _cmd_chat(args) -> int:
+    from .chat import run_chat
+
+    return run_chat(args)
+
+
 def _cmd_serve(args) -> int:
     from .serve.cli_run import run_serve
 
@@ -312,6 +318,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true")
     gen.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     gen.set_defaults(run=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="talk to a checkpoint in the terminal (its chat template, streamed, the "
+                          "sampler switchable between turns with /commands, T/NFE after each answer)")
+    chat.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. runs/demo/tidar/final)")
+    chat.add_argument("--system", help="a system message that starts the conversation")
+    chat.add_argument("--mode", choices=["ar", "tidar"], help="default: tidar when the checkpoint has a mask token")
+    chat.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    chat.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (default: the spec's, "
+                      "else 0.5)")
+    chat.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"]), help="0: greedy")
+    chat.add_argument("--top-k", type=_int_in(0, L.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
+    chat.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), help="(0, 1]; 1: off")
+    chat.add_argument("--max-new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), default=256)
+    chat.add_argument("--max-len", type=_int_in(2, L.MAX_CONTEXT), default=4096,
+                      help="tokens of conversation + answer the engine holds")
+    chat.add_argument("--seed", type=seed, default=0)
+    chat.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
+    chat.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on a GPU, fp32 on the CPU")
+    chat.add_argument("--backend", choices=["triton", "torch"],
+                      help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
+    chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the checkpoint's")
+    chat.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
+    chat.set_defaults(run=_cmd_chat)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
                            "metrics) on the decode engine; needs zdiff[serve]")
