@@ -10,7 +10,8 @@ Two backends give the same draws: "fused", a split-vocabulary Triton kernel (eac
 vocabulary split of one row; greedy programs skip the hash and the logs) and a pick kernel combining the
 splits (two launches for every slot at once); "torch", the same maths as torch ops. Top-k / top-p need a
 sort: the logits are filtered on the device first (`batched_sampling.process_logits`) and read at unit
-temperature. No softmax and no cumsum: a Gumbel-max draw needs neither.
+temperature. No softmax and no cumsum: a Gumbel-max draw needs neither. Which rows supply the drafts is one
+more small kernel (`draft_rows_kernel`; `draft_rows` as torch ops on the torch backend).
 """
 
 from __future__ import annotations
@@ -31,6 +32,28 @@ from .verifier_kernel import (
     sm_count,
     vocab_splits,
 )
+
+
+@triton.jit
+def draft_rows_kernel(n_ptr, causal_ptr, blocks_ptr, active_ptr, tidar_ptr, levels_ptr, rows_ptr, num_drafts_ptr,
+                      S, P, b, R, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One program for every slot: `draft_rows` (the rows of the chosen block, stored (S, b - 1) int64) and the
+    next step's draft counts, stored into num_drafts."""
+    s = tl.arange(0, BLOCK_S)
+    live = s < S
+    n = tl.load(n_ptr + s, mask=live, other=0)
+    blocks = tl.load(blocks_ptr + s, mask=live, other=0)
+    j = tl.arange(0, BLOCK_P)
+    levels = tl.load(levels_ptr + j, mask=j < P, other=BIG_INDEX)
+    usable = (levels[None, :] <= n[:, None]) & (j[None, :] < blocks[:, None])
+    chosen = tl.maximum(tl.sum(usable.to(tl.int32), 1) - 1, 0)
+    offset = n - tl.sum(tl.where(j[None, :] == chosen[:, None], levels[None, :], 0), 1)
+    t = tl.arange(0, BLOCK_T)
+    rows = tl.minimum((tl.load(causal_ptr + s, mask=live, other=0) + chosen * b + offset + 1)[:, None] + t[None, :],
+                      R - 1)
+    tl.store(rows_ptr + s[:, None] * (b - 1) + t[None, :], rows, mask=live[:, None] & (t[None, :] < b - 1))
+    drafting = (tl.load(active_ptr + s, mask=live, other=0) != 0) & (tl.load(tidar_ptr + s, mask=live, other=0) != 0)
+    tl.store(num_drafts_ptr + s, tl.where(drafting & (blocks > 0), b - 1 - offset, 0), mask=live)
 
 
 @triton.jit
@@ -121,6 +144,18 @@ def sample_drafts(backend: str, logits: torch.Tensor, kind: torch.Tensor, temper
     return out.copy_(torch.where((kind == GREEDY)[:, None], z.argmax(-1), drawn))
 
 
+def draft_rows(n: torch.Tensor, causal: torch.Tensor, blocks: torch.Tensor, active: torch.Tensor,
+               tidar: torch.Tensor, levels: torch.Tensor, block_size: int, step_rows: int):
+    """(rows (S, b - 1): the step rows of the next drafts, num_drafts (S,)) as torch ops: the block at the
+    largest level a <= n among the slot's `blocks` proposed ones supplies its rows n - a + 1 .. b - 1."""
+    b = block_size
+    proposed = torch.arange(levels.shape[0], device=n.device)[None, :] < blocks[:, None]
+    chosen = (((levels[None, :] <= n[:, None]) & proposed).sum(-1) - 1).clamp_min(0)
+    offset = n - levels[chosen]
+    rows = (causal + chosen * b + offset + 1)[:, None] + torch.arange(b - 1, device=n.device)[None, :]
+    return rows.clamp_max(step_rows - 1), torch.where(active & tidar & (blocks > 0), b - 1 - offset, 0)
+
+
 def sample_next_drafts(backend: str, st, hidden: torch.Tensor, head: torch.Tensor, n: torch.Tensor,
                        causal: torch.Tensor, blocks: torch.Tensor, active: torch.Tensor, first_position: torch.Tensor,
                        shape, k) -> None:
@@ -132,18 +167,20 @@ def sample_next_drafts(backend: str, st, hidden: torch.Tensor, head: torch.Tenso
     if not shape.proposals:
         st.num_drafts.zero_()
         return
-    b = k.block_size
-    levels = k.levels[: shape.proposals]
-    proposed = torch.arange(shape.proposals, device=n.device)[None, :] < blocks[:, None]
-    chosen = (((levels[None, :] <= n[:, None]) & proposed).sum(-1) - 1).clamp_min(0)
-    offset = n - levels[chosen]
-    rows = (causal + chosen * b + offset + 1)[:, None] + torch.arange(b - 1, device=n.device)[None, :]
-    rows = rows.clamp_max(shape.rows - 1)
+    b, S, levels = k.block_size, n.shape[0], k.levels[: shape.proposals]
+    if backend == "fused":  # one launch instead of ~20 small torch ops
+        rows = torch.empty((S, b - 1), dtype=torch.int64, device=n.device)
+        draft_rows_kernel[(1,)](n, causal, blocks, active, st.tidar, levels, rows, st.num_drafts, S,
+                                shape.proposals, b, shape.rows, BLOCK_S=triton.next_power_of_2(S),
+                                BLOCK_P=triton.next_power_of_2(shape.proposals),
+                                BLOCK_T=triton.next_power_of_2(b - 1), num_warps=1)
+    else:
+        rows, num_drafts = draft_rows(n, causal, blocks, active, st.tidar, levels, b, shape.rows)
+        st.num_drafts.copy_(num_drafts)
     # the head output of the chosen rows, in the model dtype, straight into the slot state (no copy)
     torch.matmul(hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])), head.t(), out=st.draft_logits)
     sample_drafts(backend, st.draft_logits, st.kind, st.temperature, st.top_k, st.top_p, st.seed, first_position,
                   k.banned, k.banned_id, shape.filtered, st.drafts)
-    st.num_drafts.copy_(torch.where(active & st.tidar & (blocks > 0), b - 1 - offset, 0))
 
 
 def aot_kernels(logits: str = "bf16", block_v: int = 1024, splits: int = MAX_SAMPLE_SPLITS,
@@ -154,5 +191,9 @@ def aot_kernels(logits: str = "bf16", block_v: int = 1024, splits: int = MAX_SAM
               "S2": "i32", "chunks_per_split": "i32", "banned_id": "i32", "PROCESSED": "constexpr",
               "BLOCK_V": "constexpr"}
     pick = {"best_ptr": "*fp32", "best_idx_ptr": "*i32", "drafts_ptr": "*i64", "S2": "i32", "SPLITS": "constexpr"}
+    rows = {"n_ptr": "*i64", "causal_ptr": "*i64", "blocks_ptr": "*i64", "active_ptr": "*i1", "tidar_ptr": "*i1",
+            "levels_ptr": "*i64", "rows_ptr": "*i64", "num_drafts_ptr": "*i64", "S": "i32", "P": "i32", "b": "i32",
+            "R": "i32", "BLOCK_S": "constexpr", "BLOCK_P": "constexpr", "BLOCK_T": "constexpr"}
     return [("draft_sample", draft_sample_kernel, sample, {"PROCESSED": processed, "BLOCK_V": block_v}, 4),
-            ("draft_pick", draft_pick_kernel, pick, {"SPLITS": splits}, 1)]
+            ("draft_pick", draft_pick_kernel, pick, {"SPLITS": splits}, 1),
+            ("draft_rows", draft_rows_kernel, rows, {"BLOCK_S": 64, "BLOCK_P": 8, "BLOCK_T": 16}, 1)]

@@ -364,7 +364,7 @@ def launch_verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: t
                   first_position: torch.Tensor, banned_id: int = -1, processed: bool = False,
                   given: tuple[torch.Tensor, torch.Tensor] | None = None, block_v: int = 1024,
                   stats_splits: int | None = None, sample_splits: int | None = None,
-                  num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                  num_warps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The three kernels on the step's own tensors (logits in the model dtype; no conversion, no copy).
     Returns (accepted (B,) int64, token (B,) int64).
 
@@ -439,7 +439,9 @@ def aot_kernels(given_noise: bool, logits: str = "bf16", block_v: int = 1024, ro
                 splits1: int = MAX_STATS_SPLITS, splits2: int = MAX_SAMPLE_SPLITS,
                 processed: bool = False) -> list[tuple]:
     """(name, kernel, signature, constexprs, num_warps) of the verifier's three kernels, for AOT compilation.
-    logits: the logits' element type (the model dtype; fp32 after top-k / top-p filtering)."""
+    logits: the logits' element type (the model dtype; fp32 after top-k / top-p filtering). Eight warps at
+    BLOCK_V = 1024 (8 logits per thread): with bf16 logits, four warps (16 per thread) left 8 bytes of stack
+    in verify_stats on sm_90."""
     i32, i64 = "i32", "*i64"
     sampler = {"kind_ptr": i64, "temperature_ptr": "*fp32", "mix_ptr": "*fp32"}
     stats = {"ar_logits_ptr": f"*{logits}", "draft_logits_ptr": f"*{logits}", "num_drafts_ptr": i64, **sampler,
@@ -454,9 +456,9 @@ def aot_kernels(given_noise: bool, logits: str = "bf16", block_v: int = 1024, ro
     finish = {"num_drafts_ptr": i64, "kind_ptr": i64, "walk_ptr": "*i32", "best_ptr": "*fp32",
               "best_idx_ptr": "*i32", "accepted_ptr": i64, "token_ptr": i64, "S2": i32, "SPLITS2": "constexpr"}
     return [
-        ("verify_stats", verify_stats_kernel, stats, {"PROCESSED": processed, "BLOCK_V": block_v}, 4),
+        ("verify_stats", verify_stats_kernel, stats, {"PROCESSED": processed, "BLOCK_V": block_v}, 8),
         ("verify_sample", verify_sample_kernel, sample,
          {"GIVEN_NOISE": given_noise, "PROCESSED": processed, "BLOCK_V": block_v, "ROWS": rows, "SPLITS1": splits1},
-         4),
+         8),
         ("verify_finish", verify_finish_kernel, finish, {"SPLITS2": splits2}, 1),
     ]
