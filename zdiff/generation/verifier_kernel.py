@@ -8,11 +8,12 @@ last row. Greedy slots accept while d is the argmax and take the argmax. No host
 accepted counts and tokens stay on the device.
 
 Per slot (device tensors, so a captured graph replays any mix of requests): the sampler kind,
-1 / temperature and the mix weight. Top-k / top-p need a sort over the vocabulary: the caller
-applies them on the device (`batched_sampling.process_logits`) and passes the filtered logits
-with unit temperature (`fused_verify_slots` does). Randomness is keyed, never positional in
-the batch: the acceptance uniforms come in as a (B, M) tensor and the Gumbel noise of row i is
-`tl.rand(key[b, i], token_id)` with one key per (seed, token position) (`counter_rng`), or is
+temperature and mix weight. The logits are read in the model dtype. Top-k / top-p need a sort over
+the vocabulary: the caller applies them on the device (`batched_sampling.process_logits`) and
+passes the filtered logits at unit scale (PROCESSED; `fused_verify_slots` does). Randomness is
+keyed in the kernel, never positional in the batch (`keyed_rng`, the torch backend's bits): the
+acceptance uniform of row i from (seed, first_position + i, ACCEPT) and the Gumbel noise of the
+resample / bonus draw from (seed, first_position + n, RESAMPLE) and the token id; or both are
 given explicitly (GIVEN_NOISE) so tests compare the kernels draw for draw with
 `zdiff.generation.sampling.verify_stochastic`.
 
