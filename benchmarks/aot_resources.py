@@ -1,6 +1,6 @@
 """Static resource report of every AOT-compiled kernel for every GPU target (no GPU needed).
 
-Covers the fused verifier kernels and every entry point `zdiff compile` builds for a spec
+Covers the fused verifier and draft-sampling kernels and every entry point `zdiff compile` builds for a spec
 (default: zaya1-8b) with its default config for the target.
 
     python benchmarks/aot_resources.py > aot.md
@@ -21,7 +21,7 @@ import tempfile  # noqa: E402
 
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
 from zdiff.codegen.compile import compile_spec  # noqa: E402
-from zdiff.generation.verifier_kernel import aot_kernels  # noqa: E402
+from zdiff.generation import draft_sampling, verifier_kernel  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
 
@@ -30,10 +30,16 @@ def main() -> None:
     print(f"triton {triton.__version__}\n")
     print("| kernel | config | target | arch | regs | sgprs | spills | LDS/smem B | occupancy | matrix instr |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, kernel, signature, constexprs, warps in aot_kernels(False):  # per-slot samplers: one build
+    # per-slot samplers: one build per logits type (the model's bf16; fp32 after top-k / top-p filtering)
+    sampling = (verifier_kernel.aot_kernels(False) + draft_sampling.aot_kernels()
+                + verifier_kernel.aot_kernels(False, logits="fp32", processed=True)
+                + draft_sampling.aot_kernels(logits="fp32", processed=True)[:1])
+    for name, kernel, signature, constexprs, warps in sampling:
         for target in sorted(AOT_TARGETS):
             _, r = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
-            shape = ", ".join(f"{k}={v}" for k, v in constexprs.items() if k != "GIVEN_NOISE")
+            logits = signature.get("ar_logits_ptr", signature.get("logits_ptr"))
+            shape = ", ".join([f"{k}={v}" for k, v in constexprs.items() if k != "GIVEN_NOISE"]
+                              + ([f"logits {logits[1:]}"] if logits else []))
             config = f"{shape}, {warps} warps"
             unit = "waves/SIMD" if r.arch.startswith("gfx") else "warps/SM"
             matrix = "yes" if r.matrix_instructions else "no"

@@ -41,7 +41,7 @@ from zdiff.codegen.render import load_module, render  # noqa: E402
 from zdiff.generation import sampling  # noqa: E402
 from zdiff.generation.batched_sampling import KIND_CODES  # noqa: E402
 from zdiff.generation.sampling import SamplingParams  # noqa: E402
-from zdiff.generation.verifier_kernel import fused_verify, fused_verify_slots  # noqa: E402
+from zdiff.generation.verify import verify_slots  # noqa: E402
 from zdiff.runtime.norms import RMSNorm  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
@@ -64,32 +64,43 @@ def check_verifier(device, V, B, M, results):
     uniforms = torch.rand(B, M, generator=gen)
     gumbel = sampling.draw_gumbel((B, M + 1, V), gen)
     args = (ar.to(device), draft.to(device), drafts.to(device), num.to(device), params)
-    acc, tok = fused_verify(*args, uniforms=uniforms.to(device), gumbel=gumbel.to(device))
+    acc, tok = fused_verify(*args, given=(uniforms.to(device), gumbel.to(device)))
     mismatches = 0
     for b in range(B):
         target = sampling.target_probs(ar[b], draft[b], params)
         expected = sampling.verify_stochastic(target, q[b], drafts[b], uniforms[b], gumbel[b])
         mismatches += (int(acc[b]), int(tok[b])) != expected
-    # keyed Philox noise: a sequence's draws do not depend on its place in the batch (same seed and positions)
+    # keyed noise: a sequence's draws do not depend on its place in the batch (same seed and positions), and the
+    # torch backend draws the same tokens as the kernels (the one randomness scheme; floats differ by ulps here)
     rng_mismatches = 0
+    keyed = fused_verify_slots_of(args, 7, torch.arange(B, device=device))
+    on_torch = fused_verify_slots_of(args, 7, torch.arange(B, device=device), backend="torch")
+    backend_mismatches = int((keyed[0] != on_torch[0]).sum() + (keyed[1] != on_torch[1]).sum())
     perm = torch.randperm(B, generator=gen).to(device)
     for seed in range(4):
         base = fused_verify_slots_of(args, seed, torch.arange(B, device=device))
         moved = fused_verify_slots_of(tuple(a[perm] if torch.is_tensor(a) else a for a in args), seed, perm)
         rng_mismatches += int((moved[0] != base[0][perm]).sum() + (moved[1] != base[1][perm]).sum())
     results["checks"]["fused_verify_matches_reference"] = {"sequences": B, "vocab": V, "mismatches": mismatches,
-                                                           "rng_mismatches_when_slots_move": rng_mismatches}
+                                                           "rng_mismatches_when_slots_move": rng_mismatches,
+                                                           "torch_backend_token_mismatches": backend_mismatches}
     return mismatches == 0 and rng_mismatches == 0
 
 
-def fused_verify_slots_of(args, seed, slot_ids):
-    """The engine's per-slot entry point on one sampler's inputs; slot s keyed on (seed + slot id, position 0)."""
+def fused_verify_slots_of(args, seed, slot_ids, backend="fused", given=None, **launch):
+    """The engine's verifier on one sampler's inputs; slot s keyed on (seed + slot id, position 0)."""
     ar, draft, drafts, num, params = args
     B, dev = ar.shape[0], ar.device
     full = lambda v, dtype=torch.float32: torch.full((B,), v, dtype=dtype, device=dev)  # noqa: E731
-    return fused_verify_slots(ar, draft, drafts, num, full(0, torch.long), full(KIND_CODES[params.kind], torch.long),
-                              full(params.temperature), full(params.top_k, torch.long), full(params.top_p),
-                              full(params.mix_weight), seed + slot_ids.to(dev), params.banned[0], False)
+    return verify_slots(backend, ar, draft, drafts, num, full(0, torch.long), full(KIND_CODES[params.kind], torch.long),
+                        full(params.temperature), full(params.top_k, torch.long), full(params.top_p),
+                        full(params.mix_weight), seed + slot_ids.to(dev), params.banned[0], False, given=given,
+                        **launch)
+
+
+def fused_verify(ar, draft, drafts, num, params, seed=0, given=None, **launch):
+    return fused_verify_slots_of((ar, draft, drafts, num, params), seed, torch.arange(ar.shape[0]), given=given,
+                                 **launch)
 
 
 def time_verifier(device, V, M, batches, smoke, results):

@@ -15,8 +15,8 @@ import sys
 import torch
 
 ENGINE_MODULES = ("zdiff.generation.engine", "zdiff.generation.decode_step", "zdiff.generation.batched_sampling",
-                  "zdiff.generation.counter_rng", "zdiff.generation.slots", "zdiff.generation.slot_state",
-                  "zdiff.generation.verifier_kernel")
+                  "zdiff.generation.keyed_rng", "zdiff.generation.slots", "zdiff.generation.slot_state",
+                  "zdiff.generation.verifier_kernel", "zdiff.generation.verify", "zdiff.generation.draft_sampling")
 GENERATED_PREFIX = "zdiff_generated"
 
 

@@ -19,7 +19,7 @@ from generation_helpers import (
     tiny_vocab_model,
 )
 from zdiff.errors import ZdiffError
-from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate
+from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate, verify
 from zdiff.generation import engine as engine_module
 from zdiff.generation.engine import Engine, RequestParams
 from zdiff.runtime import build_model
@@ -118,26 +118,32 @@ def test_lossless_engine_matches_exact_ar_distribution(exact3, verifier):
 def test_the_engine_exactness_test_rejects_broken_verifiers(exact3, monkeypatch, broken):
     """Power: the same test fails for plausible verifier bugs injected into the engine's step."""
     model, spec, table = exact3
-    verify = batched_sampling.verify
+    verify_slots = verify.verify_slots
 
-    def accept_all(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest):
-        n, _ = verify(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest)
+    def target(ar_logits, rest, banned):
+        _, temperature, top_k, top_p, _, _, _, filtered = rest
+        z = batched_sampling.process_logits(ar_logits, temperature, top_k, top_p, banned, filtered)
+        return torch.softmax(z, -1)
+
+    def accept_all(backend, ar_logits, draft_logits, drafts, num_drafts, first_position, *rest, banned=None):
+        n, _ = verify_slots(backend, ar_logits, draft_logits, drafts, num_drafts, first_position, *rest, banned=banned)
         # keep every draft and draw the bonus token from p_m
         m = num_drafts
         forced = torch.where(m > 0, m, n)
-        p = torch.softmax(batched_sampling.process_logits(ar_logits, *rest[1:4], rest[-2], rest[-1]), -1)
+        p = target(ar_logits, rest, banned)
         row = p.gather(1, forced[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]
-        return forced, batched_sampling.inverse_cdf(row, torch.rand(row.shape[0], dtype=torch.float64))
+        return forced, torch.multinomial(row, 1)[:, 0]
 
-    def resample_from_p(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest):
+    def resample_from_p(backend, ar_logits, draft_logits, drafts, num_drafts, first_position, *rest, banned=None):
         # a rejection redraws from p instead of max(0, p - q): same as verifying with q = 0 at the resample
-        n, token = verify(ar_logits, draft_logits, drafts, num_drafts, first_position, *rest)
-        p = torch.softmax(batched_sampling.process_logits(ar_logits, *rest[1:4], rest[-2], rest[-1]), -1)
+        n, token = verify_slots(backend, ar_logits, draft_logits, drafts, num_drafts, first_position, *rest,
+                                banned=banned)
+        p = target(ar_logits, rest, banned)
         row = p.gather(1, n[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]
-        redrawn = batched_sampling.inverse_cdf(row, torch.rand(row.shape[0], dtype=torch.float64))
-        return n, torch.where(n < num_drafts, redrawn, token)
+        return n, torch.where(n < num_drafts, torch.multinomial(row, 1)[:, 0], token)
 
-    monkeypatch.setattr(decode_step, "verify", {"accept_all": accept_all, "resample_from_p": resample_from_p}[broken])
+    broken_verifiers = {"accept_all": accept_all, "resample_from_p": resample_from_p}
+    monkeypatch.setattr(decode_step, "verify_slots", broken_verifiers[broken])
     tokens, _ = _sampled(model, spec, {})
     assert chi_square_p_value(*counts_against(tokens, table)) < 1e-6
 
@@ -170,6 +176,27 @@ def test_top_k_top_p_engine_matches_exact_filtered_distribution(verifier):
     assert sum(engine.stats.tokens_per_step[1:]) > 0
     assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
     assert chi_square_p_value(*counts_against([t for t in tokens], unfiltered)) < 1e-6
+
+
+def test_a_seeded_stochastic_request_gives_the_same_tokens_on_both_verifiers():
+    """One randomness scheme: the CPU engine (torch backend) and the engine over the fused kernels (interpreter)
+    give every seeded request the same tokens, for every sampler, top-k / top-p included, TiDAR and AR, in one
+    batch with refills."""
+    model, spec = tiny_vocab_model(seed=2)
+    requests = [RequestParams(max_new_tokens=10, seed=s, **kw) for s, kw in enumerate([
+        {}, dict(sampler="logit_mix", mix_weight=0.4, temperature=0.7), dict(sampler="greedy"),
+        dict(top_k=4, top_p=0.9), dict(mode="ar", temperature=1.3)])]
+    runs = {}
+    for verifier in ("torch", "fused"):
+        engine = Engine(model, diffusion=spec.diffusion, max_slots=3, max_len=64, proposals=2, verifier=verifier)
+        ids = [engine.add([1 + i, 2, 3], p) for i, p in enumerate(requests)]
+        results = engine.run()
+        runs[verifier] = [results[i].tokens for i in ids]
+        assert sum(engine.stats.tokens_per_step[1:]) > 0  # drafts were accepted: the walk and the draft draws ran
+    assert runs["fused"] == runs["torch"]
+    reseeded = Engine(model, diffusion=spec.diffusion, max_slots=3, max_len=64, proposals=2)
+    rid = reseeded.add([1, 2, 3], RequestParams(max_new_tokens=10, seed=99))
+    assert reseeded.run()[rid].tokens != runs["torch"][0]  # the seed matters: the comparison can fail
 
 
 @pytest.mark.parametrize("verifier", ["torch", "fused"])
@@ -236,11 +263,11 @@ def test_the_step_never_synchronises_with_the_host(monkeypatch, verifier):
     modules.append(__name__)
 
     def syncing(*args, **kwargs):
-        n, token = batched_sampling.verify(*args, **kwargs)
+        n, token = verify.verify_slots(*args, **kwargs)
         int(n.sum())
         return n, token
 
-    monkeypatch.setattr(decode_step, "verify", syncing)
+    monkeypatch.setattr(decode_step, "verify_slots", syncing)
     engine = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=64)
     engine.add(PROMPT, RequestParams(max_new_tokens=4))
     with pytest.raises(HostSyncError, match="__int__"):

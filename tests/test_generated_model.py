@@ -133,10 +133,11 @@ def test_load_model_with_the_triton_backend(tmp_path, monkeypatch):
 
 
 def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(models, monkeypatch):
-    """The decode engine over the generated kernels and the fused verifier (the whole step as kernels, as
-    on a GPU): the same greedy tokens as the reference model with the torch verifier (AR and TiDAR
-    requests in one batch, more requests than slots), logits row by row equal, no dense mask built, and
-    no host sync in the step (engine modules, the verifier and generated kernel modules)."""
+    """The decode engine over the generated kernels and the fused verifier and draft sampler (the whole step as
+    kernels, as on a GPU): the same tokens as the reference model with the torch verifier, greedy and seeded
+    stochastic (one randomness scheme on both paths; AR and TiDAR requests in one batch, more requests than
+    slots), logits row by row equal, no dense mask built, and no host sync in the step (engine modules, the
+    verifier and generated kernel modules)."""
     from sync_guard import no_host_sync
 
     from zdiff.generation import decode_step as step_module
@@ -170,8 +171,10 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
         model.forward = recording
         engine = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=32, proposals=2, prefill_chunk=3,
                         verifier="fused" if name == "generated" else "torch")
-        ids = [engine.add(p, RequestParams(max_new_tokens=7, sampler="greedy", mode=m))
-               for p, m in zip(prompts, ("tidar", "ar", "tidar"))]
+        requests = [RequestParams(max_new_tokens=7, sampler="greedy"),
+                    RequestParams(max_new_tokens=7, mode="ar", temperature=0.9, seed=4),
+                    RequestParams(max_new_tokens=7, sampler="lossless", seed=5, top_k=6)]
+        ids = [engine.add(p, r) for p, r in zip(prompts, requests)]
         results = engine.run()
         runs[name] = [results[i].tokens for i in ids]
         model.forward = forward

@@ -1,7 +1,8 @@
 """The fused Triton verifier against the reference verifier, draw for draw (one sampler for a batch, and
-every slot with its own sampler, top-k / top-p included); its keyed RNG statistically and independent of
-the slot and the batch; the split-vocabulary kernels over several split counts (empty splits, poisoned
-workspaces); ahead-of-time compilation for every GPU target."""
+every slot with its own sampler, top-k / top-p included); its keyed draws equal the torch backend's token
+for token (every sampler, filtered or not, many seeds and positions, model-dtype logits), are distributed
+exactly and do not depend on the slot or the batch; the split-vocabulary kernels over several split counts
+(empty splits, poisoned workspaces); ahead-of-time compilation for every GPU target."""
 
 import pytest
 import torch
@@ -12,13 +13,8 @@ from zdiff.errors import ZdiffError
 from zdiff.generation import sampling
 from zdiff.generation.batched_sampling import KIND_CODES
 from zdiff.generation.sampling import SamplingParams
-from zdiff.generation.verifier_kernel import (
-    MAX_SAMPLE_SPLITS,
-    MAX_STATS_SPLITS,
-    fused_verify,
-    fused_verify_slots,
-    vocab_splits,
-)
+from zdiff.generation.verifier_kernel import MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, vocab_splits
+from zdiff.generation.verify import check_draft_ids, verify_slots
 
 
 def _case(B, M, V, kind, seed, **filters):
@@ -40,6 +36,23 @@ def _case(B, M, V, kind, seed, **filters):
     uniforms = torch.rand(B, M, generator=gen)
     gumbel = sampling.draw_gumbel((B, M + 1, V), gen)
     return params, ar, draft, q, drafts, num, uniforms, gumbel
+
+
+def _per_slot(params: SamplingParams, B: int) -> dict:
+    return dict(kind=torch.full((B,), KIND_CODES[params.kind]), temperature=torch.full((B,), params.temperature),
+                top_k=torch.full((B,), params.top_k), top_p=torch.full((B,), params.top_p),
+                mix_weight=torch.full((B,), params.mix_weight))
+
+
+def fused_verify(ar, draft, drafts, num, params, uniforms=None, gumbel=None, seed=0, backend="fused", **launch):
+    """The engine's verifier with every slot on `params` (one banned id), given draws or keyed on `seed` with
+    slot b's rows at positions b (M + 1) + i."""
+    B, M = drafts.shape
+    filtered = bool(params.top_k) or params.top_p < 1.0
+    given = None if uniforms is None else (uniforms, gumbel)
+    return _verify_slots(ar, draft, drafts, num, _per_slot(params, B), torch.full((B,), seed),
+                         torch.arange(B) * (M + 1), filtered, params.banned[0] if params.banned else -1,
+                         given=given, backend=backend, **launch)
 
 
 @pytest.mark.parametrize("kind", ["lossless", "logit_mix", "greedy"])
@@ -64,25 +77,31 @@ def test_fused_verifier_equals_reference_draw_for_draw(kind, B, M, V, block_v):
         assert outcomes == {True, False} or B < 4  # both the bonus and the rejection paths ran
 
 
-@pytest.mark.parametrize("kind", ["lossless", "greedy"])
-def test_a_batch_seed_keys_each_sequence_as_its_own_slot(kind):
-    """`fused_verify(..., seed=s)` is the per-slot verifier with seed s for every sequence and sequence b's
-    rows at positions b (M + 1) + i: the keyed draws whose law test_keyed_slot_draws_are_distributed_exactly_*
-    checks, so sequences in one call draw independently."""
-    B, M, V = 6, 3, 40
-    params, ar, draft, _, drafts, num, _, _ = _case(B, M, V, kind, seed=21)
-    accepted, token = fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params,
-                                   seed=99, block_v=16)
-    tensors = dict(kind=torch.full((B,), KIND_CODES[kind]), temperature=torch.full((B,), params.temperature),
-                   top_k=torch.zeros(B, dtype=torch.long), top_p=torch.ones(B),
-                   mix_weight=torch.full((B,), params.mix_weight))
-    slots = _verify_slots(ar, draft, drafts, num, tensors, torch.full((B,), 99), torch.arange(B) * (M + 1), False,
-                          block_v=16)
-    assert accepted.tolist() == slots[0].tolist() and token.tolist() == slots[1].tolist()
-    other = fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params, seed=100,
-                         block_v=16)
-    assert kind == "greedy" or other[1].tolist() != token.tolist()  # the seed matters (greedy: it must not)
-    assert kind != "greedy" or other[1].tolist() == token.tolist()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("filtered", [False, True])
+def test_keyed_kernels_equal_the_torch_backend_token_for_token(filtered, dtype):
+    """One randomness scheme: with the draws keyed in the kernels (acceptance uniforms, Gumbel noise of the
+    resample and of the bonus draw), the kernels and the torch backend return the same (accepted, token) for
+    every slot: 3 seeds x 12 slots cycling through every sampler (with top-k / top-p when filtered), each
+    at its own position, logits in the model dtype (fp16 read as it is)."""
+    S, M, V = 12, 3, 40
+    outcomes = set()
+    for seed in range(3):
+        params, ar, draft, _, drafts, num, tensors = _slot_case(S, M, V, seed=40 + seed)
+        if not filtered:
+            tensors = {**tensors, "top_k": torch.zeros(S, dtype=torch.long), "top_p": torch.ones(S)}
+        ar, draft = ar.to(dtype), draft.to(dtype)
+        seeds = torch.randint(0, 2**62, (S,), generator=torch.Generator().manual_seed(seed))
+        positions = torch.randint(0, 2**40, (S,), generator=torch.Generator().manual_seed(seed + 9))
+        kernels = _verify_slots(ar, draft, drafts, num, tensors, seeds, positions, filtered, block_v=16,
+                                stats_splits=2, sample_splits=3)
+        reference = _verify_slots(ar, draft, drafts, num, tensors, seeds, positions, filtered, backend="torch")
+        assert kernels[0].tolist() == reference[0].tolist() and kernels[1].tolist() == reference[1].tolist()
+        assert kernels[0].dtype == kernels[1].dtype == torch.int64
+        outcomes |= {(params[s].kind, int(reference[0][s]) == int(num[s])) for s in range(S)}
+        other = _verify_slots(ar, draft, drafts, num, tensors, seeds + 1, positions, filtered, backend="torch")
+        assert not torch.equal(other[1], reference[1])  # the seed matters: the comparison can fail
+    assert {k for k, _ in outcomes} == {"lossless", "logit_mix", "greedy"} and {a for _, a in outcomes} == {True, False}
 
 
 @pytest.mark.parametrize("kind", ["lossless", "logit_mix", "greedy"])
@@ -169,11 +188,14 @@ def _slot_case(S, M, V, seed):
     return params, ar, draft, q, drafts, num, tensors
 
 
-def _verify_slots(ar, draft, drafts, num, tensors, seed, first_position, filtered, banned_id=7, **kw):
+def _verify_slots(ar, draft, drafts, num, tensors, seed, first_position, filtered, banned_id=7, backend="fused",
+                  given=None, **kw):
     to = {k: v.to(DEVICE) for k, v in tensors.items()}
-    return fused_verify_slots(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE),
-                              first_position.to(DEVICE), to["kind"], to["temperature"], to["top_k"], to["top_p"],
-                              to["mix_weight"], seed.to(DEVICE), banned_id, filtered, **kw)
+    given = None if given is None else tuple(g.to(DEVICE) for g in given)
+    return verify_slots(backend, ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE),
+                        first_position.to(DEVICE), to["kind"], to["temperature"].float(), to["top_k"],
+                        to["top_p"].float(), to["mix_weight"].float(), seed.to(DEVICE), banned_id, filtered,
+                        given=given, **kw)
 
 
 def test_every_slot_verifies_with_its_own_sampler_draw_for_draw():
@@ -222,7 +244,8 @@ def test_keyed_draws_do_not_depend_on_the_slot_or_the_batch():
     assert not torch.equal(reseeded[1].cpu(), base[1].cpu())  # the comparison can fail
 
 
-def test_keyed_slot_draws_are_distributed_exactly_with_top_k_top_p():
+@pytest.mark.parametrize("backend", ["fused", "torch"])
+def test_keyed_slot_draws_are_distributed_exactly_with_top_k_top_p(backend):
     """400 slots with their own seeds, one draft each, V = 6, top-k 4 and top-p 0.8: the joint law of
     (accepted, token) is known exactly from the filtered p and q; the same test rejects resampling from
     p instead of the residual, and the unfiltered law."""
@@ -241,7 +264,7 @@ def test_keyed_slot_draws_are_distributed_exactly_with_top_k_top_p():
                    top_k=torch.full((S,), params.top_k), top_p=torch.full((S,), params.top_p), mix_weight=torch.ones(S))
     acc, tok = _verify_slots(ar.expand(S, 2, V).contiguous(), draft.expand(S, 1, V).contiguous(),
                              torch.full((S, 1), d), torch.ones(S, dtype=torch.long), tensors, torch.arange(S) + 77,
-                             torch.full((S,), 5), True, banned_id=-1)
+                             torch.full((S,), 5), True, banned_id=-1, backend=backend)
     counts = torch.zeros(2 * V)
     for a, t in zip(acc.tolist(), tok.tolist()):
         counts[a * V + t] += 1
@@ -291,10 +314,13 @@ AOT_SCRIPT = """
 import json, warnings
 warnings.simplefilter("ignore")
 from zdiff.codegen.aot import AOT_TARGETS, check_fits, compile_for_target
-from zdiff.generation.verifier_kernel import aot_kernels
+from zdiff.generation import draft_sampling, verifier_kernel
 reports = []
+kernels = (verifier_kernel.aot_kernels(given_noise=False, logits="bf16")
+           + verifier_kernel.aot_kernels(given_noise=False, logits="fp32", processed=True)
+           + draft_sampling.aot_kernels(logits="bf16") + draft_sampling.aot_kernels(logits="fp32", processed=True))
 for target in sorted(AOT_TARGETS):
-    for name, kernel, signature, constexprs, warps in aot_kernels(given_noise=False):
+    for name, kernel, signature, constexprs, warps in kernels:
         _, report = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
         check_fits(report, f"{constexprs} num_warps={warps}")
         reports.append(report.to_dict())
@@ -302,8 +328,9 @@ print(json.dumps(reports))
 """
 
 
-def test_fused_verifier_compiles_ahead_of_time_without_spills():
-    """Real compilation (not the interpreter), so it runs in a process without TRITON_INTERPRET."""
+def test_fused_verifier_and_draft_sampler_compile_ahead_of_time_without_spills():
+    """Real compilation (not the interpreter), so it runs in a process without TRITON_INTERPRET: the verifier's
+    and the draft sampler's kernels on bf16 logits (the model dtype) and on fp32 filtered logits."""
     import json
     import os
     import subprocess
@@ -318,9 +345,10 @@ def test_fused_verifier_compiles_ahead_of_time_without_spills():
     reports = json.loads(result.stdout.strip().splitlines()[-1])
     assert {(r["target"], r["arch"]) for r in reports} == {("h100", "sm_90"), ("h200", "sm_90"),
                                                            ("mi300x", "gfx942"), ("mi355x", "gfx950")}
-    kernels = {"verify_stats_kernel", "verify_sample_kernel", "verify_finish_kernel"}
+    kernels = {"verify_stats_kernel", "verify_sample_kernel", "verify_finish_kernel", "draft_sample_kernel",
+               "draft_pick_kernel", "draft_rows_kernel"}
     assert {r["kernel"] for r in reports} == kernels
-    assert len(reports) == 4 * len(kernels)  # every target (the sampler is a per-slot runtime value)
+    assert len(reports) == 4 * 2 * len(kernels)  # every target, both logits types (the sampler is per slot)
     for r in reports:
         assert r["spills"] == 0 and r["registers"] > 0 and r["binary_bytes"] > 1000 and r["occupancy"] >= 1, r
 
@@ -357,9 +385,9 @@ def test_draft_ids_outside_the_vocabulary_are_refused(bad):
     num[:] = M
     drafts[1, 1] = bad
     with pytest.raises(ZdiffError, match=r"drafts: ids must be in \[0, 40\)"):
-        fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params)
+        check_draft_ids(drafts.to(DEVICE), num.to(DEVICE), V)
     target = sampling.target_probs(ar[1], draft[1], params)
     with pytest.raises(ZdiffError, match=r"drafts: ids must be in \[0, 40\)"):
         sampling.verify_stochastic(target, q[1], drafts[1], uniforms[1], gumbel[1])
     num[1] = 1  # a padded entry past num_drafts is not a draft: no error
-    fused_verify(ar.to(DEVICE), draft.to(DEVICE), drafts.to(DEVICE), num.to(DEVICE), params)
+    check_draft_ids(drafts.to(DEVICE), num.to(DEVICE), V)

@@ -3,9 +3,10 @@
 Every slot carries its own parameters as (S,) tensors: sampler kind, temperature, top-k,
 top-p, mix weight and seed. Rows of a slot share its parameters. The maths is the one of
 `zdiff.generation.sampling` (whose `processed_logits` calls `process_logits` here, so the
-reference and the engine cannot drift); only the randomness differs: here every draw is an
-inverse-CDF draw from a counter-based uniform keyed on (seed, token position, purpose)
-(`counter_rng`), which keeps a request's draws independent of its slot and of the batch.
+reference and the engine cannot drift); only the randomness differs: every draw is keyed on (seed,
+token position, purpose) by `keyed_rng`, and every categorical draw is a Gumbel-max over the
+vocabulary, computed exactly as the fused kernels compute it (`verifier_kernel`, `draft_sampling`),
+so the CPU engine and the GPU engine give a seeded request the same tokens.
 
 Shapes: S slots, N rows per slot, V vocabulary, D = drafts per slot (padded), m (S,) real drafts.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .counter_rng import ACCEPT, DRAFT, RESAMPLE, uniforms
+from .keyed_rng import RESAMPLE, accept_uniforms, gumbel_noise
 
 LOSSLESS, LOGIT_MIX, GREEDY = 0, 1, 2
 KIND_CODES = {"lossless": LOSSLESS, "logit_mix": LOGIT_MIX, "greedy": GREEDY}
@@ -27,13 +28,13 @@ def _per_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def process_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                    banned: torch.Tensor | None = None, filtered: bool = True) -> torch.Tensor:
-    """Temperature, banned ids, top-k then top-p, as -inf masking, in fp32.
+    """Temperature (a product with its fp32 reciprocal), banned ids, top-k then top-p, as -inf masking, in fp32.
 
     logits (S, ..., V); temperature, top_k (0 = off), top_p (1 = off): scalars or (S,) tensors;
     banned: int64 ids. Ties at the top-k threshold are kept; top-p keeps the smallest prefix of
     the (stably) sorted distribution whose mass reaches top_p, and always the first token.
     `filtered=False` skips the sort when the caller knows no slot uses top-k or top-p."""
-    z = logits.float() / _per_row(temperature, logits)
+    z = logits.float() * _per_row(1.0 / temperature.float(), logits)  # the reciprocal, as the kernels scale
     if banned is not None and banned.numel():
         z = z.index_fill(-1, banned, float("-inf"))
     if not filtered:
@@ -51,74 +52,79 @@ def process_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch
     return torch.empty_like(z).scatter_(-1, order, sorted_z)
 
 
-def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """A draw proportional to weights (..., V) >= 0 (not all zero) for each uniform u (...) in [0, 1)."""
-    cdf = torch.cumsum(weights.double(), dim=-1)
-    x = (u * cdf[..., -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp_max(weights.shape[-1] - 1)
-
-
-def sample_rows(z: torch.Tensor, kind: torch.Tensor, seed: torch.Tensor, positions: torch.Tensor,
-                purpose: int = DRAFT) -> torch.Tensor:
-    """One token per row of processed logits z (S, N, V): argmax for greedy slots, else a draw from
-    softmax(z) keyed on (seed, positions (S, N), purpose)."""
-    probs = torch.softmax(z, dim=-1)
-    drawn = inverse_cdf(probs, uniforms(seed[:, None], positions, purpose))
-    return torch.where(kind[:, None] == GREEDY, z.argmax(-1), drawn)
+FINITE_FLOOR = -3.0e38  # below every real logit, above -inf (as verifier_kernel._mix)
+TINY = 1e-30  # keeps log away from 0 in discarded entries (as verifier_kernel.TINY)
 
 
 def mixed_targets(ar_logits: torch.Tensor, draft_logits: torch.Tensor, num_drafts: torch.Tensor, kind: torch.Tensor,
                   mix_weight: torch.Tensor) -> torch.Tensor:
     """fp32 target logits (S, D+1, V) before temperature: w z_AR + (1 - w) z_draft on the drafted rows of
-    logit_mix slots (on raw logits, so a masked -inf never meets a zero weight), z_AR everywhere else."""
+    logit_mix slots, z_AR everywhere else. Masked (-inf) logits are floored to -3e38 before mixing, as the
+    kernel does: a zero weight never meets -inf (0 * -inf is NaN) and a floored logit keeps probability 0."""
     target = ar_logits.float()
     D = target.shape[1] - 1
     if not D:
         return target
     drafted = torch.arange(D + 1, device=target.device)[None, :] < num_drafts[:, None]
-    w = mix_weight[:, None, None]
-    padded = torch.cat([draft_logits[:, :D].float(), target[:, D:]], dim=1)
+    w = mix_weight.float()[:, None, None]
+    padded = torch.cat([draft_logits[:, :D].float(), target[:, D:]], dim=1).clamp_min(FINITE_FLOOR)
     mix = ((kind == LOGIT_MIX)[:, None] & drafted)[..., None]
-    return torch.where(mix, w * target + (1 - w) * padded, target)
+    return torch.where(mix, w * target.clamp_min(FINITE_FLOOR) + (1 - w) * padded, target)
+
+
+def gumbel_race(log_weights: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """argmax(log_weights + noise) over the last axis, -inf entries excluded: a categorical draw from
+    softmax(log_weights) (the Gumbel-max trick), ties to the smallest index as the kernels break them."""
+    return torch.where(log_weights > float("-inf"), log_weights + noise, float("-inf")).argmax(-1)
+
+
+def log_positive(weights: torch.Tensor) -> torch.Tensor:
+    """log(w) where w > 0, else -inf, with the kernels' floor (log(max(w, TINY)))."""
+    return torch.where(weights > 0, torch.log(weights.clamp_min(TINY)), float("-inf"))
 
 
 def verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,
            first_position: torch.Tensor, kind: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            top_p: torch.Tensor, mix_weight: torch.Tensor, seed: torch.Tensor, banned: torch.Tensor | None,
-           filtered: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(accepted n (S,), token (S,) placed at first_position + n) for every slot at once.
+           filtered: bool, given: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch backend of `verify.verify_slots`: (accepted n (S,), token (S,) placed at first_position + n).
 
-    ar_logits (S, D+1, V): verify rows c, d_1..d_D (raw logits); draft_logits (S, D, V): the raw logits
-    each draft was sampled from; drafts (S, D) with num_drafts m (S,) real ones; first_position (S,):
+    ar_logits (S, D+1, V): verify rows c, d_1..d_D (raw logits, any float dtype); draft_logits (S, D, V): the raw
+    logits each draft was sampled from; drafts (S, D) with num_drafts m (S,) real ones; first_position (S,):
     the position of d_1. lossless / logit_mix: accept d_{i+1} iff u * q_i(d) < p_i(d); at the first
     rejection draw from max(0, p_i - q_i) (p_i if that is all zero); after m acceptances a bonus draw
-    from p_m. logit_mix verifies against softmax(w z_AR + (1 - w) z_draft) on drafted rows (mixed on raw
-    logits, so masked -inf never meets a zero weight). greedy: accept while d equals argmax p."""
+    from p_m. logit_mix verifies against softmax(w z_AR + (1 - w) z_draft) on drafted rows. greedy: accept
+    while d equals argmax p. Draws: the ACCEPT uniform of position first + i, and the RESAMPLE Gumbel noise of
+    position first + n (or `given` (uniforms (S, D), noise (S, D+1, V)) for draw-for-draw tests)."""
     S, rows, V = ar_logits.shape
     D = rows - 1
     row = torch.arange(rows, device=ar_logits.device)
-    drafted = row[None, :] < num_drafts[:, None]  # (S, D+1): rows whose draft exists
-    target_raw = mixed_targets(ar_logits, draft_logits, num_drafts, kind, mix_weight)
-    p = torch.softmax(process_logits(target_raw, temperature, top_k, top_p, banned, filtered), dim=-1)
-    best = p.argmax(-1)  # (S, D+1)
+    t = process_logits(mixed_targets(ar_logits, draft_logits, num_drafts, kind, mix_weight), temperature, top_k,
+                       top_p, banned, filtered)
+    p = torch.softmax(t, dim=-1)
+    best = t.argmax(-1)  # (S, D+1)
     greedy = kind == GREEDY
+    n = torch.zeros(S, dtype=torch.long, device=ar_logits.device)
     if D:
         q = torch.softmax(process_logits(draft_logits[:, :D], temperature, top_k, top_p, banned, filtered), dim=-1)
         d = drafts[:, :D].clamp(0, V - 1)[..., None]
         p_d, q_d = p[:, :D].gather(-1, d)[..., 0], q.gather(-1, d)[..., 0]
-        u = uniforms(seed[:, None], first_position[:, None] + row[None, :D], ACCEPT)
-        accept = torch.where(greedy[:, None], drafts[:, :D] == best[:, :D], u * q_d < p_d) & drafted[:, :D]
+        u = accept_uniforms(seed[:, None], first_position[:, None] + row[None, :D]) if given is None else given[0]
+        drafted = row[None, :D] < num_drafts[:, None]
+        accept = torch.where(greedy[:, None], drafts[:, :D] == best[:, :D], u * q_d < p_d) & drafted
         n = accept.long().cumprod(-1).sum(-1)
+    if given is None:
+        g = gumbel_noise(seed, first_position + n, RESAMPLE, V)
     else:
-        n = torch.zeros(S, dtype=torch.long, device=ar_logits.device)
-    p_n = p.gather(1, n[:, None, None].expand(S, 1, V))[:, 0]
-    weights = p_n
+        g = given[1].gather(1, n[:, None, None].expand(S, 1, V))[:, 0]
+    at_n = n[:, None, None].expand(S, 1, V)
+    token = gumbel_race(t.gather(1, at_n)[:, 0], g)  # the bonus draw: t_m + noise
     if D:
+        p_n = p.gather(1, at_n)[:, 0]
         q_n = q.gather(1, n.clamp_max(D - 1)[:, None, None].expand(S, 1, V))[:, 0]
-        residual = (p_n - q_n).clamp_min(0)
-        rejected = (n < num_drafts)[:, None]
-        usable = residual.sum(-1, keepdim=True) > 0  # p == q up to rounding: a rejection had probability ~0
-        weights = torch.where(rejected & usable, residual, p_n)
-    drawn = inverse_cdf(weights, uniforms(seed, first_position + n, RESAMPLE))
-    token = torch.where(greedy, best.gather(1, n[:, None])[:, 0], drawn)
-    return n, token
+        residual = p_n - q_n
+        from_residual = gumbel_race(log_positive(residual), g)
+        from_p = gumbel_race(log_positive(p_n), g)  # p == q up to rounding: a rejection had probability ~0
+        resampled = torch.where((residual > 0).any(-1), from_residual, from_p)
+        token = torch.where(n < num_drafts, resampled, token)
+    return n, torch.where(greedy, best.gather(1, n[:, None])[:, 0], token)

@@ -6,10 +6,10 @@ hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the de
      <= m (0 for AR slots), then padding; positions and predecessors from cache_len;
   2. forward through the model (a StepLayout: no host tuple, no mask for the generated model) to the
      final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
-  3. verify all slots at once with their own parameters: the fused Triton verifier
-     (verifier_kernel.fused_verify_slots) or the same maths as torch ops (batched_sampling.verify);
+  3. verify all slots at once with their own parameters (`verify.verify_slots`: the fused Triton
+     verifier or the same maths as torch ops, draw for draw), on the logits in the model dtype;
   4. commit c, d_1..d_n into the cache (fixed-shape scatter), stop / length checks;
-  5. next drafts from the block at the largest level <= n, sampled slot by slot;
+  5. next drafts from the block at the largest level <= n (`draft_sampling.sample_next_drafts`);
   6. the output packet (tokens, count, done, n, was active) for the host to read one step late.
 Nothing here reads a value back to the host: `tests/test_engine.py` runs it under a guard.
 """
@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .batched_sampling import process_logits, sample_rows, verify
-from .counter_rng import DRAFT
+from .draft_sampling import sample_next_drafts
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
-from .verifier_kernel import fused_verify_slots
+from .verify import verify_slots
 
 # new-row predecessor codes, before mapping into [cache state rows | new rows]
 LAST_CACHED, NO_PREDECESSOR = -1, -2
@@ -53,7 +52,7 @@ class StepConstants:
     banned: torch.Tensor  # ids never sampled (the mask token)
     fill_id: int  # the id of mask and padding rows
     banned_id: int = -1  # host copy of the one banned id (-1: none), for the fused verifier
-    verifier: str = "torch"  # "fused": the Triton kernels (verifier_kernel); "torch": batched_sampling.verify
+    verifier: str = "torch"  # verifier and draft sampler backend: "fused" (Triton kernels) or "torch" (same draws)
 
 
 def extended_predecessors(new_pred: torch.Tensor, cache_len: torch.Tensor, receptive_field: int) -> torch.Tensor:
@@ -108,9 +107,9 @@ def _layout_rows(st: SlotState, shape: StepShape, k: StepConstants):
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """fp32 logits of the given rows only: the verify rows and the chosen block's b - 1 draft rows, 2b - 1
-    of the b + P * b rows of a step (the unchosen blocks' logits are never needed)."""
-    return (hidden @ head.t()).float()
+    """Logits of the given rows only, in the model dtype (the verifier reads them as they are): the verify rows;
+    the chosen block's b - 1 draft rows are `sample_next_drafts`'s, 2b - 1 of the b + P * b rows of a step."""
+    return hidden @ head.t()
 
 
 def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: StepConstants) -> None:
@@ -125,12 +124,8 @@ def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: Ste
     num_drafts = torch.where(st.active, st.num_drafts, 0) if D else torch.zeros_like(st.num_drafts)
     sampler = (st.kind, st.temperature, st.top_k, st.top_p, st.mix_weight, st.seed)
     ar_logits = _logits(hidden[:, :V_ROWS], head)
-    if k.verifier == "fused":
-        n, token = fused_verify_slots(ar_logits, st.draft_logits, st.drafts, num_drafts, st.cache_len + 1, *sampler,
-                                      k.banned_id, shape.filtered)
-    else:
-        n, token = verify(ar_logits, st.draft_logits, st.drafts, num_drafts, st.cache_len + 1, *sampler, k.banned,
-                          shape.filtered)
+    n, token = verify_slots(k.verifier, ar_logits, st.draft_logits, st.drafts, num_drafts, st.cache_len + 1,
+                            *sampler, k.banned_id, shape.filtered, banned=k.banned)
     active = st.active
     n = torch.where(active, n, 0)
     counts = torch.where(active, n + 1, 0)
@@ -152,24 +147,7 @@ def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: Ste
 
     # next drafts: block at the largest level a <= n supplies slots n - a + 1 .. b - 1
     new_len = st.cache_len + counts
-    if shape.proposals:
-        levels = k.levels[: shape.proposals]
-        proposed = torch.arange(shape.proposals, device=n.device)[None, :] < blocks[:, None]
-        usable = (levels[None, :] <= n[:, None]) & proposed
-        chosen = (usable.long().sum(-1) - 1).clamp_min(0)
-        a = levels[chosen]
-        offset = n - a
-        start = causal + chosen * b + offset + 1
-        t = torch.arange(b - 1, device=n.device)[None, :]
-        rows = (start[:, None] + t).clamp_max(shape.rows - 1)
-        block_logits = _logits(hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1])), head)
-        z = process_logits(block_logits, st.temperature, st.top_k, st.top_p, k.banned, shape.filtered)
-        new_drafts = sample_rows(z, st.kind, st.seed, new_len[:, None] + 1 + t, DRAFT)
-        st.draft_logits.copy_(block_logits)
-        st.drafts.copy_(new_drafts)
-        st.num_drafts.copy_(torch.where(active & st.tidar & (blocks > 0), b - 1 - offset, 0))
-    else:
-        st.num_drafts.zero_()
+    sample_next_drafts(k.verifier, st, hidden, head, n, causal, blocks, active, new_len + 1, shape, k)
 
     st.pending.copy_(torch.where(active, token, st.pending))
     st.cache_len.copy_(new_len)

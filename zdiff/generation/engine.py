@@ -152,7 +152,7 @@ class Engine:
             target = _runtime_target(self.device)
         self.policy = ProposalPolicy(spec, levels, proposals if self.diffusion else 0, target)
         self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device)
-        self.state = SlotState.allocate(max_slots, b, self.vocab, MAX_STOP_TOKENS, self.device)
+        self.state = SlotState.allocate(max_slots, b, self.vocab, MAX_STOP_TOKENS, self.device, model.dtype)
         dev = self.device
         self.constants = StepConstants(
             block_size=b, level_values=levels, levels=torch.tensor(levels, dtype=torch.long, device=dev),

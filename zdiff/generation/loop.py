@@ -129,8 +129,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
     """Generate up to `max_new_tokens` per prompt (token ids in, token ids out).
 
     `diffusion` (block size, acceptance levels, mask token) is required for TiDAR decoding;
-    `verifier`: "reference" (per-sequence torch code) or "fused" (one Triton launch per step,
-    its own counter-based RNG; temperature, logit-mix and the mask ban fused, no top-k/top-p).
+    `verifier`: "reference" (per-sequence torch code, the oracle) or "fused" (the engine's verifier API on
+    its Triton kernels, one call per step, each sequence keyed on a seed from the loop's generator).
     `progress`, if given, is called with the running token count after every step.
     """
     if verifier not in ("reference", "fused"):
@@ -229,24 +229,37 @@ def _usable_levels(levels: tuple[int, ...], drafts: int) -> tuple[int, ...]:
 
 
 def _fused_verdicts(seqs, logits, params, generator) -> dict[int, tuple[int, int]]:
-    """Verify every active sequence with one launch of the fused Triton verifier."""
-    from .verifier_kernel import fused_verify
+    """Verify every active sequence with one call of the engine's verifier (the fused kernels), each sequence
+    keyed on its own seed drawn from the loop's generator."""
+    from .batched_sampling import KIND_CODES
+    from .verify import verify_slots
 
     active = [i for i, s in enumerate(seqs) if not s.done]
     M = max(len(seqs[i].drafts) for i in active)
-    V = logits.shape[-1]
-    ar = torch.zeros(len(active), M + 1, V, device=logits.device)
-    draft = torch.zeros(len(active), M, V, device=logits.device)
-    drafts = torch.zeros(len(active), M, dtype=torch.long, device=logits.device)
+    B, V, device = len(active), logits.shape[-1], logits.device
+    ar = torch.zeros(B, M + 1, V, device=device)
+    draft = torch.zeros(B, M, V, device=device)
+    drafts = torch.zeros(B, M, dtype=torch.long, device=device)
     for row, i in enumerate(active):
         m = len(seqs[i].drafts)
         ar[row, : m + 1] = logits[i, : m + 1]
         if m:
-            draft[row, :m] = seqs[i].draft_logits.to(logits.device)
+            draft[row, :m] = seqs[i].draft_logits.to(device)
             drafts[row, :m] = torch.tensor(seqs[i].drafts)
-    num = torch.tensor([len(seqs[i].drafts) for i in active], device=logits.device)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    accepted, token = fused_verify(ar, draft, drafts, num, params, seed=seed)
+    num = torch.tensor([len(seqs[i].drafts) for i in active], device=device)
+    seeds = torch.randint(0, 2**62, (B,), generator=generator).to(device)
+
+    def per_slot(value, dtype=torch.float32):
+        return torch.full((B,), value, dtype=dtype, device=device)
+
+    if len(params.banned) > 1:
+        raise ZdiffError(f"the fused verifier bans one id (the mask), got {len(params.banned)}")
+    filtered = bool(params.top_k) or params.top_p < 1.0
+    accepted, token = verify_slots("fused", ar, draft, drafts, num, per_slot(0, torch.long),
+                                   per_slot(KIND_CODES[params.kind], torch.long), per_slot(params.temperature),
+                                   per_slot(params.top_k, torch.long), per_slot(params.top_p),
+                                   per_slot(params.mix_weight), seeds, params.banned[0] if params.banned else -1,
+                                   filtered)
     return {i: (int(a), int(t)) for i, a, t in zip(active, accepted.tolist(), token.tolist())}
 
 

@@ -24,7 +24,7 @@ class SlotState:
     pending: torch.Tensor  # (S,) int64: c, the last committed token
     drafts: torch.Tensor  # (S, b-1) int64
     num_drafts: torch.Tensor  # (S,) int64
-    draft_logits: torch.Tensor  # (S, b-1, V) fp32: raw logits the drafts were sampled from
+    draft_logits: torch.Tensor  # (S, b-1, V) model dtype: raw logits the drafts were sampled from
     generated: torch.Tensor  # (S,) int64: tokens delivered so far
     max_new: torch.Tensor  # (S,) int64
     stop_ids: torch.Tensor  # (S, max_stop) int64, -1 = unused
@@ -37,14 +37,15 @@ class SlotState:
     packet: torch.Tensor  # (S, b + PACKET_EXTRA) int64: this step's output (tokens, count, done, n, was active)
 
     @classmethod
-    def allocate(cls, slots: int, block_size: int, vocab: int, max_stop: int, device) -> "SlotState":
+    def allocate(cls, slots: int, block_size: int, vocab: int, max_stop: int, device,
+                 logits_dtype: torch.dtype = torch.float32) -> "SlotState":
         def z(*shape, dtype=torch.int64):
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         d = max(block_size - 1, 0)
         return cls(active=z(slots, dtype=torch.bool), tidar=z(slots, dtype=torch.bool), cache_len=z(slots),
                    pending=z(slots), drafts=z(slots, d), num_drafts=z(slots),
-                   draft_logits=z(slots, d, vocab, dtype=torch.float32), generated=z(slots), max_new=z(slots),
+                   draft_logits=z(slots, d, vocab, dtype=logits_dtype), generated=z(slots), max_new=z(slots),
                    stop_ids=torch.full((slots, max_stop), -1, dtype=torch.int64, device=device), kind=z(slots),
                    temperature=torch.ones(slots, device=device), top_k=z(slots),
                    top_p=torch.ones(slots, device=device), mix_weight=torch.ones(slots, device=device),

@@ -8,11 +8,12 @@ last row. Greedy slots accept while d is the argmax and take the argmax. No host
 accepted counts and tokens stay on the device.
 
 Per slot (device tensors, so a captured graph replays any mix of requests): the sampler kind,
-1 / temperature and the mix weight. Top-k / top-p need a sort over the vocabulary: the caller
-applies them on the device (`batched_sampling.process_logits`) and passes the filtered logits
-with unit temperature (`fused_verify_slots` does). Randomness is keyed, never positional in
-the batch: the acceptance uniforms come in as a (B, M) tensor and the Gumbel noise of row i is
-`tl.rand(key[b, i], token_id)` with one key per (seed, token position) (`counter_rng`), or is
+temperature and mix weight. The logits are read in the model dtype. Top-k / top-p need a sort over
+the vocabulary: the caller applies them on the device (`batched_sampling.process_logits`) and
+passes the filtered logits at unit scale (PROCESSED; `fused_verify_slots` does). Randomness is
+keyed in the kernel, never positional in the batch (`keyed_rng`, the torch backend's bits): the
+acceptance uniform of row i from (seed, first_position + i, ACCEPT) and the Gumbel noise of the
+resample / bonus draw from (seed, first_position + n, RESAMPLE) and the token id; or both are
 given explicitly (GIVEN_NOISE) so tests compare the kernels draw for draw with
 `zdiff.generation.sampling.verify_stochastic`.
 
@@ -37,10 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ZdiffError
-from .batched_sampling import GREEDY, KIND_CODES, LOGIT_MIX, mixed_targets, process_logits
-from .counter_rng import ACCEPT, RESAMPLE, stream_keys, uniforms
-from .sampling import SamplingParams
+from .batched_sampling import GREEDY, LOGIT_MIX, mixed_targets, process_logits
+from .keyed_rng import ACCEPT_SALT, RESAMPLE_SALT, _accept_uniform, _gumbel_of, _row_key
 
 NEG_INF = tl.constexpr(float("-inf"))
 FINITE_FLOOR = tl.constexpr(-3.0e38)  # below every real logit, above -inf
@@ -48,8 +47,7 @@ FINITE_FLOOR = tl.constexpr(-3.0e38)  # below every real logit, above -inf
 TINY = tl.constexpr(1e-30)
 BIG_INDEX = tl.constexpr(2147483647)
 GREEDY_CODE = tl.constexpr(GREEDY)
-# the largest fp32 below 1: a float64 uniform rounded to fp32 must stay in [0, 1)
-BELOW_ONE = 1.0 - 2.0**-24
+LOGIT_MIX_CODE = tl.constexpr(LOGIT_MIX)
 
 
 @triton.jit
@@ -67,31 +65,36 @@ def _mix(za, zd, mix_weight):
 def _target_and_draft(ar_row, draft_row, idx, V, banned_id, mix_weight, inv_temperature):
     """One vocabulary chunk of a verify row: target logits t and draft logits z_q, -inf outside."""
     valid = (idx < V) & (idx != banned_id)
-    za = tl.load(ar_row + idx, mask=valid, other=0.0)
-    zd = tl.load(draft_row + idx, mask=valid, other=0.0)
+    za = tl.load(ar_row + idx, mask=valid, other=0.0).to(tl.float32)
+    zd = tl.load(draft_row + idx, mask=valid, other=0.0).to(tl.float32)
     t = tl.where(valid, _mix(za, zd, mix_weight) * inv_temperature, NEG_INF)
     zq = tl.where(valid, zd * inv_temperature, NEG_INF)
     return t, zq
 
 
 @triton.jit
-def _gumbel(noise_ptr, noise_row, idx, V, GIVEN_NOISE: tl.constexpr):
+def _gumbel(noise_ptr, noise_row, key, idx, V, GIVEN_NOISE: tl.constexpr):
     """Gumbel noise for one vocabulary chunk of verify row `noise_row` (b * (M + 1) + i): read from a
-    (B, M+1, V) tensor (tests), or Philox keyed on that row's stream key and the token id."""
+    (B, M+1, V) tensor (tests), or the keyed generator's noise (`keyed_rng`) under that row's RESAMPLE key."""
     if GIVEN_NOISE:
         g = tl.load(noise_ptr + noise_row.to(tl.int64) * V + idx, mask=idx < V, other=0.0)
     else:
-        key = tl.load(noise_ptr + noise_row)
-        u = tl.rand(key, idx)
-        g = -tl.log(-tl.log(tl.minimum(tl.maximum(u, 1e-7), 1.0 - 1e-7)))
+        g = _gumbel_of(key, idx)
     return g
 
 
 @triton.jit
-def _slot_sampler(kind_ptr, scale_ptr, b):
-    """(greedy, random = not greedy, 1 / temperature, mix weight) of slot b; scale is (B, 2) fp32."""
+def _slot_sampler(kind_ptr, temperature_ptr, mix_ptr, b, PROCESSED: tl.constexpr):
+    """(greedy, random = not greedy, 1 / temperature, mix weight) of slot b. PROCESSED: the caller already
+    mixed, tempered and filtered the logits (top-k / top-p): unit scale, no mixing."""
     kind = tl.load(kind_ptr + b)
-    return kind == GREEDY_CODE, kind != GREEDY_CODE, tl.load(scale_ptr + 2 * b), tl.load(scale_ptr + 2 * b + 1)
+    if PROCESSED:
+        inv_temperature = 1.0
+        mix_weight = 1.0
+    else:
+        inv_temperature = 1.0 / tl.load(temperature_ptr + b)
+        mix_weight = tl.where(kind == LOGIT_MIX_CODE, tl.load(mix_ptr + b), 1.0)
+    return kind == GREEDY_CODE, kind != GREEDY_CODE, inv_temperature, mix_weight
 
 
 @triton.jit
@@ -120,16 +123,16 @@ def _reduce_best(best, best_idx):
 
 @triton.jit
 def verify_stats_kernel(
-    ar_logits_ptr, draft_logits_ptr, num_drafts_ptr, kind_ptr, scale_ptr, stats_ptr, argmax_ptr,
+    ar_logits_ptr, draft_logits_ptr, num_drafts_ptr, kind_ptr, temperature_ptr, mix_ptr, stats_ptr, argmax_ptr,
     V, M, S1, chunks_per_split, banned_id,
-    BLOCK_V: tl.constexpr,
+    PROCESSED: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     s = tl.program_id(0)
     row = tl.program_id(1)  # b * M + i
     b = row // M
     i = row - b * M
-    m = tl.load(num_drafts_ptr + b)
-    greedy, _, inv_temperature, mix_weight = _slot_sampler(kind_ptr, scale_ptr, b)
+    m = tl.load(num_drafts_ptr + b).to(tl.int32)
+    greedy, _, inv_temperature, mix_weight = _slot_sampler(kind_ptr, temperature_ptr, mix_ptr, b, PROCESSED)
     if i < m:
         row64 = row.to(tl.int64)
         ar_row = ar_logits_ptr + (row64 + b) * V  # row i of (B, M+1, V): b*(M+1) + i = row + b
@@ -142,7 +145,8 @@ def verify_stats_kernel(
             for c in range(0, chunks_per_split):
                 idx = (s * chunks_per_split + c) * BLOCK_V + offs
                 valid = (idx < V) & (idx != banned_id)
-                t = tl.where(valid, tl.load(ar_row + idx, mask=valid, other=0.0) * inv_temperature, NEG_INF)
+                t = tl.load(ar_row + idx, mask=valid, other=0.0).to(tl.float32)
+                t = tl.where(valid, t * inv_temperature, NEG_INF)
                 max_t, arg_t = _lane_best(max_t, arg_t, t, idx)
             top, top_idx = _reduce_best(max_t, arg_t)
             tl.store(out, top)
@@ -184,15 +188,19 @@ def _combine_softmax(pmax, psum):
 
 @triton.jit
 def verify_sample_kernel(
-    ar_logits_ptr, draft_logits_ptr, drafts_ptr, num_drafts_ptr, kind_ptr, scale_ptr, uniforms_ptr, noise_ptr,
+    ar_logits_ptr, draft_logits_ptr, drafts_ptr, num_drafts_ptr, kind_ptr, temperature_ptr, mix_ptr,
+    seed_ptr, position_ptr, uniforms_ptr, noise_ptr,
     stats_ptr, argmax_ptr, walk_ptr, best_ptr, best_idx_ptr,
     V, M, S1, S2, chunks_per_split, banned_id,
-    GIVEN_NOISE: tl.constexpr, BLOCK_V: tl.constexpr, ROWS: tl.constexpr, SPLITS1: tl.constexpr,
+    GIVEN_NOISE: tl.constexpr, PROCESSED: tl.constexpr, BLOCK_V: tl.constexpr, ROWS: tl.constexpr,
+    SPLITS1: tl.constexpr,
 ):
     s = tl.program_id(0)
     b = tl.program_id(1)
-    m = tl.load(num_drafts_ptr + b)
-    greedy, random, inv_temperature, mix_weight = _slot_sampler(kind_ptr, scale_ptr, b)
+    m = tl.load(num_drafts_ptr + b).to(tl.int32)
+    greedy, random, inv_temperature, mix_weight = _slot_sampler(kind_ptr, temperature_ptr, mix_ptr, b, PROCESSED)
+    seed = tl.load(seed_ptr + b)
+    first_position = tl.load(position_ptr + b)  # the position of draft d_1 (verify row i decides first + i)
     ar_base = ar_logits_ptr + b.to(tl.int64) * (M + 1) * V
     draft_base = draft_logits_ptr + b.to(tl.int64) * M * V
     noise_rows = b * (M + 1)  # this slot's verify rows in the (B, M+1) noise keys / (B, M+1, V) given noise
@@ -225,11 +233,14 @@ def verify_sample_kernel(
             max_q, sum_q = _combine_softmax(_combine_rows(base + 2 * S1, live_random, splits, S1, NEG_INF),
                                             _combine_rows(base + 3 * S1, live_random, splits, S1, 0.0))
             at_d = live_random & (d != banned_id)  # a banned draft has p(d) = q(d) = 0: rejected, as the reference
-            za_d = tl.load(ar_base + i * V + d, mask=at_d, other=0.0)
-            zd_d = tl.load(draft_base + i * V + d, mask=at_d, other=0.0)
+            za_d = tl.load(ar_base + i * V + d, mask=at_d, other=0.0).to(tl.float32)
+            zd_d = tl.load(draft_base + i * V + d, mask=at_d, other=0.0).to(tl.float32)
             p_d = tl.where(at_d, tl.exp(_mix(za_d, zd_d, mix_weight) * inv_temperature - max_t) / sum_t, 0.0)
             q_d = tl.where(at_d, tl.exp(zd_d * inv_temperature - max_q) / sum_q, 0.0)
-            u = tl.load(uniforms_ptr + b * M + i, mask=live_random, other=0.0)
+            if GIVEN_NOISE:
+                u = tl.load(uniforms_ptr + b * M + i, mask=live_random, other=0.0)
+            else:
+                u = _accept_uniform(seed, first_position + i, ACCEPT_SALT)
             reject = tl.where(greedy, live & (d != row_best), live & (u * q_d >= p_d))  # not (u q(d) < p(d))
             first = tl.min(tl.where(reject, i, BIG_INDEX), 0)
             if first < BIG_INDEX:
@@ -250,6 +261,7 @@ def verify_sample_kernel(
     best_p = tl.full((BLOCK_V,), NEG_INF, tl.float32)
     best_p_idx = tl.zeros((BLOCK_V,), tl.int32)
     out = b * 2 * S2 + s  # (B, 2, S2): slot 0 residual (or bonus) key, slot 1 the key over p
+    key = _row_key(seed, first_position + n, RESAMPLE_SALT)  # the draw decides position first + n
     if n < m:
         if random:  # (a greedy rejection's token is the walk's argmax)
             # Gumbel-max over max(0, p - q), and over p in case that is all zero
@@ -259,10 +271,10 @@ def verify_sample_kernel(
                                           inv_temperature)
                 p = tl.exp(t - r_max_t) / r_sum_t  # exp(-inf) = 0 outside the vocabulary / on the ban
                 q = tl.exp(zq - r_max_q) / r_sum_q
-                g = _gumbel(noise_ptr, noise_rows + n, idx, V, GIVEN_NOISE)
-                key = tl.where(p > q, tl.log(tl.maximum(p - q, TINY)) + g, NEG_INF)
+                g = _gumbel(noise_ptr, noise_rows + n, key, idx, V, GIVEN_NOISE)
+                race = tl.where(p > q, tl.log(tl.maximum(p - q, TINY)) + g, NEG_INF)
                 key_p = tl.where(p > 0, tl.log(tl.maximum(p, TINY)) + g, NEG_INF)
-                best, best_idx = _lane_best(best, best_idx, key, idx)
+                best, best_idx = _lane_best(best, best_idx, race, idx)
                 best_p, best_p_idx = _lane_best(best_p, best_p_idx, key_p, idx)
             top, top_idx = _reduce_best(best, best_idx)
             top_p, top_p_idx = _reduce_best(best_p, best_p_idx)
@@ -275,13 +287,13 @@ def verify_sample_kernel(
         for c in range(0, chunks_per_split):
             idx = (s * chunks_per_split + c) * BLOCK_V + offs
             valid = (idx < V) & (idx != banned_id)
-            t = tl.load(ar_base + m * V + idx, mask=valid, other=0.0) * inv_temperature
+            t = tl.load(ar_base + m * V + idx, mask=valid, other=0.0).to(tl.float32) * inv_temperature
             if greedy:
-                key = tl.where(valid, t, NEG_INF)
+                race = tl.where(valid, t, NEG_INF)
             else:
-                g = _gumbel(noise_ptr, noise_rows + m, idx, V, GIVEN_NOISE)
-                key = tl.where(valid, t + g, NEG_INF)
-            best, best_idx = _lane_best(best, best_idx, key, idx)
+                g = _gumbel(noise_ptr, noise_rows + m, key, idx, V, GIVEN_NOISE)
+                race = tl.where(valid, t + g, NEG_INF)
+            best, best_idx = _lane_best(best, best_idx, race, idx)
         top, top_idx = _reduce_best(best, best_idx)
         tl.store(best_ptr + out, top)
         tl.store(best_idx_ptr + out, top_idx)
@@ -293,7 +305,7 @@ def verify_finish_kernel(
     SPLITS2: tl.constexpr,
 ):
     b = tl.program_id(0)
-    m = tl.load(num_drafts_ptr + b)
+    m = tl.load(num_drafts_ptr + b).to(tl.int32)
     n = tl.load(walk_ptr + 2 * b)
     greedy = tl.load(kind_ptr + b) == GREEDY_CODE
     splits = tl.arange(0, SPLITS2)
@@ -307,8 +319,8 @@ def verify_finish_kernel(
         if (n < m) & (top == NEG_INF):  # max(0, p - q) all zero: p == q up to rounding, draw from p
             _, token = _reduce_best(tl.load(best_ptr + base + S2 + splits, mask=in_range, other=NEG_INF),
                                     tl.load(best_idx_ptr + base + S2 + splits, mask=in_range, other=BIG_INDEX))
-    tl.store(accepted_ptr + b, n)
-    tl.store(token_ptr + b, token)
+    tl.store(accepted_ptr + b, n.to(tl.int64))
+    tl.store(token_ptr + b, token.to(tl.int64))
 
 
 _SM_COUNTS: dict = {}
@@ -348,34 +360,20 @@ def _explicit_splits(V: int, block_v: int, splits: int, limit: int) -> tuple[int
     return splits, triton.cdiv(triton.cdiv(V, block_v), splits)
 
 
-def check_draft_ids(drafts: torch.Tensor, num_drafts: torch.Tensor, vocab: int) -> None:
-    """Real drafts (the first num_drafts[b] of each row) must be ids in [0, V): the kernels read
-    p(d) and q(d) at d, so an id outside would read a neighbouring row or past the end.
-
-    On the CPU the check is free and raises ZdiffError; on a GPU it is a device-side assert
-    (torch._assert_async), which fails the stream without a host synchronisation."""
-    if drafts.numel() == 0:
-        return
-    real = torch.arange(drafts.shape[1], device=drafts.device)[None, :] < num_drafts.to(drafts.device)[:, None]
-    ok = ((drafts >= 0) & (drafts < vocab)) | ~real
-    if drafts.device.type == "cpu":
-        if not bool(ok.all()):
-            bad = drafts[~ok][0].item()
-            raise ZdiffError(f"drafts: ids must be in [0, {vocab}), got {bad}")
-    else:
-        torch._assert_async(ok.all(), f"drafts: ids must be in [0, {vocab})")
-
-
 def launch_verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,
-                  kind: torch.Tensor, scale: torch.Tensor, accept_uniforms: torch.Tensor, noise: torch.Tensor,
-                  banned_id: int = -1, given_noise: bool = False, block_v: int = 1024, stats_splits: int | None = None,
-                  sample_splits: int | None = None, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """The three kernels on prepared inputs. Returns (accepted (B,) int32, token (B,) int32).
+                  kind: torch.Tensor, temperature: torch.Tensor, mix_weight: torch.Tensor, seed: torch.Tensor,
+                  first_position: torch.Tensor, banned_id: int = -1, processed: bool = False,
+                  given: tuple[torch.Tensor, torch.Tensor] | None = None, block_v: int = 1024,
+                  stats_splits: int | None = None, sample_splits: int | None = None,
+                  num_warps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The three kernels on the step's own tensors (logits in the model dtype; no conversion, no copy).
+    Returns (accepted (B,) int64, token (B,) int64).
 
-    kind (B,) sampler codes; scale (B, 2) fp32 (1 / temperature, mix weight: 1 for unmixed slots);
-    accept_uniforms (B, M) fp32 in [0, 1); noise: (B, M+1) int64 stream keys, or with given_noise the
-    Gumbel noise (B, M+1, V) fp32. stats_splits / sample_splits: vocabulary splits of pass 1 / pass 2;
-    by default chosen on the host from V, the batch and the device's SM count (no synchronisation)."""
+    kind, num_drafts, seed, first_position (B,) int64; temperature, mix_weight (B,) fp32; processed: the
+    logits are already mixed, tempered and filtered (read at unit scale). Randomness: keyed in the kernel on
+    (seed, first_position + row, purpose), or given (uniforms (B, M) fp32, Gumbel noise (B, M+1, V) fp32) for
+    draw-for-draw tests. stats_splits / sample_splits: vocabulary splits of pass 1 / pass 2; by default
+    chosen on the host from V, the batch and the device's SM count (no synchronisation)."""
     B, M1, V = ar_logits.shape
     M = M1 - 1
     device = ar_logits.device
@@ -389,57 +387,30 @@ def launch_verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: t
         S2, per2 = vocab_splits(V, B, sms, block_v, MAX_SAMPLE_SPLITS, min_chunks=2)
     else:
         S2, per2 = _explicit_splits(V, block_v, sample_splits, MAX_SAMPLE_SPLITS)
-    accepted = torch.full((B,), -7, dtype=torch.int32, device=device)  # poisoned: every slot must be written
-    token = torch.full((B,), -7, dtype=torch.int32, device=device)
-    # workspaces: torch.empty (tests poison them with NaN / -7; no entry is read before it is written)
+    # outputs and workspaces: torch.empty, no launch (tests poison them; every entry is written before it is read)
+    accepted = torch.empty((B,), dtype=torch.int64, device=device)
+    token = torch.empty((B,), dtype=torch.int64, device=device)
     stats = torch.empty((B * M, 4, S1), dtype=torch.float32, device=device)
     argmax = torch.empty((B * M, S1), dtype=torch.int32, device=device)
     walk = torch.empty((B, 2), dtype=torch.int32, device=device)
     best = torch.empty((B, 2, S2), dtype=torch.float32, device=device)
     best_idx = torch.empty((B, 2, S2), dtype=torch.int32, device=device)
-    dummy = torch.zeros(1, dtype=torch.float32, device=device)
-    ar = ar_logits.float().contiguous()
-    draft = draft_logits.float().contiguous() if M else dummy
-    num = num_drafts.to(torch.int32).contiguous()
-    kind = kind.to(torch.int32).contiguous()
-    scale = scale.float().contiguous()
+    unused = torch.empty(1, dtype=torch.float32, device=device)  # never read (a dummy pointer)
+    draft = draft_logits if M else unused
+    u, noise = given if given is not None else (unused, unused)
+    sampler = (kind, temperature, mix_weight)
     if B * M:
         verify_stats_kernel[(S1, B * M)](
-            ar, draft, num, kind, scale, stats, argmax, V, M, S1, per1, banned_id,
-            BLOCK_V=block_v, num_warps=num_warps)
+            ar_logits, draft, num_drafts, *sampler, stats, argmax, V, M, S1, per1, banned_id,
+            PROCESSED=processed, BLOCK_V=block_v, num_warps=num_warps)
     verify_sample_kernel[(S2, B)](
-        ar, draft, drafts.contiguous() if M else dummy.long(), num, kind, scale,
-        accept_uniforms.float().contiguous() if M else dummy, noise.contiguous(),
+        ar_logits, draft, drafts if M else unused, num_drafts, *sampler, seed, first_position, u, noise,
         stats, argmax, walk, best, best_idx, V, M, S1, S2, per2, banned_id,
-        GIVEN_NOISE=given_noise, BLOCK_V=block_v, ROWS=min(16, triton.next_power_of_2(max(M, 1))),
-        SPLITS1=triton.next_power_of_2(S1), num_warps=num_warps)
-    verify_finish_kernel[(B,)](num, kind, walk, best, best_idx, accepted, token, S2,
+        GIVEN_NOISE=given is not None, PROCESSED=processed, BLOCK_V=block_v,
+        ROWS=min(16, triton.next_power_of_2(max(M, 1))), SPLITS1=triton.next_power_of_2(S1), num_warps=num_warps)
+    verify_finish_kernel[(B,)](num_drafts, kind, walk, best, best_idx, accepted, token, S2,
                                SPLITS2=triton.next_power_of_2(S2), num_warps=1)
     return accepted, token
-
-
-def keyed_randomness(seed: torch.Tensor, first_position: torch.Tensor, M: int):
-    """(acceptance uniforms (B, M) fp32, Gumbel stream keys (B, M+1) int64) of slots whose draft d_1 sits at
-    first_position: keyed on (seed, token position, purpose) as the engine's torch verifier keys them."""
-    rows = torch.arange(M + 1, device=seed.device)[None, :]
-    positions = first_position[:, None] + rows
-    u = uniforms(seed[:, None], positions[:, :M], ACCEPT).float().clamp_max(BELOW_ONE)
-    return u, stream_keys(seed[:, None], positions, RESAMPLE)
-
-
-def _kernel_inputs(ar_logits, draft_logits, num_drafts, kind, temperature, top_k, top_p, mix_weight, banned,
-                   filtered: bool):
-    """(target logits, draft logits, scale (B, 2)) as the kernels read them. Unfiltered: the raw logits with
-    each slot's 1 / temperature and mix weight (1 for unmixed samplers). Filtered (top-k / top-p, which need
-    a sort): mixed, tempered, banned and filtered on the device here, then read at unit scale."""
-    B, M = draft_logits.shape[:2]
-    if filtered:
-        target = mixed_targets(ar_logits, draft_logits, num_drafts, kind, mix_weight)
-        target = process_logits(target, temperature, top_k, top_p, banned, True)
-        draft = process_logits(draft_logits, temperature, top_k, top_p, banned, True)
-        return target, draft, torch.ones(B, 2, device=ar_logits.device)
-    mix = torch.where(kind == LOGIT_MIX, mix_weight.float(), 1.0)
-    return ar_logits, draft_logits, torch.stack([1.0 / temperature.float(), mix], dim=1)
 
 
 def fused_verify_slots(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor,
@@ -448,78 +419,47 @@ def fused_verify_slots(ar_logits: torch.Tensor, draft_logits: torch.Tensor, draf
                        mix_weight: torch.Tensor, seed: torch.Tensor, banned_id: int, filtered: bool,
                        given: tuple[torch.Tensor, torch.Tensor] | None = None,
                        **launch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The engine's verifier: `batched_sampling.verify`'s arguments and results ((n, token) int64 (S,)), on the
-    fused kernels. Every slot brings its own sampler; banned_id (-1: none) is never produced; `filtered`:
-    some slot uses top-k / top-p. No host synchronisation. given: (uniforms (S, M), Gumbel noise
-    (S, M+1, V)) instead of the keyed draws, for draw-for-draw tests."""
+    """The fused backend of `verify.verify_slots` (same arguments and results). Unfiltered: the kernels read
+    the raw logits in the model dtype and apply each slot's temperature, mix weight and the ban; filtered
+    (top-k / top-p need a sort): mixed, tempered, banned and filtered on the device first, read at unit scale."""
     M = ar_logits.shape[1] - 1
-    banned = None
-    if filtered and banned_id >= 0:
-        banned = torch.full((1,), banned_id, dtype=torch.long, device=ar_logits.device)
-    ar, draft, scale = _kernel_inputs(ar_logits, draft_logits[:, :M], num_drafts, kind, temperature, top_k, top_p,
-                                      mix_weight, banned, filtered)
-    u, noise = keyed_randomness(seed, first_position, M) if given is None else given
-    accepted, token = launch_verify(ar, draft, drafts[:, :M], num_drafts, kind, scale, u, noise, banned_id,
-                                    given is not None, **launch)
-    return accepted.long(), token.long()
+    draft_logits, drafts = draft_logits[:, :M], drafts[:, :M]
+    ar = ar_logits
+    if filtered:
+        banned = None
+        if banned_id >= 0:
+            banned = torch.full((1,), banned_id, dtype=torch.long, device=ar_logits.device)
+        ar = process_logits(mixed_targets(ar_logits, draft_logits, num_drafts, kind, mix_weight), temperature,
+                            top_k, top_p, banned, True)
+        draft_logits = process_logits(draft_logits, temperature, top_k, top_p, banned, True)
+    return launch_verify(ar.contiguous(), draft_logits.contiguous(), drafts.contiguous(), num_drafts, kind,
+                         temperature, mix_weight, seed, first_position, banned_id, filtered, given, **launch)
 
 
-def fused_verify(ar_logits: torch.Tensor, draft_logits: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,
-                 params: SamplingParams, seed: int = 0, uniforms: torch.Tensor | None = None,
-                 gumbel: torch.Tensor | None = None, **launch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Verify B sequences sharing one sampler. Returns (accepted (B,) int32, token (B,) int32) on the logits' device.
-
-    Randomness: given (uniforms (B, M) and gumbel (B, M+1, V), for draw-for-draw tests), or keyed on
-    (seed, b * (M + 1) + row): a batch-level seed, so a sequence's draws depend on its index here; the
-    engine keys them on each request's own seed and token positions (`fused_verify_slots`).
-    launch: block_v, stats_splits, sample_splits, num_warps (see `launch_verify`)."""
-    B, M1, V = ar_logits.shape
-    M = M1 - 1
-    if draft_logits.shape != (B, M, V) or drafts.shape != (B, M) or num_drafts.shape != (B,):
-        raise ValueError(f"shape mismatch: ar {tuple(ar_logits.shape)}, draft {tuple(draft_logits.shape)}, "
-                         f"drafts {tuple(drafts.shape)}, num_drafts {tuple(num_drafts.shape)}")
-    check_draft_ids(drafts, num_drafts, V)
-    device = ar_logits.device
-
-    def per_slot(value, dtype=torch.float32):
-        return torch.full((B,), value, dtype=dtype, device=device)
-
-    kind = per_slot(KIND_CODES[params.kind], torch.int32)
-    num = num_drafts.to(device)
-    # a second banned id goes through the device-side filtering, like top-k / top-p
-    filtered = bool(params.top_k) or params.top_p < 1.0 or len(params.banned) > 1
-    banned = torch.tensor(params.banned, dtype=torch.long, device=device) if filtered and params.banned else None
-    ar, draft, scale = _kernel_inputs(ar_logits, draft_logits, num, kind, per_slot(params.temperature),
-                                      per_slot(params.top_k, torch.long), per_slot(params.top_p),
-                                      per_slot(params.mix_weight), banned, filtered)
-    banned_id = params.banned[0] if params.banned and not filtered else -1
-    if uniforms is not None:
-        assert gumbel is not None and uniforms.shape == (B, M) and gumbel.shape == (B, M + 1, V)
-        u, noise, given = uniforms.to(device), gumbel.to(device), True
-    else:
-        u, noise = keyed_randomness(per_slot(seed, torch.long), torch.arange(B, device=device) * M1, M)
-        given = False
-    return launch_verify(ar, draft, drafts, num, kind, scale, u, noise, banned_id, given, **launch)
-
-
-def aot_kernels(given_noise: bool, block_v: int = 1024, rows: int = 16, splits1: int = MAX_STATS_SPLITS,
-                splits2: int = MAX_SAMPLE_SPLITS) -> list[tuple]:
-    """(name, kernel, signature, constexprs, num_warps) of the verifier's three kernels, for AOT compilation."""
-    i32 = "i32"
-    stats = {"ar_logits_ptr": "*fp32", "draft_logits_ptr": "*fp32", "num_drafts_ptr": "*i32", "kind_ptr": "*i32",
-             "scale_ptr": "*fp32", "stats_ptr": "*fp32", "argmax_ptr": "*i32", "V": i32, "M": i32, "S1": i32,
-             "chunks_per_split": i32, "banned_id": i32, "BLOCK_V": "constexpr"}
-    sample = {"ar_logits_ptr": "*fp32", "draft_logits_ptr": "*fp32", "drafts_ptr": "*i64", "num_drafts_ptr": "*i32",
-              "kind_ptr": "*i32", "scale_ptr": "*fp32", "uniforms_ptr": "*fp32",
-              "noise_ptr": "*fp32" if given_noise else "*i64", "stats_ptr": "*fp32", "argmax_ptr": "*i32",
+def aot_kernels(given_noise: bool, logits: str = "bf16", block_v: int = 1024, rows: int = 16,
+                splits1: int = MAX_STATS_SPLITS, splits2: int = MAX_SAMPLE_SPLITS,
+                processed: bool = False) -> list[tuple]:
+    """(name, kernel, signature, constexprs, num_warps) of the verifier's three kernels, for AOT compilation.
+    logits: the logits' element type (the model dtype; fp32 after top-k / top-p filtering). Eight warps at
+    BLOCK_V = 1024 (8 logits per thread): with bf16 logits, four warps (16 per thread) left 8 bytes of stack
+    in verify_stats on sm_90."""
+    i32, i64 = "i32", "*i64"
+    sampler = {"kind_ptr": i64, "temperature_ptr": "*fp32", "mix_ptr": "*fp32"}
+    stats = {"ar_logits_ptr": f"*{logits}", "draft_logits_ptr": f"*{logits}", "num_drafts_ptr": i64, **sampler,
+             "stats_ptr": "*fp32", "argmax_ptr": "*i32", "V": i32, "M": i32, "S1": i32,
+             "chunks_per_split": i32, "banned_id": i32, "PROCESSED": "constexpr", "BLOCK_V": "constexpr"}
+    sample = {"ar_logits_ptr": f"*{logits}", "draft_logits_ptr": f"*{logits}", "drafts_ptr": i64,
+              "num_drafts_ptr": i64, **sampler, "seed_ptr": i64, "position_ptr": i64, "uniforms_ptr": "*fp32",
+              "noise_ptr": "*fp32", "stats_ptr": "*fp32", "argmax_ptr": "*i32",
               "walk_ptr": "*i32", "best_ptr": "*fp32", "best_idx_ptr": "*i32", "V": i32, "M": i32, "S1": i32,
               "S2": i32, "chunks_per_split": i32, "banned_id": i32, "GIVEN_NOISE": "constexpr",
-              "BLOCK_V": "constexpr", "ROWS": "constexpr", "SPLITS1": "constexpr"}
-    finish = {"num_drafts_ptr": "*i32", "kind_ptr": "*i32", "walk_ptr": "*i32", "best_ptr": "*fp32",
-              "best_idx_ptr": "*i32", "accepted_ptr": "*i32", "token_ptr": "*i32", "S2": i32, "SPLITS2": "constexpr"}
+              "PROCESSED": "constexpr", "BLOCK_V": "constexpr", "ROWS": "constexpr", "SPLITS1": "constexpr"}
+    finish = {"num_drafts_ptr": i64, "kind_ptr": i64, "walk_ptr": "*i32", "best_ptr": "*fp32",
+              "best_idx_ptr": "*i32", "accepted_ptr": i64, "token_ptr": i64, "S2": i32, "SPLITS2": "constexpr"}
     return [
-        ("verify_stats", verify_stats_kernel, stats, {"BLOCK_V": block_v}, 4),
+        ("verify_stats", verify_stats_kernel, stats, {"PROCESSED": processed, "BLOCK_V": block_v}, 8),
         ("verify_sample", verify_sample_kernel, sample,
-         {"GIVEN_NOISE": given_noise, "BLOCK_V": block_v, "ROWS": rows, "SPLITS1": splits1}, 4),
+         {"GIVEN_NOISE": given_noise, "PROCESSED": processed, "BLOCK_V": block_v, "ROWS": rows, "SPLITS1": splits1},
+         8),
         ("verify_finish", verify_finish_kernel, finish, {"SPLITS2": splits2}, 1),
     ]
