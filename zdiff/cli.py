@@ -133,6 +133,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_tokenize(args) -> int:
+    from .outputs import resolve_output
+    from .train.tokenize_corpus import tokenize_corpus, tokenizer_for
+
+    resolve_output(args.out, inputs=(None if args.data == "stdlib" else args.data, args.tokenizer), replaces=False)
+    tokenize_corpus(args.data, args.out, tokenizer_for(args.tokenizer), workers=args.workers, field=args.field)
+    return 0
+
+
 def _cmd_generate(args) -> int:
     from pathlib import Path
 
@@ -264,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
     tr.set_defaults(run=_cmd_train)
+
+    tok = sub.add_parser("tokenize", help="text / JSONL / Parquet / datasets -> memory-mapped token shards + manifest "
+                         "for `zdiff train --data`")
+    tok.add_argument("data", help="a file or directory (text, .jsonl[.gz|.zst], .parquet, a datasets save_to_disk "
+                     "directory), or 'stdlib'")
+    tok.add_argument("out", help="the shard directory (a killed run resumes into it)")
+    tok.add_argument("--tokenizer", default="bytes", help="'bytes' (the tiny specs' byte-level ids, default), a "
+                     "checkpoint or run directory with tokenizer.json, or a tokenizer.json file")
+    tok.add_argument("--field", default="text", help="the text field of JSONL records / Parquet and Arrow columns")
+    tok.add_argument("--workers", type=_int_in(1, L.MAX_WORKERS), default=1, help="tokenizer processes")
+    tok.set_defaults(run=_cmd_tokenize)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
     gen.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. RUN/final)")

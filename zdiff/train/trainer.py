@@ -284,6 +284,14 @@ def _first_difference(a: dict, b: dict, path: str) -> str:
 # --- the loop ----------------------------------------------------------------------------
 
 
+def _source_tokens_before(run: "RunDir", start: int, data) -> dict[str, int]:
+    """Tokens trained on per source up to step `start` (the resumed run's metrics carry the running count)."""
+    for record in reversed(run.read_metrics()):
+        if record["step"] <= start and "tokens_by_source" in record:
+            return dict(record["tokens_by_source"])
+    return {name: 0 for name in data.names}
+
+
 def _full(norm: torch.Tensor) -> torch.Tensor:
     """The gradient norm as a plain tensor (FSDP2 returns a DTensor)."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -318,7 +326,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                                  f"now {mine[key]!r}; a resumed run must use the same settings")
 
     spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
-    train_data, heldout = split_corpus(cfg.data, tokenizer)
+    train_data, heldout = split_corpus(cfg.data, tokenizer, log=log if rank == 0 else None)
+    train_data.check_window(cfg.seq_len + 1)
+    heldout.check_window(cfg.seq_len + 1, f"--data {cfg.data} (held-out split)")
     model, read_bytes = _build_model(cfg, spec, file_spec, init_dir, backend, device, world)
     model.activation_checkpointing = cfg.activation_checkpointing
     model.train()
@@ -342,17 +352,18 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     elif rank == 0:
         run.root.mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
-                "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens),
-                "heldout_tokens": len(heldout.tokens),
-                "train_files": train_data.num_files, "heldout_files": heldout.num_files}
+                "tokenizer": tokenizer.name, "train_tokens": train_data.num_tokens,
+                "heldout_tokens": heldout.num_tokens, "sources": train_data.summary()}
         atomic_write_text(run.root / "run.json", json.dumps(info, indent=1))
         run.truncate_metrics(0)
     if rank == 0:
-        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_files} "
-            f"training files ({len(train_data.tokens):,} tokens), {heldout.num_files} held-out; world size {world}"
+        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_tokens:,} "
+            f"training tokens ({train_data.describe()}), {heldout.num_tokens:,} held-out; world size {world}"
             + (f"; resuming at step {start}" if start else ""))
 
     local = cfg.batch_size // world
+    rows = slice(rank * local, (rank + 1) * local)
+    source_tokens = _source_tokens_before(run, start, train_data) if rank == 0 else {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
     metrics_file = run.metrics.open("a") if rank == 0 else None
@@ -362,7 +373,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)[rank * local:(rank + 1) * local]
+            # every rank draws the step's offsets and reads only its own rows
+            window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1, rows)
             with autocast:
                 parts = objective(wrapped, window.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -381,6 +393,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             last = {"step": step + 1, "loss": loss, "ar_loss": ar_loss,
                     "diffusion_loss": diff_loss if parts.diffusion is not None else None,
                     "lr": lr, "grad_norm": norm, "tokens_per_s": cfg.batch_size * cfg.seq_len / (now - tick)}
+            if rank == 0:
+                step_rows = train_data.rows_per_source(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)
+                for name, count in step_rows.items():
+                    source_tokens[name] = source_tokens.get(name, 0) + count * cfg.seq_len
+                last["tokens_by_source"] = dict(source_tokens)
             tick = now
             if metrics_file:
                 metrics_file.write(json.dumps(last) + "\n")
