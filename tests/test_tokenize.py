@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from hardening_helpers import assert_error, run_main
+
 from zdiff.train import documents
 from zdiff.train.data import Tokenizer
 from zdiff.train.shards import is_heldout_document
