@@ -59,6 +59,15 @@ def parse_data(data: str) -> list[SourceSpec]:
     return sources
 
 
+def data_inputs(data: str) -> list[str]:
+    """The paths `--data` reads (for the output-overlap check); nothing for stdlib or a malformed mixture (the
+    loader reports that)."""
+    try:
+        return [s.name for s in parse_data(data) if s.name != STDLIB]
+    except ZdiffError:
+        return []
+
+
 @dataclass
 class Mixture:
     names: list[str]

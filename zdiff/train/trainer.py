@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .. import BACKENDS
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
-from ..checkpoint.store import SPEC_FILE, write_checkpoint_files
+from ..checkpoint.store import SPEC_FILE, resolve_checkpoint, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
 from ..errors import ZdiffError
 from ..plots import loss_curve
@@ -53,12 +53,13 @@ KEEP_CHECKPOINTS = 2
 
 @dataclass(frozen=True)
 class TrainConfig:
-    spec: str
-    data: str
     mode: str
     steps: int
     out: str
-    init: str | None = None
+    spec: str | None = None  # None: the --init checkpoint's spec
+    data: str = "stdlib"  # shards, a mixture `A:0.7,B:0.3`, or raw inputs (zdiff.train.mixture)
+    init: str | None = None  # a checkpoint, or a run directory (its final/, else its latest checkpoint)
+    decay_steps: int | None = None  # length of the cosine decay (None: steps); later steps keep its final rate
     batch_size: int = 16  # global, across data-parallel ranks
     seq_len: int = 256
     lr: float = 1e-3
@@ -75,10 +76,11 @@ class TrainConfig:
     backend: str | None = None  # torch (reference model) or triton (generated kernels); None: triton on a GPU
     device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
     activation_checkpointing: bool = False  # recompute each layer's activations in backward
+    tensorboard: bool = False  # also write TensorBoard event files (zdiff[tensorboard])
 
     def check(self, world: int) -> None:
-        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows"):
-            if getattr(self, name) < 1:
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows", "decay_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ZdiffError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ZdiffError(f"--lr must be positive, got {self.lr}")
@@ -228,11 +230,12 @@ class RunDir:
 def _prepare(cfg: TrainConfig):
     """(spec, file_spec, tokenizer, init_dir, note): the spec to train and, for --init, the checkpoint's own
     model spec (conversion may add a token row to it)."""
-    spec = load_spec(cfg.spec)
     if cfg.init is None:
+        spec = load_spec(cfg.spec)
         return spec, None, Tokenizer(None, spec.model.vocab_size), None, "random initialisation"
-    init_dir = Path(cfg.init)
+    init_dir, init_note = resolve_checkpoint(cfg.init)
     init_spec = load_spec(init_dir / SPEC_FILE)
+    spec = init_spec if cfg.spec is None else load_spec(cfg.spec)
     if init_spec.model != spec.model:
         field = _first_difference(dataclasses.asdict(spec.model), dataclasses.asdict(init_spec.model), "model")
         raise ZdiffError(f"{field}: the spec and the --init checkpoint disagree")
@@ -240,7 +243,7 @@ def _prepare(cfg: TrainConfig):
                                name=spec.name)
     tokenizer_json = init_dir / "tokenizer.json"
     tokenizer = Tokenizer(tokenizer_json if tokenizer_json.is_file() else None, spec.model.vocab_size)
-    note = f"initialised from {init_dir}"
+    note = f"initialised from {init_dir}" + (f" ({init_note})" if init_note else "")
     if cfg.mode == "tidar":
         spec, mask_note = plan_mask_token(spec, tokenizer)
         note += f"; {mask_note}"
@@ -309,23 +312,21 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
     backend = _resolve_backend(cfg.backend, device)
-    check_memory(cfg, load_spec(cfg.spec), backend, device, world)
+    spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
+    check_memory(cfg, spec, backend, device, world)
     run = RunDir(cfg.out)
     latest = run.latest()
     if latest is not None and not resume:
         raise ZdiffError(f"{run.root} already holds a run (checkpoint {latest.name}); pass --resume or another --out")
     if resume and latest is None:
         raise ZdiffError(f"--resume: no checkpoint in {run.root}")
+    saved = None
     if resume:
-        saved = json.loads((run.root / "run.json").read_text())["config"]
-        mine = dataclasses.asdict(cfg)
-        defaults = dataclasses.asdict(TrainConfig(**{f: None for f in ("spec", "data", "mode", "steps", "out")}))
-        for key in mine:
-            if saved.get(key, defaults[key]) != mine[key]:
-                raise ZdiffError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in the interrupted run, "
-                                 f"now {mine[key]!r}; a resumed run must use the same settings")
+        from .run_config import check_resume, saved_config
 
-    spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
+        saved = saved_config(cfg.out)
+        check_resume(saved, dataclasses.asdict(cfg))
+
     train_data, heldout = split_corpus(cfg.data, tokenizer, log=log if rank == 0 else None)
     train_data.check_window(cfg.seq_len + 1)
     heldout.check_window(cfg.seq_len + 1, f"--data {cfg.data} (held-out split)")
@@ -349,13 +350,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         start = trainer_state["step"]
         if rank == 0:
             run.truncate_metrics(start)
-    elif rank == 0:
+    if rank == 0 and (saved is None or saved["steps"] != cfg.steps):  # a new run, or an extended one
         run.root.mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
                 "tokenizer": tokenizer.name, "train_tokens": train_data.num_tokens,
                 "heldout_tokens": heldout.num_tokens, "sources": train_data.summary()}
         atomic_write_text(run.root / "run.json", json.dumps(info, indent=1))
-        run.truncate_metrics(0)
+        if not resume:
+            run.truncate_metrics(0)
     if rank == 0:
         log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_tokens:,} "
             f"training tokens ({train_data.describe()}), {heldout.num_tokens:,} held-out; world size {world}"
@@ -370,7 +372,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     tick, last = time.perf_counter(), {}
     try:
         for step in range(start, cfg.steps):
-            lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+            lr = learning_rate(step, cfg.decay_steps or cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # every rank draws the step's offsets and reads only its own rows
