@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from hardening_helpers import assert_error, run_main
 from safetensors.torch import load_file
 
-from hardening_helpers import assert_error, run_main
 from training_helpers import micro_corpus, micro_spec
 from zdiff.checkpoint.store import resolve_checkpoint
 from zdiff.cli import build_parser
