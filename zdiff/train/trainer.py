@@ -46,6 +46,7 @@ from .evaluate import evaluate
 from .memory import check_fits, device_capacity, estimate_training_memory
 from .model_init import load_full, load_sharded, model_class, random_model
 from .objective import Objective
+from .run_log import TensorBoardLog, peak_flops, require_tensorboard, step_flops
 from .schedule import learning_rate
 
 KEEP_CHECKPOINTS = 2
@@ -311,6 +312,8 @@ def _non_finite_message(step: int, loss, ar_loss, diff_loss, norm, run: "RunDir"
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
+    if cfg.tensorboard:
+        require_tensorboard()
     backend = _resolve_backend(cfg.backend, device)
     spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
     check_memory(cfg, spec, backend, device, world)
@@ -369,6 +372,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
     metrics_file = run.metrics.open("a") if rank == 0 else None
+    tensorboard = TensorBoardLog(run.root) if cfg.tensorboard and rank == 0 else None
+    flops, peak = step_flops(spec, cfg.mode, cfg.batch_size, cfg.seq_len), peak_flops(device, world)
     tick, last = time.perf_counter(), {}
     try:
         for step in range(start, cfg.steps):
@@ -400,10 +405,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                 for name, count in step_rows.items():
                     source_tokens[name] = source_tokens.get(name, 0) + count * cfg.seq_len
                 last["tokens_by_source"] = dict(source_tokens)
+            if peak:
+                last["mfu"] = flops / (now - tick) / peak
             tick = now
             if metrics_file:
                 metrics_file.write(json.dumps(last) + "\n")
                 metrics_file.flush()
+            if tensorboard:
+                tensorboard.write(last)
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
 
@@ -413,6 +422,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                                                        cfg.eval_windows, device=device)}
                 if metrics_file:
                     metrics_file.write(json.dumps(result) + "\n")
+                if tensorboard:
+                    tensorboard.write(result)
             if (step + 1) % cfg.checkpoint_every == 0 or done:
                 model_state, optim_state = _state_dicts(wrapped, optimizer)
                 if rank == 0:
@@ -428,6 +439,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if rank == 0:
         metrics_file.write(json.dumps(summary) + "\n")
         metrics_file.close()
+        if tensorboard:
+            tensorboard.write(summary)
+            tensorboard.close()
         model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
         with atomic_directory(run.root / "final", force=True) as tmp:
             write_checkpoint_files(tmp, spec, model_state, init_dir)
