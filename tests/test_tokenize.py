@@ -109,7 +109,7 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, name, content, re
     (corpus / "fine.txt").write_text("fine text")
     path = corpus / name
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-    code, _, err = run_main(["tokenize", corpus, tmp_path / "out"])
+    code, _, err = run_main(["tokenize", corpus, tmp_path / "out", "--workers", "2"])  # the error crosses processes
     assert_error(code, err, reason)
     assert os.listdir(tmp_path) == ["corpus"]
 

@@ -109,17 +109,18 @@ def _start_or_resume(out: Path, plan: dict) -> bool:
 def _run_units(root, units, plan, out, todo, workers, field) -> None:
     tasks = [(str(root), units[i], i, str(out), plan, field) for i in todo]
     total_bytes = sum(size for i in todo for _, size in plan["units"][i]["files"])
+    pool = None
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing
+
+        # fork (before the progress bar starts its thread): a spawned worker would import torch with zdiff.train
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = multiprocessing.get_context(method).Pool(min(workers, len(tasks)))
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", leave=False)
     tokens, started = 0, time.perf_counter()
     try:
-        if workers <= 1 or len(tasks) <= 1:
-            results = map(tokenize_unit, tasks)
-            pool = None
-        else:
-            import multiprocessing
-
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
-            results = pool.imap(tokenize_unit, tasks)  # in order; finished units are already on disk
+        # in order; a unit's files are on disk before its result arrives
+        results = pool.imap(tokenize_unit, tasks) if pool is not None else map(tokenize_unit, tasks)
         for (_, unit, index, *_), stats in zip(tasks, results):
             tokens += sum(stats[s]["tokens"] for s in SPLITS)
             bar.update(sum(size for _, size in plan["units"][index]["files"]))
