@@ -4,8 +4,9 @@ step consumes, and peak resident memory against corpus size.
     PYTHONPATH=. python benchmarks/data_bench.py --out DIR            # the BENCHMARKS.md numbers (a few minutes)
     PYTHONPATH=. python benchmarks/data_bench.py --smoke --out DIR    # tiny sizes, logic only
 
-(a) `zdiff tokenize` of a synthetic JSONL corpus (random words, 8 files) with 1 and 2 workers, byte-level
-    tokenizer: tokens/s in all and per worker (wall time of the whole command: reading, hashing, writing).
+(a) `zdiff tokenize` of a synthetic JSONL corpus (random words, 8 files) with 1 and 2 workers, with the
+    byte-level tokenizer and with a byte-level BPE of 8192 ids trained on the corpus (`tokenizers`): tokens/s in
+    all and per worker (wall time of the whole command: reading, hashing, tokenizing, writing).
 (b) Loader: Mixture.batch of one rank's rows (ZAYA1-8B: one 4096-token sequence per GPU per micro-step) from
     the memory-mapped shards, windows per second -> tokens/s. The need is the most tokens a GPU can consume:
     a TiDAR step at 100 % of an H200's dense bf16 peak (zdiff.targets), FLOPs from zdiff.train.run_log.
@@ -60,16 +61,32 @@ def synthetic_corpus(root: Path, files: int, docs_per_file: int) -> int:
     return size
 
 
+def bpe_tokenizer(corpus: Path, out: Path) -> Path:
+    """A byte-level BPE (vocabulary 8192) trained on the corpus: the speed class of a real checkpoint tokenizer."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tokenizer = HFTokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    texts = (json.loads(line)["text"] for f in sorted(corpus.glob("*.jsonl")) for line in f.open())
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=8192, show_progress=False))
+    tokenizer.save(str(out))
+    return out
+
+
 def bench_tokenizer(root: Path, out: Path) -> list[dict]:
     rows = []
-    for workers in (1, 2):
-        started = time.perf_counter()
-        manifest = tokenize_corpus(str(root), out / f"shards-{workers}", Tokenizer(None, 264), workers=workers,
-                                   log=lambda _: None)
-        seconds = time.perf_counter() - started
-        tokens = manifest["train"]["tokens"] + manifest["heldout"]["tokens"]
-        rows.append({"workers": workers, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                     "tokens_per_s_per_worker": tokens / seconds / workers})
+    bpe = bpe_tokenizer(root, out / "bpe.json")
+    for name, tokenizer in (("bytes", Tokenizer(None, 264)), ("BPE 8192", Tokenizer(bpe, 0))):
+        for workers in (1, 2):
+            started = time.perf_counter()
+            manifest = tokenize_corpus(str(root), out / f"shards-{name[:3]}-{workers}", tokenizer, workers=workers,
+                                       log=lambda _: None)
+            seconds = time.perf_counter() - started
+            tokens = manifest["train"]["tokens"] + manifest["heldout"]["tokens"]
+            rows.append({"tokenizer": name, "workers": workers, "tokens": tokens, "seconds": seconds,
+                         "tokens_per_s": tokens / seconds, "tokens_per_s_per_worker": tokens / seconds / workers})
     return rows
 
 
@@ -118,10 +135,11 @@ def bench_rss(template: Path, out: Path, sizes_gb: list[float]) -> list[dict]:
 
 def markdown(results: dict) -> str:
     lines = [f"{results['machine']}, {results['date']}", "",
-             "| tokenize workers | tokens | seconds | tokens/s | tokens/s per worker |", "|---|---|---|---|---|"]
+             "| tokenizer | tokenize workers | tokens | seconds | tokens/s | tokens/s per worker |",
+             "|---|---|---|---|---|---|"]
     for r in results["tokenizer"]:
-        lines.append(f"| {r['workers']} | {r['tokens']:,} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tokens_per_s_per_worker']:,.0f} |")
+        lines.append(f"| {r['tokenizer']} | {r['workers']} | {r['tokens']:,} | {r['seconds']:.2f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_worker']:,.0f} |")
     loader = results["loader"]
     lines += ["", "| loader (one rank) | tokens/s | ZAYA1-8B TiDAR need per H200 at 100 % MFU | ratio |",
               "|---|---|---|---|",
@@ -145,9 +163,9 @@ def main() -> None:
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, CPU only",
                "date": datetime.date.today().isoformat(), "corpus_bytes": corpus_bytes,
                "tokenizer": bench_tokenizer(work / "corpus", work)}
-    results["loader"] = bench_loader(work / "shards-1", seq_len=256 if args.smoke else 4096, rows=1,
+    results["loader"] = bench_loader(work / "shards-byt-1", seq_len=256 if args.smoke else 4096, rows=1,
                                      steps=50 if args.smoke else 5000)
-    results["rss"] = bench_rss(work / "shards-1", work, [0.01, 0.1] if args.smoke else [0.25, 1, 4, 16, 64])
+    results["rss"] = bench_rss(work / "shards-byt-1", work, [0.01, 0.1] if args.smoke else [0.25, 1, 4, 16, 64])
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
