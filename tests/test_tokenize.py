@@ -127,3 +127,27 @@ def test_parquet_without_the_field_and_cli_output(tmp_path):
     assert_error(code, err, "already holds tokenized shards")
     code, _, err = run_main(["tokenize", corpus, tmp_path / "o2", "--tokenizer", tmp_path / "nothing"])
     assert_error(code, err, "nothing: no tokenizer.json there")
+
+
+def test_a_checkpoint_tokenizer_past_16_bits_writes_uint32(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(70_000)}}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "ck").mkdir()
+    hf.save(str(tmp_path / "ck" / "tokenizer.json"))
+    (tmp_path / "ck" / "spec.yaml").write_text("name: x\n")  # a checkpoint directory as --tokenizer
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [" ".join(f"w{(i * 7919 + j * 104729) % 70_000}" for j in range(40)) for i in range(30)]
+    (corpus / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    code, _, err = run_main(["tokenize", corpus, tmp_path / "out", "--tokenizer", tmp_path / "ck"])
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["dtype"] == "uint32" and manifest["tokenizer"]["hash"].startswith("sha256:")
+    tokens = np.concatenate([np.fromfile(tmp_path / "out" / s["path"], dtype=np.uint32)[s["start"]:s["stop"]]
+                             for split in ("train", "heldout") for s in manifest[split]["shards"]])
+    expected = [i for t in texts for i in hf.encode(t, add_special_tokens=False).ids]
+    assert sorted(tokens.tolist()) == sorted(expected) and max(expected) > 65_535
