@@ -151,3 +151,22 @@ def test_a_checkpoint_tokenizer_past_16_bits_writes_uint32(tmp_path):
                              for split in ("train", "heldout") for s in manifest[split]["shards"]])
     expected = [i for t in texts for i in hf.encode(t, add_special_tokens=False).ids]
     assert sorted(tokens.tolist()) == sorted(expected) and max(expected) > 65_535
+
+
+def test_a_datasets_directory_saved_to_disk_reads_only_its_tables(tmp_path):
+    """The layout of `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: Arrow streams next to JSON metadata."""
+    root = tmp_path / "ds"
+    for split, texts in (("train", TEXTS[:12]), ("test", TEXTS[12:15])):
+        (root / split).mkdir(parents=True)
+        table = pa.table({"text": texts, "label": list(range(len(texts)))})
+        with pa.ipc.new_stream(root / split / "data-00000-of-00001.arrow", table.schema) as writer:
+            writer.write_table(table)
+        state = {"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}
+        (root / split / "state.json").write_text(json.dumps(state))
+        (root / split / "dataset_info.json").write_text(json.dumps({"features": {"text": {"dtype": "string"}}}))
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    manifest = tokenize_corpus(str(root), tmp_path / "out", Tokenizer(None, 264), log=lambda _: None)
+    assert manifest["units"] == 2
+    _, train = _documents(tmp_path / "out", "train")
+    _, held = _documents(tmp_path / "out", "heldout")
+    assert sorted(train + held) == sorted(TEXTS[:15])
