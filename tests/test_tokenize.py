@@ -170,3 +170,33 @@ def test_a_datasets_directory_saved_to_disk_reads_only_its_tables(tmp_path):
     _, train = _documents(tmp_path / "out", "train")
     _, held = _documents(tmp_path / "out", "heldout")
     assert sorted(train + held) == sorted(TEXTS[:15])
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_output(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(300):  # one unit per JSONL file: plenty of commit points
+        (corpus / f"p{i:03d}.jsonl").write_text("".join(json.dumps({"text": f"{i} {t}" * 40}) + "\n" for t in TEXTS))
+    tokenize_corpus(str(corpus), tmp_path / "whole", Tokenizer(None, 264), log=lambda _: None)
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    victim = subprocess.Popen([sys.executable, "-m", "zdiff", "tokenize", str(corpus), str(out)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "shards" / "00005.json").is_file():
+        time.sleep(0.005)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (out / "manifest.json").exists()
+    code, stdout, err = run_main(["tokenize", corpus, out])
+    assert code == 0, err
+    assert "[tokenize] resuming:" in stdout
+    assert _files(out) == _files(tmp_path / "whole")
