@@ -57,6 +57,13 @@ def test_batches_depend_only_on_seed_and_step_and_ranks_read_their_rows(tmp_path
     assert torch.equal(a, train.batch(seed=1, step=7, batch_size=4, window=33))
     assert not torch.equal(a, train.batch(seed=1, step=8, batch_size=4, window=33))
     assert torch.equal(torch.cat([train.batch(1, 7, 4, 33, slice(0, 2)), train.batch(1, 7, 4, 33, slice(2, 4))]), a)
+    # a rank reads only its own rows' windows
+    _, offsets = train.plan(1, 7, 4, 33)
+    read = []
+    source = train.sources[0]
+    monkeypatch.setattr(source, "gather", lambda o, w, real=source.gather: read.extend(o) or real(o, w))
+    train.batch(1, 7, 4, 33, slice(2, 4))
+    assert read == list(offsets[2:4])
     # windows are contiguous slices of the stream
     (tokens, start, stop), = train.sources[0].pieces
     stream = np.asarray(tokens[start:stop]).tolist()

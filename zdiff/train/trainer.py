@@ -1,8 +1,9 @@
 """`zdiff train`: AR pre-training and TiDAR conversion, single-process or under torchrun.
 
 Layout of --out:
-  run.json                 the configuration (a resumed run must match it)
+  run.json                 the configuration (a valid --config; --resume continues with it)
   metrics.jsonl            one JSON line per step (and per evaluation)
+  tensorboard/             the same as TensorBoard events (--tensorboard)
   loss.png                 the loss curves
   checkpoints/step_N/      spec.yaml + model.safetensors + trainer.pt (optimizer, step)
   latest                   name of the newest complete checkpoint
