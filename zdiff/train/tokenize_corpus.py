@@ -45,8 +45,8 @@ def tokenizer_for(source: str) -> Tokenizer:
 
         path = resolve_checkpoint(path)[0] / "tokenizer.json"
     if not path.is_file():
-        raise ZdiffError(f"--tokenizer {source}: no tokenizer.json there (give 'bytes', a tokenizer.json or a "
-                         "checkpoint directory that has one)")
+        raise ZdiffError(f"--tokenizer {source}: no tokenizer.json there (give 'bytes' for a byte-level model, a "
+                         "tokenizer.json, or a checkpoint directory that has one)")
     try:
         return Tokenizer(path, 0)
     except Exception as exc:  # tokenizers raises plain Exception for malformed files
