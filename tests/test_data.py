@@ -212,3 +212,18 @@ def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
     corpus_bytes = (3 << 30) * 2
     assert peak < 1200 << 20 < corpus_bytes, peak  # torch and the model: a few hundred MB, never the corpus
     assert json.loads((tmp_path / "run" / "run.json").read_text())["train_tokens"] == 3 << 30
+
+
+def test_bad_data_through_the_cli_is_exit_2_and_writes_nothing(tmp_path):
+    from hardening_helpers import assert_error, run_main
+
+    out = _tokenize(micro_corpus(tmp_path, files=3), tmp_path / "shards")
+    base = ["train", micro_spec(tmp_path), "--mode", "ar", "--steps", "1", "--out", tmp_path / "run"]
+    code, _, err = run_main([*base, "--data", f"{out}:0,{out}/manifest.json:0"], 60)
+    assert_error(code, err, "the weights sum to zero")
+    code, _, err = run_main([*base, "--data", f"{out}:1,{out}/manifest.json:heavy"], 60)
+    assert_error(code, err, "the weight 'heavy' of")
+    (out / "shards" / "00000.train.idx").unlink()
+    code, _, err = run_main([*base, "--data", out], 60)
+    assert_error(code, err, "00000.train.idx: shard listed by")
+    assert not (tmp_path / "run").exists()
