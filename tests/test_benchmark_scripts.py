@@ -75,3 +75,18 @@ def test_train_bench_script_smoke(tmp_path):
     losses = [r["loss"] for r in data["steps"]]
     assert max(losses) - min(losses) < 1e-3, losses  # one first step of the same model: same loss on every path
     assert (tmp_path / "results.md").read_text().startswith("cpu, torch")
+
+
+def test_data_bench_smoke(tmp_path):
+    """benchmarks/data_bench.py at tiny sizes: every part measured, the table written."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_bench.py"), "--smoke", "--out",
+                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["tokenizer"], r["workers"]) for r in data["tokenizer"]] == [(t, w) for t in ("bytes", "BPE 8192")
+                                                                           for w in (1, 2)]
+    assert data["tokenizer"][0]["tokens"] == data["tokenizer"][1]["tokens"] > data["tokenizer"][2]["tokens"] > 0
+    assert data["loader"]["loader_tokens_per_s"] > 0 and data["loader"]["gpu_need_tokens_per_s"] > 0
+    assert [r["tokens"] for r in data["rss"]] == [int(0.01 * 2**29), int(0.1 * 2**29)]
+    assert "| tokenizer | tokenize workers |" in (tmp_path / "results.md").read_text()

@@ -29,6 +29,7 @@ from zdiff.cli import build_parser
 from zdiff.errors import ZdiffError
 from zdiff.spec import parse_spec, preset_names
 from zdiff.spec.loader import PRESET_DIR
+from zdiff.train.run_config import REQUIRED as TRAIN_REQUIRED
 
 SCALE = float(os.environ.get("ZDIFF_FUZZ_SCALE", "1"))
 
@@ -180,11 +181,16 @@ class World:
             "hf_dir": [str(self.hf), "missing", "specs", "plain_file", str(self.ck), ""],
             # import's output; "hf" and what is in or around it overlap its input and must be refused
             "out_dir": [*outputs, "hf", "hf/inner", str(root)],
+            # tokenize's input and output
+            "data": ["plain_file", "specs", "acc", "missing", "out/a", ""],
+            "out": outputs,
         }
         self.flag_values = {
             "out": outputs,
             "data": ["plain_file", "specs", "missing", "stdlib", "out/a"],
             "init": [str(self.ck), "missing", "plain_file", "ck"],
+            "config": ["acc/good.json", "acc/bad.json", "plain_file", "missing", "specs/tiny.yaml"],
+            "tokenizer": ["bytes", str(self.ck), "missing", "plain_file"],
             "acceptance": ["acc/good.json", "acc/inf.json", "acc/bad.json", "acc", "missing"],
             "histogram": ["out/h.png", "plain_file/x.png", "/proc/zdiff.png"],
             "prompt": None,
@@ -269,8 +275,10 @@ def argvs(draw, command: str, world: World):
         if not action.option_strings:
             argv.append(draw(st.sampled_from(world.positionals[action.dest])))
     options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
-    chosen = [a for a in options if a.required and draw(st.integers(0, 15)) > 0]
-    chosen += draw(st.lists(st.sampled_from([a for a in options if not a.required]), max_size=5, unique_by=id))
+    # train's --mode / --steps / --out are required unless --config or --resume gives them (zdiff.train.run_config)
+    required = [a for a in options if a.required or (command == "train" and a.dest in TRAIN_REQUIRED)]
+    chosen = [a for a in required if draw(st.integers(0, 15)) > 0]
+    chosen += draw(st.lists(st.sampled_from([a for a in options if a not in required]), max_size=5, unique_by=id))
     for action in chosen:
         flag = max(action.option_strings, key=len)
         if action.nargs == 0:
@@ -303,7 +311,7 @@ def _check_world(world: World, argv: list[str], code: int) -> None:
 
 
 EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40,
-            "demo": 30, "serve": 30}
+            "demo": 30, "serve": 30, "tokenize": 30}
 
 
 @pytest.mark.parametrize("command", sorted(SUBPARSERS))

@@ -142,8 +142,8 @@ def test_train_cli_errors(tmp_path):
     assert (tmp_path / "run" / "final" / "spec.yaml").is_file()
     again = run_cli(*base, "--steps", "2")
     assert again.returncode == 2 and "already holds a run" in again.stderr
-    changed = run_cli(*base, "--steps", "3", "--resume")
-    assert changed.returncode == 2 and "--steps was 2 in the interrupted run, now 3" in changed.stderr
+    changed = run_cli(*base, "--steps", "2", "--lr", "0.5", "--resume")
+    assert changed.returncode == 2 and "--resume: --lr was 0.003 in the run, now 0.5" in changed.stderr
     missing = run_cli("train", spec, "--data", tmp_path / "nope", "--mode", "ar", "--steps", "1",
                       "--out", tmp_path / "r2")
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr

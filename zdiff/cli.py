@@ -131,15 +131,28 @@ def _cmd_compile(args) -> int:
 
 def _cmd_train(args) -> int:
     from .outputs import output_lock, resolve_output
-    from .train import TrainConfig, train
+    from .train import train
+    from .train.mixture import data_inputs
+    from .train.run_config import resolve
 
+    actions = {a.dest: a for a in args.train_parser._actions}
+    given = {k: v for k, v in vars(args).items() if k in actions}
+    cfg = resolve(given, actions, resume=given.get("resume", False), config=given.get("config"))
     # a run directory is written into, not replaced: it must not overlap what it reads, and one run at a time
-    resolve_output(args.out, inputs=(args.init, None if args.data == "stdlib" else args.data), replaces=False)
-    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__}
+    resolve_output(cfg.out, inputs=(cfg.init, *data_inputs(cfg.data)), replaces=False)
     # under torchrun only rank 0 writes the run directory, so only it holds the lock
-    lock = output_lock(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    lock = output_lock(cfg.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     with lock:
-        train(TrainConfig(**fields), resume=args.resume)
+        train(cfg, resume=given.get("resume", False))
+    return 0
+
+
+def _cmd_tokenize(args) -> int:
+    from .outputs import resolve_output
+    from .train.tokenize_corpus import tokenize_corpus, tokenizer_for
+
+    resolve_output(args.out, inputs=(None if args.data == "stdlib" else args.data, args.tokenizer), replaces=False)
+    tokenize_corpus(args.data, args.out, tokenizer_for(args.tokenizer), workers=args.workers, field=args.field)
     return 0
 
 
@@ -250,29 +263,35 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     comp.set_defaults(run=_cmd_compile)
 
-    tr = sub.add_parser("train", help="train AR, or convert AR -> TiDAR diffusion (--mode tidar --init CKPT)")
-    tr.add_argument("spec", help="spec YAML or preset name")
-    tr.add_argument("--data", default="stdlib", help="text file or directory (recursive); 'stdlib' (default): "
-                    "this Python's standard library source")
-    tr.add_argument("--mode", choices=["ar", "tidar"], required=True)
-    tr.add_argument("--init", help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
-    tr.add_argument("--steps", type=steps, required=True)
-    tr.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16,
-                    help="global batch (sequences per step)")
-    tr.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), default=256)
-    tr.add_argument("--lr", type=_float_in(0.0, L.MAX_LR, low_open=True), default=1e-3)
-    tr.add_argument("--warmup", type=_int_in(0, L.MAX_STEPS), default=50)
-    tr.add_argument("--min-lr-ratio", type=_float_in(0.0, 1.0), default=0.1)
-    tr.add_argument("--weight-decay", type=_float_in(0.0, L.MAX_WEIGHT_DECAY), default=0.1)
-    tr.add_argument("--clip", type=_float_in(0.0, L.MAX_CLIP, low_open=True), default=1.0,
-                    help="gradient-norm clipping threshold")
-    tr.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype (bf16: autocast)")
-    tr.add_argument("--checkpoint-every", type=steps, default=100)
-    tr.add_argument("--eval-every", type=_int_in(0, L.MAX_STEPS), default=0)
-    tr.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), default=64)
-    tr.add_argument("--seed", type=seed, default=0)
+    # no defaults here: the defaults are TrainConfig's, and a flag left out may come from --config or a resumed run
+    tr = sub.add_parser("train", help="train AR, or convert AR -> TiDAR diffusion (--mode tidar --init CKPT)",
+                        argument_default=argparse.SUPPRESS)
+    tr.add_argument("spec", nargs="?", help="spec YAML or preset name (default: the --init checkpoint's spec)")
+    tr.add_argument("--config", help="YAML / JSON file of these settings (a run's run.json works); flags override it")
+    tr.add_argument("--data", help="token shards (`zdiff tokenize` output), a mixture A:0.7,B:0.3, or raw text / "
+                    "JSONL / Parquet (tokenized once into a cache); 'stdlib' (default): this Python's standard library")
+    tr.add_argument("--mode", choices=["ar", "tidar"], help="required")
+    tr.add_argument("--init", help="zdiff checkpoint to start from, or a run directory (its final/, else its latest "
+                    "checkpoint); conversion adds a mask token if needed")
+    tr.add_argument("--steps", type=steps, help="required; with --resume a larger value extends the run")
+    tr.add_argument("--decay-steps", type=steps, help="length of the cosine decay (default --steps); later steps "
+                    "keep its final learning rate")
+    tr.add_argument("--out", help="required: run directory (checkpoints, metrics.jsonl, loss.png, final/)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped, with its "
+                    "saved settings (only --out is needed)")
+    tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="global batch (sequences per step; 16)")
+    tr.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), help="default 256")
+    tr.add_argument("--lr", type=_float_in(0.0, L.MAX_LR, low_open=True), help="peak learning rate (1e-3)")
+    tr.add_argument("--warmup", type=_int_in(0, L.MAX_STEPS), help="default 50")
+    tr.add_argument("--min-lr-ratio", type=_float_in(0.0, 1.0), help="default 0.1")
+    tr.add_argument("--weight-decay", type=_float_in(0.0, L.MAX_WEIGHT_DECAY), help="default 0.1")
+    tr.add_argument("--clip", type=_float_in(0.0, L.MAX_CLIP, low_open=True),
+                    help="gradient-norm clipping threshold (1.0)")
+    tr.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (fp32; bf16: autocast)")
+    tr.add_argument("--checkpoint-every", type=steps, help="default 100")
+    tr.add_argument("--eval-every", type=_int_in(0, L.MAX_STEPS), help="default 0: at the end only")
+    tr.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), help="default 64")
+    tr.add_argument("--seed", type=seed, help="default 0")
     tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     tr.add_argument("--backend", choices=["torch", "triton"], help="torch: the reference model (dense mask); triton: "
                     "the generated kernels (no mask, needs TRITON_INTERPRET=1 on a CPU). Default: triton on a GPU, "
@@ -282,7 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
     tr.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
-    tr.set_defaults(run=_cmd_train)
+    tr.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to OUT/tensorboard "
+                    "(needs zdiff[tensorboard])")
+    tr.set_defaults(run=_cmd_train, train_parser=tr)
+
+    tok = sub.add_parser("tokenize", help="text / JSONL / Parquet / datasets -> memory-mapped token shards + manifest "
+                         "for `zdiff train --data`")
+    tok.add_argument("data", help="a file or directory (text, .jsonl[.gz|.zst], .parquet, a datasets save_to_disk "
+                     "directory), or 'stdlib'")
+    tok.add_argument("out", help="the shard directory (a killed run resumes into it)")
+    tok.add_argument("--tokenizer", default="bytes", help="'bytes' (the tiny specs' byte-level ids, default), a "
+                     "checkpoint or run directory with tokenizer.json, or a tokenizer.json file")
+    tok.add_argument("--field", default="text", help="the text field of JSONL records / Parquet and Arrow columns")
+    tok.add_argument("--workers", type=_int_in(1, L.MAX_WORKERS), default=1, help="tokenizer processes")
+    tok.set_defaults(run=_cmd_tokenize)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
     gen.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. RUN/final)")

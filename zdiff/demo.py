@@ -32,7 +32,7 @@ from .report import spec_summary
 from .spec import load_spec, preset_names
 from .tokenize import ByteTokenizer
 from .train import TrainConfig, train
-from .train.data import Tokenizer, load_corpus
+from .train.data import Tokenizer, split_corpus
 
 AR_QUALITY_TOLERANCE = 0.03  # the converted model's held-out AR loss may be at most 3% worse
 
@@ -118,8 +118,7 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     spec = load_spec(root / "tidar" / "final" / "spec.yaml")
     model = load_model(root / "tidar" / "final").eval()
     tok = ByteTokenizer()
-    # no need to read the training split
-    heldout = load_corpus("stdlib", Tokenizer(None, spec.model.vocab_size), heldout=True)
+    _, heldout = split_corpus("stdlib", Tokenizer(None, spec.model.vocab_size))  # memory-mapped: reads only these
     windows = heldout.windows(plan.prompt_bytes, plan.prompts).tolist()
     prompts = [[t for t in w if t < 256] or [tok.bos_id] for w in windows]
     # the decode engine with the spec's proposal blocks (auto would plan for a GPU's cost model)

@@ -45,6 +45,7 @@ SPEC_MINIMUM: dict[str, float] = {"model.moe.balancing_bias.skip_init": -1e4}
 
 MAX_STEPS = 100_000_000  # zdiff train --steps, --checkpoint-every, --eval-every, --warmup
 MAX_BATCH_SIZE = 65_536  # zdiff train --batch-size, zdiff cost --batch
+MAX_WORKERS = 1024  # zdiff tokenize --workers
 MAX_SEQ_LEN = 131_072  # zdiff train --seq-len (the memory formula refuses what a device cannot hold)
 MAX_CONTEXT = 1 << 24  # zdiff check / cost --context (a count, nothing is allocated)
 # the reference decoding path builds dense (T x T) masks over prompt + new tokens: past ~32k

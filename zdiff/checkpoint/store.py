@@ -190,3 +190,23 @@ def check_tensor_names(directory, expected: dict[str, torch.Tensor], source: Ten
 def short_list(names: list[str], n: int = 4) -> str:
     more = f" and {len(names) - n} more" if len(names) > n else ""
     return ", ".join(names[:n]) + more
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, str | None]:
+    """(checkpoint directory, note) for a checkpoint or a `zdiff train` run directory: a run gives its final/,
+    else its latest checkpoint; the note names which (None when `path` is itself a checkpoint)."""
+    path = Path(path)
+    if (path / SPEC_FILE).is_file():
+        return path, None
+    if (path / "final" / SPEC_FILE).is_file():
+        return path / "final", f"{path} is a run directory: using its final/"
+    pointer = path / "latest"
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        latest = path / "checkpoints" / name
+        if name and (latest / SPEC_FILE).is_file():
+            return latest, f"{path} is a run directory without final/: using its latest checkpoint {name}"
+        raise CheckpointError(f"{pointer}: names {name!r}, which has no {SPEC_FILE} in {path / 'checkpoints'}")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    raise CheckpointError(f"{path}: neither a checkpoint (no {SPEC_FILE}) nor a run directory (no final/ or latest)")

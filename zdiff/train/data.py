@@ -1,65 +1,25 @@
-"""Training data: text files -> one token stream per split, sampled deterministically by step.
+"""The tokenizer training uses, and the (training, held-out) token streams of `--data`.
 
-The embedded default corpus (`--data stdlib`) is the running Python's own standard library
-source, so demos and tests need no download. Files are split into training and held-out
-sets by a hash of their relative path, which is stable across runs and machines with the
-same Python. A batch is a pure function of (seed, step): resuming at step s reads exactly
-the batches an uninterrupted run would have read, with no sampler state to save.
+`--data` names tokenized shards (`zdiff tokenize`; zdiff.train.shards), a weighted mixture of
+them (zdiff.train.mixture), or raw inputs (text, JSONL, Parquet, Arrow; `stdlib`, the embedded
+default, is the running Python's own standard library source), which are tokenized once into a
+cache of shards. Either way training reads memory-mapped shards, and a batch is a pure function
+of (seed, step): resuming at step s reads exactly the batches an uninterrupted run would have
+read, with no sampler state to save.
 """
 
 from __future__ import annotations
 
-import sysconfig
-import zlib
-from dataclasses import dataclass
+import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError, ZdiffError
 from ..tokenize import ByteTokenizer
+from .documents import STDLIB, discover, stdlib_files
 
-STDLIB = "stdlib"
-_SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
-HELDOUT_EVERY = 20  # one file in 20 is held out
-
-
-def stdlib_files() -> tuple[Path, list[Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(f for f in root.rglob("*.py") if not _SKIP_DIRS & set(f.relative_to(root).parts))
-    return root, files
-
-
-def discover(data: str) -> tuple[Path, list[Path]]:
-    """The corpus root and its text files (sorted), for a file, a directory or `stdlib`."""
-    if data == STDLIB:
-        return stdlib_files()
-    path = Path(data)
-    if path.is_file():
-        return path.parent, [path]
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".") and _is_text(f))
-        if not files:
-            raise ZdiffError(f"--data {data}: the directory holds no text files")
-        return path, files
-    raise ZdiffError(f"--data {data}: no such file or directory (or use --data stdlib)")
-
-
-def _is_text(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(8192)
-    if b"\0" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start > len(head) - 4  # a multi-byte character cut by the 8 KiB read
-    return True
-
-
-def is_heldout(root: Path, file: Path) -> bool:
-    return zlib.crc32(str(file.relative_to(root)).encode()) % HELDOUT_EVERY == 0
+__all__ = ["STDLIB", "Tokenizer", "discover", "split_corpus", "stdlib_files"]
 
 
 class Tokenizer:
@@ -84,10 +44,27 @@ class Tokenizer:
     def name(self) -> str:
         return "bytes" if self.tokenizer_json is None else str(self.tokenizer_json)
 
-    def encode(self, text: str) -> np.ndarray:
+    @property
+    def hash(self) -> str:
+        """What shards are checked against: equal hashes, equal token ids for every text."""
         if self.tokenizer_json is None:
-            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
-        return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+            return "bytes"
+        return "sha256:" + hashlib.sha256(Path(self.tokenizer_json).read_bytes()).hexdigest()
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer_json is None:
+            return self.byte.vocab_size
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if self.tokenizer_json is None:
+            return [np.frombuffer(t.encode("utf-8", errors="replace"), dtype=np.uint8).astype(np.int32)
+                    for t in texts]
+        return [np.asarray(e.ids, dtype=np.int32) for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         if self.tokenizer_json is None:
@@ -109,67 +86,8 @@ def checkpoint_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
     return Tokenizer(None, vocab_size)
 
 
-@dataclass
-class TokenStream:
-    tokens: torch.Tensor  # (N,) int64
-    num_bytes: int  # UTF-8 bytes of the text behind it (for bits per byte)
-    num_files: int
+def split_corpus(data: str, tokenizer: Tokenizer, log=None):
+    """(training, held-out) of `--data` as one Mixture and the sources' held-out tokens (zdiff.train.mixture)."""
+    from .mixture import open_mixture
 
-    @property
-    def tokens_per_byte(self) -> float:
-        return len(self.tokens) / max(self.num_bytes, 1)
-
-    def batch(self, seed: int, step: int, batch_size: int, window: int) -> torch.Tensor:
-        """(batch_size, window) token windows at offsets drawn from (seed, step) alone."""
-        if len(self.tokens) <= window:
-            raise ZdiffError(f"the data has {len(self.tokens)} tokens, fewer than one window of {window} "
-                             "(--seq-len + 1); give more text or a shorter --seq-len")
-        rng = np.random.default_rng([seed, step])
-        offsets = torch.from_numpy(rng.integers(0, len(self.tokens) - window, size=batch_size))
-        return self.tokens[offsets[:, None] + torch.arange(window)]
-
-    def windows(self, window: int, count: int) -> torch.Tensor:
-        """`count` evenly spaced windows (a fixed evaluation set)."""
-        starts = torch.linspace(0, len(self.tokens) - window - 1, count).long()
-        return self.tokens[starts[:, None] + torch.arange(window)]
-
-
-def heldout_files(root: Path, files: list[Path]) -> set[Path]:
-    """One file in HELDOUT_EVERY by path hash; at least one and never all (small corpora)."""
-    held = {f for f in files if is_heldout(root, f)}
-    if not held or len(held) == len(files):
-        held = {min(files, key=lambda f: zlib.crc32(str(f.relative_to(root)).encode()))}
-    return held
-
-
-def load_corpus(data: str, tokenizer: Tokenizer, heldout: bool | None) -> TokenStream:
-    """Files of one split (heldout True/False; None: all of them)."""
-    root, files = discover(data)
-    if heldout is not None:
-        held = heldout_files(root, files)
-        files = [f for f in files if (f in held) == heldout]
-    pieces, num_bytes = [], 0
-    for f in files:
-        text = f.read_text(encoding="utf-8", errors="replace")
-        if not text:
-            continue
-        pieces.append(tokenizer.encode(text))
-        if tokenizer.separator is not None:
-            pieces.append(np.array([tokenizer.separator], dtype=np.int32))
-        num_bytes += len(text.encode("utf-8"))
-    if not pieces or num_bytes == 0:
-        which = {True: "held-out ", False: "training ", None: ""}[heldout]
-        raise ZdiffError(f"--data {data}: no {which}text found (all files empty?)")
-    return TokenStream(torch.from_numpy(np.concatenate(pieces)).long(), num_bytes, len(files))
-
-
-def split_corpus(data: str, tokenizer: Tokenizer) -> tuple[TokenStream, TokenStream]:
-    """(training, held-out). A single file is split 95 / 5 by position instead."""
-    root, files = discover(data)
-    if len(files) == 1:
-        stream = load_corpus(data, tokenizer, None)
-        cut = int(len(stream.tokens) * (1 - 1 / HELDOUT_EVERY))
-        ratio = stream.num_bytes / len(stream.tokens)
-        return (TokenStream(stream.tokens[:cut], int(cut * ratio), 1),
-                TokenStream(stream.tokens[cut:], stream.num_bytes - int(cut * ratio), 1))
-    return load_corpus(data, tokenizer, False), load_corpus(data, tokenizer, True)
+    return open_mixture(data, tokenizer, log=log)

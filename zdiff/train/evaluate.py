@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from .data import TokenStream
 from .objective import Objective
+from .shards import TokenRanges
 
 
 @torch.no_grad()
-def evaluate(model, heldout: TokenStream, ar: Objective, tidar: Objective | None, seq_len: int, windows: int = 64,
+def evaluate(model, heldout: TokenRanges, ar: Objective, tidar: Objective | None, seq_len: int, windows: int = 64,
              batch_size: int = 16, device=None) -> dict:
     """`ar` scores plain causal windows; `tidar` (when the model has a mask token) their diffusion loss."""
     was_training = model.training

@@ -1,8 +1,9 @@
 """`zdiff train`: AR pre-training and TiDAR conversion, single-process or under torchrun.
 
 Layout of --out:
-  run.json                 the configuration (a resumed run must match it)
+  run.json                 the configuration (a valid --config; --resume continues with it)
   metrics.jsonl            one JSON line per step (and per evaluation)
+  tensorboard/             the same as TensorBoard events (--tensorboard)
   loss.png                 the loss curves
   checkpoints/step_N/      spec.yaml + model.safetensors + trainer.pt (optimizer, step)
   latest                   name of the newest complete checkpoint
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .. import BACKENDS
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
-from ..checkpoint.store import SPEC_FILE, write_checkpoint_files
+from ..checkpoint.store import SPEC_FILE, resolve_checkpoint, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
 from ..errors import ZdiffError, ZdiffWarning
 from ..plots import MISSING as MISSING_PLOTS
@@ -48,6 +49,7 @@ from .evaluate import evaluate
 from .memory import check_fits, device_capacity, estimate_training_memory
 from .model_init import load_full, load_sharded, model_class, random_model
 from .objective import Objective
+from .run_log import TensorBoardLog, peak_flops, require_tensorboard, step_flops
 from .schedule import learning_rate
 
 KEEP_CHECKPOINTS = 2
@@ -55,12 +57,13 @@ KEEP_CHECKPOINTS = 2
 
 @dataclass(frozen=True)
 class TrainConfig:
-    spec: str
-    data: str
     mode: str
     steps: int
     out: str
-    init: str | None = None
+    spec: str | None = None  # None: the --init checkpoint's spec
+    data: str = "stdlib"  # shards, a mixture `A:0.7,B:0.3`, or raw inputs (zdiff.train.mixture)
+    init: str | None = None  # a checkpoint, or a run directory (its final/, else its latest checkpoint)
+    decay_steps: int | None = None  # length of the cosine decay (None: steps); later steps keep its final rate
     batch_size: int = 16  # global, across data-parallel ranks
     seq_len: int = 256
     lr: float = 1e-3
@@ -77,10 +80,11 @@ class TrainConfig:
     backend: str | None = None  # torch (reference model) or triton (generated kernels); None: triton on a GPU
     device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
     activation_checkpointing: bool = False  # recompute each layer's activations in backward
+    tensorboard: bool = False  # also write TensorBoard event files (zdiff[tensorboard])
 
     def check(self, world: int) -> None:
-        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows"):
-            if getattr(self, name) < 1:
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows", "decay_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ZdiffError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ZdiffError(f"--lr must be positive, got {self.lr}")
@@ -230,18 +234,19 @@ class RunDir:
 def _prepare(cfg: TrainConfig):
     """(spec, file_spec, tokenizer, init_dir, note): the spec to train and, for --init, the checkpoint's own
     model spec (conversion may add a token row to it)."""
-    spec = load_spec(cfg.spec)
     if cfg.init is None:
+        spec = load_spec(cfg.spec)
         return spec, None, Tokenizer(None, spec.model.vocab_size), None, "random initialisation"
-    init_dir = Path(cfg.init)
+    init_dir, init_note = resolve_checkpoint(cfg.init)
     init_spec = load_spec(init_dir / SPEC_FILE)
+    spec = init_spec if cfg.spec is None else load_spec(cfg.spec)
     if init_spec.model != spec.model:
         field = _first_difference(dataclasses.asdict(spec.model), dataclasses.asdict(init_spec.model), "model")
         raise ZdiffError(f"{field}: the spec and the --init checkpoint disagree")
     spec = dataclasses.replace(init_spec, diffusion=spec.diffusion, sampler=spec.sampler, targets=spec.targets,
                                name=spec.name)
     tokenizer = checkpoint_tokenizer(init_dir, spec.model.vocab_size)
-    note = f"initialised from {init_dir}"
+    note = f"initialised from {init_dir}" + (f" ({init_note})" if init_note else "")
     if cfg.mode == "tidar":
         spec, mask_note = plan_mask_token(spec, tokenizer)
         note += f"; {mask_note}"
@@ -285,6 +290,14 @@ def _first_difference(a: dict, b: dict, path: str) -> str:
 # --- the loop ----------------------------------------------------------------------------
 
 
+def _source_tokens_before(run: "RunDir", start: int, data) -> dict[str, int]:
+    """Tokens trained on per source up to step `start` (the resumed run's metrics carry the running count)."""
+    for record in reversed(run.read_metrics()):
+        if record["step"] <= start and "tokens_by_source" in record:
+            return dict(record["tokens_by_source"])
+    return {name: 0 for name in data.names}
+
+
 def _full(norm: torch.Tensor) -> torch.Tensor:
     """The gradient norm as a plain tensor (FSDP2 returns a DTensor)."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -301,25 +314,27 @@ def _non_finite_message(step: int, loss, ar_loss, diff_loss, norm, run: "RunDir"
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
+    if cfg.tensorboard:
+        require_tensorboard()
     backend = _resolve_backend(cfg.backend, device)
-    check_memory(cfg, load_spec(cfg.spec), backend, device, world)
+    spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
+    check_memory(cfg, spec, backend, device, world)
     run = RunDir(cfg.out)
     latest = run.latest()
     if latest is not None and not resume:
         raise ZdiffError(f"{run.root} already holds a run (checkpoint {latest.name}); pass --resume or another --out")
     if resume and latest is None:
         raise ZdiffError(f"--resume: no checkpoint in {run.root}")
+    saved = None
     if resume:
-        saved = json.loads((run.root / "run.json").read_text())["config"]
-        mine = dataclasses.asdict(cfg)
-        defaults = dataclasses.asdict(TrainConfig(**{f: None for f in ("spec", "data", "mode", "steps", "out")}))
-        for key in mine:
-            if saved.get(key, defaults[key]) != mine[key]:
-                raise ZdiffError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in the interrupted run, "
-                                 f"now {mine[key]!r}; a resumed run must use the same settings")
+        from .run_config import check_resume, saved_config
 
-    spec, file_spec, tokenizer, init_dir, note = _prepare(cfg)
-    train_data, heldout = split_corpus(cfg.data, tokenizer)
+        saved = saved_config(cfg.out)
+        check_resume(saved, dataclasses.asdict(cfg))
+
+    train_data, heldout = split_corpus(cfg.data, tokenizer, log=log if rank == 0 else None)
+    train_data.check_window(cfg.seq_len + 1)
+    heldout.check_window(cfg.seq_len + 1, f"--data {cfg.data} (held-out split)")
     model, read_bytes = _build_model(cfg, spec, file_spec, init_dir, backend, device, world)
     model.activation_checkpointing = cfg.activation_checkpointing
     model.train()
@@ -340,30 +355,35 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         start = trainer_state["step"]
         if rank == 0:
             run.truncate_metrics(start)
-    elif rank == 0:
+    if rank == 0 and (saved is None or saved["steps"] != cfg.steps):  # a new run, or an extended one
         run.root.mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
-                "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens),
-                "heldout_tokens": len(heldout.tokens),
-                "train_files": train_data.num_files, "heldout_files": heldout.num_files}
+                "tokenizer": tokenizer.name, "train_tokens": train_data.num_tokens,
+                "heldout_tokens": heldout.num_tokens, "sources": train_data.summary()}
         atomic_write_text(run.root / "run.json", json.dumps(info, indent=1))
-        run.truncate_metrics(0)
+        if not resume:
+            run.truncate_metrics(0)
     if rank == 0:
-        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_files} "
-            f"training files ({len(train_data.tokens):,} tokens), {heldout.num_files} held-out; world size {world}"
+        log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_tokens:,} "
+            f"training tokens ({train_data.describe()}), {heldout.num_tokens:,} held-out; world size {world}"
             + (f"; resuming at step {start}" if start else ""))
 
     local = cfg.batch_size // world
+    rows = slice(rank * local, (rank + 1) * local)
+    source_tokens = _source_tokens_before(run, start, train_data) if rank == 0 else {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
     metrics_file = run.metrics.open("a") if rank == 0 else None
+    tensorboard = TensorBoardLog(run.root) if cfg.tensorboard and rank == 0 else None
+    flops, peak = step_flops(spec, cfg.mode, cfg.batch_size, cfg.seq_len), peak_flops(device, world)
     tick, last = time.perf_counter(), {}
     try:
         for step in range(start, cfg.steps):
-            lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+            lr = learning_rate(step, cfg.decay_steps or cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)[rank * local:(rank + 1) * local]
+            # every rank draws the step's offsets and reads only its own rows
+            window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1, rows)
             with autocast:
                 parts = objective(wrapped, window.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -382,10 +402,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             last = {"step": step + 1, "loss": loss, "ar_loss": ar_loss,
                     "diffusion_loss": diff_loss if parts.diffusion is not None else None,
                     "lr": lr, "grad_norm": norm, "tokens_per_s": cfg.batch_size * cfg.seq_len / (now - tick)}
+            if rank == 0:
+                step_rows = train_data.rows_per_source(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)
+                for name, count in step_rows.items():
+                    source_tokens[name] = source_tokens.get(name, 0) + count * cfg.seq_len
+                last["tokens_by_source"] = dict(source_tokens)
+            if peak:
+                last["mfu"] = flops / (now - tick) / peak
             tick = now
             if metrics_file:
                 metrics_file.write(json.dumps(last) + "\n")
                 metrics_file.flush()
+            if tensorboard:
+                tensorboard.write(last)
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
 
@@ -395,6 +424,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                                                        cfg.eval_windows, device=device)}
                 if metrics_file:
                     metrics_file.write(json.dumps(result) + "\n")
+                if tensorboard:
+                    tensorboard.write(result)
             if (step + 1) % cfg.checkpoint_every == 0 or done:
                 model_state, optim_state = _state_dicts(wrapped, optimizer)
                 if rank == 0:
@@ -410,6 +441,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if rank == 0:
         metrics_file.write(json.dumps(summary) + "\n")
         metrics_file.close()
+        if tensorboard:
+            tensorboard.write(summary)
+            tensorboard.close()
         model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
         with atomic_directory(run.root / "final", force=True) as tmp:
             write_checkpoint_files(tmp, spec, model_state, init_dir)
