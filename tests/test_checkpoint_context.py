@@ -2,13 +2,16 @@
 what `zdiff import` repairs or refuses instead of guessing."""
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 
 import zdiff
-from conftest import run_cli
+from conftest import REPO, run_cli
 from hf_models import tiny_qwen3_moe
 from zdiff.autotune.cost import cost_report, default_acceptance, format_cost_report
 from zdiff.autotune.targets import target_rates
@@ -114,3 +117,29 @@ def test_chat_template_override(tmp_path, tidar_checkpoint):
     (tmp_path / "bad.jinja").write_text("{% for %}")
     with pytest.raises(ZdiffError, match="not valid Jinja2"):
         ChatTemplate.from_checkpoint(tidar_checkpoint, override=tmp_path / "bad.jinja")
+
+
+def test_generate_serve_and_chat_take_a_run_directory(tmp_path, tidar_checkpoint):
+    import shutil
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tidar_checkpoint, run / "checkpoints" / "step_000002")
+    (run / "latest").write_text("step_000002\n")
+    common = ("--prompt", "ab", "--max-new-tokens", "3", "--sampler", "greedy", "--json")
+    latest = run_cli("generate", run, *common)
+    assert latest.returncode == 0, latest.stderr
+    assert "without final/: using its latest checkpoint step_000002" in latest.stderr
+    shutil.copytree(tidar_checkpoint, run / "final")
+    final = run_cli("generate", run, *common)
+    assert final.returncode == 0 and "using its final/" in final.stderr
+    direct = run_cli("generate", tidar_checkpoint, *common)
+    assert json.loads(final.stdout)["tokens"] == json.loads(direct.stdout)["tokens"]
+    assert "note" not in direct.stderr  # a checkpoint is used as it is, silently
+    chat = subprocess.run([sys.executable, "-m", "zdiff", "chat", str(run), "--max-new-tokens", "2"], input="hi\n",
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert chat.returncode == 0 and "using its final/" in chat.stderr, chat.stderr
+    for command in (("generate", tmp_path / "nope", "--prompt", "x"), ("serve", tmp_path / "nope"),
+                    ("chat", tmp_path / "nope")):
+        missing = run_cli(*command)
+        assert missing.returncode == 2 and "no such checkpoint or run directory" in missing.stderr

@@ -97,7 +97,7 @@ def test_generate_cli_end_to_end(tmp_path):
 
 def test_generate_cli_errors(tmp_path):
     missing = run_cli("generate", tmp_path / "nope", "--prompt", "x")
-    assert missing.returncode == 2 and "checkpoint directory not found" in missing.stderr
+    assert missing.returncode == 2 and "no such checkpoint or run directory" in missing.stderr
     from zdiff.checkpoint.store import save_checkpoint
     from zdiff.runtime import build_model
     from zdiff.spec import load_spec

@@ -156,10 +156,22 @@ def _cmd_tokenize(args) -> int:
     return 0
 
 
+def _use_checkpoint(args) -> None:
+    """CKPT may be a checkpoint or a `zdiff train` run directory (its final/, else its latest checkpoint, named)."""
+    from .checkpoint.store import resolve_checkpoint
+
+    path, note = resolve_checkpoint(args.checkpoint)
+    if note:
+        print(f"zdiff: note: {note}", file=sys.stderr)
+    args.checkpoint = str(path)
+
+
 def _cmd_generate(args) -> int:
     from pathlib import Path
 
     from .generation.cli_run import run_generate
+
+    _use_checkpoint(args)
 
     if args.mix_weight is not None:
         kind = args.sampler
@@ -178,12 +190,15 @@ def _cmd_generate(args) -> int:
 def _cmd_chat(args) -> int:
     from .chat import run_chat
 
+    _use_checkpoint(args)
     return run_chat(args)
 
 
 def _cmd_serve(args) -> int:
     from .serve.cli_run import run_serve
 
+    args.served_model_name = args.served_model_name or args.checkpoint  # the name as the user gave it
+    _use_checkpoint(args)
     return run_serve(args)
 
 
@@ -317,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.set_defaults(run=_cmd_tokenize)
 
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
-    gen.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. RUN/final)")
+    gen.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     gen.add_argument("--prompt", action="append", required=True, type=_prompt,
                      help="repeat for a batch of prompts")
     gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
@@ -353,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="talk to a checkpoint in the terminal (its chat template, streamed, the "
                           "sampler switchable between turns with /commands, T/NFE after each answer)")
-    chat.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. runs/demo/tidar/final)")
+    chat.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     chat.add_argument("--system", help="a system message that starts the conversation")
     chat.add_argument("--mode", choices=["ar", "tidar"], help="default: tidar when the checkpoint has a mask token")
     chat.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
@@ -376,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
                            "metrics) on the decode engine; needs zdiff[serve]")
-    serve.add_argument("checkpoint", help="a zdiff checkpoint directory (e.g. runs/demo/tidar/final)")
+    serve.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_int_in(0, 65535), default=8000)
     serve.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
