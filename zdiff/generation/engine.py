@@ -157,7 +157,8 @@ class Engine:
             block_size=b, level_values=levels, levels=torch.tensor(levels, dtype=torch.long, device=dev),
             banned=torch.tensor([] if self.mask_id is None else [self.mask_id], dtype=torch.long, device=dev),
             fill_id=self.mask_id if self.mask_id is not None else 0,
-            banned_id=self.mask_id if self.mask_id is not None else -1, verifier=self.verifier)
+            banned_id=self.mask_id if self.mask_id is not None else -1, verifier=self.verifier,
+            kernels=self.device.type == "cuda" or self.verifier == "fused")
         cuda = self.device.type == "cuda"
         self.graphs = cuda if graphs is None else graphs
         if self.graphs and not cuda:
