@@ -150,7 +150,10 @@ class Engine:
         if target is None:
             target = _runtime_target(self.device)
         self.policy = ProposalPolicy(spec, levels, proposals if self.diffusion else 0, target)
-        self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device)
+        # layout, bookkeeping and commit as Triton kernels on a GPU (and with the fused verifier in the interpreter)
+        kernels = self.device.type == "cuda" or self.verifier == "fused"
+        self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device,
+                               scratch_rows=max_slots * b * (1 + len(levels)), kernels=kernels)
         self.state = SlotState.allocate(max_slots, b, self.vocab, MAX_STOP_TOKENS, self.device)
         dev = self.device
         self.constants = StepConstants(
@@ -158,7 +161,7 @@ class Engine:
             banned=torch.tensor([] if self.mask_id is None else [self.mask_id], dtype=torch.long, device=dev),
             fill_id=self.mask_id if self.mask_id is not None else 0,
             banned_id=self.mask_id if self.mask_id is not None else -1, verifier=self.verifier,
-            kernels=self.device.type == "cuda" or self.verifier == "fused")
+            kernels=kernels)
         cuda = self.device.type == "cuda"
         self.graphs = cuda if graphs is None else graphs
         if self.graphs and not cuda:
