@@ -135,8 +135,8 @@ def test_load_model_with_the_triton_backend(tmp_path, monkeypatch):
 def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(models, monkeypatch):
     """The decode engine over the generated kernels and the fused verifier (the whole step as kernels, as
     on a GPU): the same greedy tokens as the reference model with the torch verifier (AR and TiDAR
-    requests in one batch, more requests than slots), logits row by row equal, no dense mask built, for CCGQA
-    every commit (prefill chunks included) the one-launch commit kernel from the stash scratch, no host sync in
+    requests in one batch, more requests than slots), logits row by row equal, no dense mask built, every
+    commit (prefill chunks included) the one-launch commit kernel from the stash scratch, no host sync in
     the step (engine modules, the verifier and generated kernel modules)."""
     from sync_guard import no_host_sync
 
@@ -159,8 +159,7 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
             def per_layer_commit(*args, **kwargs):
                 raise AssertionError("the generated model's stash was committed layer by layer, not by the kernel")
 
-            if spec.model.attention.kind == "ccgqa":
-                monkeypatch.setattr(SlotCache, "commit_torch", per_layer_commit)
+            monkeypatch.setattr(SlotCache, "commit_torch", per_layer_commit)
 
             def guarded(*args, _step=step_module.decode_step, **kwargs):
                 with no_host_sync():

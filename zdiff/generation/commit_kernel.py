@@ -84,7 +84,7 @@ def launch_commit(kv_scratch: torch.Tensor, proj_scratch: torch.Tensor | None, k
     assert S == batch and k.stride(3) == k.shape[4] and k.stride(2) == KV and v.stride() == k.stride()
     if rf:
         assert state_qk.stride(2) == C and state_delayed.stride(2) == DV and proj_scratch is not None
-    proj = proj_scratch if proj_scratch is not None else kv_scratch[0]
+    proj = proj_scratch if rf else kv_scratch[0]  # no CCA state: the kernel never reads it
     commit_kernel[(L, S)](
         kv_scratch[0], kv_scratch[1], kv_scratch.stride(1), k, v, k.stride(0), k.stride(1),
         proj, proj.stride(0), state_qk, state_qk.stride(0), state_qk.stride(1), state_delayed,

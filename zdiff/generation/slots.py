@@ -10,9 +10,10 @@ acceptance (a CUDA/HIP graph replays the commit as is). The buffers hold `block_
 positions past `max_len` for those writes.
 
 Storage is stacked over layers ((L, slots, ...); a layer's `LayerCache` tensors are views), and with
-`kernels` a CCGQA cache hands the forward stacked scratch for its stash (`stash_buffers`: the CCA
-projection GEMM and kernel write there), so the commit is one Triton launch for every layer
-(`commit_kernel`); a stash made elsewhere (the reference model) is committed by torch ops per layer.
+`kernels` the cache keeps stacked scratch for the forward's stash (`stash_buffers`: the CCA projection
+GEMM and kernel write there; other stashes are copied in), so the commit is one Triton launch for every
+layer (`commit_kernel`); a pass too large for the scratch (a long prefill chunk), or a cache without
+`kernels` (the CPU path), commits by torch ops, layer by layer.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from .commit_kernel import launch_commit
 
 
 class _SlotLayer(LayerCache):
-    """Layer `index` of a SlotCache: views of the stacked storage, and its share of the stash scratch."""
+    """Layer `index` of a SlotCache: views of the stacked storage, and its share of the stash scratch. A stash
+    made elsewhere (the reference model, the GQA path) is copied into the scratch when the pass fits, so the
+    commit is still one kernel; the CCA host writes there in the first place (no copy)."""
 
     def __init__(self, owner: "SlotCache", index: int):  # not LayerCache.__init__: it would allocate
         self.owner, self.index = owner, index
@@ -38,12 +41,33 @@ class _SlotLayer(LayerCache):
     def stash_buffers(self, batch: int, rows: int):
         return self.owner.stash_buffers(self.index, batch, rows)
 
+    def stash_projections(self, qk: torch.Tensor, delayed: torch.Tensor) -> None:
+        buffers = self.stash_buffers(*qk.shape[:2])
+        if buffers is not None:
+            channels = qk.shape[-1]
+            qk = _into(buffers[0][..., :channels], qk)
+            delayed = _into(buffers[0][..., channels:channels + delayed.shape[-1]], delayed)
+        super().stash_projections(qk, delayed)
+
+    def stash_kv(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        buffers = self.stash_buffers(*k.shape[:2])
+        if buffers is not None:
+            k, v = _into(buffers[1], k), _into(buffers[2], v)
+        super().stash_kv(k, v)
+
+
+def _into(buffer: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`buffer` holding t's values: t itself when it already is that scratch view (the CCA host wrote it)."""
+    if t.data_ptr() != buffer.data_ptr() or t.stride() != buffer.stride():
+        buffer.copy_(t)
+    return buffer
+
 
 class SlotCache:
     def __init__(self, spec: ModelSpec, slots: int, max_len: int, spare: int, dtype, device, *,
                  scratch_rows: int = 0, kernels: bool = False):
-        """scratch_rows: rows (slots x rows of a pass) of stash scratch per layer, used when `kernels` and the
-        attention is CCGQA (then a pass of at most that many rows commits in one kernel)."""
+        """scratch_rows: rows (slots x rows of a pass) of stash scratch per layer, used when `kernels` (then a
+        pass of at most that many rows commits in one kernel)."""
         a, L = spec.attention, spec.num_layers
         self.capacity = max_len + spare
         self.receptive_field = a.cca.receptive_field if a.kind == "ccgqa" else 0
@@ -52,8 +76,9 @@ class SlotCache:
         self.v = torch.zeros_like(self.k)
         self.state_qk = torch.zeros(L, slots, self.receptive_field, channels, dtype=dtype, device=device)
         self.state_delayed = torch.zeros(L, slots, self.receptive_field, delayed, dtype=dtype, device=device)
-        self.projection_width = channels + 2 * delayed  # [q | k | v_delayed | v_current]
-        self.scratch_rows = scratch_rows if kernels and a.kind == "ccgqa" else 0
+        # [q | k | v_delayed | v_current], what the CCA host's one projection GEMM writes
+        self.projection_width = channels + 2 * delayed if self.receptive_field else 0
+        self.scratch_rows = scratch_rows if kernels else 0
         kv = a.num_kv_heads * a.head_dim
         self.kv_scratch = torch.empty(2, L, self.scratch_rows * kv, dtype=dtype, device=device)
         self.proj_scratch = torch.empty(L, self.scratch_rows * self.projection_width, dtype=dtype, device=device)
@@ -76,7 +101,7 @@ class SlotCache:
     def stash_buffers(self, layer: int, batch: int, rows: int):
         """(projection (batch, rows, width), k, v (batch, rows, Hkv, D)) scratch views of `layer` for the
         forward to write its stash into, or None when the pass does not fit (its producers allocate)."""
-        if batch * rows > self.scratch_rows or batch != self.k.shape[1]:
+        if not 0 < batch * rows <= self.scratch_rows or batch != self.k.shape[1]:
             return None
         n, (heads, dim) = batch * rows, self.k.shape[3:]
         projection = self.proj_scratch[layer, : n * self.projection_width].view(batch, rows, self.projection_width)
@@ -94,11 +119,14 @@ class SlotCache:
         shape = first.shape[:2]
         for i, layer in enumerate(self.layers):
             p, proj = layer.pending, self.proj_scratch[i].data_ptr()
-            if not all(name in p for name in ("k", "v", "qk", "delayed")) or p["k"].shape[:2] != shape:
+            names = ("k", "v", "qk", "delayed") if self.receptive_field else ("k", "v")
+            if not all(name in p for name in names) or p["k"].shape[:2] != shape:
                 return None
-            if (p["k"].data_ptr(), p["v"].data_ptr(), p["qk"].data_ptr(), p["delayed"].data_ptr()) != (
-                    self.kv_scratch[0, i].data_ptr(), self.kv_scratch[1, i].data_ptr(), proj,
-                    proj + channels * element):
+            if (p["k"].data_ptr(), p["v"].data_ptr()) != (self.kv_scratch[0, i].data_ptr(),
+                                                          self.kv_scratch[1, i].data_ptr()):
+                return None
+            if self.receptive_field and (p["qk"].data_ptr(), p["delayed"].data_ptr()) != (proj,
+                                                                                         proj + channels * element):
                 return None
         return shape
 
