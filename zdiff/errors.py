@@ -45,3 +45,7 @@ MISSING = _MISSING
 
 class CheckpointError(ZdiffError):
     """A checkpoint directory cannot be read or imported."""
+
+
+class GraphCaptureError(ZdiffError):
+    """A decode step shape could not be captured as a CUDA/HIP graph (the message names the shape and the op)."""

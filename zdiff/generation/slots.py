@@ -162,6 +162,11 @@ class SlotCache:
                     state.copy_(joined.gather(1, keep.expand(-1, -1, state.shape[-1])))
             layer.pending.clear()
 
+    def move_slot(self, source: int, target: int) -> None:
+        """Slot `target` takes slot `source`'s keys, values and CCA state (compaction), every layer at once."""
+        for t in (self.k, self.v, self.state_qk, self.state_delayed):
+            t[:, target].copy_(t[:, source])
+
     def reset_slot(self, slot: int) -> None:
         self.state_qk[:, slot].zero_()
         self.state_delayed[:, slot].zero_()
