@@ -482,11 +482,15 @@ class Engine:
         kv = 2 * spec.num_layers * self.max_slots * (self.max_len + self.block_size + 1) * a.num_kv_heads * a.head_dim
         rows = self.block_size * (1 + len(self.levels))
         logits = 8 * self.max_slots * rows * self.vocab * 4  # logits, processed copies, probabilities, sort
+        # the commit's stash scratch (slots.SlotCache): K/V and the CCA projection of every row of a step, per layer
+        width = 2 * a.num_kv_heads * a.head_dim + ((a.num_heads + 2 * a.num_kv_heads) * a.head_dim
+                                                    if a.kind == "ccgqa" else 0)
+        kv += spec.num_layers * self.max_slots * rows * width
         need = kv * element + logits
         free = _free_memory(self.device)
         if free is not None and need > free:
             raise ZdiffError(f"max_slots={self.max_slots}, max_len={self.max_len}: the engine needs about "
-                             f"{need / 2**30:.1f} GiB (KV cache {kv * element / 2**30:.1f} GiB, step buffers "
+                             f"{need / 2**30:.1f} GiB (KV cache and stash {kv * element / 2**30:.1f} GiB, step buffers "
                              f"{logits / 2**30:.1f} GiB) but {self.device} has {free / 2**30:.1f} GiB free; "
                              f"lower max_slots or max_len")
 
