@@ -86,3 +86,39 @@ def test_settle_kernel_is_the_torch_bookkeeping_bit_for_bit(block_size):
         finished += int(done.sum())
         stopped += int((done & (torch_state.generated < torch_state.max_new)).sum())
     assert finished and stopped, "the random states never exercised a stop or a length limit"
+
+
+AOT_SCRIPT = """
+import json, warnings
+warnings.simplefilter("ignore")
+from zdiff.codegen.aot import check_fits, compile_for_target
+from zdiff.generation import commit_kernel, step_kernels
+reports = []
+for target in ("h200", "mi300x", "mi355x"):
+    for kernel, signature, constexprs in step_kernels.aot_kernels() + commit_kernel.aot_kernels():
+        _, report = compile_for_target(kernel, signature, constexprs, target, num_warps=4)
+        check_fits(report, str(constexprs))
+        reports.append(report.to_dict())
+print(json.dumps(reports))
+"""
+
+
+def test_step_and_commit_kernels_compile_ahead_of_time_without_spills():
+    """Real compilation for sm_90, gfx942 and gfx950 (not the interpreter), in a process without TRITON_INTERPRET:
+    the layout, bookkeeping and commit kernels at ZAYA1-8B shapes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {r["kernel"] for r in reports} == {"layout_kernel", "settle_kernel", "commit_kernel"}
+    assert {r["arch"] for r in reports} == {"sm_90", "gfx942", "gfx950"}
+    for r in reports:
+        assert r["spills"] == 0 and r["registers"] > 0 and r["binary_bytes"] > 500, r

@@ -91,3 +91,17 @@ def launch_commit(kv_scratch: torch.Tensor, proj_scratch: torch.Tensor | None, k
         state_delayed.stride(0), state_delayed.stride(1), lengths, counts, pass_rows, rows, capacity,
         KV=KV, C=C, DV=DV, W=W, RF=rf, BLOCK_ROWS=16, BLOCK_KV=min(triton.next_power_of_2(KV), 256),
         BLOCK_C=min(triton.next_power_of_2(max(C, DV, 1)), 256), BLOCK_RF=triton.next_power_of_2(max(rf, 1)))
+
+
+def aot_kernels(kv: int = 256, channels: int = 1280, delayed: int = 128, receptive_field: int = 3) -> list:
+    """(kernel, signature, constexprs) of the commit kernel at ZAYA1-8B's widths (2 x 128 K/V, (8 + 2) x 128
+    [q|k] channels, 128 delayed-value channels) in bf16, for ahead-of-time compilation checks."""
+    from ..codegen.aot import aot_signature
+
+    scalars = dict(kv_src_layer="i64", kv_dst_layer="i64", kv_dst_slot="i64", proj_src_layer="i64", qk_layer="i64",
+                   qk_slot="i64", delayed_layer="i64", delayed_slot="i64", lengths_ptr="*i64", counts_ptr="*i64",
+                   T="i32", rows="i32", capacity="i64")
+    constexprs = dict(KV=kv, C=channels, DV=delayed, W=channels + 2 * delayed, RF=receptive_field, BLOCK_ROWS=16,
+                      BLOCK_KV=min(triton.next_power_of_2(kv), 256), BLOCK_C=256,
+                      BLOCK_RF=triton.next_power_of_2(receptive_field))
+    return [(commit_kernel, aot_signature(commit_kernel, "*bf16", **scalars), constexprs)]

@@ -139,3 +139,23 @@ def layout(kernels: bool, *args):
 def settle(kernels: bool, st: SlotState, n: torch.Tensor, token: torch.Tensor):
     """`step_torch.settle` in one Triton launch where `kernels`, else as torch ops."""
     return (settle_triton if kernels else step_torch.settle)(st, n, token)
+
+
+def aot_kernels(block_size: int = 16, proposals: int = 3, receptive_field: int = 3, max_stop: int = 16) -> list:
+    """(kernel, signature, constexprs) of the layout and bookkeeping kernels at ZAYA1-8B-like step shapes, for
+    ahead-of-time compilation checks (tests/test_step_kernels.py)."""
+    from ..codegen.aot import aot_signature
+
+    rows = block_size * (1 + proposals)
+    i64, i32 = "*i64", "*i32"
+    layout_types = dict(active_ptr="*i1", tidar_ptr="*i1", lengths_ptr=i32, causal_ptr=i32, rows_ptr=i32,
+                        D="i32", fill_id="i32")
+    settle_types = dict(active_ptr="*i1", was_active_ptr="*i1", D="i32", NSTOP="i32")
+    return [
+        (layout_kernel, aot_signature(layout_kernel, i64, **layout_types),
+         dict(R=rows, VERIFY_ROWS=block_size, P=proposals, LAST_LEVEL=proposals - 1, B=block_size,
+              RF=receptive_field, BLOCK_R=triton.next_power_of_2(rows),
+              BLOCK_RF=triton.next_power_of_2(receptive_field))),
+        (settle_kernel, aot_signature(settle_kernel, i64, **settle_types),
+         dict(B=block_size, BLOCK_B=triton.next_power_of_2(block_size), BLOCK_STOP=triton.next_power_of_2(max_stop))),
+    ]
