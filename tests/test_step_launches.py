@@ -92,7 +92,8 @@ def _step_launches(layers: int, slots: int, top_k: int = 0):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine_module, "decode_step", counting_step)
         engine.step()
-    assert counted["shape"].verify_rows > 1 and counted["shape"].proposals == 2, counted["shape"]
+    shape = counted["shape"]
+    assert shape.verify_rows > 1 and shape.proposals == 2 and shape.filtered == bool(top_k), shape
     return counted["parts"]
 
 
@@ -115,7 +116,8 @@ def _outside_forward(parts) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def counts():
-    return {(2, 4): _step_launches(2, 4), (4, 4): _step_launches(4, 4), (2, 2): _step_launches(2, 2)}
+    return {(2, 4): _step_launches(2, 4), (4, 4): _step_launches(4, 4), (2, 2): _step_launches(2, 2),
+            "top-k": _step_launches(2, 4, top_k=3)}
 
 
 def test_layout_commit_and_bookkeeping_are_one_launch_each(counts):
@@ -126,19 +128,21 @@ def test_layout_commit_and_bookkeeping_are_one_launch_each(counts):
 
 
 def test_launches_outside_the_forward_do_not_depend_on_layers_or_slots(counts):
+    """(a slot with top-k adds the sort: compared separately)"""
     two_layers = _outside_forward(counts[(2, 4)])
     assert _outside_forward(counts[(4, 4)]) == two_layers
     assert _outside_forward(counts[(2, 2)]) == two_layers
 
 
 def test_outside_forward_launches_are_reported(counts, capsys):
-    parts = counts[(2, 4)]
-    outside = _outside_forward(parts)
-    with capsys.disabled():
-        print("\nlaunches per decode step (zaya1-tiny, 2 layers, 4 slots, TiDAR, P = 2, fused verifier):")
-        for name, n in sorted(outside.items(), key=lambda item: -item[1]):
-            print(f"  {name:20s} {n:4d}  {dict(parts[name][1]) or ''} {dict(parts[name][0]) if n < 40 else ''}")
-        print(f"  {'outside the forward':20s} {sum(outside.values()):4d}; forward {_total(parts['forward'])}")
-    mine = sum(outside[name] for name in MY_PART) + sum(OWN_GLUE_FOR_MY_PART.values())
-    assert mine <= 4
-    assert sum(outside.values()) > mine  # the verifier and the next drafts are counted too
+    for key, title in (((2, 4), "unfiltered"), ("top-k", "one slot with top-k")):
+        parts = counts[key]
+        outside = _outside_forward(parts)
+        with capsys.disabled():
+            print(f"\nlaunches per decode step (zaya1-tiny, 2 layers, 4 slots, TiDAR, P = 2, fused verifier, {title}):")
+            for name, n in sorted(((k, v) for k, v in outside.items() if v), key=lambda item: -item[1]):
+                print(f"  {name:20s} {n:4d}  {dict(parts[name][1]) or ''} {dict(parts[name][0]) if n < 40 else ''}")
+            print(f"  {'outside the forward':20s} {sum(outside.values()):4d}; forward {_total(parts['forward'])}")
+        mine = sum(outside[name] for name in MY_PART) + sum(OWN_GLUE_FOR_MY_PART.values())
+        assert mine <= 4
+        assert sum(outside.values()) > mine  # the verifier and the next drafts are counted too
