@@ -3,15 +3,16 @@
 Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is b when any slot may
 hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the device:
   1. layout: verify rows [c, d_1..d_m] (m = num_drafts), then P_s blocks at the first levels
-     <= m (0 for AR slots), then padding; positions and predecessors from cache_len;
+     <= m (0 for AR slots), then padding; positions and predecessors from cache_len (one kernel:
+     step_kernels.layout; the torch version, step_torch, on the CPU);
   2. forward through the model (a StepLayout: no host tuple, no mask for the generated model) to the
      final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
   3. verify all slots at once with their own parameters: the fused Triton verifier
      (verifier_kernel.fused_verify_slots) or the same maths as torch ops (batched_sampling.verify);
-  4. stop / length checks, the packet and the state update (one kernel: step_kernels.settle), commit c,
-     d_1..d_n into the cache (fixed-shape scatter);
-  5. next drafts from the block at the largest level <= n, sampled slot by slot;
-  6. the output packet (tokens, count, done, n, was active) for the host to read one step late.
+  4. the committed tokens, stop / length checks, the output packet (tokens, count, done, n, was active;
+     the host reads it one step late) and the state update (one kernel: step_kernels.settle); the commit
+     of c, d_1..d_n into every layer's cache (one kernel: commit_kernel), the lengths advanced;
+  5. next drafts from the block at the largest level <= n, sampled slot by slot.
 Nothing here reads a value back to the host: `tests/test_engine.py` runs it under a guard.
 """
 
