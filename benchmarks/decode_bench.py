@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/decode_bench.py --out "$OUT"               # one GPU call
     python benchmarks/decode_bench.py --smoke --out /tmp/decode               # CPU: tiny spec, logic only
+    python benchmarks/decode_bench.py --bytes-only --out /tmp/bytes           # CPU: analytic bytes per step only
 
 For every (context, batch, P) it fills a slot cache to `context` tokens per sequence (random
 K/V and CCA state: a step's cost does not depend on the values), runs engine steps with random
@@ -10,7 +11,9 @@ bf16 weights, and reports ms per step graphed and eager, the roofline floor of t
 step() outside waits), kernels per step and the top kernels of a profile (eager steps), and
 tokens/s at an assumed acceptance histogram (the cost model's default) and, with --acceptance,
 at a measured one (e.g. the demo's `zdiff generate --json` output). Random weights accept
-almost nothing, so tokens/s comes from the histogram, not from the run.
+almost nothing, so tokens/s comes from the histogram, not from the run. Every row also has the
+bytes the step moves outside the forward (`zdiff.generation.step_bytes`, an analytic count of what
+decode_step runs) next to the forward's (the cost model's); --bytes-only writes just those.
 Writes results.json, results.md (card, versions, date) and steps.png (ms/step vs batch with the
 floor) into --out.
 """
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zdiff.autotune.cost import CostModel, default_acceptance, expected_tokens, load_acceptance  # noqa: E402
 from zdiff.autotune.targets import target_rates  # noqa: E402
 from zdiff.generation.engine import Engine, RequestParams  # noqa: E402
+from zdiff.generation.step_bytes import step_bytes_outside_forward  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
 
@@ -118,7 +122,10 @@ def main() -> int:
     ap.add_argument("--proposals", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--acceptance", help="a measured histogram (zdiff generate --json output)")
+    ap.add_argument("--bytes-only", action="store_true", help="only the analytic bytes per step (no model, no run)")
     args = ap.parse_args()
+    if args.bytes_only:
+        return bytes_table(load_spec(args.spec), args.contexts[0], args.batches, args.proposals, Path(args.out))
     if args.smoke:
         args.spec, args.backend, args.contexts, args.batches, args.steps = "zaya1-tiny", "torch", [24], [1, 2], 2
         args.proposals = [0, 2]
@@ -139,7 +146,8 @@ def main() -> int:
         for batch in args.batches:
             for p in args.proposals:
                 row = {"context": context, "batch": batch, "proposals": p,
-                       "floor_ms": cost.forward(batch, context, p).seconds * 1e3}
+                       "floor_ms": cost.forward(batch, context, p).seconds * 1e3,
+                       **step_bytes_row(spec, cost, batch, context, p)}
                 for graphs in ([True, False] if device == "cuda" else [False]):
                     engine = filled_engine(model, spec, batch, context, p, graphs, 2 * args.steps + 3)
                     ms, host_ms = time_steps(engine, args.steps, warmup=3)
@@ -165,6 +173,35 @@ def main() -> int:
     return 0
 
 
+def step_bytes_row(spec, cost: CostModel, batch: int, context: int, proposals: int) -> dict:
+    """Bytes per step outside the forward (by part) and the forward's, in GB, and their ratio."""
+    parts = step_bytes_outside_forward(spec.model, spec.diffusion.block_size, batch, proposals)
+    forward = cost.forward(batch, context, proposals).bytes
+    return {"outside_gb": sum(parts.values()) / 1e9, "forward_gb": forward / 1e9,
+            "outside_over_forward": sum(parts.values()) / forward,
+            "outside_parts_gb": {name: n / 1e9 for name, n in parts.items()}}
+
+
+def bytes_table(spec, context: int, batches: list[int], proposals: list[int], out: Path) -> int:
+    """bytes.md / bytes.json: the analytic bytes per step outside the forward next to the forward's."""
+    cost = CostModel(spec, target_rates("h200"))
+    rows = [{"batch": b, "proposals": p, **step_bytes_row(spec, cost, b, context, p)} for b in batches
+            for p in proposals]
+    names = list(rows[0]["outside_parts_gb"])
+    lines = [f"{spec.name}, context {context}: GB per decode step (analytic; unfiltered samplers)", "",
+             "| batch | P | forward | outside | outside / forward | " + " | ".join(names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(names)]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['proposals']} | {r['forward_gb']:.2f} | {r['outside_gb']:.3f} | "
+                     f"{r['outside_over_forward']:.1%} | "
+                     + " | ".join(f"{r['outside_parts_gb'][n]:.3f}" for n in names) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bytes.json").write_text(json.dumps(rows, indent=2))
+    (out / "bytes.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def _target() -> str:
     from zdiff.targets import device_target
 
@@ -175,13 +212,13 @@ def _markdown(results: dict) -> str:
     lines = [f"{results['device']}, torch {results['torch']}, triton {results['triton']}, {results['date']}; "
              f"{results['spec']} backend {results['backend']}, floors for {results['target']}", "",
              "| context | batch | P | floor ms | graphed ms | eager ms | ratio | host ms | kernels/step "
-             "| tok/s (assumed) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| tok/s (assumed) | GB outside / forward |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['context']} | {r['batch']} | {r['proposals']} | {r['floor_ms']:.3f} | "
                      f"{r.get('graphed_ms', float('nan')):.3f} | {r['eager_ms']:.3f} | {r['ratio_to_floor']:.2f} | "
                      f"{r.get('graphed_host_ms', r['eager_host_ms']):.3f} | {r['kernels_per_step']:.0f} | "
-                     f"{r['tokens_per_s_assumed']:.0f} |")
+                     f"{r['tokens_per_s_assumed']:.0f} | {r['outside_gb']:.3f} / {r['forward_gb']:.2f} |")
     worst = max(results["rows"], key=lambda r: r["ratio_to_floor"])
     lines += ["", f"Top kernels of the eager step furthest from its floor (context {worst['context']}, batch "
               f"{worst['batch']}, P {worst['proposals']}), ms per step:", ""]

@@ -16,7 +16,8 @@ import torch
 
 ENGINE_MODULES = ("zdiff.generation.engine", "zdiff.generation.decode_step", "zdiff.generation.batched_sampling",
                   "zdiff.generation.keyed_rng", "zdiff.generation.slots", "zdiff.generation.slot_state",
-                  "zdiff.generation.verifier_kernel", "zdiff.generation.verify", "zdiff.generation.draft_sampling")
+                  "zdiff.generation.verifier_kernel", "zdiff.generation.verify", "zdiff.generation.draft_sampling",
+                  "zdiff.generation.step_kernels", "zdiff.generation.step_torch", "zdiff.generation.commit_kernel")
 GENERATED_PREFIX = "zdiff_generated"
 
 

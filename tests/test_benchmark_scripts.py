@@ -38,7 +38,22 @@ def test_decode_bench_script_smoke(tmp_path):
     for row in data["rows"]:
         assert row["eager_ms"] > 0 and row["floor_ms"] > 0 and row["kernels_per_step"] > 0
         assert row["tokens_per_s_assumed"] > 0 and row["top_kernels"]
+        assert row["forward_gb"] > 0 and row["outside_gb"] == pytest.approx(sum(row["outside_parts_gb"].values()))
     assert (tmp_path / "results.md").read_text().startswith("cpu, torch")
+
+
+def test_decode_bench_bytes_only_at_zaya1_8b(tmp_path):
+    """--bytes-only: the analytic bytes per step outside the forward next to the forward's, no model built."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    script = REPO / "benchmarks" / "decode_bench.py"
+    result = subprocess.run([sys.executable, str(script), "--bytes-only", "--contexts", "4096", "--out",
+                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "bytes.json").read_text())
+    assert {(r["batch"], r["proposals"]) for r in rows} == {(b, p) for b in (1, 8, 32) for p in (0, 1, 2, 3)}
+    big = next(r for r in rows if r["batch"] == 32 and r["proposals"] == 3)
+    assert 10 < big["outside_gb"] < 15 and 20 < big["forward_gb"] < 26  # the issue's ~13 GB against ~23 GB
+    assert "| 32 | 3 |" in (tmp_path / "bytes.md").read_text()
 
 
 def test_serve_bench_smoke(tmp_path):

@@ -136,13 +136,15 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
     """The decode engine over the generated kernels and the fused verifier and draft sampler (the whole step as
     kernels, as on a GPU): the same tokens as the reference model with the torch verifier, greedy and seeded
     stochastic (one randomness scheme on both paths; AR and TiDAR requests in one batch, more requests than
-    slots), logits row by row equal, no dense mask built, and no host sync in the step (engine modules, the
-    verifier and generated kernel modules)."""
+    slots), logits row by row equal, no dense mask built, every commit (prefill chunks included) the one-launch
+    commit kernel from the stash scratch, and no host sync in the step (engine modules, the verifier and
+    generated kernel modules)."""
     from sync_guard import no_host_sync
 
     from zdiff.generation import decode_step as step_module
     from zdiff.generation import engine as engine_module
     from zdiff.generation.engine import Engine, RequestParams
+    from zdiff.generation.slots import SlotCache
     from zdiff.pattern import batch as batch_module
 
     spec, reference, generated = models
@@ -154,6 +156,11 @@ def test_engine_on_the_generated_model_matches_the_reference_and_never_syncs(mod
                 raise AssertionError("the generated model's path built a dense mask")
 
             monkeypatch.setattr(batch_module, "dense_visible", no_mask)
+
+            def per_layer_commit(*args, **kwargs):
+                raise AssertionError("the generated model's stash was committed layer by layer, not by the kernel")
+
+            monkeypatch.setattr(SlotCache, "commit_torch", per_layer_commit)
 
             def guarded(*args, _step=step_module.decode_step, **kwargs):
                 with no_host_sync():

@@ -50,3 +50,7 @@ class CheckpointError(ZdiffError):
 class ZdiffWarning(UserWarning):
     """Something zdiff did on the user's behalf that they should know about (a dropped impossible id, a file
     that is missing but not needed yet). The CLI prints each as one `zdiff: warning: ...` line."""
+
+
+class GraphCaptureError(ZdiffError):
+    """A decode step shape could not be captured as a CUDA/HIP graph (the message names the shape and the op)."""

@@ -3,7 +3,9 @@ how many TiDAR proposal blocks per pass a target can afford (`zdiff cost`).
 
 Symbols: B sequences per batch, L cached context tokens per sequence, R new rows per
 sequence in the forward (1 for an AR step; b verify rows + P*b proposal rows for a TiDAR
-step with P proposals), T = B*R rows in all. Model dimensions are symbols too (H, V, layers,
+step with P proposals), T = B*R rows in all, R_head the rows per sequence the LM head runs on
+(1 for AR; 2b - 1 for TiDAR: the b verify rows and the chosen block's b - 1 draft rows, what the
+decode step computes: `decode_step._logits`). Model dimensions are symbols too (H, V, layers,
 heads, ...), substituted from the spec by `dimensions(spec)`; the parameter counts of the
 attention projections, router and norms come from `zdiff.spec.counts` (tested against the
 instantiated model), so the two never disagree.
@@ -23,7 +25,7 @@ What a part costs (weights read once per forward, bf16 unless told otherwise):
   (the skip expert, when there is one, is counted as a real expert: an upper bound), or
   sum_e 1-(1-k*p_e)^T for a measured routing histogram p (its last entry may be the skip
   expert, which costs nothing);
-- LM head (tied or not): 2*V*H FLOP per row, V*H weights;
+- LM head (tied or not): 2*V*H FLOP per row it runs on (B*R_head, not T), V*H weights;
 - norms and residual scales: 4*H FLOP per row per norm, their weights.
 Activations between kernels are not counted (they stay in cache or are fused); the floor
 is "weights + KV read once", as in ../shared/DESIGN.md's yardsticks.
@@ -48,7 +50,7 @@ from ..spec import Spec, count_model
 from .targets import TargetRates
 
 # shape symbols
-B, L, R = sp.symbols("B L R", positive=True, integer=True)
+B, L, R, R_HEAD = sp.symbols("B L R R_head", positive=True, integer=True)
 T = B * R
 # model-dimension symbols
 H, V, NL, NQ, DH, E, K, I, DT = sp.symbols("H V N_layers n_q d_head E k I_ffn dtype_bytes", positive=True, integer=True)
@@ -89,7 +91,7 @@ def part_costs(distinct=DISTINCT) -> dict[str, tuple[sp.Expr, sp.Expr]]:
         "attention": (4 * NL * NQ * DH * (L + R) * T, B * L * KV_TOKEN + T * KV_TOKEN),
         "router": (2 * W_ROUTER * T, W_ROUTER * DT),
         "experts": (2 * K * NL * 3 * I * H * T, distinct * NL * 3 * I * H * DT),
-        "lm_head": (2 * V * H * T, V * H * DT),
+        "lm_head": (2 * V * H * B * R_HEAD, V * H * DT),
         "norms": (4 * H * N_NORMS * T, W_NORMS * DT),
     }
 
@@ -121,6 +123,12 @@ def dimensions(spec: Spec, dtype_bytes: int = 2) -> dict:
 def rows_per_sequence(block_size: int, proposals: int) -> int:
     """R: 1 for an AR step (P = 0); b verify rows + P*b proposal rows for TiDAR."""
     return 1 if proposals == 0 else block_size * (1 + proposals)
+
+
+def head_rows_per_sequence(block_size: int, proposals: int) -> int:
+    """R_head: the rows the LM head runs on, 1 for AR; the b verify rows and the chosen block's b - 1 draft rows
+    for TiDAR (the unchosen blocks' logits are never needed)."""
+    return 1 if proposals == 0 else 2 * block_size - 1
 
 
 @dataclass(frozen=True)
@@ -171,15 +179,18 @@ class CostModel:
         if spec.model.attention.kind != "ccgqa":
             parts.pop("cca_conv")
         self.expressions = {name: (f.subs(dims), b.subs(dims)) for name, (f, b) in parts.items()}
-        self._numeric = {name: (sp.lambdify((B, L, R), f, "math"), sp.lambdify((B, L, R), b, "math"))
+        shape = (B, L, R, R_HEAD)
+        self._numeric = {name: (sp.lambdify(shape, f, "math"), sp.lambdify(shape, b, "math"))
                          for name, (f, b) in self.expressions.items()}
         self._distinct = sp.lambdify((B, R), self.distinct, "math")
 
     def forward(self, batch: int, context: int, proposals: int) -> ForwardCost:
         rows = rows_per_sequence(self.spec.diffusion.block_size, proposals)
+        head_rows = head_rows_per_sequence(self.spec.diffusion.block_size, proposals)
         parts = {}
         for name, (flops_fn, bytes_fn) in self._numeric.items():
-            flops, nbytes = float(flops_fn(batch, context, rows)), float(bytes_fn(batch, context, rows))
+            args = (batch, context, rows, head_rows)
+            flops, nbytes = float(flops_fn(*args)), float(bytes_fn(*args))
             t_mem, t_cmp = nbytes / self.rates.bytes_per_s, flops / self.rates.flops_per_s
             parts[name] = PartCost(flops, nbytes, max(t_mem, t_cmp), "memory" if t_mem >= t_cmp else "compute")
         return ForwardCost(proposals, rows, parts, float(self._distinct(batch, rows)))

@@ -27,6 +27,11 @@ class LayerCache:
                                          dtype=dtype, device=device)
         self.pending: dict[str, torch.Tensor] = {}
 
+    def stash_buffers(self, batch: int, rows: int):
+        """Preallocated (projection, k, v) outputs for this pass's stash, or None: the producers allocate
+        (`slots.SlotCache` hands out stacked scratch so that one kernel commits every layer)."""
+        return None
+
     def stash_projections(self, qk: torch.Tensor, delayed: torch.Tensor) -> None:
         self.pending["qk"], self.pending["delayed"] = qk, delayed
 

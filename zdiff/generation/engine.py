@@ -22,7 +22,6 @@ import math
 import operator
 import os
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,8 @@ from .decode_step import StepConstants, StepShape, causal_chunk_inputs, decode_s
 from .proposals import ProposalPolicy
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
+from .step_graphs import bucket as slot_bucket
+from .step_graphs import capture_graphs, step_shapes
 
 MODES = ("tidar", "ar")
 VERIFIERS = ("fused", "torch")
@@ -90,6 +91,7 @@ class EngineStats:
     proposals_used: dict[int, int] = field(default_factory=dict)
     graph_replays: int = 0
     eager_steps: int = 0
+    slot_moves: int = 0  # requests moved down into a finished request's slot (compaction)
     active_slots: int = 0
     queue_depth: int = 0
 
@@ -151,21 +153,24 @@ class Engine:
         if target is None:
             target = _runtime_target(self.device)
         self.policy = ProposalPolicy(spec, levels, proposals if self.diffusion else 0, target)
-        self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device)
-        self.state = SlotState.allocate(max_slots, b, self.vocab, MAX_STOP_TOKENS, self.device, model.dtype)
+        # layout, bookkeeping and commit as Triton kernels on a GPU (and with the fused verifier in the interpreter)
+        kernels = self.device.type == "cuda" or self.verifier == "fused"
+        self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device,
+                               scratch_rows=max_slots * b * (1 + len(levels)), kernels=kernels)
+        self.state = SlotState.allocate(max_slots, b, self.vocab, MAX_STOP_TOKENS, self.device,
+                                        model.dtype)
         dev = self.device
         self.constants = StepConstants(
             block_size=b, level_values=levels, levels=torch.tensor(levels, dtype=torch.long, device=dev),
             banned=torch.tensor([] if self.mask_id is None else [self.mask_id], dtype=torch.long, device=dev),
             fill_id=self.mask_id if self.mask_id is not None else 0,
-            banned_id=self.mask_id if self.mask_id is not None else -1, verifier=self.verifier)
+            banned_id=self.mask_id if self.mask_id is not None else -1, verifier=self.verifier,
+            kernels=kernels)
         cuda = self.device.type == "cuda"
         self.graphs = cuda if graphs is None else graphs
         if self.graphs and not cuda:
             raise ZdiffError("graphs=True needs a CUDA or ROCm device")
         self._graphs: dict[StepShape, torch.cuda.CUDAGraph] = {}
-        self._seen: set[StepShape] = set()
-        self._not_capturable: set[StepShape] = set()
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self._host_packets = [torch.empty(self.state.packet.shape, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
 
@@ -177,6 +182,19 @@ class Engine:
         self._next_id = 0
         self._may_have_drafts = False
         self.stats = EngineStats(max_slots=max_slots, tokens_per_step=[0] * b)
+        if self.graphs:  # every shape up front: no capture (and no latency spike) while serving
+            self._graphs = capture_graphs(self.step_shapes(), self._run_step, self._pool)
+
+    def step_shapes(self) -> list[StepShape]:
+        """Every step shape this engine can launch (what `graphs` captures at construction), largest first."""
+        p = self.policy
+        counts = (0,) if not self.levels else (0, p.fixed) if p.fixed is not None else range(len(self.levels) + 1)
+        return step_shapes(self.max_slots, self.block_size, tuple(counts), StepShape)
+
+    def _run_step(self, shape: StepShape) -> None:
+        with torch.no_grad():
+            decode_step(self.model, self.state.prefix(shape.slots), self.cache.view(0, shape.slots), shape,
+                        self.constants)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir, *, backend: str | None = None, device=None, dtype=None,
@@ -283,6 +301,7 @@ class Engine:
         start = time.perf_counter()
         waited = 0.0
         self._admit()
+        self._compact()
         occupied = [s for s, rid in enumerate(self._slots) if rid is not None]
         if occupied:
             self._launch(occupied)
@@ -304,26 +323,23 @@ class Engine:
         p = self.policy.choose(len(reqs), context) if any_tidar else 0
         verify_rows = self.block_size if (self._may_have_drafts and self.block_size > 1) else 1
         filtered = any(r.params.top_k > 0 or r.params.top_p < 1 for r in reqs)
-        bucket = _bucket(occupied[-1] + 1, self.max_slots)
+        bucket = slot_bucket(occupied[-1] + 1, self.max_slots)
         self.stats.proposals_used[p] = self.stats.proposals_used.get(p, 0) + 1
         self._may_have_drafts = p > 0
         return StepShape(bucket, verify_rows, p, filtered, self.block_size)
 
     def _launch(self, occupied: list[int]) -> None:
         shape = self._shape(occupied)
-        state, cache = self.state.prefix(shape.slots), self.cache.view(0, shape.slots)
-        graph = self._graph(shape, state, cache)
-        if graph is not None:
-            graph.replay()
+        if self.graphs:
+            self._graphs[shape].replay()  # every shape the engine launches was captured (step_shapes)
             self.stats.graph_replays += 1
         else:
-            with torch.no_grad():
-                decode_step(self.model, state, cache, shape, self.constants)
+            self._run_step(shape)
             self.stats.eager_steps += 1
         self.stats.steps += 1
         self.stats.forward_passes += 1
         host = self._host_packets[self.stats.steps % 2]
-        host[: shape.slots].copy_(state.packet, non_blocking=True)
+        host[: shape.slots].copy_(self.state.packet[: shape.slots], non_blocking=True)
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
@@ -331,26 +347,23 @@ class Engine:
         snapshot = {s: self._slots[s] for s in occupied}
         self._launched.append(_Launched(snapshot, host, event, shape.verify_rows > 1))
 
-    def _graph(self, shape: StepShape, state: SlotState, cache: SlotCache):
-        """The captured graph of this shape: the first step of a shape runs eagerly (warm-up: Triton
-        compiles, cuBLAS workspaces), the second captures, later ones replay."""
-        if not self.graphs or shape in self._not_capturable:
-            return None
-        if shape in self._graphs:
-            return self._graphs[shape]
-        if shape not in self._seen:
-            self._seen.add(shape)
-            return None
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
-                decode_step(self.model, state, cache, shape, self.constants)
-        except Exception as error:  # a kernel or op that cannot be captured: run this shape eagerly
-            warnings.warn(f"zdiff engine: step {shape} could not be captured as a graph ({error}); running it eagerly")
-            self._not_capturable.add(shape)
-            return None
-        self._graphs[shape] = graph
-        return graph
+    def _compact(self) -> None:
+        """Move the highest occupied slots into the holes below them, so that slots [0, n) hold the n requests
+        and the step's bucket follows n, not the highest slot a finished request left behind (device copies,
+        stream-ordered after any step in flight; a packet in flight still names the old slot)."""
+        while True:
+            occupied = [s for s, rid in enumerate(self._slots) if rid is not None]
+            holes = [s for s in range(len(occupied)) if self._slots[s] is None]
+            if not holes:
+                return
+            source, target = occupied[-1], holes[0]
+            with torch.no_grad():
+                self.state.move_slot(source, target)
+                self.cache.move_slot(source, target)
+            rid = self._slots[source]
+            self._slots[target], self._slots[source] = rid, None
+            self._requests[rid].slot = target
+            self.stats.slot_moves += 1
 
     def _collect(self, launched: _Launched) -> float:
         start = time.perf_counter()
@@ -376,7 +389,7 @@ class Engine:
                 self.policy.observe(row[b + ACCEPTED])
             if row[b + DONE]:
                 stopped = bool(req.tokens) and req.tokens[-1] in req.params.stop_tokens
-                self._slots[slot] = None
+                self._slots[req.slot] = None  # where the request is now (compaction may have moved it)
                 self._finish(req, "stop" if stopped else "length")
             elif count:
                 self._report(req, finished=False)
@@ -408,27 +421,37 @@ class Engine:
     def _load_slot(self, slot: int, req: _Request) -> None:
         """Write a request's parameters into its slot. All prompt tokens but the last are prefilled
         (`_prefill`); the last becomes the pending token c, so the slot's first step samples the first
-        new token and, for TiDAR, drafts the first block: DESIGN.md's prefill layout, one step later."""
+        new token and, for TiDAR, drafts the first block: DESIGN.md's prefill layout, one step later.
+        The values travel in two pinned host rows, each one non-blocking copy (no stream stall)."""
         p, st = req.params, self.state
+        kind = KIND_CODES[p.sampler]
+        ints = {"tidar": p.mode == "tidar", "pending": req.prompt[-1], "num_drafts": 0, "generated": 0,
+                "max_new": p.max_new_tokens, "kind": kind, "top_k": p.top_k, "seed": p.seed,
+                "cache_len": len(req.prompt) - 1, "active": True}
+        floats = {"temperature": 1.0 if kind == GREEDY else p.temperature, "top_p": p.top_p,
+                  "mix_weight": p.mix_weight if p.sampler == "logit_mix" else 1.0}
+        stops = list(p.stop_tokens) + [-1] * (MAX_STOP_TOKENS - len(p.stop_tokens))
+        pinned = self.device.type == "cuda"
+        host_ints = torch.tensor([int(v) for v in ints.values()] + stops, dtype=torch.long)
+        host_floats = torch.tensor(list(floats.values()), dtype=torch.float32)
+        if pinned:  # the caching host allocator keeps a pinned block until its copy has run
+            host_ints, host_floats = host_ints.pin_memory(), host_floats.pin_memory()
         with torch.no_grad():
+            dev_ints = host_ints.to(self.device, non_blocking=pinned)
+            dev_floats = host_floats.to(self.device, non_blocking=pinned)
             self.cache.reset_slot(slot)
-            st.stop_ids[slot].fill_(-1)
-            if p.stop_tokens:
-                st.stop_ids[slot, : len(p.stop_tokens)] = torch.tensor(p.stop_tokens, dtype=torch.long)
-            for name, value in (("tidar", p.mode == "tidar"), ("pending", req.prompt[-1]), ("num_drafts", 0),
-                                ("generated", 0), ("max_new", p.max_new_tokens), ("kind", KIND_CODES[p.sampler]),
-                                ("temperature", 1.0 if KIND_CODES[p.sampler] == GREEDY else p.temperature),
-                                ("top_k", p.top_k), ("top_p", p.top_p),
-                                ("mix_weight", p.mix_weight if p.sampler == "logit_mix" else 1.0), ("seed", p.seed),
-                                ("cache_len", len(req.prompt) - 1), ("active", True)):
-                getattr(st, name)[slot] = value
+            st.stop_ids[slot].copy_(dev_ints[len(ints):])
+            for i, name in enumerate(ints):
+                getattr(st, name)[slot].copy_(dev_ints[i])
+            for i, name in enumerate(floats):
+                getattr(st, name)[slot].copy_(dev_floats[i])
 
     @torch.no_grad()
     def _prefill(self, admitted: list[_Request]) -> None:
         """The prompts (but their last tokens) of newly admitted requests, together, in causal chunks of
         at most prefill_chunk tokens per slot: a decode-kind layout with no blocks over the slots'
         prefix; slots with nothing to prefill take no rows (their cache is only written past its length)."""
-        bucket = _bucket(max(r.slot for r in admitted) + 1, self.max_slots)
+        bucket = slot_bucket(max(r.slot for r in admitted) + 1, self.max_slots)
         cache = self.cache.view(0, bucket)
         chunk = self.prefill_chunk
         longest = max(len(r.prompt) - 1 for r in admitted)
@@ -436,8 +459,10 @@ class Engine:
             pieces = {r.slot: r.prompt[start:min(start + chunk, len(r.prompt) - 1)] for r in admitted}
             pieces = {slot: piece for slot, piece in pieces.items() if piece}
             width = max(map(len, pieces.values()))
-            tokens = torch.full((bucket, width), self.constants.fill_id, dtype=torch.long)
-            begin, rows = torch.zeros(bucket, dtype=torch.long), torch.zeros(bucket, dtype=torch.long)
+            pinned = self.device.type == "cuda"  # non-blocking uploads from pinned memory: no stream stall
+            tokens = torch.full((bucket, width), self.constants.fill_id, dtype=torch.long, pin_memory=pinned)
+            begin = torch.zeros(bucket, dtype=torch.long, pin_memory=pinned)
+            rows = torch.zeros(bucket, dtype=torch.long, pin_memory=pinned)
             for slot, piece in pieces.items():
                 tokens[slot, : len(piece)] = torch.tensor(piece)
                 begin[slot], rows[slot] = start, len(piece)
@@ -459,18 +484,17 @@ class Engine:
         kv = 2 * spec.num_layers * self.max_slots * (self.max_len + self.block_size + 1) * a.num_kv_heads * a.head_dim
         rows = self.block_size * (1 + len(self.levels))
         logits = 8 * self.max_slots * rows * self.vocab * 4  # logits, processed copies, probabilities, sort
+        # the commit's stash scratch (slots.SlotCache): K/V and the CCA projection of every row of a step, per layer
+        width = 2 * a.num_kv_heads * a.head_dim + ((a.num_heads + 2 * a.num_kv_heads) * a.head_dim
+                                                    if a.kind == "ccgqa" else 0)
+        kv += spec.num_layers * self.max_slots * rows * width
         need = kv * element + logits
         free = _free_memory(self.device)
         if free is not None and need > free:
             raise ZdiffError(f"max_slots={self.max_slots}, max_len={self.max_len}: the engine needs about "
-                             f"{need / 2**30:.1f} GiB (KV cache {kv * element / 2**30:.1f} GiB, step buffers "
+                             f"{need / 2**30:.1f} GiB (KV cache and stash {kv * element / 2**30:.1f} GiB, step buffers "
                              f"{logits / 2**30:.1f} GiB) but {self.device} has {free / 2**30:.1f} GiB free; "
                              f"lower max_slots or max_len")
-
-
-def _bucket(needed: int, max_slots: int) -> int:
-    """The smallest power of two >= needed, capped at max_slots (one graph per bucket)."""
-    return min(1 << (needed - 1).bit_length(), max_slots)
 
 
 def _free_memory(device: torch.device) -> int | None:

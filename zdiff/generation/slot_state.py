@@ -51,6 +51,12 @@ class SlotState:
                    top_p=torch.ones(slots, device=device), mix_weight=torch.ones(slots, device=device),
                    seed=z(slots), packet=z(slots, block_size + PACKET_EXTRA))
 
+    def move_slot(self, source: int, target: int) -> None:
+        """Slot `target` takes slot `source`'s row of every tensor (compaction; the source row is left as is)."""
+        for f in fields(self):
+            tensor = getattr(self, f.name)
+            tensor[target].copy_(tensor[source])
+
     def prefix(self, slots: int) -> "SlotState":
         """Views of slots [0, slots): a graph bucket works on a prefix, in place."""
         return SlotState(**{f.name: getattr(self, f.name)[:slots] for f in fields(self)})

@@ -69,11 +69,12 @@ class CCAHost(ModuleHost):
     # --- launchers ---------------------------------------------------------------------------------------
 
     def forward(self, qk, delayed, vcur, vfill, dw_w, dw_b, gw, gb, temp, cos, sin, pred, state_qk, state_delayed,
-                gwt=None, config=None):
+                gwt=None, config=None, kv_out=None):
         """q (B, T, HQ, D), k (B, T, HKV, D), v (B, T, HKV, D) from qk (B, T, CHANNELS) and predecessors
         pred (B, S + T); `_fwd_cached` when there are S > 0 state rows.
 
         gwt: gw as (K1, CHANNELS, D), when the caller keeps that copy (the kernel reads taps contiguously).
+        kv_out: contiguous (k, v) buffers to write (a cache's stash scratch), else both are allocated.
         qk, vcur and delayed may be views of one fused projection (rows strided, read in place)."""
         HQ, HKV, D = self.HQ, self.HKV, self.D
         B, T, _ = qk.shape
@@ -81,8 +82,11 @@ class CCAHost(ModuleHost):
         has_state = S > 0
         (qk,), (vcur, delayed) = _as_rows(qk), _as_rows(vcur, delayed)
         q = self.empty((B, T, HQ, D), qk.dtype, qk.device)
-        k = self.empty((B, T, HKV, D), qk.dtype, qk.device)
-        v = self.empty((B, T, HKV, D), vcur.dtype, qk.device)
+        if kv_out is None:
+            k = self.empty((B, T, HKV, D), qk.dtype, qk.device)
+            v = self.empty((B, T, HKV, D), vcur.dtype, qk.device)
+        else:
+            k, v = kv_out
         if T == 0:
             return q, k, v
         cfg = self.config(f"{self.name}_fwd_cached" if has_state else f"{self.name}_fwd", B * T, config)
@@ -172,7 +176,18 @@ class CCAHost(ModuleHost):
         w_all = derived(attn, "qkv_weight", _cat_rows, *(p.weight for p in projections))
         b_all = None if attn.q_proj.bias is None else derived(attn, "qkv_bias", _cat_rows,
                                                               *(p.bias for p in projections))
-        projected = torch.nn.functional.linear(x, w_all, b_all)  # (B, T, CHANNELS + 2 DV)
+        # at inference a SlotCache hands out stacked scratch for the stash (one kernel then commits every layer)
+        buffers = None if cache is None or torch.is_grad_enabled() else cache.stash_buffers(B, T)
+        if buffers is None or buffers[0].dtype != x.dtype or buffers[0].shape[-1] != w_all.shape[0]:
+            buffers = None
+            projected = torch.nn.functional.linear(x, w_all, b_all)  # (B, T, CHANNELS + 2 DV)
+        else:
+            projected = buffers[0]
+            rows, out = x.reshape(B * T, -1), projected.view(B * T, -1)
+            if b_all is None:
+                torch.mm(rows, w_all.t(), out=out)
+            else:
+                torch.addmm(b_all, rows, w_all.t(), out=out)
         qk, delayed, vcur = projected.split([C, DV, DV], dim=-1)  # (B, T, CHANNELS), (B, T, DV) x 2
         state_qk = state_delayed = None
         S = 0
@@ -197,7 +212,8 @@ class CCAHost(ModuleHost):
             attn.conv_depthwise.weight.view(C, K0), attn.conv_depthwise.bias, attn.conv_grouped.weight,
             attn.conv_grouped.bias, attn.key_temperature, cos, sin, predecessors.to(torch.int32).contiguous(),
             None if state_qk is None else state_qk.contiguous(),
-            None if state_delayed is None else state_delayed.contiguous(), gwt)
+            None if state_delayed is None else state_delayed.contiguous(), gwt,
+            None if buffers is None else buffers[1:])
 
     # --- ahead-of-time compilation -----------------------------------------------------------------------
 
@@ -261,9 +277,9 @@ class CCAHost(ModuleHost):
 class _CCAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, host, qk, delayed, vcur, vfill, dw_w, dw_b, gw, gb, temp, cos, sin, pred, state_qk,
-                state_delayed, gwt=None):
+                state_delayed, gwt=None, kv_out=None):
         q, k, v = host.forward(qk, delayed, vcur, vfill, dw_w, dw_b, gw, gb, temp, cos, sin, pred, state_qk,
-                               state_delayed, gwt)
+                               state_delayed, gwt, kv_out=kv_out)
         ctx.save_for_backward(qk, dw_w, dw_b, gw, gb, temp, cos, sin, pred, state_qk)
         ctx.host, ctx.dtypes = host, (delayed.dtype, vcur.dtype, vfill.dtype)
         return q, k, v
@@ -274,4 +290,4 @@ class _CCAFunction(torch.autograd.Function):
         dqk, ddelayed, dvcur, dfill, *params = grads
         delayed_dtype, vcur_dtype, vfill_dtype = ctx.dtypes
         return (None, dqk, ddelayed.to(delayed_dtype), dvcur.to(vcur_dtype), dfill.to(vfill_dtype), *params,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
