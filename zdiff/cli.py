@@ -109,6 +109,16 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoint.hf_export import EXPORT_DTYPES, export_hf, parse_size
+
+    out = export_hf(args.checkpoint, args.out_dir, dtype=EXPORT_DTYPES[args.dtype] if args.dtype else None,
+                    shard_bytes=parse_size(args.shard_size), force=args.force)
+    config = json.loads((out / "config.json").read_text())
+    print(f"exported {args.checkpoint} as {config['model_type']} ({config['dtype']}) -> {out}")
+    return 0
+
+
 def _cmd_compile(args) -> int:
     from .codegen.compile import compile_spec
     from .spec import load_spec, resolve_spec_path
@@ -225,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--allow-nonfinite", action="store_true",
                      help="import weights with NaN / inf (refused by default)")
     imp.set_defaults(run=_cmd_import)
+
+    exp = sub.add_parser("export", help="write a zdiff checkpoint as a Hugging Face directory (zaya / qwen3_moe)")
+    exp.add_argument("checkpoint")
+    exp.add_argument("out_dir")
+    exp.add_argument("--dtype", choices=["bf16", "fp32"], help="cast weights (default: keep the checkpoint's)")
+    exp.add_argument("--shard-size", default="5GB", help="largest safetensors shard (5GB, 500MB, 2GiB; default 5GB)")
+    exp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    exp.set_defaults(run=_cmd_export)
 
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
     comp.add_argument("spec")
