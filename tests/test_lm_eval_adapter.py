@@ -140,3 +140,20 @@ def test_lm_eval_runs_offline_on_the_local_tasks(checkpoint):
         ref, _ = _direct(lm, *args)  # the scores lm-eval saw are the direct forward's
         assert math.isclose(float(logprob), ref, rel_tol=1e-5, abs_tol=1e-4)
     assert all("\n" not in s["filtered_resps"][0] for s in samples["zdiff_python_gen"])
+
+
+def test_zdiff_eval_prints_the_table_and_writes_the_json(checkpoint, tmp_path, capsys):
+    import json
+
+    from zdiff.cli import main
+
+    out = tmp_path / "res" / "scores.json"
+    code = main(["eval", str(checkpoint), "--tasks", "zdiff_python_mc,zdiff_python_gen", "--include-path", str(TASKS),
+                 "--limit", "3", "--mode", "tidar", "--sampler", "lossless", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "zdiff_python_mc" in printed and "acc" in printed and "T/NFE" in printed
+    saved = json.loads(out.read_text())
+    assert saved["zdiff"]["mode"] == "tidar" and saved["zdiff"]["sampler"] == "lossless"
+    assert saved["zdiff"]["forward_passes"] > 0 and "zdiff_python_gen" in saved["results"]
+    assert main(["eval", str(checkpoint), "--tasks", "no_such_task", "--include-path", str(TASKS)]) == 2
+    assert "unknown lm-eval task(s) no_such_task" in capsys.readouterr().err

@@ -162,6 +162,12 @@ def _cmd_generate(args) -> int:
     return run_generate(args)
 
 
+def _cmd_eval(args) -> int:
+    from .eval.cli_run import run_eval
+
+    return run_eval(args)
+
+
 def _cmd_serve(args) -> int:
     from .serve.cli_run import run_serve
 
@@ -313,6 +319,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--histogram", metavar="PNG", help="write the tokens-per-forward histogram")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=_cmd_generate)
+
+    ev = sub.add_parser("eval", help="score a checkpoint with lm-eval (pip install \"zdiff[eval]\"): table + JSON")
+    ev.add_argument("checkpoint", help="a zdiff checkpoint directory")
+    ev.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    ev.add_argument("--include-path", action="append", metavar="DIR",
+                    help="a directory of lm-eval task YAML files (e.g. tests/lm_eval_tasks); repeatable")
+    ev.add_argument("--mode", choices=["ar", "tidar"], default="ar", help="decoding for generate_until tasks")
+    ev.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    ev.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
+    ev.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True))
+    ev.add_argument("--seed", type=seed, default=0)
+    ev.add_argument("--limit", type=_int_in(1, 1 << 30), help="at most this many documents per task")
+    ev.add_argument("--num-fewshot", type=_int_in(0, 1024))
+    ev.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16, help="sequences per forward")
+    ev.add_argument("--max-gen-toks", type=_int_in(1, L.MAX_NEW_TOKENS), default=256,
+                    help="generate_until budget when a task gives none")
+    ev.add_argument("--device", choices=["cuda", "cpu"], help="default: cpu")
+    ev.add_argument("--output", metavar="JSON", help="write lm-eval's results (with the decoding settings) here")
+    ev.add_argument("--log-samples", action="store_true", help="keep every document's responses in the JSON")
+    ev.set_defaults(run=_cmd_eval)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
                            "metrics) on the decode engine; needs zdiff[serve]")
