@@ -112,7 +112,7 @@ def _cmd_import(args) -> int:
 def _cmd_export(args) -> int:
     from .checkpoint.hf_export import EXPORT_DTYPES, export_hf, parse_size
 
-    out = export_hf(args.checkpoint, args.out_dir, dtype=EXPORT_DTYPES[args.dtype] if args.dtype else None,
+    out = export_hf(args.checkpoint, args.export_dir, dtype=EXPORT_DTYPES[args.dtype] if args.dtype else None,
                     shard_bytes=parse_size(args.shard_size), force=args.force)
     config = json.loads((out / "config.json").read_text())
     print(f"exported {args.checkpoint} as {config['model_type']} ({config['dtype']}) -> {out}")
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a zdiff checkpoint as a Hugging Face directory (zaya / qwen3_moe)")
     exp.add_argument("checkpoint")
-    exp.add_argument("out_dir")
+    exp.add_argument("export_dir", metavar="out_dir", help="the Hugging Face directory to write")
     exp.add_argument("--dtype", choices=["bf16", "fp32"], help="cast weights (default: keep the checkpoint's)")
     exp.add_argument("--shard-size", default="5GB", help="largest safetensors shard (5GB, 500MB, 2GiB; default 5GB)")
     exp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
