@@ -29,6 +29,13 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS), include_defaults=False)  # the local tasks only: fast
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, tmp_path):
     """Any attempt at a network connection fails the test; datasets' cache goes to tmp."""
@@ -38,7 +45,7 @@ def no_network(monkeypatch, tmp_path):
     real_connect = socket.socket.connect
 
     def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
             raise AssertionError(f"network access attempted: {address}")
         return real_connect(self, address)
 
@@ -122,13 +129,12 @@ def test_adapter_refuses_bad_model_args(checkpoint, tmp_path):
         ZdiffLM(str(tmp_path / "ar"), mode="tidar")
 
 
-def test_lm_eval_runs_offline_on_the_local_tasks(checkpoint):
+def test_lm_eval_runs_offline_on_the_local_tasks(checkpoint, manager):
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     results = simple_evaluate(model="zdiff", model_args=f"checkpoint={checkpoint},mode=tidar,sampler=logit_mix,"
                               "mix_weight=0.5,max_gen_toks=16", tasks=["zdiff_python_mc", "zdiff_python_gen"],
-                              task_manager=TaskManager(include_path=str(TASKS)), bootstrap_iters=0,
+                              task_manager=manager, bootstrap_iters=0,
                               log_samples=True)
     mc, gen = results["results"]["zdiff_python_mc"], results["results"]["zdiff_python_gen"]
     assert 0.0 <= mc["acc,none"] <= 1.0 and 0.0 <= gen["exact_match,none"] <= 1.0
@@ -157,3 +163,57 @@ def test_zdiff_eval_prints_the_table_and_writes_the_json(checkpoint, tmp_path, c
     assert saved["zdiff"]["forward_passes"] > 0 and "zdiff_python_gen" in saved["results"]
     assert main(["eval", str(checkpoint), "--tasks", "no_such_task", "--include-path", str(TASKS)]) == 2
     assert "unknown lm-eval task(s) no_such_task" in capsys.readouterr().err
+
+
+def _byte_level_hf_tokenizer(directory):
+    """tokenizer.json (GPT-2 byte level, id = byte value, <bos> <eos> <mask> at 256..258) that both
+    transformers' AutoTokenizer and zdiff read: the byte tokenizer of the tiny specs, in HF form."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    char_of = {b: chr(b if b in printable else next(extra)) for b in range(256)}
+    tok = Tokenizer(models.BPE({char_of[b]: b for b in range(256)}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<bos>", "<eos>", "<mask>"])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>"}))
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": 257, "bos_token_id": 256}))
+
+
+def test_lm_eval_local_completions_against_zdiff_serve_matches_the_adapter(tmp_path, manager):
+    """lm-eval's own OpenAI-completions model, talking to a live `zdiff serve` (token-id batches, echo +
+    logprobs for loglikelihood, stop strings for generate_until), scores the local tasks as the adapter does."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from lm_eval import simple_evaluate
+
+    from zdiff.serve.launcher import ServerProcess, child_env
+
+    spec = load_spec("zaya1-tiny")
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(build_model(spec.model, seed=12), spec, ckpt)
+    _byte_level_hf_tokenizer(ckpt)
+    adapter = ZdiffLM(str(ckpt), mode="ar", sampler="greedy", max_gen_toks=24)
+    assert adapter.tok_encode("é x") == list("é x".encode()) and adapter.eot_token_id == 257
+    tasks = ["zdiff_python_mc", "zdiff_python_gen"]
+    ours = simple_evaluate(model=adapter, tasks=tasks, task_manager=manager, bootstrap_iters=0, log_samples=True)
+    with ServerProcess(ckpt, "--max-slots", "4", "--max-len", "256", "--served-model-name", "tiny",
+                       log=tmp_path / "server.log", env=child_env(REPO)) as live:
+        theirs = simple_evaluate(
+            model="local-completions", tasks=tasks, task_manager=manager, bootstrap_iters=0, log_samples=True,
+            model_args={"model": "tiny", "base_url": f"{live.base_url}/completions", "tokenizer_backend": "huggingface",
+                        "tokenizer": str(ckpt), "batch_size": 4, "max_retries": 1, "max_length": 200,
+                        "max_gen_toks": 24})
+    for ours_s, theirs_s in zip(ours["samples"]["zdiff_python_mc"], theirs["samples"]["zdiff_python_mc"]):
+        for (a, _), (b, _) in zip((r[0] for r in ours_s["resps"]), (r[0] for r in theirs_s["resps"])):
+            assert math.isclose(float(a), float(b), rel_tol=1e-4, abs_tol=1e-3)
+    assert ours["results"]["zdiff_python_mc"]["acc,none"] == theirs["results"]["zdiff_python_mc"]["acc,none"]
+    # greedy AR on both sides: the same completions, cut at the same newline
+    ours_gen = [s["filtered_resps"][0] for s in ours["samples"]["zdiff_python_gen"]]
+    theirs_gen = [s["filtered_resps"][0] for s in theirs["samples"]["zdiff_python_gen"]]
+    assert ours_gen == theirs_gen and any(ours_gen)

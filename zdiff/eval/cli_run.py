@@ -31,7 +31,12 @@ def run_eval(args) -> int:
     for path in args.include_path or []:
         if not Path(path).is_dir():
             raise ZdiffError(f"--include-path {path}: not a directory")
-    manager = TaskManager(include_path=args.include_path or None)
+    manager = None
+    if args.include_path:  # indexing lm-eval's thousands of built-in tasks takes ~20 s: skip it when not needed
+        manager = TaskManager(include_path=args.include_path, include_defaults=False)
+        if not set(tasks) <= set(manager.all_tasks):
+            manager = None
+    manager = manager or TaskManager(include_path=args.include_path or None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ZdiffError(f"--tasks: unknown lm-eval task(s) {', '.join(unknown)} (lm-eval ls tasks lists them; "

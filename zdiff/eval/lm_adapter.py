@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lm_eval.api.model import TemplateLM
+import lm_eval.models  # noqa: F401  (lm-eval fills its registry lazily only while it is empty: fill it first,
+from lm_eval.api.model import TemplateLM  # or registering "zdiff" would hide "hf", "local-completions", ...)
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
