@@ -2,6 +2,8 @@
 (exact AR scores, checked against a direct forward), echo with max_tokens 0, token-id and batched prompts, n > 1,
 stop_token_ids, ignore_eos, and every field zdiff does not implement refused by name."""
 
+import json
+
 import pytest
 import torch
 
@@ -28,6 +30,8 @@ def checkpoint(tmp_path_factory):
     spec = load_spec("zaya1-tiny")
     directory = tmp_path_factory.mktemp("serve_fields") / "ckpt"
     save_checkpoint(build_model(spec.model, seed=5), spec, directory)
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+    (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     return directory
 
 
@@ -129,6 +133,23 @@ def test_batched_prompts_and_n_choices_with_seeds(server):
             if ch.finish_reason:
                 finished.add(ch.index)
     assert finished == {0, 1} and texts == {0: by_index[0].text, 1: by_index[1].text}
+
+
+def test_chat_with_n_choices_streams_each_index(server):
+    c = client(server)
+    messages = [{"role": "user", "content": "hi"}]
+    whole = c.chat.completions.create(model=MODEL, messages=messages, n=3, max_tokens=5, seed=2)
+    assert sorted(ch.index for ch in whole.choices) == [0, 1, 2]
+    texts, roles = {}, set()
+    for chunk in c.chat.completions.create(model=MODEL, messages=messages, n=3, max_tokens=5, seed=2, stream=True):
+        for ch in chunk.choices:
+            if ch.delta.role == "assistant":
+                roles.add(ch.index)
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+    assert roles == {0, 1, 2} and texts == {ch.index: ch.message.content for ch in whole.choices}
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, logprobs=True)
+    assert err.value.body["param"] == "logprobs"
 
 
 def test_stop_token_ids_end_the_completion(server):
