@@ -125,6 +125,17 @@ def test_import_of_export_is_the_identity(tmp_path, make):
             assert file.read_bytes() == again, file.name
 
 
+def test_a_bf16_checkpoint_round_trips_in_bf16(tmp_path):
+    hf_dir = tmp_path / "hf_in"
+    tiny_qwen3_moe(6).save_pretrained(hf_dir)
+    import_hf(hf_dir, tmp_path / "ckpt", dtype=torch.bfloat16)
+    out = export_hf(tmp_path / "ckpt", tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert TensorSource(out).dtype("model.layers.0.mlp.experts.3.gate_proj.weight") == torch.bfloat16
+    import_hf(out, tmp_path / "back")
+    _same_checkpoint(tmp_path / "ckpt", tmp_path / "back")
+
+
 def test_export_bf16_casts_all_but_the_balancing_biases(tmp_path):
     ckpt = _checkpoint(tiny_zaya(0), tmp_path)
     out = export_hf(ckpt, tmp_path / "export", dtype=torch.bfloat16)

@@ -128,8 +128,10 @@ def _has_balancing_bias(model_type: str) -> bool:
     return "moe.router.balancing_bias" in LAYER_NAMES[model_type]
 
 
-def hf_tensor_plan(spec: Spec, model_type: str, dtype: torch.dtype | None = None) -> list[HFTensor]:
-    """Every tensor of the export, from the spec alone (a meta-device model: no weights are read)."""
+def hf_tensor_plan(spec: Spec, model_type: str, dtype: torch.dtype | None = None,
+                   stored: dict[str, torch.dtype] | None = None) -> list[HFTensor]:
+    """Every tensor of the export, from the spec alone (a meta-device model: no weights are read). Without
+    `dtype` each tensor keeps its `stored` dtype (the checkpoint's; default the model's fp32)."""
     from ..runtime import Transformer
 
     with torch.device("meta"):
@@ -138,7 +140,8 @@ def hf_tensor_plan(spec: Spec, model_type: str, dtype: torch.dtype | None = None
     for name, meta in expected.items():
         if name.endswith("balancing_bias") and not _has_balancing_bias(model_type):
             continue  # no HF field; export checks that it is zero, import puts zeros back
-        out_dtype = meta.dtype if dtype is None or name.endswith("balancing_bias") else dtype
+        kept = (stored or {}).get(name) or meta.dtype
+        out_dtype = kept if dtype is None or name.endswith("balancing_bias") else dtype
         layer, _, rest = name.partition(".")[2].partition(".")
         parts = PER_EXPERT.get(model_type, {}).get(rest) if name.startswith("layers.") else None
         if not parts:
@@ -207,7 +210,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path, dtype: torch.dtyp
     source = TensorSource(checkpoint)
     base = _base_config(checkpoint)
     model_type, cfg = hf_config(spec, base)
-    plan = hf_tensor_plan(spec, model_type, dtype)
+    plan = hf_tensor_plan(spec, model_type, dtype, {name: source.dtype(name) for name in source.names()})
     with torch.device("meta"):
         from ..runtime import Transformer
 
@@ -217,7 +220,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path, dtype: torch.dtyp
             raise CheckpointError(f"{checkpoint}: {name} is not zero, and {model_type} has no balancing biases "
                                   "(export would change the routing)")
     tokenizer_json = (checkpoint / "tokenizer.json").is_file()
-    out_dtype = dtype or source.get("embed.weight").dtype
+    out_dtype = dtype or source.dtype("embed.weight")
     cfg.update(dtype=_HF_DTYPE_NAMES.get(out_dtype, str(out_dtype).removeprefix("torch.")),
                **{ZDIFF_KEY: {"format": 1, "spec": spec.to_dict()}})
     generation = _generation_config(spec, base, tokenizer_json)

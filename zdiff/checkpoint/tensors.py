@@ -17,6 +17,9 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -86,6 +89,10 @@ class TensorSource:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(name).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype | None:
+        """The stored dtype of a tensor, from the header (None for one torch has no name for)."""
+        return _DTYPES.get(self._handle(name).get_slice(name).get_dtype())
 
     def get(self, name: str) -> torch.Tensor:
         handle = self._handle(name)
