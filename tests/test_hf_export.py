@@ -99,6 +99,24 @@ def test_qwen3_moe_export_loads_in_transformers_with_zdiff_logits(tmp_path, seed
     _hf_logits_match(ckpt, out, seed)
 
 
+@pytest.mark.parametrize("preset", ["zaya1-tiny", "qwen3-moe-tiny"])
+def test_zdiff_native_presets_export_to_transformers(tmp_path, preset):
+    """The demo's kind of checkpoint (a zdiff spec, byte vocabulary with the mask id, trained in zdiff)."""
+    from hf_models import randomize_
+    from zdiff.runtime import build_model
+
+    spec = load_spec(preset)
+    model = randomize_(build_model(spec.model, seed=1), seed=1)
+    if not spec.model.moe.balancing_bias.enabled:  # as training leaves them: zero
+        for layer in model.layers:
+            layer.moe.router.balancing_bias.zero_()
+    save_checkpoint(model, spec, tmp_path / "ckpt")
+    out = export_hf(tmp_path / "ckpt", tmp_path / "export")
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (256, 257)
+    _hf_logits_match(tmp_path / "ckpt", out, seed=1)
+
+
 def test_export_writes_the_balancing_biases(tmp_path):
     ckpt = _checkpoint(tiny_zaya(4), tmp_path)
     out = export_hf(ckpt, tmp_path / "export")
