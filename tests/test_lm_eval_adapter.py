@@ -118,6 +118,8 @@ def test_generate_until_cuts_at_stop_sequences(checkpoint):
 def test_adapter_refuses_bad_model_args(checkpoint, tmp_path):
     with pytest.raises(ZdiffError, match="unknown model_args colour"):
         ZdiffLM(str(checkpoint), colour="red")
+    assert ZdiffLM.create_from_arg_string(f"checkpoint={checkpoint}", {"batch_size": "auto", "max_batch_size": 8,
+                                                                        "device": "cpu"}).batch_size == 8
     with pytest.raises(ZdiffError, match="mode must be"):
         ZdiffLM(str(checkpoint), mode="nar")
     spec = load_spec("zaya1-tiny")

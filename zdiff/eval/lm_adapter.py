@@ -30,11 +30,11 @@ _TRUE = ("1", "true", "yes")
 @register_model("zdiff")
 class ZdiffLM(TemplateLM):
     """model_args: checkpoint (required), mode, sampler, mix_weight, temperature, top_k, top_p, seed,
-    batch_size, max_length, max_gen_toks, device, dtype (fp32 | bf16)."""
+    batch_size (or "auto": max_batch_size, default 16), max_length, max_gen_toks, device, dtype (fp32 | bf16)."""
 
     def __init__(self, checkpoint: str, mode: str = "ar", sampler: str | None = None, mix_weight=None,
                  temperature=None, top_k=None, top_p=None, seed=0, batch_size=16, max_length=2048,
-                 max_gen_toks=256, device: str = "cpu", dtype: str | None = None, **unused):
+                 max_gen_toks=256, device: str = "cpu", dtype: str | None = None, max_batch_size=None, **unused):
         super().__init__()
         import torch
 
@@ -57,6 +57,8 @@ class ZdiffLM(TemplateLM):
         self.tok = checkpoint_tokenizer(self.checkpoint, self.spec)
         self.stop_tokens = stop_tokens_of(self.checkpoint, self.tok)
         self.mode, self.seed = mode, int(seed)
+        if str(batch_size).startswith("auto"):  # lm-eval's "auto": sequences per forward are capped by tokens anyway
+            batch_size = max_batch_size or 16
         self.batch_size, self.max_length, self.max_gen_toks = int(batch_size), int(max_length), int(max_gen_toks)
         self.params = SamplingParams.from_spec(
             self.spec.sampler, kind=sampler, mix_weight=None if mix_weight is None else float(mix_weight),
