@@ -120,6 +120,9 @@ def test_adapter_refuses_bad_model_args(checkpoint, tmp_path):
         ZdiffLM(str(checkpoint), colour="red")
     assert ZdiffLM.create_from_arg_string(f"checkpoint={checkpoint}", {"batch_size": "auto", "max_batch_size": 8,
                                                                         "device": "cpu"}).batch_size == 8
+    if not torch.cuda.is_available():
+        with pytest.raises(ZdiffError, match="device cuda: no CUDA"):
+            ZdiffLM(str(checkpoint), device="cuda")
     with pytest.raises(ZdiffError, match="mode must be"):
         ZdiffLM(str(checkpoint), mode="nar")
     spec = load_spec("zaya1-tiny")

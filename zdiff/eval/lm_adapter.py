@@ -50,6 +50,8 @@ class ZdiffLM(TemplateLM):
         self.spec = checkpoint_spec(self.checkpoint)
         if mode == "tidar" and self.spec.diffusion.mask_token_id is None:
             raise ZdiffError(f"{checkpoint}: mode=tidar needs a converted checkpoint (diffusion.mask_token_id is null)")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ZdiffError(f"zdiff lm-eval model: device {device}: no CUDA or ROCm device is visible to torch")
         dtypes = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16}
         if dtype not in dtypes:
             raise ZdiffError(f"zdiff lm-eval model: dtype must be fp32 or bf16, got {dtype!r}")
