@@ -114,6 +114,9 @@ def test_zdiff_native_presets_export_to_transformers(tmp_path, preset):
     out = export_hf(tmp_path / "ckpt", tmp_path / "export")
     generation = json.loads((out / "generation_config.json").read_text())
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (256, 257)
+    assert json.loads((out / "config.json").read_text())["zdiff"]["tokenizer"] == "bytes"
+    import_hf(out, tmp_path / "back")  # the import records that the text is byte ids
+    assert json.loads((tmp_path / "back" / "import.json").read_text())["tokenizer"] == "bytes"
     _hf_logits_match(tmp_path / "ckpt", out, seed=1)
 
 

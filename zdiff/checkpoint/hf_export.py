@@ -221,8 +221,10 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path, dtype: torch.dtyp
                                   "(export would change the routing)")
     tokenizer_json = (checkpoint / "tokenizer.json").is_file()
     out_dtype = dtype or source.dtype("embed.weight")
-    cfg.update(dtype=_HF_DTYPE_NAMES.get(out_dtype, str(out_dtype).removeprefix("torch.")),
-               **{ZDIFF_KEY: {"format": 1, "spec": spec.to_dict()}})
+    stored = {"format": 1, "spec": spec.to_dict()}
+    if not tokenizer_json:  # zdiff's byte-level ids (import records it: a learned vocabulary without files is not)
+        stored["tokenizer"] = "bytes"
+    cfg.update(dtype=_HF_DTYPE_NAMES.get(out_dtype, str(out_dtype).removeprefix("torch.")), **{ZDIFF_KEY: stored})
     generation = _generation_config(spec, base, tokenizer_json)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         cfg.setdefault(key, generation.get(key))

@@ -295,5 +295,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
         copied = copy_tokenizer(hf_dir, tmp)
         provenance = {"source": str(hf_dir.resolve()), "model_type": model_type, "tokenizer_files": copied,
                       "hf_config": cfg}
+        if "tokenizer.json" not in copied and (cfg.get(ZDIFF_KEY) or {}).get("tokenizer") == "bytes":
+            provenance["tokenizer"] = "bytes"  # a zdiff export of a byte-level model: its text is byte ids
         (tmp / "import.json").write_text(json.dumps(provenance, indent=1))
     return spec
