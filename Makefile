@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,plots,serve,data,tensorboard]"
+	$(BIN)/pip install --quiet -e ".[test,plots,serve,data,tensorboard,eval]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -105,3 +105,23 @@ def test_data_bench_smoke(tmp_path):
     assert data["loader"]["loader_tokens_per_s"] > 0 and data["loader"]["gpu_need_tokens_per_s"] > 0
     assert [r["tokens"] for r in data["rss"]] == [int(0.01 * 2**29), int(0.1 * 2**29)]
     assert "| tokenizer | tokenize workers |" in (tmp_path / "results.md").read_text()
+
+
+def test_eval_side_by_side_script_smoke(tmp_path):
+    """benchmarks/eval_side_by_side.sh on random AR and converted checkpoints: four zdiff eval runs, one table."""
+    pytest.importorskip("lm_eval")
+    from zdiff.checkpoint.store import save_checkpoint
+    from zdiff.runtime import build_model
+    from zdiff.spec import load_spec
+
+    spec = load_spec("zaya1-tiny")
+    for stage, seed in (("ar", 1), ("tidar", 2)):
+        save_checkpoint(build_model(spec.model, seed=seed), spec, tmp_path / stage / "final")
+    env = dict(os.environ, PYTHONPATH=str(REPO), ZDIFF=f"{sys.executable} -m zdiff", HF_DATASETS_OFFLINE="1",
+               HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "datasets"))
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "eval_side_by_side.sh"), str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| converted") or line.startswith("| ar")]
+    assert len(rows) == 4 and "tidar logit_mix w=0.5" in rows[3], result.stdout
+    assert json.loads((tmp_path / "eval" / "ar-model.json").read_text())["zdiff"]["mode"] == "ar"

@@ -184,6 +184,8 @@ class World:
             # tokenize's input and output
             "data": ["plain_file", "specs", "acc", "missing", "out/a", ""],
             "out": outputs,
+            # export's output; the checkpoint and what is in or around it must be refused
+            "export_dir": [*outputs, "ck", "ck/inner", str(root)],
         }
         self.flag_values = {
             "out": outputs,
@@ -194,6 +196,9 @@ class World:
             "acceptance": ["acc/good.json", "acc/inf.json", "acc/bad.json", "acc", "missing"],
             "histogram": ["out/h.png", "plain_file/x.png", "/proc/zdiff.png"],
             "prompt": None,
+            "tasks": ["zdiff_python_mc", "zdiff_python_mc,zdiff_python_gen", "", ",", "no_such_task"],
+            "include_path": [str(REPO / "tests" / "lm_eval_tasks"), "missing", "plain_file"],
+            "output": ["out/scores.json", "plain_file/x.json"],
         }
 
     def reset(self):
@@ -242,6 +247,14 @@ def _probe_serve(args):
     return 0
 
 
+def _probe_eval(args):
+    assert 1 <= args.batch_size <= limits.MAX_BATCH_SIZE and 1 <= args.max_gen_toks <= limits.MAX_NEW_TOKENS
+    assert args.mix_weight is None or 0 <= args.mix_weight <= 1
+    assert args.temperature is None or (math.isfinite(args.temperature) and args.temperature > 0)
+    PROBED["eval"] = PROBED.get("eval", 0) + 1
+    return 0
+
+
 def _probe_autotune(spec, target, budget=300.0, out=None, **_):
     assert target in spec.targets and math.isfinite(budget) and 0 < budget <= limits.MAX_BUDGET_S
     PROBED["autotune"] = PROBED.get("autotune", 0) + 1
@@ -261,6 +274,7 @@ def world(tmp_path_factory):
         mp.setattr("zdiff.train.train", _probe_train)
         mp.setattr("zdiff.generation.cli_run.run_generate", _probe_generate)
         mp.setattr("zdiff.serve.cli_run.run_serve", _probe_serve)
+        mp.setattr("zdiff.eval.cli_run.run_eval", _probe_eval)
         mp.setattr("zdiff.autotune.tune.autotune", _probe_autotune)
         mp.setattr("zdiff.autotune.tune.check_environment", lambda: None)
         mp.setattr("zdiff.demo.run_demo", _probe_demo)
@@ -302,16 +316,17 @@ def _check_world(world: World, argv: list[str], code: int) -> None:
     assert world.snapshot_inputs() == world.inputs, f"{argv}: an input changed"
     marker = world.existing / "marker.txt"
     if not marker.exists():  # only an explicit --force may replace an existing output
-        assert code == 0 and "--force" in argv and argv[0] in ("import", "compile"), f"{argv}: lost data"
+        assert code == 0 and "--force" in argv and argv[0] in ("import", "compile", "export"), f"{argv}: lost data"
     for directory in [world.root, world.root / "out", *world.root.glob("out/*")]:
         assert leftovers(directory) == [], f"{argv}: left {leftovers(directory)} in {directory}"
     for out in world.root.glob("out/*"):
-        if out.is_dir() and argv[0] in ("import", "compile"):  # whole or nothing
-            assert (out / "spec.yaml").is_file(), f"{argv}: partial output {sorted(os.listdir(out))}"
+        if out.is_dir() and argv[0] in ("import", "compile", "export"):  # whole or nothing
+            complete = out / ("config.json" if argv[0] == "export" else "spec.yaml")
+            assert complete.is_file(), f"{argv}: partial output {sorted(os.listdir(out))}"
 
 
 EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40,
-            "demo": 30, "serve": 30, "tokenize": 30}
+            "demo": 30, "serve": 30, "tokenize": 30, "export": 15, "eval": 30}
 
 
 @pytest.mark.parametrize("command", sorted(SUBPARSERS))
@@ -333,7 +348,7 @@ def test_random_command_lines_end_cleanly(command, world):
 
 def test_the_vectors_reach_the_work():
     """Not only argparse is exercised: every command succeeded at least once (probed ones reached their probe)."""
-    assert set(PROBED) == {"train", "generate", "autotune", "demo", "serve"}, PROBED
+    assert set(PROBED) == {"train", "generate", "autotune", "demo", "serve", "eval"}, PROBED
     assert all(EXITS.get(command) == {0, 2} for command in SUBPARSERS), EXITS
 
 

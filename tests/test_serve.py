@@ -310,14 +310,14 @@ def test_auth_bad_requests_and_the_missing_chat_template(guarded):
     c = client(guarded, key=KEY)
     cases = [  # (fields, the param the error must name)
         (dict(temperature=-1), "temperature"),
-        (dict(n=2), "n"),
+        (dict(n=0), "n"),
         (dict(top_p=0), "top_p"),
         (dict(max_tokens=0), "max_tokens"),
         (dict(extra_body={"sampler": "beam"}), "sampler"),
         (dict(extra_body={"mode": "fast"}), "mode"),
         (dict(extra_body={"mix_weight": 2}), "mix_weight"),
         (dict(extra_body={"top_k": -1}), "top_k"),
-        (dict(logprobs=2), "logprobs"),
+        (dict(logprobs=21), "logprobs"),
         (dict(stop=[""]), "stop"),
         (dict(seed=-5), "seed"),
         (dict(max_tokens=200), "max_tokens"),  # prompt + max_tokens over the 128-token cache

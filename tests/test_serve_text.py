@@ -68,6 +68,22 @@ def test_held_back_text_is_released_when_the_request_ends():
     assert stream.push([], finished=True) == "\ufffd"  # the request ended mid-character
 
 
+def test_streaming_decodes_in_linear_time():
+    """Token by token, a long completion with multi-byte characters and a stop string that never comes: the
+    tokens handed to `decode` grow linearly with the completion (decoding it whole per push is quadratic)."""
+    seen = []
+
+    def counting(ids):
+        seen.append(len(ids))
+        return decode(ids)
+
+    tokens = list(("abc é€😀\n" * 300).encode())
+    stream = TextStream(counting, ["STOP", "\n\n"])
+    sent = "".join(stream.push([t], finished=False) for t in tokens) + stream.push([], finished=True)
+    assert sent == decode(tokens)
+    assert sum(seen) < 10 * len(tokens), (sum(seen), len(tokens))
+
+
 CHATML = (
     "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}"

@@ -119,6 +119,16 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoint.hf_export import EXPORT_DTYPES, export_hf, parse_size
+
+    out = export_hf(args.checkpoint, args.export_dir, dtype=EXPORT_DTYPES[args.dtype] if args.dtype else None,
+                    shard_bytes=parse_size(args.shard_size), force=args.force)
+    config = json.loads((out / "config.json").read_text())
+    print(f"exported {args.checkpoint} as {config['model_type']} ({config['dtype']}) -> {out}")
+    return 0
+
+
 def _cmd_compile(args) -> int:
     from .codegen.compile import compile_spec
     from .spec import load_spec, resolve_spec_path
@@ -192,6 +202,12 @@ def _cmd_chat(args) -> int:
 
     _use_checkpoint(args)
     return run_chat(args)
+
+
+def _cmd_eval(args) -> int:
+    from .eval.cli_run import run_eval
+
+    return run_eval(args)
 
 
 def _cmd_serve(args) -> int:
@@ -269,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--allow-nonfinite", action="store_true",
                      help="import weights with NaN / inf (refused by default)")
     imp.set_defaults(run=_cmd_import)
+
+    exp = sub.add_parser("export", help="write a zdiff checkpoint as a Hugging Face directory (zaya / qwen3_moe)")
+    exp.add_argument("checkpoint")
+    exp.add_argument("export_dir", metavar="out_dir", help="the Hugging Face directory to write")
+    exp.add_argument("--dtype", choices=["bf16", "fp32"], help="cast weights (default: keep the checkpoint's)")
+    exp.add_argument("--shard-size", default="5GB", help="largest safetensors shard (5GB, 500MB, 2GiB; default 5GB)")
+    exp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    exp.set_defaults(run=_cmd_export)
 
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
     comp.add_argument("spec")
@@ -388,6 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the checkpoint's")
     chat.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     chat.set_defaults(run=_cmd_chat)
+
+    ev = sub.add_parser("eval", help="score a checkpoint with lm-eval (pip install \"zdiff[eval]\"): table + JSON")
+    ev.add_argument("checkpoint", help="a zdiff checkpoint directory")
+    ev.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    ev.add_argument("--include-path", action="append", metavar="DIR",
+                    help="a directory of lm-eval task YAML files (e.g. tests/lm_eval_tasks); repeatable")
+    ev.add_argument("--mode", choices=["ar", "tidar"], default="ar", help="decoding for generate_until tasks")
+    ev.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    ev.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
+    ev.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True))
+    ev.add_argument("--seed", type=seed, default=0)
+    ev.add_argument("--limit", type=_int_in(1, 1 << 30), help="at most this many documents per task")
+    ev.add_argument("--num-fewshot", type=_int_in(0, 1024))
+    ev.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16, help="sequences per forward")
+    ev.add_argument("--max-gen-toks", type=_int_in(1, L.MAX_NEW_TOKENS), default=256,
+                    help="generate_until budget when a task gives none")
+    ev.add_argument("--device", choices=["cuda", "cpu"], help="default: cpu")
+    ev.add_argument("--output", metavar="JSON", help="write lm-eval's results (with the decoding settings) here")
+    ev.add_argument("--log-samples", action="store_true", help="keep every document's responses in the JSON")
+    ev.set_defaults(run=_cmd_eval)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
                            "metrics) on the decode engine; needs zdiff[serve]")

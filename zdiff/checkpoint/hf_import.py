@@ -7,6 +7,7 @@ parameter. Anything unmapped is an error, never silently dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import typing
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from ..errors import CheckpointError, SpecError, ZdiffWarning
 from ..outputs import atomic_directory, check_output
 from ..spec import Spec, spec_from_dict
-from ..spec.schema import TargetName
+from ..spec.schema import ModelSpec, TargetName
 from .store import (
     check_tokenizer_files,
     check_weight,
@@ -75,6 +76,13 @@ _QWEN_LAYER = {
     "moe.experts.gate_up": "mlp.experts.gate_up_proj",  # fused layout; per-expert files are stacked below
     "moe.experts.down": "mlp.experts.down_proj",
 }
+# One table per HF model type, read in both directions (import here, `zdiff export` in hf_export.py):
+# a new model type is one entry here, its config mapping in spec_from_hf_config and hf_export.CONFIG_WRITERS.
+LAYER_NAMES = {"zaya": _ZAYA_LAYER, "qwen3_moe": _QWEN_LAYER}
+# Qwen3-MoE checkpoints on the hub store each expert's gate/up/down as its own tensor; zdiff stacks them
+PER_EXPERT = {"qwen3_moe": {"moe.experts.gate_up": ("gate_proj", "up_proj"), "moe.experts.down": ("down_proj",)}}
+# the zdiff spec (diffusion, sampler, targets, name, balancing rule) rides in config.json under this key
+ZDIFF_KEY = "zdiff"
 _TOP = {
     "embed.weight": "model.embed_tokens.weight",
     "embed_scale": "model.input_hidden_states_scale",
@@ -90,13 +98,17 @@ def hf_name(model_type: str, name: str) -> str:
     if name in _TOP:
         return _TOP[name]
     match = _LAYER_NAME.match(name)
-    table = _ZAYA_LAYER if model_type == "zaya" else _QWEN_LAYER
+    table = LAYER_NAMES[model_type]
     if match:
         layer, rest = match.groups()
         for ours, theirs in table.items():
             if rest.startswith(ours):
                 return f"model.layers.{layer}.{theirs}{rest[len(ours):]}"
     raise KeyError(f"no HF name for zdiff tensor {name} ({model_type})")
+
+
+def per_expert_names(layer, parts: tuple[str, ...], num_experts: int) -> list[str]:
+    return [f"model.layers.{layer}.mlp.experts.{e}.{p}.weight" for e in range(num_experts) for p in parts]
 
 
 def _refuse(field: str, value, why: str):
@@ -188,17 +200,53 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         raise CheckpointError(f"config.json describes a model zdiff cannot build: {err}") from None
 
 
+def model_differences(ours: ModelSpec, theirs: ModelSpec) -> list[str]:
+    """The model fields (dotted paths) where two model specs differ, ignoring the balancing-bias rule (a
+    training setting config.json has no field for; it travels under the zdiff key)."""
+    theirs = dataclasses.replace(theirs, moe=dataclasses.replace(theirs.moe, balancing_bias=ours.moe.balancing_bias))
+    return [f"model.{path}" for path in _dict_differences(dataclasses.asdict(ours), dataclasses.asdict(theirs))]
+
+
+def _dict_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in a.keys() | b.keys():
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += _dict_differences(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            out.append(f"{prefix}{key}")
+    return sorted(out)
+
+
+def with_stored_spec(cfg: dict, hf_spec: Spec) -> Spec:
+    """The spec `zdiff export` kept under config.json's zdiff key (so import of an export gives back the
+    checkpoint's spec exactly), after checking that it describes the model the HF fields describe."""
+    stored = cfg.get(ZDIFF_KEY)
+    if stored is None:
+        return hf_spec
+    if not isinstance(stored, dict) or not isinstance(stored.get("spec"), dict):
+        raise CheckpointError(f"config.json: {ZDIFF_KEY} must be an object with a spec (as zdiff export writes it), "
+                              f"got {str(stored)[:80]!r}")
+    try:
+        spec = spec_from_dict(stored["spec"])
+    except SpecError as err:
+        raise CheckpointError(f"config.json: {ZDIFF_KEY}.spec: {err}") from None
+    differ = model_differences(spec.model, hf_spec.model)
+    if differ:
+        raise CheckpointError(f"config.json: {ZDIFF_KEY}.spec and the Hugging Face fields describe different models "
+                              f"({short_list(differ)}); edit both or delete the {ZDIFF_KEY} key")
+    return spec
+
+
 def _load_source_tensor(source: TensorSource, model_type: str, name: str, num_experts: int | None):
     """One zdiff tensor from the HF files (stacking per-expert Qwen3 tensors when needed)."""
     theirs = hf_name(model_type, name)
     if theirs in source:
         return source.get(theirs), [theirs]
     match = _LAYER_NAME.match(name)
-    if model_type == "qwen3_moe" and match and match.group(2) in ("moe.experts.gate_up", "moe.experts.down"):
-        layer, rest = match.groups()
-        base = f"model.layers.{layer}.mlp.experts"
-        parts = ("gate_proj", "up_proj") if rest.endswith("gate_up") else ("down_proj",)
-        names = [f"{base}.{e}.{p}.weight" for e in range(num_experts) for p in parts]
+    parts = PER_EXPERT.get(model_type, {}).get(match.group(2)) if match else None
+    if parts:
+        names = per_expert_names(match.group(1), parts, num_experts)
+        base = f"model.layers.{match.group(1)}.mlp.experts"
         missing = [n for n in names if n not in source]
         if missing:
             raise CheckpointError(f"missing tensor(s) {short_list(missing)} (nor fused {theirs})")
@@ -225,10 +273,11 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
         cfg = json.loads(config_path.read_bytes())
     except ValueError as exc:  # bad JSON, or not UTF-8 at all
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
-    spec = spec_from_hf_config(cfg, name=hf_dir.resolve().name)
+    spec = with_stored_spec(cfg, spec_from_hf_config(cfg, name=hf_dir.resolve().name))
     check_tokenizer_files(hf_dir, spec.model.vocab_size, generation_config=False)
     generation_config, notes = repaired_generation_config(hf_dir, spec.model.vocab_size)
-    if not (hf_dir / "tokenizer.json").is_file():
+    byte_level = (cfg.get(ZDIFF_KEY) or {}).get("tokenizer") == "bytes"  # a zdiff export of a byte-level model
+    if not (hf_dir / "tokenizer.json").is_file() and not byte_level:
         notes.append(f"{hf_dir}: no tokenizer.json; the checkpoint gets the weights only, and text (prompts, "
                      f"training data) will be refused until the model's tokenizer.json is copied into {out_dir}")
     model_type = cfg["model_type"]
@@ -263,6 +312,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
             (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
         provenance = {"source": str(hf_dir.resolve()), "model_type": model_type, "tokenizer_files": copied,
                       "hf_config": cfg}
+        if "tokenizer.json" not in copied and byte_level:
+            provenance["tokenizer"] = "bytes"  # its text is byte ids (train.data.checkpoint_tokenizer reads this)
         (tmp / "import.json").write_text(json.dumps(provenance, indent=1))
     for note in notes:  # after the import succeeded: a failed one reports its error alone
         warnings.warn(note, ZdiffWarning, stacklevel=2)

@@ -17,6 +17,9 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -87,6 +90,10 @@ class TensorSource:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(name).get_slice(name).get_shape())
 
+    def dtype(self, name: str) -> torch.dtype | None:
+        """The stored dtype of a tensor, from the header (None for one torch has no name for)."""
+        return _DTYPES.get(self._handle(name).get_slice(name).get_dtype())
+
     def get(self, name: str) -> torch.Tensor:
         handle = self._handle(name)
         try:
@@ -101,25 +108,46 @@ class TensorSource:
         return self._handle(name).get_slice(name)[start:stop]
 
 
+def plan_shards(sizes: Iterable[tuple[str, int]], shard_bytes: int) -> list[list[str]]:
+    """Tensor names grouped into shards of at most `shard_bytes` (a larger tensor gets a shard of its own),
+    in the order given: HF's rule, so the files and the index can be named before any tensor is read."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, nbytes in sizes:
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def shard_file_names(count: int) -> list[str]:
+    return [SINGLE_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def write_shards(directory: str | Path, shards: list[list[str]], get_tensor, metadata: dict[str, str] | None = None,
+                 progress=None) -> None:
+    """Write planned shards, reading each tensor (`get_tensor(name)`) only while its shard is written, so
+    memory holds one shard; more than one shard gets an index with the total size (HF's layout)."""
+    directory = Path(directory)
+    files = shard_file_names(len(shards))
+    weight_map, total = {}, 0
+    for file, names in zip(files, shards):
+        tensors = {name: get_tensor(name).detach().contiguous().cpu() for name in names}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        save_file(tensors, str(directory / file), metadata=metadata)
+        weight_map.update({name: file for name in names})
+        if progress is not None:
+            progress.update(len(names))
+    if len(files) > 1:
+        index = {"metadata": {**(metadata or {}), "total_size": total}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=1))
+
+
 def write_tensors(directory: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], shard_bytes: int = 4 << 30,
                   metadata: dict[str, str] | None = None) -> None:
     """Write tensors into `directory` as one file, or as shards plus an index past `shard_bytes`."""
-    directory = Path(directory)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor.detach().contiguous().cpu()
-        size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(directory / SINGLE_FILE), metadata=metadata)
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / file), metadata=metadata)
-        weight_map.update({name: file for name in shard})
-    (directory / INDEX_FILE).write_text(json.dumps({"metadata": metadata or {}, "weight_map": weight_map}, indent=1))
+    state = dict(tensors)
+    shards = plan_shards(((n, t.numel() * t.element_size()) for n, t in state.items()), shard_bytes)
+    write_shards(directory, shards, state.__getitem__, metadata)

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ZdiffError
+from ..eval.scoring import score_sequences
 from ..generation.engine import Engine
 from ..train.data import Tokenizer
 from .chat_template import ChatTemplate, ChatTemplateError
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .openai_format import DONE, ResponseFormat, Usage, error_object, sse
+from .openai_format import DONE, ResponseFormat, Usage, completion_logprobs, error_object, sse
 from .schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -44,6 +45,7 @@ ENGINE_FIELDS = {
     "mode": "mode",
     "sampler": "sampler",
     "prompt": "prompt",
+    "stop_tokens": "stop_token_ids",
 }
 
 
@@ -203,11 +205,8 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request):
         served_model(body)
-        if isinstance(body.prompt, str):
-            prompt = served.tokenizer.encode(body.prompt).tolist()
-        else:
-            prompt = list(body.prompt)
-        return await _generate(request, body, prompt, chat=False)
+        prompts = [served.tokenizer.encode(p).tolist() if isinstance(p, str) else list(p) for p in body.prompts]
+        return await _generate(request, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -223,17 +222,60 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
             text = served.chat_template.render([m.for_template() for m in body.messages])
         except ChatTemplateError as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
-        return await _generate(request, body, served.tokenizer.encode(text).tolist(), chat=True)
+        return await _generate(request, body, [served.tokenizer.encode(text).tolist()], chat=True)
 
-    async def _generate(request: Request, body: SamplingRequest, prompt: list[int], chat: bool):
+    async def _generate(request: Request, body: SamplingRequest, prompts: list[list[int]], chat: bool):
+        """n choices for each prompt, all in the engine at once; one response (or one stream) with them all."""
+        fmt = ResponseFormat(chat, served.name)
+        gone = asyncio.ensure_future(_disconnected(request))  # one watcher: the runs share the disconnect
+        runs: list[_Run] = []
+        try:
+            for prompt in prompts:
+                for choice in range(body.n):
+                    runs.append(await _start(body, prompt, chat, choice, len(runs), fmt, gone))
+        except BaseException:
+            gone.cancel()
+            for run in runs:
+                run.cancel()
+            raise
+        if body.stream:
+            stream = _stream(runs, fmt, body, gone)
+            return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            outcomes = await asyncio.gather(*(run.outcome() for run in runs))
+        except _ClientGone:
+            return Response(status_code=499)  # nobody is listening; the slots are already given back
+        except EngineFailed as err:
+            raise APIError(500, str(err), kind="server_error") from None
+        finally:
+            gone.cancel()
+            for run in runs:
+                run.cancel()
+        choices = []
+        for run, (text, reason, ids) in zip(runs, outcomes):
+            logprobs = None
+            if getattr(body, "echo", False) or getattr(body, "logprobs", None) is not None:
+                text, logprobs = await _scored(run, text, body)
+            choices.append(fmt.choice(run.index, text, reason, ids if body.return_token_ids else None, logprobs))
+        usage = Usage.total([run.usage() for run in runs], prompt_tokens=sum(len(p) for p in prompts))
+        return fmt.response_of(choices, usage)
+
+    async def _start(body, prompt, chat, choice, index, fmt, gone) -> _Run:
         prompt_param = "messages" if chat else "prompt"
         max_tokens = body.requested_max_tokens
         if max_tokens is None:
             max_tokens = max(served.max_len - len(prompt), 1) if chat else COMPLETION_DEFAULT_MAX_TOKENS
         try:
-            params = engine_params(body, served.defaults, max_tokens, served.stop_tokens)
+            params = engine_params(body, served.defaults, max(max_tokens, 1), served.stop_tokens, choice)
         except FieldError as err:
             raise APIError(400, str(err), param=err.param) from None
+        if max_tokens == 0:  # echo-only scoring: nothing for the engine to do, but the same checks
+            try:
+                engine.validate(prompt, params)
+            except ZdiffError as err:
+                raise _engine_error(err, prompt_param) from None
+            metrics.prompt_tokens.inc(len(prompt))
+            return _Run(served, body, None, prompt, fmt, worker, metrics, index, gone)
         try:
             submission = worker.submit(prompt, params)
         except QueueFull as err:
@@ -246,6 +288,7 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
             ) from None
         except EngineFailed as err:
             raise APIError(503, str(err), kind="server_error") from None
+        run = _Run(served, body, submission, prompt, fmt, worker, metrics, index, gone)
         try:
             await submission.accepted()  # before any byte is sent, so a refusal is still a 400
         except ZdiffError as err:
@@ -253,12 +296,20 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
         except EngineFailed as err:
             raise APIError(500, str(err), kind="server_error") from None
         metrics.prompt_tokens.inc(len(prompt))
-        run = _Run(served, body, submission, len(prompt), ResponseFormat(chat, served.name), worker, metrics, request)
-        if body.stream:
-            return StreamingResponse(
-                run.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
-        return await run.collect()
+        return run
+
+    async def _scored(run: _Run, text: str, body: SamplingRequest) -> tuple[str, dict | None]:
+        """echo (the prompt in front of the text) and logprobs: the exact AR distribution of every listed token,
+        from one scoring forward over prompt + completion after generation (the decode step is untouched)."""
+        tokens = run.prompt + run.text.tokens
+        if body.echo:
+            text = served.tokenizer.decode(run.prompt) + text
+        if body.logprobs is None:
+            return text, None
+        (scores,) = await asyncio.to_thread(score_sequences, engine.model, [tokens], top_n=body.logprobs)
+        first = 0 if body.echo else len(run.prompt)
+        offset = 0 if body.echo else len(served.tokenizer.decode(run.prompt))
+        return text, completion_logprobs(served.tokenizer.decode, tokens, scores, first, offset)
 
     return app
 
@@ -268,31 +319,38 @@ class _ClientGone(Exception):
 
 
 class _Run:
-    """One accepted request: updates from the worker -> text (stop strings) -> response or SSE chunks.
+    """One choice of an accepted request: updates from the worker -> text (stop strings) -> its choice / chunks.
 
-    Every wait for the engine races the client's disconnect, so a client that leaves (mid-stream,
-    while still queued, or while waiting for a non-streamed answer) gets its slot back at the
-    next engine step, whether or not anything was being sent to it."""
+    Every wait for the engine races the client's disconnect (`gone`, shared by the choices of a request), so
+    a client that leaves (mid-stream, while still queued, or while waiting for a non-streamed answer) gets its
+    slots back at the next engine step, whether or not anything was being sent to it. `submission` None: an
+    echo-only request (max_tokens 0) that the engine never sees."""
 
     def __init__(
         self,
         served: ServedModel,
         body: SamplingRequest,
-        submission: Submission,
-        prompt_tokens: int,
+        submission: Submission | None,
+        prompt: list[int],
         fmt: ResponseFormat,
         worker: EngineWorker,
         metrics: ServerMetrics,
-        request: Request,
+        index: int,
+        gone: asyncio.Future,
     ):
-        self.body, self.submission, self.prompt_tokens = body, submission, prompt_tokens
-        self.fmt, self.worker, self.metrics, self.request = fmt, worker, metrics, request
+        self.body, self.submission, self.prompt, self.index = body, submission, prompt, index
+        self.fmt, self.worker, self.metrics, self.gone = fmt, worker, metrics, gone
         self.text = TextStream(served.tokenizer.decode, body.stop_strings)
         self.finished: Update | None = None
+        self._usage: Usage | None = None
 
-    async def _next_update(self, gone: asyncio.Future) -> Update:
+    def cancel(self) -> None:
+        if self.submission is not None and self.finished is None:
+            self.worker.cancel(self.submission)  # the worker ignores a request that already finished
+
+    async def _next_update(self) -> Update:
         update = asyncio.ensure_future(self.submission.next())
-        await asyncio.wait([update, gone], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([update, self.gone], return_when=asyncio.FIRST_COMPLETED)
         if not update.done():
             update.cancel()
             raise _ClientGone
@@ -301,10 +359,9 @@ class _Run:
     async def _deltas(self):
         """(text, token ids) per update until the engine reports the request finished; the
         request is cancelled in the engine if this ends any other way."""
-        gone = asyncio.ensure_future(_disconnected(self.request))
         try:
             while True:
-                update = await self._next_update(gone)
+                update = await self._next_update()
                 before = len(self.text.tokens)
                 text = self.text.push(update.tokens, update.finished)
                 fresh = self.text.tokens[before:]
@@ -315,49 +372,95 @@ class _Run:
                     self.finished = update
                     return
         finally:
-            gone.cancel()
-            if self.finished is None:
-                self.worker.cancel(self.submission)  # the worker ignores a request that already finished
+            self.cancel()
 
     def _finish_reason(self) -> str:
+        if self.submission is None:
+            return "length"
         return "stop" if self.text.stopped or self.finished.finish_reason == "stop" else self.finished.finish_reason
 
-    def _final_usage(self) -> Usage:
-        """Usage of the finished request (counted once into the metrics)."""
-        completion = len(self.text.tokens)
-        self.metrics.completion_tokens.inc(completion)
-        result = self.finished.result
-        return Usage(self.prompt_tokens, completion, result.forward_passes, result.prefill_passes)
+    def usage(self) -> Usage:
+        """Usage of the finished choice (counted once into the metrics)."""
+        if self._usage is None:
+            completion = len(self.text.tokens)
+            self.metrics.completion_tokens.inc(completion)
+            result = self.finished.result if self.finished is not None else None
+            passes = (result.forward_passes, result.prefill_passes) if result is not None else (0, 0)
+            self._usage = Usage(len(self.prompt), completion, *passes)
+        return self._usage
 
-    async def collect(self):
-        try:
+    async def outcome(self) -> tuple[str, str, list[int]]:
+        """(text, finish reason, token ids) once the choice has finished."""
+        if self.submission is not None:
             async with aclosing(self._deltas()) as deltas:
                 text = "".join([t async for t, _ in deltas])
-        except _ClientGone:
-            return Response(status_code=499)  # nobody is listening; the slot is already given back
-        except EngineFailed as err:
-            raise APIError(500, str(err), kind="server_error") from None
-        ids = self.text.tokens if self.body.return_token_ids else None
-        return self.fmt.response(text, self._finish_reason(), self._final_usage(), ids)
+        else:
+            text = ""
+        return text, self._finish_reason(), self.text.tokens
 
-    async def events(self):
+    async def chunks(self):
+        """The choice's stream chunks: (chat) the role, then the deltas, then the finish reason."""
         if self.fmt.chat:
-            yield sse(self.fmt.role_chunk())
+            yield self.fmt.role_chunk(self.index)
+        async with aclosing(self._deltas()) as deltas:  # closed (slot freed) when Starlette drops the stream
+            async for text, ids in deltas:
+                if text or (self.body.return_token_ids and ids):
+                    yield self.fmt.chunk(text, token_ids=ids if self.body.return_token_ids else None, index=self.index)
+        yield self.fmt.chunk("", finish_reason=self._finish_reason(), index=self.index)
+
+
+async def _merged(runs: list[_Run]):
+    """The chunks of all choices, in the order they arrive (exceptions of any choice reach the caller)."""
+    if len(runs) == 1:
+        async for chunk in runs[0].chunks():
+            yield chunk
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(run: _Run):
         try:
-            async with aclosing(self._deltas()) as deltas:  # closed (slot freed) when Starlette drops the stream
-                async for text, ids in deltas:
-                    if text or (self.body.return_token_ids and ids):
-                        yield sse(self.fmt.chunk(text, token_ids=ids if self.body.return_token_ids else None))
-        except _ClientGone:
-            return
-        except EngineFailed as err:  # the status line has gone out: report it in the stream, as vLLM does
-            yield sse(error_object(str(err), kind="server_error"))
-            return
-        yield sse(self.fmt.chunk("", finish_reason=self._finish_reason()))
-        usage = self._final_usage()
-        if self.body.stream_options is not None and self.body.stream_options.include_usage:
-            yield sse(self.fmt.usage_chunk(usage))
-        yield sse(DONE)
+            async for chunk in run.chunks():
+                await queue.put(chunk)
+        except Exception as exc:  # _ClientGone, EngineFailed: handed to the consumer
+            await queue.put(exc)
+        await queue.put(done)
+
+    tasks = [asyncio.ensure_future(pump(run)) for run in runs]
+    try:
+        remaining = len(runs)
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _stream(runs: list[_Run], fmt: ResponseFormat, body: SamplingRequest, gone: asyncio.Future):
+    try:
+        async with aclosing(_merged(runs)) as chunks:
+            async for chunk in chunks:
+                yield sse(chunk)
+    except _ClientGone:
+        return
+    except EngineFailed as err:  # the status line has gone out: report it in the stream, as vLLM does
+        yield sse(error_object(str(err), kind="server_error"))
+        return
+    finally:
+        gone.cancel()
+        for run in runs:
+            run.cancel()
+    prompts = {run.index // body.n: len(run.prompt) for run in runs}
+    usage = Usage.total([run.usage() for run in runs], prompt_tokens=sum(prompts.values()))
+    if body.stream_options is not None and body.stream_options.include_usage:
+        yield sse(fmt.usage_chunk(usage))
+    yield sse(DONE)
 
 
 async def _disconnected(request: Request) -> None:

@@ -1,8 +1,9 @@
 """Request bodies of the OpenAI endpoints (pydantic) and their mapping onto engine RequestParams.
 
-Unknown fields are ignored, as OpenAI-compatible servers do, except fields that would change
-the answer and that zdiff does not implement: those are refused by name (a silently ignored
-`logprobs` or `presence_penalty` would be a wrong answer, not a missing feature).
+Every field is either implemented or refused by name with a 400: an unknown field, or a known one
+zdiff does not implement set to anything but its neutral value, would otherwise be a silently wrong
+answer (the README lists the decision per field). `user` is accepted and ignored: it names the
+caller and never changes an answer.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..generation.engine import RequestParams
 from ..spec.schema import DEFAULT_MIX_WEIGHT
 
-# field -> its value when unused; anything else is refused
+# field -> its value when unused; anything else is refused. min_p and min_tokens would act inside the decode
+# step (a filter on every proposal's distribution; suppressing the stop ids until N tokens), which the
+# engine does not do, so they are refused rather than approximated.
 UNSUPPORTED = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "echo": (None, False),
     "best_of": (None, 1),
+    "min_p": (None, 0, 0.0),
+    "min_tokens": (None, 0),
+    "repetition_penalty": (None, 1, 1.0),
     "suffix": (None, ""),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
@@ -29,7 +32,30 @@ UNSUPPORTED = {
     "tools": (None, []),
     "functions": (None, []),
     "response_format": (None, {"type": "text"}),
+    "user": None,  # any value: accepted, ignored
 }
+# chat's logprobs (a bool plus top_logprobs) are not implemented; /v1/completions' are
+CHAT_UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0)}
+MAX_CHOICES = 16  # n per prompt
+MAX_PROMPTS = 64  # prompts per /v1/completions request
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI allows 5, vLLM 20)
+
+
+def _refuse_fields(cls, data: Any, unsupported: dict) -> Any:
+    """Known-but-unimplemented fields with a non-neutral value, and unknown fields: a ValueError naming the
+    field. Returns the body without the neutral ones."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name, unused in unsupported.items():
+        if name in data:
+            if unused is not None and data[name] not in unused:
+                raise ValueError(f"{name}: not supported by zdiff serve, got {data[name]!r}")
+            del data[name]
+    unknown = sorted(set(data) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown field; zdiff serve refuses fields it does not implement")
+    return data
 
 
 class StreamOptions(BaseModel):
@@ -39,7 +65,7 @@ class StreamOptions(BaseModel):
 class SamplingRequest(BaseModel):
     """Fields both endpoints share: OpenAI's sampling fields and zdiff's extensions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -47,7 +73,7 @@ class SamplingRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     # zdiff extensions
@@ -56,22 +82,18 @@ class SamplingRequest(BaseModel):
     top_k: int | None = Field(None, ge=0)
     mode: Literal["ar", "tidar"] | None = None
     return_token_ids: bool = False  # each choice / chunk also carries the token ids behind its text
+    ignore_eos: bool = False  # vLLM's: the checkpoint's end-of-text ids do not end the request
+    stop_token_ids: list[int] | None = Field(None, max_length=16)  # vLLM's: more ids that end it (kept)
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, unused in UNSUPPORTED.items():
-                if name in data and data[name] not in unused:
-                    raise ValueError(f"{name}: not supported by zdiff serve, got {data[name]!r}")
-        return data
+        return _refuse_fields(cls, data, {**UNSUPPORTED, **CHAT_UNSUPPORTED})
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("zdiff serve returns one choice per request; only n = 1 is supported")
-        return n
+    def stop_tokens(self, eos: tuple[int, ...]) -> tuple[int, ...]:
+        """The ids that end a request: the checkpoint's end of text (unless ignore_eos), then stop_token_ids."""
+        ids = () if self.ignore_eos else tuple(eos)
+        return ids + tuple(t for t in self.stop_token_ids or () if t not in ids)
 
     @field_validator("stop")
     @classmethod
@@ -91,16 +113,40 @@ class SamplingRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt, generate nothing
+    echo: bool = False  # the prompt comes back in front of the text (and its logprobs with `logprobs`)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # AR log-probabilities, top-N alternatives
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return _refuse_fields(cls, data, UNSUPPORTED)
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt):
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise ValueError(f"one prompt per request (n = 1), got a batch of {len(prompt)}")
-            return prompt[0]
+    def _prompts(cls, prompt):
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("prompt: an empty list (give a string, token ids, or a list of either)")
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) and len(prompt) > MAX_PROMPTS:
+            raise ValueError(f"prompt: at most {MAX_PROMPTS} prompts per request, got {len(prompt)}")
         return prompt
+
+    @model_validator(mode="after")
+    def _scoring_fields(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 generates nothing; with echo it scores the prompt (echo: true)")
+        if self.stream and (self.echo or self.logprobs is not None):
+            raise ValueError(f"{'echo' if self.echo else 'logprobs'}: not available with stream: true (the "
+                             "log-probabilities come from one scoring forward after generation)")
+        return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request: a string or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class TextPart(BaseModel):
@@ -163,9 +209,11 @@ class FieldError(ValueError):
 
 
 def engine_params(
-    body: SamplingRequest, defaults: SamplerDefaults, max_new_tokens: int, stop_tokens: tuple[int, ...]
+    body: SamplingRequest, defaults: SamplerDefaults, max_new_tokens: int, stop_tokens: tuple[int, ...],
+    choice: int = 0,
 ) -> RequestParams:
-    """OpenAI semantics on top of the spec's defaults: temperature 0 means greedy; no seed means a fresh one."""
+    """OpenAI semantics on top of the spec's defaults: temperature 0 means greedy; no seed means a fresh one.
+    Choice j of n with a seed uses seed + j (the n samples differ, and each is reproducible)."""
     if body.temperature == 0.0:
         if body.sampler not in (None, "greedy"):
             raise FieldError(
@@ -183,6 +231,6 @@ def engine_params(
         top_k=defaults.top_k if body.top_k is None else body.top_k,
         top_p=defaults.top_p if body.top_p is None else body.top_p,
         mix_weight=defaults.mix_weight if body.mix_weight is None else body.mix_weight,
-        seed=secrets.randbelow(2**31) if body.seed is None else body.seed,
-        stop_tokens=stop_tokens,
+        seed=secrets.randbelow(2**31) if body.seed is None else (body.seed + choice) % 2**63,
+        stop_tokens=body.stop_tokens(stop_tokens),
     )

@@ -11,6 +11,7 @@ read, with no sampler state to save.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,14 @@ class Tokenizer:
         return self.hf.decode(list(ids))
 
 
+def _byte_level_import(provenance: Path) -> bool:
+    """import.json of a re-imported zdiff export of a byte-level model says so (`"tokenizer": "bytes"`)."""
+    try:
+        return json.loads(provenance.read_text()).get("tokenizer") == "bytes"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def checkpoint_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
     """A checkpoint's tokenizer: its tokenizer.json, else the byte-level tokenizer that zdiff's own byte-level
     runs use. A checkpoint imported from Hugging Face without tokenizer files is refused rather than read with
@@ -79,7 +88,8 @@ def checkpoint_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
     tokenizer_json = Path(directory) / "tokenizer.json"
     if tokenizer_json.is_file():
         return Tokenizer(tokenizer_json, vocab_size)
-    if (Path(directory) / "import.json").is_file():
+    provenance = Path(directory) / "import.json"
+    if provenance.is_file() and not _byte_level_import(provenance):
         raise CheckpointError(f"{directory}: imported from Hugging Face without tokenizer.json, so its text cannot "
                               "be encoded; copy the model's tokenizer.json into it (or re-import from a directory "
                               "that has one)")
