@@ -81,9 +81,9 @@ def _impossible_special_ids(data: dict, vocab_size: int) -> dict[str, object]:
 
 
 def repaired_generation_config(hf_dir: Path, vocab_size: int) -> tuple[dict | None, list[str]]:
-    """An HF directory's generation_config.json (None when it has none) without the special ids the model
-    cannot have (transformers saves its defaults, e.g. eos 106, into tiny random models), and one note per
-    dropped id for the caller to warn with once the import has succeeded."""
+    """An HF directory's generation_config.json without the special ids the model cannot have (transformers saves
+    its defaults, e.g. eos 106, into tiny random models), None when it has none or needs no repair (then it is
+    copied as it is), and one note per dropped id for the caller to warn with once the import has succeeded."""
     config = hf_dir / "generation_config.json"
     if not config.is_file():
         return None, []
@@ -94,7 +94,7 @@ def repaired_generation_config(hf_dir: Path, vocab_size: int) -> tuple[dict | No
         data[key] = kept if isinstance(value, list) and kept else (kept[0] if len(kept) == 1 else None)
         notes.append(f"{config}: {key} {value!r} names no id of the model's vocabulary (0..{vocab_size - 1}); "
                      f"imported with {key} {data[key]!r}")
-    return data, notes
+    return (data if notes else None), notes  # None: nothing to repair, the file is copied as it is
 
 
 def check_weight(name: str, tensor: torch.Tensor, expected_dtype: torch.dtype, allow_nonfinite: bool = False) -> None:
