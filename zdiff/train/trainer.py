@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -188,6 +189,37 @@ def _load_state_dicts(model, optimizer, model_state, optim_state):
 
 # --- run directory -----------------------------------------------------------------------
 
+TRAINER_STATE = "trainer.pt"
+
+
+def save_trainer_state(path: Path, step: int, optim_state: dict) -> None:
+    """The step and the optimizer state: tensors, numbers, strings and containers only, so that
+    `load_trainer_state` can read it back without unpickling code."""
+    torch.save({"step": step, "optimizer": optim_state}, path)
+
+
+def load_trainer_state(path: Path) -> dict:
+    """trainer.pt of a run directory, read with `weights_only=True`: a run directory is user-supplied, and a
+    crafted pickle must be refused, never run. A damaged file is one clear line as well."""
+    try:
+        state = torch.load(path, weights_only=True, mmap=True)  # mmap: pages in what a rank reads
+    except pickle.UnpicklingError as err:
+        raise ZdiffError(f"{path}: refused to load: it holds more than tensors and plain data, which a trainer.pt "
+                         f"written by zdiff never does ({_first_line(err)})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise ZdiffError(f"{path}: not a readable trainer state ({type(err).__name__}: {_first_line(err)}); "
+                         "resume from an earlier checkpoint or start a new run") from None
+    if (not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool)
+            or state["step"] < 0 or not isinstance(state.get("optimizer"), dict)):
+        raise ZdiffError(f"{path}: not a zdiff trainer state (expected a dict with an integer 'step' and an "
+                         f"'optimizer' state dict)")
+    return state
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else "no message"
+
 
 class RunDir:
     def __init__(self, out: str):
@@ -216,7 +248,7 @@ class RunDir:
         name = f"step_{step:07d}"
         with atomic_directory(self.checkpoints / name, force=True) as tmp:
             write_checkpoint_files(tmp, spec, model_state, tokenizer_dir)
-            torch.save({"step": step, "optimizer": optim_state}, tmp / "trainer.pt")
+            save_trainer_state(tmp / TRAINER_STATE, step, optim_state)
         atomic_write_text(self.root / "latest", name + "\n")
         for old in sorted(self.checkpoints.glob("step_*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
@@ -332,7 +364,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     start = 0
     if resume:
-        trainer_state = torch.load(latest / "trainer.pt", weights_only=False, mmap=True)  # pages in what a rank reads
+        trainer_state = load_trainer_state(latest / TRAINER_STATE)
         source = TensorSource(latest)
         model_state = {name: source.get(name) for name in source.names()}
         _load_state_dicts(wrapped, optimizer, model_state, trainer_state["optimizer"])

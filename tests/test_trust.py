@@ -1,0 +1,82 @@
+"""Files zdiff reads from a user-supplied directory never run code: a planted pickle is refused, not executed."""
+
+import pickle
+
+import pytest
+import torch
+
+from conftest import run_cli
+from training_helpers import micro_corpus, micro_spec
+from zdiff.errors import ZdiffError
+from zdiff.train.trainer import TRAINER_STATE, load_trainer_state, save_trainer_state
+
+
+class _Payload:
+    """Unpickling this creates `marker`: proof that a loader ran code from the file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker):
+    torch.save({"step": 1, "optimizer": {"state": {}, "param_groups": []}, "x": _Payload(marker)}, path)
+
+
+def test_the_payload_runs_when_unpickled(tmp_path):
+    """Power check: the planted file really executes under a plain unpickler."""
+    marker = tmp_path / "ran"
+    _plant(tmp_path / TRAINER_STATE, marker)
+    torch.load(tmp_path / TRAINER_STATE, weights_only=False)
+    assert marker.exists()
+
+
+def test_trainer_state_refuses_a_planted_pickle(tmp_path):
+    marker = tmp_path / "ran"
+    _plant(tmp_path / TRAINER_STATE, marker)
+    with pytest.raises(ZdiffError, match="refused to load"):
+        load_trainer_state(tmp_path / TRAINER_STATE)
+    assert not marker.exists()
+
+
+def test_trainer_state_round_trips_a_real_optimizer(tmp_path):
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    sum(p.square().sum() for p in params).backward()
+    optimizer.step()
+    save_trainer_state(tmp_path / TRAINER_STATE, 7, optimizer.state_dict())
+    state = load_trainer_state(tmp_path / TRAINER_STATE)
+    assert state["step"] == 7
+    fresh = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in params])
+    fresh.load_state_dict(state["optimizer"])
+    for a, b in zip(optimizer.state.values(), fresh.state.values()):
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
+    assert fresh.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "not a readable trainer state"),
+    (b"PK\x03\x04 truncated", "not a readable trainer state"),
+    (pickle.dumps([1, 2, 3]), "not a"),
+])
+def test_damaged_trainer_state_is_one_line(tmp_path, content, fragment):
+    (tmp_path / TRAINER_STATE).write_bytes(content)
+    with pytest.raises(ZdiffError, match=fragment):
+        load_trainer_state(tmp_path / TRAINER_STATE)
+
+
+def test_resume_from_a_planted_run_directory_is_refused(tmp_path):
+    spec, corpus = micro_spec(tmp_path), micro_corpus(tmp_path, files=3)
+    base = ["train", spec, "--data", corpus, "--mode", "ar", "--out", tmp_path / "run", "--steps", "1",
+            "--batch-size", "2", "--seq-len", "16", "--eval-windows", "2"]
+    ok = run_cli(*base)
+    assert ok.returncode == 0, ok.stderr
+    state = next((tmp_path / "run" / "checkpoints").glob("step_*")) / TRAINER_STATE
+    marker = tmp_path / "ran"
+    _plant(state, marker)
+    resumed = run_cli(*base, "--resume")
+    assert resumed.returncode == 2, resumed.stderr
+    assert "refused to load" in resumed.stderr and "Traceback" not in resumed.stderr
+    assert not marker.exists()
