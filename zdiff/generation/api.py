@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 
+from ..errors import ZdiffError
 from ..spec import DiffusionSpec
 from .engine import Engine, RequestParams
-from .loop import GenerationResult
+from .loop import GenerationResult, checked_prompts
+from .request_checks import is_integer
 from .sampling import SamplingParams
 
 MAX_DEFAULT_SLOTS = 64
@@ -24,7 +26,9 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
     """Every prompt as one request of a fresh engine with min(len(prompts), 64) slots (continuous
     batching refills them); `progress(tokens so far)` after each step. verifier: "fused" | "torch"
     (default: fused on a GPU, torch on the CPU)."""
-    prompts = [list(p) for p in prompts]
+    prompts = checked_prompts(prompts, model.spec.vocab_size)
+    if not is_integer(max_new_tokens) or max_new_tokens < 1:
+        raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
     longest = max((len(p) for p in prompts), default=1)
     engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots or min(len(prompts), MAX_DEFAULT_SLOTS),
                     max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)
