@@ -63,7 +63,7 @@ class TokenEvent:
     request_id: int
     tokens: list[int]  # committed since this request's last event
     finished: bool
-    finish_reason: str | None  # stop | length | cancelled | None
+    finish_reason: str | None  # stop | length | cancelled | error | None
 
 
 @dataclass
@@ -92,6 +92,21 @@ class EngineStats:
     eager_steps: int = 0
     active_slots: int = 0
     queue_depth: int = 0
+
+
+class StepFailed(RuntimeError):
+    """An engine step raised (a bug or a device error, not a bad request). `events`: what the step would
+    have reported, the requests it ended with finish_reason "error" included; `recovered`: whether the
+    engine reset its slots and takes further requests."""
+
+    def __init__(self, message: str, events: list[TokenEvent], recovered: bool):
+        super().__init__(message)
+        self.events, self.recovered = events, recovered
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else "no message"
 
 
 @dataclass
@@ -174,6 +189,7 @@ class Engine:
         self._events: list[TokenEvent] = []
         self._next_id = 0
         self._may_have_drafts = False
+        self.broken: str | None = None  # set when a failed step could not be cleaned up
         self.stats = EngineStats(max_slots=max_slots, tokens_per_step=[0] * b)
 
     @classmethod
@@ -268,6 +284,43 @@ class Engine:
     # ---- one step ---------------------------------------------------------------------------
 
     def step(self) -> list[TokenEvent]:
+        """One engine step; the events of the requests that committed tokens or finished. If the step
+        fails, every request in a slot ends with finish_reason "error", the slots and caches are reset,
+        and StepFailed (carrying those events) is raised: queued requests run at the next step."""
+        if self.broken is not None:
+            raise StepFailed(self.broken, [], recovered=False)
+        try:
+            return self._step()
+        except Exception as error:
+            raise self._recover(error) from error
+
+    def _recover(self, error: Exception) -> "StepFailed":
+        for slot, rid in enumerate(self._slots):
+            if rid is not None:
+                self._slots[slot] = None
+                self._finish(self._requests[rid], "error")
+        failed = [e.request_id for e in self._events if e.finish_reason == "error"]
+        self._launched.clear()
+        self._may_have_drafts = False
+        events, self._events = self._events, []
+        message = (f"engine step failed ({type(error).__name__}: {_first_line(error)}); "
+                   f"{len(failed)} request(s) in flight ended with finish_reason 'error'")
+        try:
+            with torch.no_grad():
+                fresh = SlotState.allocate(self.max_slots, self.block_size, self.vocab, MAX_STOP_TOKENS, self.device)
+                for name in vars(fresh):
+                    getattr(self.state, name).copy_(getattr(fresh, name))  # in place: captured graphs keep them
+                for slot in range(self.max_slots):
+                    self.cache.reset_slot(slot)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as reset_error:  # the device itself is gone (a sticky CUDA error): no request can run
+            self.broken = (f"{message}; resetting the slots failed too ({type(reset_error).__name__}: "
+                           f"{_first_line(reset_error)}), the engine cannot run any more requests")
+            return StepFailed(self.broken, events, recovered=False)
+        return StepFailed(message, events, recovered=True)
+
+    def _step(self) -> list[TokenEvent]:
         start = time.perf_counter()
         waited = 0.0
         self._admit()

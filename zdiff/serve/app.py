@@ -133,9 +133,12 @@ class _CountRequests:
         return await self.app(scope, receive, counting_send)
 
 
-def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_key: str | None = None) -> FastAPI:
+def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_key: str | None = None,
+              on_engine_death=None) -> FastAPI:
+    """on_engine_death(message): called from the engine thread when it ends for good (`zdiff serve`
+    stops the server then, and exits non-zero, rather than answer 503 forever)."""
     metrics = ServerMetrics()
-    worker = EngineWorker(engine, max_queue=max_queue, on_step=metrics.on_step)
+    worker = EngineWorker(engine, max_queue=max_queue, on_step=metrics.on_step, on_death=on_engine_death)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -168,8 +171,8 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
 
     @app.get("/health")
     async def health():
-        if worker.failure is not None:
-            raise APIError(503, worker.failure, kind="server_error")
+        if worker.dead is not None:
+            raise APIError(503, worker.dead, kind="server_error")
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -305,6 +308,9 @@ class _Run:
         try:
             while True:
                 update = await self._next_update(gone)
+                if update.finish_reason == "error":  # a failed engine step ended it: an error, not an answer
+                    self.finished = update
+                    raise EngineFailed(update.error or "the engine failed during a step")
                 before = len(self.text.tokens)
                 text = self.text.push(update.tokens, update.finished)
                 fresh = self.text.tokens[before:]

@@ -48,7 +48,14 @@ def run_serve(args) -> int:
         max_len=args.max_len,
         chat_template=ChatTemplate.from_checkpoint(checkpoint),
     )
-    app = build_app(served, engine, max_queue=args.max_queue, api_key=args.api_key)
+    server = None
+
+    def engine_died(message: str) -> None:
+        logging.getLogger("uvicorn.error").error("the engine cannot serve any more requests (%s); shutting down",
+                                                 message)
+        server.should_exit = True  # uvicorn polls this flag; the exit status says the engine failed
+
+    app = build_app(served, engine, max_queue=args.max_queue, api_key=args.api_key, on_engine_death=engine_died)
     server = uvicorn.Server(
         uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
     )
@@ -63,4 +70,4 @@ def run_serve(args) -> int:
 
 
 def engine_healthy(app) -> bool:
-    return app.state.worker.failure is None
+    return app.state.worker.dead is None

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ZdiffError
-from ..generation.engine import Engine, RequestParams, RequestResult
+from ..generation.engine import Engine, RequestParams, RequestResult, StepFailed
 
 log = logging.getLogger("zdiff.serve")
 
@@ -40,6 +40,7 @@ class Update:
     finished: bool
     finish_reason: str | None
     result: RequestResult | None = None  # on the last update
+    error: str | None = None  # why, when finish_reason is "error" (a failed engine step)
 
 
 class Submission:
@@ -74,8 +75,10 @@ ACCEPTED = object()
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine, max_queue: int, on_step: Callable[[Engine], None] | None = None):
+    def __init__(self, engine: Engine, max_queue: int, on_step: Callable[[Engine], None] | None = None,
+                 on_death: Callable[[str], None] | None = None):
         self.engine = engine
+        self.on_death = on_death or (lambda message: None)  # the thread ended for good (the server should exit)
         self.capacity = engine.stats.max_slots + max_queue
         self.on_step = on_step or (lambda engine: None)
         self._inbox: queue.Queue = queue.Queue()
@@ -84,7 +87,8 @@ class EngineWorker:
         self._in_flight = 0
         self.failure: str | None = None
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="zdiff-engine", daemon=True)
+        self.step_failures = 0  # failed steps the engine recovered from
+        self._thread = threading.Thread(target=self._main, name="zdiff-engine", daemon=True)
 
     # -- called from the event loop --------------------------------------------------------
     def start(self) -> None:
@@ -95,6 +99,15 @@ class EngineWorker:
         """Finish what is in flight, then end the thread."""
         self._inbox.put(_STOP)
         self._thread.join(timeout)
+
+    @property
+    def dead(self) -> str | None:
+        """Why the engine thread can serve no more requests, or None while it can."""
+        if self.failure is not None:
+            return self.failure
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stopping:
+            return "the engine thread has stopped"
+        return None
 
     @property
     def in_flight(self) -> int:
@@ -147,6 +160,15 @@ class EngineWorker:
             elif command[1].request_id in self._live:  # "cancel"; a finished request has nothing to free
                 self.engine.cancel(command[1].request_id)
 
+    def _main(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # whatever ends the thread early must not leave clients waiting forever
+            log.exception("the engine thread failed")
+            self._fail(f"the engine thread failed: {type(exc).__name__}: {exc}")
+        if self.failure is not None:
+            self.on_death(self.failure)
+
     def _run(self) -> None:
         while True:
             self._take_commands(block=not self._stopping and not self.engine.has_work())
@@ -156,21 +178,33 @@ class EngineWorker:
                 continue
             try:
                 events = self.engine.step()
+            except StepFailed as failed:  # the requests in its slots end with an error, the others go on
+                log.error("%s", failed, exc_info=failed.__cause__)
+                self.step_failures += 1
+                self._deliver(failed.events, error=str(failed))
+                if not failed.recovered:
+                    self._fail(str(failed))
+                    return
+                events = []
             except Exception as exc:  # a bug in the engine must not leave every client hanging
                 log.exception("engine step failed")
                 self._fail(f"the engine failed: {type(exc).__name__}: {exc}")
                 return
-            for event in events:
-                submission = self._live.get(event.request_id)
-                if submission is None:
-                    continue
-                update = Update(event.tokens, event.finished, event.finish_reason)
-                if event.finished:
-                    update.result = self.engine.result(event.request_id)
-                    del self._live[event.request_id]
-                    self._release()
-                submission.post(update)
+            self._deliver(events)
             self.on_step(self.engine)
+
+    def _deliver(self, events, error: str | None = None) -> None:
+        for event in events:
+            submission = self._live.get(event.request_id)
+            if submission is None:
+                continue
+            update = Update(event.tokens, event.finished, event.finish_reason,
+                            error=error if event.finish_reason == "error" else None)
+            if event.finished:
+                update.result = self.engine.result(event.request_id)
+                del self._live[event.request_id]
+                self._release()
+            submission.post(update)
 
     def _fail(self, message: str) -> None:
         self.failure = message
