@@ -2,62 +2,21 @@
 error chunk (streamed), the server goes on serving, and an engine thread that dies shows in /health and
 stops the server. In-process uvicorn on 127.0.0.1, bounded timeouts."""
 
-import contextlib
 import json
-import threading
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from generation_helpers import FailingForward, tiny_vocab_model
 from zdiff.generation.engine import Engine
-from zdiff.serve.launcher import HOST, free_port
 from zdiff.tokenize import ByteTokenizer
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
+from serve_helpers import health as _health  # noqa: E402
+from serve_helpers import live as _live  # noqa: E402
+from serve_helpers import post as _post  # noqa: E402
 from zdiff.serve.app import ServedModel, build_app  # noqa: E402
 from zdiff.serve.schemas import SamplerDefaults  # noqa: E402
-
-TIMEOUT = 60
-
-
-@contextlib.contextmanager
-def _live(app):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + TIMEOUT
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the in-process server did not start"
-    try:
-        yield f"http://{HOST}:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-
-
-def _post(url, body):
-    request = urllib.request.Request(f"{url}/v1/completions", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
-def _health(url):
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=TIMEOUT) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
 
 def _app(engine, **kw):
     served = ServedModel("tiny", ByteTokenizer(), SamplerDefaults(sampler="greedy"), (), 32)

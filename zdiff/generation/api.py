@@ -10,7 +10,7 @@ import time
 
 from ..errors import ZdiffError
 from ..spec import DiffusionSpec
-from .engine import Engine, RequestParams
+from .engine import MAX_SEED, Engine, RequestParams
 from .loop import GenerationResult, checked_prompts
 from .request_checks import is_integer
 from .sampling import SamplingParams
@@ -29,6 +29,9 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
     prompts = checked_prompts(prompts, model.spec.vocab_size)
     if not is_integer(max_new_tokens) or max_new_tokens < 1:
         raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
+    if is_integer(seed) and 0 <= seed <= MAX_SEED < seed + len(prompts) - 1:
+        raise ZdiffError(f"seed: prompt i uses seed + i, and seed {seed} + {len(prompts) - 1} is past the largest "
+                         f"seed 2^63 - 1; use a seed <= {MAX_SEED - len(prompts) + 1}")
     longest = max((len(p) for p in prompts), default=1)
     engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots or min(len(prompts), MAX_DEFAULT_SLOTS),
                     max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)

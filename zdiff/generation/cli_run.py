@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from .. import load_model
 from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
 from ..spec import load_spec
+from ..targets import interpreter_needed, triton_interpreter
 from ..train.data import Tokenizer
 from .api import generate_on_engine
 from .loop import GenerationResult
@@ -45,24 +45,22 @@ def stats_table(runs: dict[str, GenerationResult]) -> str:
     return "\n".join(rows)
 
 
-def _device_and_backend(args) -> tuple[torch.device, str]:
+def device_and_backend(args) -> tuple[torch.device, str]:
     """--device / --backend with their defaults: the kernels on a GPU, the reference model on a CPU."""
     on_gpu = torch.cuda.is_available()
     device = torch.device(args.device or ("cuda" if on_gpu else "cpu"))
     if device.type == "cuda" and not on_gpu:
         raise ZdiffError("--device cuda: no CUDA or ROCm device is visible to torch")
     backend = args.backend or ("triton" if device.type == "cuda" else "torch")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if device.type == "cpu" and not interpreted and (backend == "triton" or args.verifier == "fused"):
-        what = "--backend triton" if backend == "triton" else "--verifier fused"
-        raise ZdiffError(f"{what} on the CPU runs Triton kernels in the interpreter: set TRITON_INTERPRET=1 "
-                         "(slow, for debugging) or use a GPU")
+    verifier = getattr(args, "verifier", None)  # zdiff serve has no --verifier
+    if device.type == "cpu" and not triton_interpreter() and (backend == "triton" or verifier == "fused"):
+        raise ZdiffError(interpreter_needed("--backend triton" if backend == "triton" else "--verifier fused"))
     return device, backend
 
 
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
-    device, backend = _device_and_backend(args)
+    device, backend = device_and_backend(args)
     model = load_model(checkpoint, backend=backend, device=device,
                        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
                        allow_nonfinite=args.allow_nonfinite)

@@ -94,6 +94,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type"):
+        return APIError(400, f"the request body must be a JSON object, got {_json_kind(first.get('input'))}")
     message = re.sub(r"^Value error, ", "", first["msg"])
     if first.get("type") == "missing":
         return APIError(400, f"{'.'.join(loc)}: field required", param=".".join(loc) or None)
@@ -103,6 +105,22 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     param = ".".join(part for part in loc if not re.search(r"[\[\]]|^(str|int|float|bool)$", part)) or None
     got = f", got {first['input']!r}" if "input" in first and not isinstance(first["input"], dict) else ""
     return APIError(400, f"{param}: {message}{got}", param=param)
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "a JSON array", str: "a JSON string", bool: "true or false", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def encode_text(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
+    """Token ids of request text; text that is not valid Unicode (a lone UTF-16 surrogate, which JSON's
+    \\ud800 escapes can carry) is the client's error, a 400 naming the field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise APIError(400, f"{param}: not valid Unicode text ({err.reason} at character {err.start}: "
+                            f"{text[err.start:err.end]!r})", param=param) from None
+    return tokenizer.encode(text).tolist()
 
 
 def _engine_error(err: ZdiffError, prompt_param: str) -> APIError:
@@ -207,7 +225,7 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
     async def completions(body: CompletionRequest, request: Request):
         served_model(body)
         if isinstance(body.prompt, str):
-            prompt = served.tokenizer.encode(body.prompt).tolist()
+            prompt = encode_text(served.tokenizer, body.prompt, "prompt")
         else:
             prompt = list(body.prompt)
         return await _generate(request, body, prompt, chat=False)
@@ -226,7 +244,7 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
             text = served.chat_template.render([m.for_template() for m in body.messages])
         except ChatTemplateError as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
-        return await _generate(request, body, served.tokenizer.encode(text).tolist(), chat=True)
+        return await _generate(request, body, encode_text(served.tokenizer, text, "messages"), chat=True)
 
     async def _generate(request: Request, body: SamplingRequest, prompt: list[int], chat: bool):
         prompt_param = "messages" if chat else "prompt"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from pathlib import Path
 
 from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
-from ..generation.cli_run import checkpoint_tokenizer, stop_tokens_of
+from ..generation.cli_run import checkpoint_tokenizer, device_and_backend, stop_tokens_of
 from ..spec import load_spec
 
 
@@ -29,11 +30,15 @@ def run_serve(args) -> int:
     from .chat_template import ChatTemplate
     from .schemas import SamplerDefaults
 
+    if args.api_key is not None and not args.api_key.strip():
+        raise ZdiffError("--api-key is empty: every request would be refused; give a key, or leave the flag out")
+    device, backend = device_and_backend(args)  # the same refusals as zdiff generate (triton on a CPU, ...)
+    sock = bind_socket(args.host, args.port)  # a busy port is one line before minutes of loading
     checkpoint = Path(args.checkpoint)
     engine = Engine.from_checkpoint(
         checkpoint,
-        backend=args.backend,
-        device=args.device,
+        backend=backend,
+        device=device,
         max_slots=args.max_slots,
         max_len=args.max_len,
         proposals=args.proposals,
@@ -65,8 +70,23 @@ def run_serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     logging.getLogger("uvicorn.error").info("serving %s as model %r", checkpoint, served.name)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if engine_healthy(app) else 1
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket uvicorn serves on, bound here so that a taken address is a ZdiffError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ZdiffError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
+                         "pick another --port, or stop what holds it") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def engine_healthy(app) -> bool:

@@ -41,6 +41,7 @@ from ..errors import ZdiffError
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
 from ..spec import Spec, load_spec
+from ..targets import interpreter_needed, triton_interpreter
 from .convert import plan_mask_token
 from .data import Tokenizer, split_corpus
 from .evaluate import evaluate
@@ -124,9 +125,8 @@ def _init_distributed(asked_device: str | None) -> tuple[int, int, torch.device]
 
 def _resolve_backend(asked: str | None, device: torch.device) -> str:
     backend = asked or ("triton" if device.type == "cuda" else "torch")
-    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise ZdiffError("--backend triton on the CPU runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1 "
-                         "(slow; for tests), or use --backend torch")
+    if backend == "triton" and device.type == "cpu" and not triton_interpreter():
+        raise ZdiffError(interpreter_needed("--backend triton") + " (or use --backend torch)")
     return backend
 
 
