@@ -15,8 +15,10 @@ pytest.importorskip("uvicorn")
 from serve_helpers import health as _health  # noqa: E402
 from serve_helpers import live as _live  # noqa: E402
 from serve_helpers import post as _post  # noqa: E402
+
 from zdiff.serve.app import ServedModel, build_app  # noqa: E402
 from zdiff.serve.schemas import SamplerDefaults  # noqa: E402
+
 
 def _app(engine, **kw):
     served = ServedModel("tiny", ByteTokenizer(), SamplerDefaults(sampler="greedy"), (), 32)

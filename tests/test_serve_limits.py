@@ -15,6 +15,7 @@ from zdiff.tokenize import ByteTokenizer
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 from serve_helpers import health, live, post  # noqa: E402
+
 from zdiff.serve.app import ServedModel, build_app  # noqa: E402
 from zdiff.serve.schemas import SamplerDefaults  # noqa: E402
 
