@@ -315,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/*")
     serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    seconds = _float_in(0.0, L.SERVE_MAX_TIMEOUT_S, low_open=True)
+    serve.add_argument("--header-timeout", type=seconds, default=L.SERVE_HEADER_TIMEOUT_S, metavar="S",
+                       help="close a connection whose request head is not complete S seconds after it began "
+                            "(default %(default)s)")
+    serve.add_argument("--body-timeout", type=seconds, default=L.SERVE_BODY_TIMEOUT_S, metavar="S",
+                       help="close a connection whose request body is not complete S seconds after its head "
+                            "(default %(default)s)")
+    serve.add_argument("--keep-alive-timeout", type=seconds, default=L.SERVE_KEEP_ALIVE_S, metavar="S",
+                       help="close an idle keep-alive connection after S seconds (default %(default)s)")
+    serve.add_argument("--max-header-bytes", type=_int_in(1024, 1 << 20), default=L.SERVE_MAX_HEADER_BYTES,
+                       metavar="N", help="refuse a request head larger than N bytes (default %(default)s)")
+    serve.add_argument("--drain-timeout", type=seconds, default=L.SERVE_DRAIN_S, metavar="S",
+                       help="on SIGTERM / Ctrl-C, give requests in flight S seconds to finish, then cancel them; "
+                            "a second signal stops at once (default %(default)s)")
     serve.set_defaults(run=_cmd_serve)
 
     cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")

@@ -67,3 +67,12 @@ MIN_EFFECTIVE_TEMPERATURE = 1e-20
 MIN_EFFECTIVE_TOP_P = 1e-30
 MAX_STOP_STRINGS = 16  # an HTTP request's `stop` list (OpenAI allows 4)
 MAX_STOP_STRING_CHARS = 256  # each stop string
+
+# --- zdiff serve: connection limits (flags; defaults here) ----------------------------------
+
+SERVE_HEADER_TIMEOUT_S = 10.0  # a request head complete within this of its first byte
+SERVE_BODY_TIMEOUT_S = 60.0  # a request body complete within this of its head
+SERVE_KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
+SERVE_MAX_HEADER_BYTES = 16_384  # a request head larger than this is refused (400)
+SERVE_DRAIN_S = 30.0  # SIGTERM: requests in flight get this long to finish, then are cancelled
+SERVE_MAX_TIMEOUT_S = 3600.0

@@ -52,7 +52,12 @@ class Submission:
         self.request_id: int | None = None  # set by the worker when the engine accepts it
 
     def post(self, item: Update | Exception) -> None:
-        self.loop.call_soon_threadsafe(self.mailbox.put_nowait, item)
+        if self.loop.is_closed():
+            return  # a forced stop closed the event loop: nobody is waiting for this any more
+        try:
+            self.loop.call_soon_threadsafe(self.mailbox.put_nowait, item)
+        except RuntimeError:  # closed between the check and the call
+            pass
 
     async def accepted(self) -> None:
         """Returns once the engine took the request (validated, in a slot or queued); raises the
@@ -87,6 +92,7 @@ class EngineWorker:
         self._in_flight = 0
         self.failure: str | None = None
         self._stopping = False
+        self._aborting = False
         self.step_failures = 0  # failed steps the engine recovered from
         self._thread = threading.Thread(target=self._main, name="zdiff-engine", daemon=True)
 
@@ -99,6 +105,16 @@ class EngineWorker:
         """Finish what is in flight, then end the thread."""
         self._inbox.put(_STOP)
         self._thread.join(timeout)
+
+    def abort(self, timeout: float = 30.0) -> bool:
+        """End the thread after the step it is in, dropping what is in flight and posting nothing (the event
+        loop may be gone): a forced stop. Whether the thread ended within `timeout` seconds."""
+        self._aborting = True
+        self._stopping = True
+        self._inbox.put(_STOP)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def dead(self) -> str | None:
@@ -126,6 +142,10 @@ class EngineWorker:
 
     def cancel(self, submission: Submission) -> None:
         self._inbox.put(("cancel", submission))
+
+    def cancel_all(self) -> None:
+        """End every request in flight now (finish_reason "cancelled"): the end of a shutdown's drain."""
+        self._inbox.put(("cancel_all",))
 
     # -- the worker thread -----------------------------------------------------------------
     def _release(self) -> None:
@@ -157,6 +177,9 @@ class EngineWorker:
                     continue
                 self._live[submission.request_id] = submission
                 submission.post(ACCEPTED)
+            elif command[0] == "cancel_all":
+                for request_id in list(self._live):
+                    self.engine.cancel(request_id)
             elif command[1].request_id in self._live:  # "cancel"; a finished request has nothing to free
                 self.engine.cancel(command[1].request_id)
 
@@ -170,7 +193,7 @@ class EngineWorker:
             self.on_death(self.failure)
 
     def _run(self) -> None:
-        while True:
+        while not self._aborting:
             self._take_commands(block=not self._stopping and not self.engine.has_work())
             if not self.engine.has_work():
                 if self._stopping:
@@ -189,6 +212,8 @@ class EngineWorker:
             except Exception as exc:  # a bug in the engine must not leave every client hanging
                 log.exception("engine step failed")
                 self._fail(f"the engine failed: {type(exc).__name__}: {exc}")
+                return
+            if self._aborting:
                 return
             self._deliver(events)
             self.on_step(self.engine)
