@@ -20,6 +20,7 @@ from zdiff.tokenize import ByteTokenizer
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 from serve_helpers import health, live  # noqa: E402
+
 from zdiff.serve.app import ServedModel, build_app  # noqa: E402
 from zdiff.serve.protocol import guarded_protocol  # noqa: E402
 from zdiff.serve.schemas import SamplerDefaults  # noqa: E402
@@ -119,7 +120,6 @@ def test_shutdown_closes_uploads_in_progress_at_once():
         sock = _connect(address)
         sock.sendall(HEAD + b'{"model"')
         time.sleep(0.3)
-        start = time.monotonic()
         server.should_exit = True  # what SIGTERM does
         took = _dribble_until_closed(sock, b"", b" " * 100, 0.2, 20)
         sock.close()
