@@ -80,3 +80,35 @@ def test_resume_from_a_planted_run_directory_is_refused(tmp_path):
     assert resumed.returncode == 2, resumed.stderr
     assert "refused to load" in resumed.stderr and "Traceback" not in resumed.stderr
     assert not marker.exists()
+
+
+def test_an_emptied_cache_entry_is_rendered_again(tmp_path, monkeypatch):
+    from zdiff.codegen.generated import cached_compile_dir, generated_model_class
+    from zdiff.spec import load_spec
+
+    monkeypatch.setenv("ZDIFF_CACHE", str(tmp_path / "cache"))
+    spec = load_spec("zaya1-tiny")
+    entry = cached_compile_dir(spec, "cpu")
+    (entry / "model.py").write_text("")  # a full disk or a kill mid-write
+    assert generated_model_class(spec, "cpu").__name__ == "GeneratedTransformer"
+    assert "class GeneratedTransformer" in (entry / "model.py").read_text()
+
+
+def test_a_damaged_kernels_dir_is_one_line(tmp_path):
+    from zdiff.codegen.compile import compile_spec
+    from zdiff.codegen.generated import generated_model_class
+    from zdiff.spec import load_spec
+
+    spec = load_spec("zaya1-tiny")
+    compile_spec(spec, "cpu", tmp_path / "k", log=lambda *_: None, aot=False, check_targets=False)
+    (tmp_path / "k" / "model.py").write_text("")
+    with pytest.raises(ZdiffError, match="the generated model does not load"):
+        generated_model_class(spec, "cpu", tmp_path / "k")
+
+
+def test_an_empty_zdiff_cache_is_refused(monkeypatch):
+    from zdiff.codegen.generated import cache_root
+
+    monkeypatch.setenv("ZDIFF_CACHE", "")
+    with pytest.raises(ZdiffError, match="ZDIFF_CACHE is set but empty"):
+        cache_root()
