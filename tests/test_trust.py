@@ -112,3 +112,30 @@ def test_an_empty_zdiff_cache_is_refused(monkeypatch):
     monkeypatch.setenv("ZDIFF_CACHE", "")
     with pytest.raises(ZdiffError, match="ZDIFF_CACHE is set but empty"):
         cache_root()
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({"BLOCK_M": 64, "foo": 1}, "unknown launch option 'foo'"),
+    ({"BLOCK_M": 64, "num_warps": "4"}, "num_warps must be an integer"),
+    ({"BLOCK_M": True}, "BLOCK_M must be an integer"),
+    ({"BLOCK_M": 0}, "BLOCK_M must be an integer in"),
+    ({"BLOCK_M": 2**70}, "BLOCK_M must be an integer"),
+])
+def test_an_autotune_table_with_a_bad_config_is_one_line(tmp_path, config, fragment):
+    import json
+
+    from zdiff.autotune.tables import read_table
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"method": "static", "kernels": {"rmsnorm": {"1": config}}}))
+    with pytest.raises(ZdiffError, match=fragment):
+        read_table(path)
+
+
+def test_the_shipped_autotune_tables_pass_the_checks():
+    from zdiff.autotune.tables import TABLES_DIR, read_table
+
+    paths = sorted(TABLES_DIR.glob("*/*.json"))
+    assert paths
+    for path in paths:
+        read_table(path)

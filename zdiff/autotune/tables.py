@@ -26,6 +26,7 @@ from pathlib import Path
 
 import triton
 
+from ..codegen.launch import LAUNCH_OPTIONS
 from ..errors import ZdiffError
 from ..outputs import atomic_directory
 
@@ -91,7 +92,22 @@ def parse_table(text: str, path: Path) -> dict:
             parsed[entry] = {int(bucket): dict(config) for bucket, config in rows.items()}
         except (AttributeError, TypeError, ValueError):
             raise ZdiffError(f"autotune table {path}: kernels[{entry!r}] must map integer buckets to configs") from None
+        for bucket, config in parsed[entry].items():
+            _check_config(config, f"autotune table {path}: kernels[{entry!r}][{bucket}]")
     return {**data, "kernels": parsed}
+
+
+def _check_config(config: dict, where: str) -> None:
+    """Tile sizes (upper-case keys, positive integers) and launch options (integers >= 0; waves_per_eu 0 is
+    the compiler's choice): what a kernel launch takes."""
+    for key, value in config.items():
+        if not (isinstance(key, str) and (key.isupper() or key in LAUNCH_OPTIONS)):
+            raise ZdiffError(f"{where}: unknown launch option {key!r} (known: {', '.join(LAUNCH_OPTIONS)}, and "
+                             "upper-case tile sizes); re-tune, or delete the table")
+        least = 1 if key.isupper() else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 1 << 20:
+            raise ZdiffError(f"{where}: {key} must be an integer in [{least}, {1 << 20}], got {value!r}; "
+                             "re-tune, or delete the table")
 
 
 def load_tables(device: str, root: str | Path | None = None) -> dict[str, dict[str, dict[int, dict]]]:
