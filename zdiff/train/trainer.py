@@ -24,6 +24,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ class TrainConfig:
             raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.fsdp and "WORLD_SIZE" not in os.environ:  # silently one unsharded process otherwise
+            raise ZdiffError("--fsdp shards the model over the ranks of a torchrun launch, and this is one process: "
+                             "run `torchrun --nproc_per_node N -m zdiff train ... --fsdp`, or leave --fsdp out")
 
 
 # --- distributed -------------------------------------------------------------------------
@@ -231,13 +235,46 @@ class RunDir:
         pointer = self.root / "latest"
         if not pointer.is_file():
             return None
-        path = self.checkpoints / pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()
+        if not re.fullmatch(r"step_\d{7,}", name):
+            raise ZdiffError(f"{pointer}: names no checkpoint (holds {name[:40]!r}); the run directory is damaged "
+                             "(write the name of a checkpoint in checkpoints/ into it, or start a new run)")
+        path = self.checkpoints / name
         return path if path.is_dir() else None
 
     def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl. A half-written last line (a kill mid-write) is dropped: the resumed
+        run logs that step again; a damaged record elsewhere is one line naming it."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics.read_text(errors="replace").splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break
+                raise ZdiffError(f"{self.metrics}:{number}: not a JSON record; the run directory is damaged "
+                                 "(delete the line, or start a new run)") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ZdiffError(f"{self.metrics}:{number}: a record needs an integer 'step', got {line[:80]!r}")
+            records.append(record)
+        return records
+
+    def saved_config(self) -> dict:
+        """The config of the interrupted run (run.json), or one line saying why it cannot be read."""
+        path = self.root / "run.json"
+        try:
+            config = json.loads(path.read_text())["config"]
+        except FileNotFoundError:
+            raise ZdiffError(f"--resume: {path} is missing; the run directory is damaged (start a new run)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ZdiffError(f"--resume: {path} is not a zdiff run record ({type(err).__name__}); the run "
+                             "directory is damaged (start a new run)") from None
+        if not isinstance(config, dict):
+            raise ZdiffError(f"--resume: {path}: 'config' must be an object; the run directory is damaged")
+        return config
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records a killed run logged after its last checkpoint; the resumed run redoes them."""
@@ -341,7 +378,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if resume and latest is None:
         raise ZdiffError(f"--resume: no checkpoint in {run.root}")
     if resume:
-        saved = json.loads((run.root / "run.json").read_text())["config"]
+        saved = run.saved_config()
         mine = dataclasses.asdict(cfg)
         defaults = dataclasses.asdict(TrainConfig(**{f: None for f in ("spec", "data", "mode", "steps", "out")}))
         for key in mine:
