@@ -78,3 +78,16 @@ def test_fsdp_outside_torchrun_is_refused(finished_run, tmp_path, capsys, monkey
     status = main(["train", str(spec), "--data", str(corpus), "--out", str(tmp_path / "x"), *FAST, "--fsdp"])
     err = capsys.readouterr().err
     assert status == 2 and "--fsdp shards the model over the ranks of a torchrun launch" in err, err
+
+
+@pytest.mark.parametrize("spelling", ["moved", "trailing slash", "relative"])
+def test_resume_identifies_the_run_directory_by_content(finished_run, tmp_path, capsys, monkeypatch, spelling):
+    spec, corpus, run = finished_run
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(run.parent / "pristine", moved)
+    monkeypatch.chdir(tmp_path)
+    out = {"moved": str(moved), "trailing slash": f"{moved}/", "relative": "elsewhere"}[spelling]
+    data = f"{corpus}/" if spelling == "relative" else str(corpus)  # --data spelled another way, too
+    status = main(["train", str(spec), "--data", data, "--out", out, *FAST, "--resume"])
+    err = capsys.readouterr().err
+    assert status == 0, err

@@ -353,6 +353,15 @@ def _first_difference(a: dict, b: dict, path: str) -> str:
 # --- the loop ----------------------------------------------------------------------------
 
 
+def _same_setting(saved, now) -> bool:
+    """Equal settings; two spellings of one existing file or directory (relative, trailing /) count as equal."""
+    if saved == now:
+        return True
+    if isinstance(saved, str) and isinstance(now, str) and os.path.exists(saved) and os.path.exists(now):
+        return os.path.samefile(saved, now)
+    return False
+
+
 def _full(norm: torch.Tensor) -> torch.Tensor:
     """The gradient norm as a plain tensor (FSDP2 returns a DTensor)."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -382,7 +391,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         mine = dataclasses.asdict(cfg)
         defaults = dataclasses.asdict(TrainConfig(**{f: None for f in ("spec", "data", "mode", "steps", "out")}))
         for key in mine:
-            if saved.get(key, defaults[key]) != mine[key]:
+            if key == "out":  # the run is the directory holding run.json, however it is spelled or wherever moved
+                continue
+            if not _same_setting(saved.get(key, defaults[key]), mine[key]):
                 raise ZdiffError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in the interrupted run, "
                                  f"now {mine[key]!r}; a resumed run must use the same settings")
 
