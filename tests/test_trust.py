@@ -139,3 +139,17 @@ def test_the_shipped_autotune_tables_pass_the_checks():
     assert paths
     for path in paths:
         read_table(path)
+
+
+def test_a_damaged_table_is_not_carried_into_a_new_set(tmp_path):
+    import json
+
+    from zdiff.autotune.tables import write_table
+
+    folder = tmp_path / "h100"
+    folder.mkdir()
+    (folder / "broken.json").write_text(json.dumps({"method": "static", "kernels": {"k": {"1": {"foo": 1}}}}))
+    (folder / "good.json").write_text(json.dumps({"method": "static", "kernels": {"k": {"1": {"BLOCK_M": 16}}}}))
+    with pytest.warns(UserWarning, match="unknown launch option 'foo'.*left out of the new set"):
+        write_table("h100", "fresh", {"k": {1: {"BLOCK_M": 32}}}, "static", root=tmp_path)
+    assert sorted(p.name for p in folder.glob("*.json")) == ["fresh.json", "good.json"]

@@ -55,11 +55,22 @@ def write_tables(device: str, bodies: dict[str, dict], root: str | Path | None =
     with atomic_directory(folder, force=True, lock=lock) as tmp:
         if folder.is_dir():
             for kept in folder.glob("*.json"):
-                if kept.stem not in bodies:
+                if kept.stem not in bodies and _still_valid(kept):
                     shutil.copy2(kept, tmp / kept.name)
         for module_name, body in bodies.items():
             (tmp / f"{module_name}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     return [table_path(device, name, root) for name in bodies]
+
+
+def _still_valid(path: Path) -> bool:
+    """A table of the old set that a new set may keep; a damaged one is left out (its kernels use their
+    defaults until re-tuned) with a warning, rather than carried into the new set."""
+    try:
+        read_table(path)
+    except ZdiffError as err:
+        warnings.warn(f"{err}; left out of the new set")
+        return False
+    return True
 
 
 def write_table(device: str, module_name: str, kernels: dict, method: str, root: str | Path | None = None,
