@@ -153,3 +153,15 @@ def test_a_damaged_table_is_not_carried_into_a_new_set(tmp_path):
     with pytest.warns(UserWarning, match="unknown launch option 'foo'.*left out of the new set"):
         write_table("h100", "fresh", {"k": {1: {"BLOCK_M": 32}}}, "static", root=tmp_path)
     assert sorted(p.name for p in folder.glob("*.json")) == ["fresh.json", "good.json"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["compile", "zaya1-tiny", "--out", ""], ["train", "zaya1-tiny", "--mode", "ar", "--steps", "1", "--out", " "],
+    ["autotune", "zaya1-tiny", "--out", ""], ["demo", "--out", ""],
+])
+def test_an_empty_output_path_is_refused(argv, capsys):
+    from zdiff.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out must not be empty" in err and err.count("\n") == 1, err

@@ -49,6 +49,13 @@ def _out_of_range(value, low, high, low_open: bool = False) -> str | None:
     return None
 
 
+def _path(text: str) -> str:
+    """A path argument: an empty one would silently mean the default or the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the flag out for the default)")
+    return text
+
+
 def _int_in(low: int, high: int):
     def parse(text: str) -> int:
         try:
@@ -229,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
     comp.add_argument("spec")
     comp.add_argument("--target", required=True, choices=COMPILE_TARGETS, help="cpu: sources only")
-    comp.add_argument("--out", help="output directory (default build/<spec name>/<target>)")
+    comp.add_argument("--out", type=_path, help="output directory (default build/<spec name>/<target>)")
     comp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     comp.set_defaults(run=_cmd_compile)
 
@@ -238,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", default="stdlib", help="text file or directory (recursive); 'stdlib' (default): "
                     "this Python's standard library source")
     tr.add_argument("--mode", choices=["ar", "tidar"], required=True)
-    tr.add_argument("--init", help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
+    tr.add_argument("--init", type=_path, help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
     tr.add_argument("--steps", type=steps, required=True)
-    tr.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
+    tr.add_argument("--out", type=_path, required=True, help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16,
                     help="global batch (sequences per step)")
@@ -349,12 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target", required=True, choices=GPU_TARGETS)
     tune.add_argument("--budget", type=_float_in(0.0, L.MAX_BUDGET_S, low_open=True), default=300.0,
                       help="seconds of wall time (default 300); the best config so far is kept when it runs out")
-    tune.add_argument("--out", help="tables root (default: the package's zdiff/autotune/tables); "
+    tune.add_argument("--out", type=_path, help="tables root (default: the package's zdiff/autotune/tables); "
                       "files go to OUT/<target>/<kernel module>.json")
     tune.set_defaults(run=_cmd_autotune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
-    demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
+    demo.add_argument("--out", type=_path, default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):", type=_prompt)
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
     for flag in ("--ar-steps", "--tidar-steps"):
