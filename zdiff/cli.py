@@ -245,9 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", default="stdlib", help="text file or directory (recursive); 'stdlib' (default): "
                     "this Python's standard library source")
     tr.add_argument("--mode", choices=["ar", "tidar"], required=True)
-    tr.add_argument("--init", type=_path, help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
+    tr.add_argument("--init", type=_path,
+                    help="zdiff checkpoint to start from (conversion adds a mask token if needed)")
     tr.add_argument("--steps", type=steps, required=True)
-    tr.add_argument("--out", type=_path, required=True, help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
+    tr.add_argument("--out", type=_path, required=True,
+                    help="run directory (checkpoints, metrics.jsonl, loss.png, final/)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16,
                     help="global batch (sequences per step)")
@@ -361,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(run=_cmd_autotune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
-    demo.add_argument("--out", type=_path, default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
+    demo.add_argument("--out", type=_path, default="runs/demo",
+                      help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):", type=_prompt)
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
     for flag in ("--ar-steps", "--tidar-steps"):
