@@ -118,7 +118,7 @@ def test_an_empty_zdiff_cache_is_refused(monkeypatch):
     ({"BLOCK_M": 64, "foo": 1}, "unknown launch option 'foo'"),
     ({"BLOCK_M": 64, "num_warps": "4"}, "num_warps must be an integer"),
     ({"BLOCK_M": True}, "BLOCK_M must be an integer"),
-    ({"BLOCK_M": 0}, "BLOCK_M must be an integer in"),
+    ({"BLOCK_M": -16}, "BLOCK_M must be an integer in"),
     ({"BLOCK_M": 2**70}, "BLOCK_M must be an integer"),
 ])
 def test_an_autotune_table_with_a_bad_config_is_one_line(tmp_path, config, fragment):

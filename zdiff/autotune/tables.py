@@ -109,15 +109,14 @@ def parse_table(text: str, path: Path) -> dict:
 
 
 def _check_config(config: dict, where: str) -> None:
-    """Tile sizes (upper-case keys, positive integers) and launch options (integers >= 0; waves_per_eu 0 is
-    the compiler's choice): what a kernel launch takes."""
+    """Upper-case constexprs (tile sizes, flags) and known launch options, each an integer >= 0 (waves_per_eu 0
+    is the compiler's choice): what a kernel launch takes."""
     for key, value in config.items():
         if not (isinstance(key, str) and (key.isupper() or key in LAUNCH_OPTIONS)):
             raise ZdiffError(f"{where}: unknown launch option {key!r} (known: {', '.join(LAUNCH_OPTIONS)}, and "
                              "upper-case tile sizes); re-tune, or delete the table")
-        least = 1 if key.isupper() else 0
-        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 1 << 20:
-            raise ZdiffError(f"{where}: {key} must be an integer in [{least}, {1 << 20}], got {value!r}; "
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20:
+            raise ZdiffError(f"{where}: {key} must be an integer in [0, {1 << 20}], got {value!r}; "
                              "re-tune, or delete the table")
 
 
