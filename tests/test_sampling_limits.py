@@ -128,3 +128,12 @@ def test_generate_refuses_bad_calls_by_name(tiny, loop, call, fragment):
     kwargs = dict(prompts=[[1, 2]], params=SamplingParams(), max_new_tokens=4) | call
     with pytest.raises(ZdiffError, match=fragment):
         generate(model, kwargs.pop("prompts"), kwargs.pop("params"), diffusion=spec.diffusion, loop=loop, **kwargs)
+
+
+@pytest.mark.parametrize("max_slots, fragment", [(0, "max_slots must be an integer >= 1, got 0"),
+                                                 (2.5, "max_slots must be an integer >= 1, got 2.5")])
+def test_generate_refuses_bad_slot_counts(tiny, max_slots, fragment):
+    model, spec = tiny
+    with pytest.raises(ZdiffError, match=fragment):
+        generate(model, [[1, 2]], SamplingParams(), diffusion=spec.diffusion, max_new_tokens=2, max_slots=max_slots)
+

@@ -33,7 +33,9 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
         raise ZdiffError(f"seed: prompt i uses seed + i, and seed {seed} + {len(prompts) - 1} is past the largest "
                          f"seed 2^63 - 1; use a seed <= {MAX_SEED - len(prompts) + 1}")
     longest = max((len(p) for p in prompts), default=1)
-    engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots or min(len(prompts), MAX_DEFAULT_SLOTS),
+    if max_slots is None:
+        max_slots = min(len(prompts), MAX_DEFAULT_SLOTS)
+    engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots,
                     max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)
     request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.kind, temperature=params.temperature,
                    top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens))
