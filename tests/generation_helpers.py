@@ -94,3 +94,15 @@ def logit_mix_tables(model, prompt, w: float, params, block_size: int, mask: int
             mixed[(c, x)] = p_c[c].item() * target[x].item()
             plain[(c, x)] = p_c[c].item() * ar[x].item()
     return mixed, plain
+
+
+class FailingForward:
+    """A forward pre-hook that raises while armed: a step failing inside the model, as a device error would."""
+
+    def __init__(self, model):
+        self.armed = False
+        model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        if self.armed:
+            raise RuntimeError("injected failure")

@@ -116,4 +116,4 @@ def test_generate_cli_errors(tmp_path):
 
     if not torch.cuda.is_available():
         no_gpu = run_cli("generate", tmp_path / "ck", "--prompt", "x", "--device", "cuda")
-        assert no_gpu.returncode == 2 and "no CUDA or ROCm device" in no_gpu.stderr
+        assert no_gpu.returncode == 2 and "--device cuda: " in no_gpu.stderr and "no CUDA or ROCm GPU" in no_gpu.stderr

@@ -21,7 +21,7 @@ from generation_helpers import (
 from zdiff.errors import ZdiffError
 from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate, verify
 from zdiff.generation import engine as engine_module
-from zdiff.generation.engine import Engine, RequestParams
+from zdiff.generation.engine import Engine, RequestParams, StepFailed
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec
 
@@ -270,8 +270,9 @@ def test_the_step_never_synchronises_with_the_host(monkeypatch, verifier):
     monkeypatch.setattr(decode_step, "verify_slots", syncing)
     engine = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=64)
     engine.add(PROMPT, RequestParams(max_new_tokens=4))
-    with pytest.raises(HostSyncError, match="__int__"):
+    with pytest.raises(StepFailed, match="__int__") as failed:  # the engine ends the request, then re-raises
         engine.run()
+    assert isinstance(failed.value.__cause__, HostSyncError)
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -52,6 +52,13 @@ def _out_of_range(value, low, high, low_open: bool = False) -> str | None:
     return None
 
 
+def _path(text: str) -> str:
+    """A path argument: an empty one would silently mean the default or the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the flag out for the default)")
+    return text
+
+
 def _int_in(low: int, high: int):
     def parse(text: str) -> int:
         try:
@@ -297,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
     comp.add_argument("spec")
     comp.add_argument("--target", required=True, choices=COMPILE_TARGETS, help="cpu: sources only")
-    comp.add_argument("--out", help="output directory (default build/<spec name>/<target>)")
+    comp.add_argument("--out", type=_path, help="output directory (default build/<spec name>/<target>)")
     comp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     comp.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     comp.set_defaults(run=_cmd_compile)
@@ -310,12 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="token shards (`zdiff tokenize` output), a mixture A:0.7,B:0.3, or raw text / "
                     "JSONL / Parquet (tokenized once into a cache); 'stdlib' (default): this Python's standard library")
     tr.add_argument("--mode", choices=["ar", "tidar"], help="required")
-    tr.add_argument("--init", help="zdiff checkpoint to start from, or a run directory (its final/, else its latest "
-                    "checkpoint); conversion adds a mask token if needed")
+    tr.add_argument("--init", type=_path, help="zdiff checkpoint to start from, or a run directory (its final/, else "
+                    "its latest checkpoint); conversion adds a mask token if needed")
     tr.add_argument("--steps", type=steps, help="required; with --resume a larger value extends the run")
     tr.add_argument("--decay-steps", type=steps, help="length of the cosine decay (default --steps); later steps "
                     "keep its final learning rate")
-    tr.add_argument("--out", help="required: run directory (checkpoints, metrics.jsonl, loss.png, final/)")
+    tr.add_argument("--out", type=_path, help="required: run directory (checkpoints, metrics.jsonl, loss.png, final/)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped, with its "
                     "saved settings (only --out is needed)")
     tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="global batch (sequences per step; 16)")
@@ -456,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
+    seconds = _float_in(0.0, L.SERVE_MAX_TIMEOUT_S, low_open=True)
+    serve.add_argument("--header-timeout", type=seconds, default=L.SERVE_HEADER_TIMEOUT_S, metavar="S",
+                       help="close a connection whose request head is not complete S seconds after it began "
+                            "(default %(default)s)")
+    serve.add_argument("--body-timeout", type=seconds, default=L.SERVE_BODY_TIMEOUT_S, metavar="S",
+                       help="close a connection whose request body is not complete S seconds after its head "
+                            "(default %(default)s)")
+    serve.add_argument("--keep-alive-timeout", type=seconds, default=L.SERVE_KEEP_ALIVE_S, metavar="S",
+                       help="close an idle keep-alive connection after S seconds (default %(default)s)")
+    serve.add_argument("--max-header-bytes", type=_int_in(1024, 1 << 20), default=L.SERVE_MAX_HEADER_BYTES,
+                       metavar="N", help="refuse a request head larger than N bytes (default %(default)s)")
+    serve.add_argument("--drain-timeout", type=seconds, default=L.SERVE_DRAIN_S, metavar="S",
+                       help="on SIGTERM / Ctrl-C, give requests in flight S seconds to finish, then cancel them; "
+                            "a second signal stops at once (default %(default)s)")
     serve.set_defaults(run=_cmd_serve)
 
     cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")
@@ -476,12 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target", required=True, choices=GPU_TARGETS)
     tune.add_argument("--budget", type=_float_in(0.0, L.MAX_BUDGET_S, low_open=True), default=300.0,
                       help="seconds of wall time (default 300); the best config so far is kept when it runs out")
-    tune.add_argument("--out", help="tables root (default: $ZDIFF_CACHE/tables, which compile / generate / serve / "
-                      "train read before the shipped tables); files go to OUT/<target>/<kernel module>.json")
+    tune.add_argument("--out", type=_path, help="tables root (default: $ZDIFF_CACHE/tables, which compile / generate / "
+                      "serve / train read before the shipped tables); files go to OUT/<target>/<kernel module>.json")
     tune.set_defaults(run=_cmd_autotune)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
-    demo.add_argument("--out", default="runs/demo", help="where the demo's runs go (its ar/ and tidar/ are replaced)")
+    demo.add_argument("--out", type=_path, default="runs/demo",
+                      help="where the demo's runs go (its ar/ and tidar/ are replaced)")
     demo.add_argument("--prompt", default="def fibonacci(n):", type=_prompt)
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
     for flag in ("--ar-steps", "--tidar-steps"):

@@ -57,3 +57,23 @@ MAX_BUDGET_S = 7 * 24 * 3600.0  # zdiff autotune --budget
 MAX_LR = 10.0  # zdiff train --lr
 MAX_CLIP = 1e6  # zdiff train --clip (gradient-norm clipping threshold)
 MAX_WEIGHT_DECAY = 10.0
+
+# --- sampling parameters (engine API, reference loop, HTTP requests) ----------------------
+
+MAX_TEMPERATURE = 1e4  # as the spec's sampler.temperature: far past "uniform", far from fp32 overflow
+# temperature and top_p are computed with at least these values: below them the answer is the greedy
+# token anyway (any two logits 1e-18 apart differ by e^-100 after dividing by 1e-20; top_p under 1/vocab
+# keeps only the top token), and above them nothing overflows or rounds to zero in fp32
+MIN_EFFECTIVE_TEMPERATURE = 1e-20
+MIN_EFFECTIVE_TOP_P = 1e-30
+MAX_STOP_STRINGS = 16  # an HTTP request's `stop` list (OpenAI allows 4)
+MAX_STOP_STRING_CHARS = 256  # each stop string
+
+# --- zdiff serve: connection limits (flags; defaults here) ----------------------------------
+
+SERVE_HEADER_TIMEOUT_S = 10.0  # a request head complete within this of its first byte
+SERVE_BODY_TIMEOUT_S = 60.0  # a request body complete within this of its head
+SERVE_KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
+SERVE_MAX_HEADER_BYTES = 16_384  # a request head larger than this is refused (400)
+SERVE_DRAIN_S = 30.0  # SIGTERM: requests in flight get this long to finish, then are cancelled
+SERVE_MAX_TIMEOUT_S = 3600.0

@@ -17,6 +17,7 @@ when a card is measured.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .errors import ZdiffError
@@ -141,3 +142,25 @@ def device_matches(target: str) -> bool:
     except Exception:
         return False
     return get_target(target).matches_device_name(name)
+
+
+INTERPRETER_ON = ("1", "true", "on", "yes")  # the values Triton reads as "on" (any other value is off)
+
+
+def triton_interpreter() -> bool:
+    """Does TRITON_INTERPRET turn Triton's interpreter on, read the way Triton reads it?"""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in INTERPRETER_ON
+
+
+def interpreter_needed(what: str) -> str:
+    """The one line that refuses Triton kernels on a CPU while the interpreter is off."""
+    value = os.environ.get("TRITON_INTERPRET")
+    now = "it is unset" if value is None else f"TRITON_INTERPRET={value!r} leaves it off (on: 1, true, on, yes)"
+    return (f"{what} on the CPU runs Triton kernels in the interpreter, and {now}: set TRITON_INTERPRET=1 "
+            "(slow, for debugging) or use a GPU")
+
+
+def interpreter_refused(what: str) -> str:
+    """The one line that refuses real compilation while the interpreter is on."""
+    return (f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')} is set, which turns Triton's interpreter on, "
+            f"but {what} needs the real Triton compiler; unset it (or set it to 0)")

@@ -6,9 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ZdiffError
+
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ZDIFF_CACHE", Path.home() / ".cache" / "zdiff"))
+    value = os.environ.get("ZDIFF_CACHE")
+    if value is None:
+        return Path.home() / ".cache" / "zdiff"
+    if not value.strip():  # an empty path would render into the working directory
+        raise ZdiffError("ZDIFF_CACHE is set but empty: unset it (default ~/.cache/zdiff) or name a directory")
+    return Path(value)
 
 
 def user_tables_root() -> Path:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import triton
 
+from ..codegen.launch import LAUNCH_OPTIONS
 from ..errors import ZdiffError
 from ..outputs import atomic_directory
 from ..user_dirs import user_tables_root
@@ -78,11 +79,22 @@ def write_tables(device: str, bodies: dict[str, dict], root: str | Path | None =
     with atomic_directory(folder, force=True, lock=lock) as tmp:
         if folder.is_dir():
             for kept in folder.glob("*.json"):
-                if kept.stem not in bodies:
+                if kept.stem not in bodies and _still_valid(kept):
                     shutil.copy2(kept, tmp / kept.name)
         for module_name, body in bodies.items():
             (tmp / f"{module_name}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
     return [table_path(device, name, root) for name in bodies]
+
+
+def _still_valid(path: Path) -> bool:
+    """A table of the old set that a new set may keep; a damaged one is left out (its kernels use their
+    defaults until re-tuned) with a warning, rather than carried into the new set."""
+    try:
+        read_table(path)
+    except ZdiffError as err:
+        warnings.warn(f"{err}; left out of the new set")
+        return False
+    return True
 
 
 def write_table(device: str, module_name: str, kernels: dict, method: str, root: str | Path | None = None,
@@ -115,7 +127,21 @@ def parse_table(text: str, path: Path) -> dict:
             parsed[entry] = {int(bucket): dict(config) for bucket, config in rows.items()}
         except (AttributeError, TypeError, ValueError):
             raise ZdiffError(f"autotune table {path}: kernels[{entry!r}] must map integer buckets to configs") from None
+        for bucket, config in parsed[entry].items():
+            _check_config(config, f"autotune table {path}: kernels[{entry!r}][{bucket}]")
     return {**data, "kernels": parsed}
+
+
+def _check_config(config: dict, where: str) -> None:
+    """Upper-case constexprs (tile sizes, flags) and known launch options, each an integer >= 0 (waves_per_eu 0
+    is the compiler's choice): what a kernel launch takes."""
+    for key, value in config.items():
+        if not (isinstance(key, str) and (key.isupper() or key in LAUNCH_OPTIONS)):
+            raise ZdiffError(f"{where}: unknown launch option {key!r} (known: {', '.join(LAUNCH_OPTIONS)}, and "
+                             "upper-case tile sizes); re-tune, or delete the table")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20:
+            raise ZdiffError(f"{where}: {key} must be an integer in [0, {1 << 20}], got {value!r}; "
+                             "re-tune, or delete the table")
 
 
 def load_tables(device: str, root: str | Path | None = None) -> dict[str, dict[str, dict[int, dict]]]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -53,7 +52,7 @@ from ..errors import ZdiffError
 from ..limits import MAX_BUDGET_S
 from ..outputs import output_lock
 from ..spec import Spec
-from ..targets import TARGETS, Target, device_matches, get_target
+from ..targets import TARGETS, Target, device_matches, get_target, interpreter_refused, triton_interpreter
 from ..user_dirs import user_tables_root
 from .tables import table_body, write_tables
 
@@ -91,9 +90,8 @@ class EntryResult:
 
 
 def check_environment() -> None:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise ZdiffError("TRITON_INTERPRET=1 is set, but autotuning compiles ahead of time with the real Triton "
-                         "compiler; run it with TRITON_INTERPRET=0 (or unset)")
+    if triton_interpreter():
+        raise ZdiffError(interpreter_refused("autotuning (it compiles ahead of time)"))
 
 
 def prune_reason(report, config: dict) -> str | None:

@@ -14,7 +14,6 @@ compiling the same spec twice gives byte-identical files.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from ..errors import ZdiffError
 from ..outputs import atomic_directory, check_output
 from ..spec import Spec, dump_spec
-from ..targets import TARGETS, get_target
+from ..targets import TARGETS, get_target, interpreter_refused, triton_interpreter
 from .aot import check_fits, compile_entry
 from .families import plan_kernels
 from .plan import KernelModule
@@ -43,9 +42,8 @@ def compile_spec(spec: Spec, target: str, out_dir: str | Path, force: bool = Fal
     get_target(target)
     if check_targets and target not in spec.targets:
         raise ZdiffError(f"targets: the spec lists {', '.join(spec.targets)}; add {target} to compile for it")
-    if aot and target != "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise ZdiffError("TRITON_INTERPRET=1 is set, but compiling for a GPU target needs the real Triton "
-                         "compiler; unset it (or use --target cpu)")
+    if aot and target != "cpu" and triton_interpreter():
+        raise ZdiffError(interpreter_refused("compiling for a GPU target") + " (or use --target cpu)")
     check_output(out_dir, force, inputs)
     dtype = "fp32" if target == "cpu" else "bf16"
     plans = plan_kernels(spec, dtype, target)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..errors import ZdiffError
 from ..spec import DiffusionSpec, Spec
-from .engine import Engine, RequestParams
-from .loop import GenerationResult
+from .engine import MAX_SEED, Engine, RequestParams
+from .loop import GenerationResult, checked_prompts
 from .loop import generate as reference_loop
+from .request_checks import is_integer
 from .sampling import SamplingParams
 
 
@@ -98,9 +99,16 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
     """Every prompt as one request of a fresh engine with min(len(prompts), 64) slots (continuous
     batching refills them); `progress(tokens so far)` after each step. verifier: "fused" | "torch"
     (default: fused on a GPU, torch on the CPU)."""
-    prompts = [list(p) for p in prompts]
+    prompts = checked_prompts(prompts, model.spec.vocab_size)
+    if not is_integer(max_new_tokens) or max_new_tokens < 1:
+        raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
+    if is_integer(seed) and 0 <= seed <= MAX_SEED < seed + len(prompts) - 1:
+        raise ZdiffError(f"seed: prompt i uses seed + i, and seed {seed} + {len(prompts) - 1} is past the largest "
+                         f"seed 2^63 - 1; use a seed <= {MAX_SEED - len(prompts) + 1}")
     longest = max((len(p) for p in prompts), default=1)
-    engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots or min(len(prompts), MAX_DEFAULT_SLOTS),
+    if max_slots is None:
+        max_slots = min(len(prompts), MAX_DEFAULT_SLOTS)
+    engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots,
                     max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)
     request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.kind, temperature=params.temperature,
                    top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,9 +14,11 @@ from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
 from ..plots import available as plots_available
 from ..spec import load_spec
+from ..targets import interpreter_needed, triton_interpreter
 from ..train.data import Tokenizer
 from ..train.data import checkpoint_tokenizer as tokenizer_of_checkpoint
 from .api import generate_on_engine, stop_tokens_of
+from .engine import resolve_device as engine_device
 from .loop import GenerationResult
 from .loop import generate as reference_loop
 from .sampling import SamplingParams
@@ -37,16 +38,13 @@ def stats_table(runs: dict[str, GenerationResult]) -> str:
 
 
 def resolve_device(requested: str | None) -> torch.device:
-    """--device (cpu, cuda, cuda:N; default cuda when a GPU is visible) as a torch device that exists."""
-    on_gpu = torch.cuda.is_available()
-    device = torch.device(requested or ("cuda" if on_gpu else "cpu"))
-    if device.type == "cuda":
-        if not on_gpu:
-            raise ZdiffError(f"--device {requested}: no CUDA or ROCm device is visible to torch")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ZdiffError(f"--device {requested}: torch sees {torch.cuda.device_count()} device(s), "
-                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return device
+    """--device (cpu, cuda, cuda:N; default cuda when a GPU is visible) as a device the engine can run on
+    (`engine.resolve_device`'s rule, phrased for the flag)."""
+    requested = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return engine_device(requested)
+    except ZdiffError as err:
+        raise ZdiffError(f"--device {requested}: {str(err).removeprefix('device: ')}") from None
 
 
 def resolve_dtype(requested: str | None, device: torch.device) -> torch.dtype:
@@ -55,15 +53,13 @@ def resolve_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     return names[requested] if requested else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
-def _device_and_backend(args) -> tuple[torch.device, str]:
+def device_and_backend(args) -> tuple[torch.device, str]:
     """--device / --backend with their defaults: the kernels on a GPU, the reference model on a CPU."""
     device = resolve_device(args.device)
     backend = args.backend or ("triton" if device.type == "cuda" else "torch")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if device.type == "cpu" and not interpreted and (backend == "triton" or args.verifier == "fused"):
-        what = "--backend triton" if backend == "triton" else "--verifier fused"
-        raise ZdiffError(f"{what} on the CPU runs Triton kernels in the interpreter: set TRITON_INTERPRET=1 "
-                         "(slow, for debugging) or use a GPU")
+    verifier = getattr(args, "verifier", None)  # zdiff serve has no --verifier
+    if device.type == "cpu" and not triton_interpreter() and (backend == "triton" or verifier == "fused"):
+        raise ZdiffError(interpreter_needed("--backend triton" if backend == "triton" else "--verifier fused"))
     return device, backend
 
 
@@ -85,7 +81,7 @@ def sampling_from_flags(args, spec) -> SamplingParams:
 
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
-    device, backend = _device_and_backend(args)
+    device, backend = device_and_backend(args)
     if args.histogram and not plots_available():  # before decoding, not after it
         raise ZdiffError("--histogram needs matplotlib (pip install 'zdiff[plots]')")
     model = load_model(checkpoint, backend=backend, device=device, dtype=resolve_dtype(args.dtype, device),

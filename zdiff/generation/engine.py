@@ -18,8 +18,7 @@ as the oracle the engine is tested against.
 
 from __future__ import annotations
 
-import math
-import operator
+import dataclasses
 import os
 import time
 from collections import deque
@@ -31,9 +30,11 @@ import torch
 from ..errors import ZdiffError
 from ..spec import DiffusionSpec, Spec
 from ..spec.schema import DEFAULT_MIX_WEIGHT
+from ..targets import GPU_TARGETS
 from .batched_sampling import GREEDY, KIND_CODES
 from .decode_step import StepConstants, StepShape, causal_chunk_inputs, decode_step
 from .proposals import ProposalPolicy
+from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
 from .step_graphs import bucket as slot_bucket
@@ -64,7 +65,7 @@ class TokenEvent:
     request_id: int
     tokens: list[int]  # committed since this request's last event
     finished: bool
-    finish_reason: str | None  # stop | length | cancelled | None
+    finish_reason: str | None  # stop | length | cancelled | error | None
 
 
 @dataclass
@@ -94,6 +95,21 @@ class EngineStats:
     slot_moves: int = 0  # requests moved down into a finished request's slot (compaction)
     active_slots: int = 0
     queue_depth: int = 0
+
+
+class StepFailed(RuntimeError):
+    """An engine step raised (a bug or a device error, not a bad request). `events`: what the step would
+    have reported, the requests it ended with finish_reason "error" included; `recovered`: whether the
+    engine reset its slots and takes further requests."""
+
+    def __init__(self, message: str, events: list[TokenEvent], recovered: bool):
+        super().__init__(message)
+        self.events, self.recovered = events, recovered
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else "no message"
 
 
 @dataclass
@@ -126,19 +142,17 @@ class Engine:
     def __init__(self, model, *, diffusion: DiffusionSpec | None = None, spec: Spec | None = None, max_slots: int = 8,
                  max_len: int = 2048, proposals: int | str = "auto", device=None, graphs: bool | None = None,
                  prefill_chunk: int = 256, target: str | None = None, verifier: str | None = None):
+        _check_sizes(max_slots=(max_slots, 1), max_len=(max_len, 2), prefill_chunk=(prefill_chunk, 1))
         self.model = model.eval()
-        self.device = model.embed.weight.device if device is None else torch.device(device)
+        self.device = _engine_device(model.embed.weight.device, device)
+        if target is not None and target not in GPU_TARGETS:
+            raise ZdiffError(f"target: must be one of {', '.join(GPU_TARGETS)} (the card the proposal policy "
+                             f"plans for), got {target!r}")
         # the fused Triton verifier on a GPU; on the CPU the same maths as torch ops (the kernels would run in
         # the interpreter: verifier="fused" with TRITON_INTERPRET=1 for debugging and tests)
         self.verifier = verifier or ("fused" if self.device.type == "cuda" else "torch")
         if self.verifier not in VERIFIERS:
             raise ZdiffError(f"verifier must be one of {', '.join(VERIFIERS)}, got {verifier!r}")
-        if max_slots < 1:
-            raise ZdiffError(f"max_slots must be at least 1, got {max_slots}")
-        if max_len < 2:
-            raise ZdiffError(f"max_len must be at least 2, got {max_len}")
-        if prefill_chunk < 1:
-            raise ZdiffError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
         model_spec = model.spec
         self.vocab = model_spec.vocab_size
         self.diffusion = diffusion if diffusion is not None and diffusion.mask_token_id is not None else None
@@ -181,6 +195,7 @@ class Engine:
         self._events: list[TokenEvent] = []
         self._next_id = 0
         self._may_have_drafts = False
+        self.broken: str | None = None  # set when a failed step could not be cleaned up
         self.stats = EngineStats(max_slots=max_slots, tokens_per_step=[0] * b)
         if self.graphs:  # every shape up front: no capture (and no latency spike) while serving
             self._graphs = capture_graphs(self.step_shapes(), self._run_step, self._pool)
@@ -205,7 +220,7 @@ class Engine:
         from ..checkpoint.store import SPEC_FILE
         from ..spec import load_spec
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         on_gpu = device.type == "cuda"
         backend = backend or ("triton" if on_gpu else "torch")
         dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
@@ -218,14 +233,10 @@ class Engine:
     def validate(self, prompt: list[int], params: RequestParams) -> None:
         """Raise ZdiffError (one line naming the field and value) for a request this engine cannot run."""
         p = params
-        if not prompt:
-            raise ZdiffError("prompt: needs at least one token")
-        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < self.vocab]
-        if bad:
-            raise ZdiffError(f"prompt: token ids must be integers in [0, {self.vocab}), got {bad[0]!r}")
+        prompt = check_prompt_ids(prompt, self.vocab)
         if self.mask_id is not None and self.mask_id in prompt:
             raise ZdiffError(f"prompt: contains the mask token id {self.mask_id}")
-        if not isinstance(p.max_new_tokens, int) or p.max_new_tokens < 1:
+        if not is_integer(p.max_new_tokens) or p.max_new_tokens < 1:
             raise ZdiffError(f"max_new_tokens: must be a positive integer, got {p.max_new_tokens!r}")
         if len(prompt) + p.max_new_tokens > self.max_len:
             raise ZdiffError(f"max_new_tokens: prompt ({len(prompt)} tokens) + max_new_tokens ({p.max_new_tokens}) "
@@ -234,20 +245,11 @@ class Engine:
             raise ZdiffError(f"mode: must be one of {', '.join(MODES)}, got {p.mode!r}")
         if p.mode == "tidar" and self.diffusion is None:
             raise ZdiffError("mode: 'tidar' needs diffusion settings with a mask token (a converted checkpoint)")
-        if p.sampler not in KIND_CODES:
-            raise ZdiffError(f"sampler: must be one of {', '.join(KIND_CODES)}, got {p.sampler!r}")
-        if p.sampler != "greedy" and not (isinstance(p.temperature, (int, float)) and math.isfinite(p.temperature)
-                                          and p.temperature > 0):
-            raise ZdiffError(f"temperature: must be a finite number > 0 (use sampler greedy for argmax), "
-                             f"got {p.temperature!r}")
-        if not isinstance(p.top_k, int) or p.top_k < 0:
-            raise ZdiffError(f"top_k: must be an integer >= 0 (0 = off), got {p.top_k!r}")
-        if not (isinstance(p.top_p, (int, float)) and 0 < p.top_p <= 1):
-            raise ZdiffError(f"top_p: must be in (0, 1], got {p.top_p!r}")
-        if not (isinstance(p.mix_weight, (int, float)) and 0 <= p.mix_weight <= 1):
-            raise ZdiffError(f"mix_weight: must be in [0, 1], got {p.mix_weight!r}")
-        if not isinstance(p.seed, int) or not 0 <= p.seed <= MAX_SEED:
+        check_sampling(p.sampler, p.temperature, p.top_k, p.top_p, p.mix_weight)
+        if not is_integer(p.seed) or not 0 <= p.seed <= MAX_SEED:
             raise ZdiffError(f"seed: must be an integer in [0, 2^63), got {p.seed!r}")
+        if not isinstance(p.stop_tokens, (tuple, list)):
+            raise ZdiffError(f"stop_tokens: must be a tuple of token ids, got {p.stop_tokens!r:.80}")
         if len(p.stop_tokens) > MAX_STOP_TOKENS:
             raise ZdiffError(f"stop_tokens: at most {MAX_STOP_TOKENS}, got {len(p.stop_tokens)}")
         bad = [t for t in p.stop_tokens if not isinstance(t, int) or not 0 <= t < self.vocab]
@@ -255,14 +257,17 @@ class Engine:
             raise ZdiffError(f"stop_tokens: ids must be integers in [0, {self.vocab}), got {bad[0]!r}")
 
     def add(self, prompt: list[int], params: RequestParams = RequestParams()) -> int:
-        try:
-            prompt = [operator.index(t) for t in prompt]
-        except TypeError:
-            raise ZdiffError(f"prompt: token ids must be integers, got {list(prompt)[:8]!r}") from None
+        if not isinstance(params, RequestParams):
+            raise ZdiffError(f"params: must be a RequestParams, got {type(params).__name__}")
         self.validate(prompt, params)
+        prompt = check_prompt_ids(prompt, self.vocab)
+        temperature, top_k, top_p = effective_sampling(params.temperature, params.top_k, params.top_p, self.vocab)
+        params = dataclasses.replace(params, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     max_new_tokens=int(params.max_new_tokens), seed=int(params.seed),
+                                     stop_tokens=tuple(int(t) for t in params.stop_tokens))
         rid = self._next_id
         self._next_id += 1
-        self._requests[rid] = _Request(rid, list(prompt), params)
+        self._requests[rid] = _Request(rid, prompt, params)
         self._queue.append(rid)
         return rid
 
@@ -298,6 +303,43 @@ class Engine:
     # ---- one step ---------------------------------------------------------------------------
 
     def step(self) -> list[TokenEvent]:
+        """One engine step; the events of the requests that committed tokens or finished. If the step
+        fails, every request in a slot ends with finish_reason "error", the slots and caches are reset,
+        and StepFailed (carrying those events) is raised: queued requests run at the next step."""
+        if self.broken is not None:
+            raise StepFailed(self.broken, [], recovered=False)
+        try:
+            return self._step()
+        except Exception as error:
+            raise self._recover(error) from error
+
+    def _recover(self, error: Exception) -> "StepFailed":
+        for slot, rid in enumerate(self._slots):
+            if rid is not None:
+                self._slots[slot] = None
+                self._finish(self._requests[rid], "error")
+        failed = [e.request_id for e in self._events if e.finish_reason == "error"]
+        self._launched.clear()
+        self._may_have_drafts = False
+        events, self._events = self._events, []
+        message = (f"engine step failed ({type(error).__name__}: {_first_line(error)}); "
+                   f"{len(failed)} request(s) in flight ended with finish_reason 'error'")
+        try:
+            with torch.no_grad():
+                fresh = SlotState.allocate(self.max_slots, self.block_size, self.vocab, MAX_STOP_TOKENS, self.device)
+                for name in vars(fresh):
+                    getattr(self.state, name).copy_(getattr(fresh, name))  # in place: captured graphs keep them
+                for slot in range(self.max_slots):
+                    self.cache.reset_slot(slot)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as reset_error:  # the device itself is gone (a sticky CUDA error): no request can run
+            self.broken = (f"{message}; resetting the slots failed too ({type(reset_error).__name__}: "
+                           f"{_first_line(reset_error)}), the engine cannot run any more requests")
+            return StepFailed(self.broken, events, recovered=False)
+        return StepFailed(message, events, recovered=True)
+
+    def _step(self) -> list[TokenEvent]:
         start = time.perf_counter()
         waited = 0.0
         self._admit()
@@ -495,6 +537,39 @@ class Engine:
                              f"{need / 2**30:.1f} GiB (KV cache and stash {kv * element / 2**30:.1f} GiB, step buffers "
                              f"{logits / 2**30:.1f} GiB) but {self.device} has {free / 2**30:.1f} GiB free; "
                              f"lower max_slots or max_len")
+
+
+def _check_sizes(**sizes: tuple[object, int]) -> None:
+    """Each size argument an integer >= its minimum (a float or a bool is refused, not truncated)."""
+    for name, (value, least) in sizes.items():
+        if not is_integer(value) or value < least:
+            raise ZdiffError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def _engine_device(model_device: torch.device, asked) -> torch.device:
+    """The device the engine runs on: the model's, or `asked` if it names the same kind of device."""
+    device = model_device if asked is None else resolve_device(asked)
+    if device.type != model_device.type:
+        raise ZdiffError(f"device: the model's weights are on {model_device}, the engine was asked to run on "
+                         f"{device}; move the model first (model.to(device))")
+    return device
+
+
+def resolve_device(asked) -> torch.device:
+    """A device the engine can run on, or one line saying why not."""
+    try:
+        device = torch.device(asked)
+    except (RuntimeError, TypeError, ValueError):
+        raise ZdiffError(f"device: not a torch device, got {asked!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ZdiffError(f"device: the engine runs on cpu or cuda (ROCm included), got {str(device)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ZdiffError(f"device: {str(device)!r} asked for, but this torch sees no CUDA or ROCm GPU "
+                         f"(torch {torch.__version__}); use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ZdiffError(f"device: {str(device)!r} asked for, but this torch sees {torch.cuda.device_count()} GPU(s), "
+                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def _free_memory(device: torch.device) -> int | None:

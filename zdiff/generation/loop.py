@@ -19,6 +19,7 @@ from ..errors import ZdiffError
 from ..pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, prefill_pattern
 from ..spec import DiffusionSpec
 from .cache import DecodeCache
+from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
 from .sampling import (
     SamplingParams,
     draw_gumbel,
@@ -28,6 +29,15 @@ from .sampling import (
     verify_greedy,
     verify_stochastic,
 )
+
+
+def checked_prompts(prompts, vocab: int) -> list[list[int]]:
+    """A non-empty list of non-empty token-id lists within the vocabulary, or one line naming the bad one."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)):
+        raise ZdiffError(f"prompts: must be a list of token-id lists, got {type(prompts).__name__} {prompts!r:.80}")
+    if not prompts:
+        raise ZdiffError("prompts: needs at least one prompt (a list of token-id lists), got an empty list")
+    return [check_prompt_ids(p, vocab, f"prompts[{i}]") for i, p in enumerate(prompts)]
 
 
 @dataclass
@@ -137,17 +147,22 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
         raise ZdiffError(f"verifier must be reference or fused, got {verifier!r}")
     if mode not in ("ar", "tidar"):
         raise ZdiffError(f"mode must be ar or tidar, got {mode!r}")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ZdiffError("every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise ZdiffError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    prompts = checked_prompts(prompts, model.spec.vocab_size)
+    if not is_integer(max_new_tokens) or max_new_tokens < 1:
+        raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
+    if not is_integer(seed) or not 0 <= seed < 2**63:
+        raise ZdiffError(f"seed: must be an integer in [0, 2^63), got {seed!r}")
+    check_sampling(params.kind, params.temperature, params.top_k, params.top_p, params.mix_weight)
+    temperature, top_k, top_p = effective_sampling(params.temperature, params.top_k, params.top_p,
+                                                   model.spec.vocab_size)
     if mode == "tidar" and (diffusion is None or diffusion.mask_token_id is None):
         raise ZdiffError("TiDAR decoding needs diffusion settings with a mask token (a converted checkpoint has them)")
     b = diffusion.block_size if diffusion is not None else 1
     levels = tuple(diffusion.acceptance_levels) if diffusion is not None else (0,)
     mask_id = diffusion.mask_token_id if diffusion is not None else None
     banned = tuple(sorted(set(params.banned) | ({mask_id} if mask_id is not None else set())))
-    params = SamplingParams(**{**params.__dict__, "banned": banned})
+    params = SamplingParams(**{**params.__dict__, "banned": banned, "temperature": temperature, "top_k": top_k,
+                               "top_p": top_p})
     generator = torch.Generator().manual_seed(seed)
     model.eval()
 

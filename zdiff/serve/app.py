@@ -96,6 +96,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type"):
+        return APIError(400, f"the request body must be a JSON object, got {_json_kind(first.get('input'))}")
     message = re.sub(r"^Value error, ", "", first["msg"])
     if first.get("type") == "missing":
         return APIError(400, f"{'.'.join(loc)}: field required", param=".".join(loc) or None)
@@ -105,6 +107,22 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     param = ".".join(part for part in loc if not re.search(r"[\[\]]|^(str|int|float|bool)$", part)) or None
     got = f", got {first['input']!r}" if "input" in first and not isinstance(first["input"], dict) else ""
     return APIError(400, f"{param}: {message}{got}", param=param)
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "a JSON array", str: "a JSON string", bool: "true or false", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def encode_text(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
+    """Token ids of request text; text that is not valid Unicode (a lone UTF-16 surrogate, which JSON's
+    \\ud800 escapes can carry) is the client's error, a 400 naming the field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise APIError(400, f"{param}: not valid Unicode text ({err.reason} at character {err.start}: "
+                            f"{text[err.start:err.end]!r})", param=param) from None
+    return tokenizer.encode(text).tolist()
 
 
 def _engine_error(err: ZdiffError, prompt_param: str) -> APIError:
@@ -135,9 +153,12 @@ class _CountRequests:
         return await self.app(scope, receive, counting_send)
 
 
-def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_key: str | None = None) -> FastAPI:
+def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_key: str | None = None,
+              on_engine_death=None) -> FastAPI:
+    """on_engine_death(message): called from the engine thread when it ends for good (`zdiff serve`
+    stops the server then, and exits non-zero, rather than answer 503 forever)."""
     metrics = ServerMetrics()
-    worker = EngineWorker(engine, max_queue=max_queue, on_step=metrics.on_step)
+    worker = EngineWorker(engine, max_queue=max_queue, on_step=metrics.on_step, on_death=on_engine_death)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -170,8 +191,8 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
 
     @app.get("/health")
     async def health():
-        if worker.failure is not None:
-            raise APIError(503, worker.failure, kind="server_error")
+        if worker.dead is not None:
+            raise APIError(503, worker.dead, kind="server_error")
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -205,7 +226,7 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, request: Request):
         served_model(body)
-        prompts = [served.tokenizer.encode(p).tolist() if isinstance(p, str) else list(p) for p in body.prompts]
+        prompts = [encode_text(served.tokenizer, p, "prompt") if isinstance(p, str) else list(p) for p in body.prompts]
         return await _generate(request, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
@@ -222,7 +243,7 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
             text = served.chat_template.render([m.for_template() for m in body.messages])
         except ChatTemplateError as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
-        return await _generate(request, body, [served.tokenizer.encode(text).tolist()], chat=True)
+        return await _generate(request, body, [encode_text(served.tokenizer, text, "messages")], chat=True)
 
     async def _generate(request: Request, body: SamplingRequest, prompts: list[list[int]], chat: bool):
         """n choices for each prompt, all in the engine at once; one response (or one stream) with them all."""
@@ -362,6 +383,9 @@ class _Run:
         try:
             while True:
                 update = await self._next_update()
+                if update.finish_reason == "error":  # a failed engine step ended it: an error, not an answer
+                    self.finished = update
+                    raise EngineFailed(update.error or "the engine failed during a step")
                 before = len(self.text.tokens)
                 text = self.text.push(update.tokens, update.finished)
                 fresh = self.text.tokens[before:]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
+import threading
 from pathlib import Path
 
 from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
-from ..generation.cli_run import checkpoint_tokenizer, resolve_device, resolve_dtype, stop_tokens_of
+from ..generation.cli_run import checkpoint_tokenizer, device_and_backend, resolve_dtype, stop_tokens_of
 from ..spec import load_spec
 
 
@@ -27,14 +29,20 @@ def run_serve(args) -> int:
     from ..generation.engine import Engine
     from .app import ServedModel, build_app
     from .chat_template import ChatTemplate
+    from .protocol import guarded_protocol
     from .schemas import SamplerDefaults
 
+    _Server = _uvicorn_server_class()
+
+    if args.api_key is not None and not args.api_key.strip():
+        raise ZdiffError("--api-key is empty: every request would be refused; give a key, or leave the flag out")
+    device, backend = device_and_backend(args)  # the same refusals as zdiff generate (triton on a CPU, ...)
+    sock = bind_socket(args.host, args.port)  # a busy port is one line before minutes of loading
     checkpoint = Path(args.checkpoint)
-    device = resolve_device(args.device)
     chat_template = ChatTemplate.from_checkpoint(checkpoint, override=args.chat_template)  # before the weights load
     engine = Engine.from_checkpoint(
         checkpoint,
-        backend=args.backend,
+        backend=backend,
         device=device,
         dtype=resolve_dtype(args.dtype, device),
         max_slots=args.max_slots,
@@ -51,19 +59,81 @@ def run_serve(args) -> int:
         max_len=args.max_len,
         chat_template=chat_template,
     )
-    app = build_app(served, engine, max_queue=args.max_queue, api_key=args.api_key)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=None)
+    server = None
+
+    def engine_died(message: str) -> None:
+        logging.getLogger("uvicorn.error").error("the engine cannot serve any more requests (%s); shutting down",
+                                                 message)
+        server.should_exit = True  # uvicorn polls this flag; the exit status says the engine failed
+
+    app = build_app(served, engine, max_queue=args.max_queue, api_key=args.api_key, on_engine_death=engine_died)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=guarded_protocol(args.header_timeout, args.body_timeout),
+        timeout_keep_alive=args.keep_alive_timeout,
+        h11_max_incomplete_event_size=args.max_header_bytes,
+        timeout_graceful_shutdown=args.drain_timeout + 30.0,  # a backstop: the drain below ends requests first
     )
+    server = _Server(config, app.state.worker, args.drain_timeout)
     # uvicorn drains on SIGTERM / SIGINT, then re-raises the signal to whatever handler was
     # there before it: with the default one the process would die by the signal after a clean
     # drain. These handlers make a drained shutdown exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     logging.getLogger("uvicorn.error").info("serving %s as model %r", checkpoint, served.name)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:  # whatever ended the server, the engine thread ends here, not at interpreter exit
+        for sig in (signal.SIGTERM, signal.SIGINT):  # the server has stopped: a late signal must not kill the
+            signal.signal(sig, signal.SIG_IGN)  # exit (at finalization Python would restore the default handler)
+        if not app.state.worker.abort(timeout=60.0):
+            logging.getLogger("uvicorn.error").error("the engine thread did not stop within 60 s")
     return 0 if engine_healthy(app) else 1
 
 
+def _uvicorn_server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """The first SIGTERM / SIGINT drains: requests in flight get `drain` seconds, then the engine cancels
+        them, so every stream still ends with a last chunk. A second signal cancels them at once. Never
+        uvicorn's forced exit: it abandons the engine thread and the open streams mid-step."""
+
+        def __init__(self, config, worker, drain: float):
+            super().__init__(config)
+            self.worker, self.drain = worker, drain
+
+        def handle_exit(self, sig, frame) -> None:
+            self._captured_signals.append(sig)
+            if self.should_exit:
+                logging.getLogger("uvicorn.error").info("second signal: cancelling the requests in flight")
+                self.worker.cancel_all()
+                return
+            self.should_exit = True
+            timer = threading.Timer(self.drain, self.worker.cancel_all)
+            timer.daemon = True
+            timer.start()
+
+    return Server
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket uvicorn serves on, bound here so that a taken address is a ZdiffError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ZdiffError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
+                         "pick another --port, or stop what holds it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def engine_healthy(app) -> bool:
-    return app.state.worker.failure is None
+    return app.state.worker.dead is None

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..generation.engine import RequestParams
+from ..limits import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE
 from ..spec.schema import DEFAULT_MIX_WEIGHT
 
 # field -> its value when unused; anything else is refused. min_p and min_tokens would act inside the decode
@@ -69,8 +70,8 @@ class SamplingRequest(BaseModel):
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = Field(None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
@@ -78,7 +79,7 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     # zdiff extensions
     sampler: Literal["lossless", "logit_mix", "greedy"] | None = None
-    mix_weight: float | None = Field(None, ge=0.0, le=1.0)
+    mix_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
     mode: Literal["ar", "tidar"] | None = None
     return_token_ids: bool = False  # each choice / chunk also carries the token ids behind its text
@@ -100,7 +101,13 @@ class SamplingRequest(BaseModel):
     def _nonempty_stops(cls, stop):
         stops = [stop] if isinstance(stop, str) else stop or []
         if any(s == "" for s in stops):
-            raise ValueError("stop strings must not be empty")
+            raise ValueError("stop: stop strings must not be empty")
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        longest = max(stops, key=len, default="")
+        if len(longest) > MAX_STOP_STRING_CHARS:
+            raise ValueError(f"stop: each stop string has at most {MAX_STOP_STRING_CHARS} characters, "
+                             f"got one of {len(longest)}")
         return stop
 
     @property

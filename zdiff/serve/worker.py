@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ZdiffError
-from ..generation.engine import Engine, RequestParams, RequestResult
+from ..generation.engine import Engine, RequestParams, RequestResult, StepFailed
 
 log = logging.getLogger("zdiff.serve")
 
@@ -40,6 +40,7 @@ class Update:
     finished: bool
     finish_reason: str | None
     result: RequestResult | None = None  # on the last update
+    error: str | None = None  # why, when finish_reason is "error" (a failed engine step)
 
 
 class Submission:
@@ -51,7 +52,12 @@ class Submission:
         self.request_id: int | None = None  # set by the worker when the engine accepts it
 
     def post(self, item: Update | Exception) -> None:
-        self.loop.call_soon_threadsafe(self.mailbox.put_nowait, item)
+        if self.loop.is_closed():
+            return  # a forced stop closed the event loop: nobody is waiting for this any more
+        try:
+            self.loop.call_soon_threadsafe(self.mailbox.put_nowait, item)
+        except RuntimeError:  # closed between the check and the call
+            pass
 
     async def accepted(self) -> None:
         """Returns once the engine took the request (validated, in a slot or queued); raises the
@@ -74,8 +80,10 @@ ACCEPTED = object()
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine, max_queue: int, on_step: Callable[[Engine], None] | None = None):
+    def __init__(self, engine: Engine, max_queue: int, on_step: Callable[[Engine], None] | None = None,
+                 on_death: Callable[[str], None] | None = None):
         self.engine = engine
+        self.on_death = on_death or (lambda message: None)  # the thread ended for good (the server should exit)
         self.capacity = engine.stats.max_slots + max_queue
         self.on_step = on_step or (lambda engine: None)
         self._inbox: queue.Queue = queue.Queue()
@@ -84,7 +92,9 @@ class EngineWorker:
         self._in_flight = 0
         self.failure: str | None = None
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="zdiff-engine", daemon=True)
+        self._aborting = False
+        self.step_failures = 0  # failed steps the engine recovered from
+        self._thread = threading.Thread(target=self._main, name="zdiff-engine", daemon=True)
 
     # -- called from the event loop --------------------------------------------------------
     def start(self) -> None:
@@ -95,6 +105,25 @@ class EngineWorker:
         """Finish what is in flight, then end the thread."""
         self._inbox.put(_STOP)
         self._thread.join(timeout)
+
+    def abort(self, timeout: float = 30.0) -> bool:
+        """End the thread after the step it is in, dropping what is in flight and posting nothing (the event
+        loop may be gone): a forced stop. Whether the thread ended within `timeout` seconds."""
+        self._aborting = True
+        self._stopping = True
+        self._inbox.put(_STOP)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def dead(self) -> str | None:
+        """Why the engine thread can serve no more requests, or None while it can."""
+        if self.failure is not None:
+            return self.failure
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stopping:
+            return "the engine thread has stopped"
+        return None
 
     @property
     def in_flight(self) -> int:
@@ -113,6 +142,10 @@ class EngineWorker:
 
     def cancel(self, submission: Submission) -> None:
         self._inbox.put(("cancel", submission))
+
+    def cancel_all(self) -> None:
+        """End every request in flight now (finish_reason "cancelled"): the end of a shutdown's drain."""
+        self._inbox.put(("cancel_all",))
 
     # -- the worker thread -----------------------------------------------------------------
     def _release(self) -> None:
@@ -144,11 +177,23 @@ class EngineWorker:
                     continue
                 self._live[submission.request_id] = submission
                 submission.post(ACCEPTED)
+            elif command[0] == "cancel_all":
+                for request_id in list(self._live):
+                    self.engine.cancel(request_id)
             elif command[1].request_id in self._live:  # "cancel"; a finished request has nothing to free
                 self.engine.cancel(command[1].request_id)
 
+    def _main(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # whatever ends the thread early must not leave clients waiting forever
+            log.exception("the engine thread failed")
+            self._fail(f"the engine thread failed: {type(exc).__name__}: {exc}")
+        if self.failure is not None:
+            self.on_death(self.failure)
+
     def _run(self) -> None:
-        while True:
+        while not self._aborting:
             self._take_commands(block=not self._stopping and not self.engine.has_work())
             if not self.engine.has_work():
                 if self._stopping:
@@ -156,21 +201,35 @@ class EngineWorker:
                 continue
             try:
                 events = self.engine.step()
+            except StepFailed as failed:  # the requests in its slots end with an error, the others go on
+                log.error("%s", failed, exc_info=failed.__cause__)
+                self.step_failures += 1
+                self._deliver(failed.events, error=str(failed))
+                if not failed.recovered:
+                    self._fail(str(failed))
+                    return
+                events = []
             except Exception as exc:  # a bug in the engine must not leave every client hanging
                 log.exception("engine step failed")
                 self._fail(f"the engine failed: {type(exc).__name__}: {exc}")
                 return
-            for event in events:
-                submission = self._live.get(event.request_id)
-                if submission is None:
-                    continue
-                update = Update(event.tokens, event.finished, event.finish_reason)
-                if event.finished:
-                    update.result = self.engine.result(event.request_id)
-                    del self._live[event.request_id]
-                    self._release()
-                submission.post(update)
+            if self._aborting:
+                return
+            self._deliver(events)
             self.on_step(self.engine)
+
+    def _deliver(self, events, error: str | None = None) -> None:
+        for event in events:
+            submission = self._live.get(event.request_id)
+            if submission is None:
+                continue
+            update = Update(event.tokens, event.finished, event.finish_reason,
+                            error=error if event.finish_reason == "error" else None)
+            if event.finished:
+                update.result = self.engine.result(event.request_id)
+                del self._live[event.request_id]
+                self._release()
+            submission.post(update)
 
     def _fail(self, message: str) -> None:
         self.failure = message

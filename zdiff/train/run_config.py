@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -91,13 +92,18 @@ def resolve(given: dict, actions: dict[str, argparse.Action], resume: bool, conf
 
 
 def saved_config(out: str) -> dict:
+    """The config of the run in `out` (its run.json), or one line saying why it cannot be read."""
     path = Path(out) / "run.json"
-    if not path.is_file():
-        raise ZdiffError(f"--resume: {out} holds no run (no run.json); start it without --resume")
     try:
-        return json.loads(path.read_text())["config"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ZdiffError(f"--resume: {path} is damaged ({exc}); the run cannot be resumed") from None
+        config = json.loads(path.read_text())["config"]
+    except FileNotFoundError:
+        raise ZdiffError(f"--resume: {path} is missing: {out} holds no run (start it without --resume)") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ZdiffError(f"--resume: {path} is not a zdiff run record ({type(err).__name__}); the run directory is "
+                         "damaged (start a new run)") from None
+    if not isinstance(config, dict):
+        raise ZdiffError(f"--resume: {path}: 'config' must be an object; the run directory is damaged")
+    return config
 
 
 def _resumed(explicit: dict, log) -> TrainConfig:
@@ -123,13 +129,23 @@ def _resumed(explicit: dict, log) -> TrainConfig:
     return TrainConfig(**merged)
 
 
+def _same_setting(saved, now) -> bool:
+    """Equal settings; two spellings of one existing file or directory (relative, trailing /) count as equal."""
+    if saved == now:
+        return True
+    if isinstance(saved, str) and isinstance(now, str) and os.path.exists(saved) and os.path.exists(now):
+        return os.path.samefile(saved, now)
+    return False
+
+
 def check_resume(saved: dict, cfg: dict) -> None:
     """A resumed run has the saved settings; only steps (and the decay length an extension fixes) may differ."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for key in CONFIG_FIELDS:
-        if key in ("steps", "decay_steps"):
+        # the run is the directory holding run.json, however it is spelled or wherever it was moved
+        if key in ("steps", "decay_steps", "out"):
             continue
         before = saved.get(key, defaults[key])
-        if cfg.get(key, defaults[key]) != before:
+        if not _same_setting(before, cfg.get(key, defaults[key])):
             raise ZdiffError(f"--resume: {_flag(key)} was {before!r} in the run, now {cfg.get(key)!r}; a resumed run "
                              f"keeps its settings (leave {_flag(key)} out, or start a new --out)")

@@ -24,6 +24,8 @@ import functools
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import time
 import warnings
@@ -43,6 +45,7 @@ from ..plots import MISSING as MISSING_PLOTS
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
 from ..spec import Spec, load_spec
+from ..targets import interpreter_needed, triton_interpreter
 from .convert import plan_mask_token
 from .data import Tokenizer, checkpoint_tokenizer, split_corpus
 from .evaluate import evaluate
@@ -94,6 +97,9 @@ class TrainConfig:
             raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.fsdp and "WORLD_SIZE" not in os.environ:  # silently one unsharded process otherwise
+            raise ZdiffError("--fsdp shards the model over the ranks of a torchrun launch, and this is one process: "
+                             "run `torchrun --nproc_per_node N -m zdiff train ... --fsdp`, or leave --fsdp out")
 
 
 # --- distributed -------------------------------------------------------------------------
@@ -129,9 +135,8 @@ def _init_distributed(asked_device: str | None) -> tuple[int, int, torch.device]
 
 def _resolve_backend(asked: str | None, device: torch.device) -> str:
     backend = asked or ("triton" if device.type == "cuda" else "torch")
-    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise ZdiffError("--backend triton on the CPU runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1 "
-                         "(slow; for tests), or use --backend torch")
+    if backend == "triton" and device.type == "cpu" and not triton_interpreter():
+        raise ZdiffError(interpreter_needed("--backend triton") + " (or use --backend torch)")
     return backend
 
 
@@ -194,6 +199,37 @@ def _load_state_dicts(model, optimizer, model_state, optim_state):
 
 # --- run directory -----------------------------------------------------------------------
 
+TRAINER_STATE = "trainer.pt"
+
+
+def save_trainer_state(path: Path, step: int, optim_state: dict) -> None:
+    """The step and the optimizer state: tensors, numbers, strings and containers only, so that
+    `load_trainer_state` can read it back without unpickling code."""
+    torch.save({"step": step, "optimizer": optim_state}, path)
+
+
+def load_trainer_state(path: Path) -> dict:
+    """trainer.pt of a run directory, read with `weights_only=True`: a run directory is user-supplied, and a
+    crafted pickle must be refused, never run. A damaged file is one clear line as well."""
+    try:
+        state = torch.load(path, weights_only=True, mmap=True)  # mmap: pages in what a rank reads
+    except pickle.UnpicklingError as err:
+        raise ZdiffError(f"{path}: refused to load: it holds more than tensors and plain data, which a trainer.pt "
+                         f"written by zdiff never does ({_first_line(err)})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise ZdiffError(f"{path}: not a readable trainer state ({type(err).__name__}: {_first_line(err)}); "
+                         "resume from an earlier checkpoint or start a new run") from None
+    if (not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool)
+            or state["step"] < 0 or not isinstance(state.get("optimizer"), dict)):
+        raise ZdiffError(f"{path}: not a zdiff trainer state (expected a dict with an integer 'step' and an "
+                         f"'optimizer' state dict)")
+    return state
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else "no message"
+
 
 class RunDir:
     def __init__(self, out: str):
@@ -205,13 +241,32 @@ class RunDir:
         pointer = self.root / "latest"
         if not pointer.is_file():
             return None
-        path = self.checkpoints / pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()
+        if not re.fullmatch(r"step_\d{7,}", name):
+            raise ZdiffError(f"{pointer}: names no checkpoint (holds {name[:40]!r}); the run directory is damaged "
+                             "(write the name of a checkpoint in checkpoints/ into it, or start a new run)")
+        path = self.checkpoints / name
         return path if path.is_dir() else None
 
     def read_metrics(self) -> list[dict]:
+        """The records of metrics.jsonl. A half-written last line (a kill mid-write) is dropped: the resumed
+        run logs that step again; a damaged record elsewhere is one line naming it."""
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics.read_text(errors="replace").splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break
+                raise ZdiffError(f"{self.metrics}:{number}: not a JSON record; the run directory is damaged "
+                                 "(delete the line, or start a new run)") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ZdiffError(f"{self.metrics}:{number}: a record needs an integer 'step', got {line[:80]!r}")
+            records.append(record)
+        return records
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records a killed run logged after its last checkpoint; the resumed run redoes them."""
@@ -222,7 +277,7 @@ class RunDir:
         name = f"step_{step:07d}"
         with atomic_directory(self.checkpoints / name, force=True) as tmp:
             write_checkpoint_files(tmp, spec, model_state, tokenizer_dir)
-            torch.save({"step": step, "optimizer": optim_state}, tmp / "trainer.pt")
+            save_trainer_state(tmp / TRAINER_STATE, step, optim_state)
         atomic_write_text(self.root / "latest", name + "\n")
         for old in sorted(self.checkpoints.glob("step_*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
@@ -348,7 +403,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     start = 0
     if resume:
-        trainer_state = torch.load(latest / "trainer.pt", weights_only=False, mmap=True)  # pages in what a rank reads
+        trainer_state = load_trainer_state(latest / TRAINER_STATE)
         source = TensorSource(latest)
         model_state = {name: source.get(name) for name in source.names()}
         _load_state_dicts(wrapped, optimizer, model_state, trainer_state["optimizer"])
