@@ -187,7 +187,10 @@ def _cmd_generate(args) -> int:
     from pathlib import Path
 
     from .generation.cli_run import run_generate
+    from .plots import available as plots_available
 
+    if args.histogram and not plots_available():  # before anything is loaded or decoded
+        raise ZdiffError("--histogram needs matplotlib (pip install 'zdiff[plots]')")
     _use_checkpoint(args)
 
     if args.mix_weight is not None:
@@ -221,7 +224,6 @@ def _cmd_serve(args) -> int:
     from .serve.cli_run import run_serve
 
     args.served_model_name = args.served_model_name or args.checkpoint  # the name as the user gave it
-    _use_checkpoint(args)
     return run_serve(args)
 
 

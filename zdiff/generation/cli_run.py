@@ -12,7 +12,6 @@ from tqdm import tqdm
 from .. import load_model
 from ..checkpoint.store import SPEC_FILE
 from ..errors import ZdiffError
-from ..plots import available as plots_available
 from ..spec import load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from ..train.data import Tokenizer
@@ -82,8 +81,6 @@ def sampling_from_flags(args, spec) -> SamplingParams:
 def run_generate(args) -> int:
     checkpoint = Path(args.checkpoint)
     device, backend = device_and_backend(args)
-    if args.histogram and not plots_available():  # before decoding, not after it
-        raise ZdiffError("--histogram needs matplotlib (pip install 'zdiff[plots]')")
     model = load_model(checkpoint, backend=backend, device=device, dtype=resolve_dtype(args.dtype, device),
                        allow_nonfinite=args.allow_nonfinite)
     spec = load_spec(checkpoint / SPEC_FILE)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import threading
-from pathlib import Path
 
-from ..checkpoint.store import SPEC_FILE
+from ..checkpoint.store import SPEC_FILE, resolve_checkpoint
 from ..errors import ZdiffError
 from ..generation.cli_run import checkpoint_tokenizer, device_and_backend, resolve_dtype, stop_tokens_of
 from ..spec import load_spec
@@ -38,7 +38,9 @@ def run_serve(args) -> int:
         raise ZdiffError("--api-key is empty: every request would be refused; give a key, or leave the flag out")
     device, backend = device_and_backend(args)  # the same refusals as zdiff generate (triton on a CPU, ...)
     sock = bind_socket(args.host, args.port)  # a busy port is one line before minutes of loading
-    checkpoint = Path(args.checkpoint)
+    checkpoint, note = resolve_checkpoint(args.checkpoint)  # a run directory: its final/ or latest checkpoint
+    if note:
+        print(f"zdiff: note: {note}", file=sys.stderr)
     chat_template = ChatTemplate.from_checkpoint(checkpoint, override=args.chat_template)  # before the weights load
     engine = Engine.from_checkpoint(
         checkpoint,
