@@ -169,3 +169,19 @@ def test_dense_import_carries_tokenizer_and_chat_template(tmp_path):
     import_hf(hf_dir, tmp_path / "out")
     assert (tmp_path / "out" / "chat_template.jinja").read_text() == template
     assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+
+
+def test_dense_names_map_every_parameter_to_hf_tensors():
+    """What an export reads: every zdiff tensor of a dense layer has one HF name, or the HF names it concatenates
+    (gate_up = gate_proj ; up_proj), and together they are exactly transformers' state dict."""
+    from zdiff.checkpoint.hf_import import hf_concatenated_names, hf_name
+    from zdiff.runtime import Transformer
+
+    hf = tiny_qwen3(0, tie_word_embeddings=False)
+    with torch.device("meta"):
+        ours = Transformer(load_spec("dense-tiny").model).state_dict()  # 3 layers, untied, q/k norm
+    assert load_spec("dense-tiny").model.num_layers == hf.config.num_hidden_layers
+    names = set()
+    for name in ours:
+        names.update(hf_concatenated_names("qwen3", name) or [hf_name("qwen3", name)])
+    assert names == set(hf.state_dict())

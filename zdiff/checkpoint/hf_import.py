@@ -108,6 +108,14 @@ def hf_name(model_type: str, name: str) -> str:
     raise KeyError(f"no HF name for zdiff tensor {name} ({model_type})")
 
 
+def hf_concatenated_names(model_type: str, name: str) -> list[str] | None:
+    """The HF tensors a zdiff tensor is the dim-0 concatenation of, in order (a dense layer's gate_up: gate_proj,
+    up_proj), or None when it maps to one tensor (`hf_name`). An export splits it into equal parts."""
+    match = _LAYER_NAME.match(name)
+    parts = CONCATENATED.get(model_type, {}).get(match.group(2)) if match else None
+    return [f"model.layers.{match.group(1)}.{part}" for part in parts] if parts else None
+
+
 def _refuse(field: str, value, why: str):
     raise CheckpointError(f"config.json: {field} = {value!r} is not supported ({why})")
 
@@ -254,9 +262,8 @@ def _load_source_tensor(source: TensorSource, model_type: str, name: str, num_ex
     if theirs in source:
         return source.get(theirs), [theirs]
     match = _LAYER_NAME.match(name)
-    parts = CONCATENATED.get(model_type, {}).get(match.group(2)) if match else None
-    if parts:
-        names = [f"model.layers.{match.group(1)}.{part}" for part in parts]
+    names = hf_concatenated_names(model_type, name)
+    if names:
         missing = [n for n in names if n not in source]
         if missing:
             raise CheckpointError(f"missing tensor(s) {short_list(missing)} (for zdiff {name})")
