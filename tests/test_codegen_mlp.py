@@ -59,3 +59,17 @@ def test_swiglu_compiles_ahead_of_time_for_qwen3_8b_without_spills():
     assert {r["arch"] for r in reports} == {"gfx942", "gfx950", "sm_90"}
     for r in reports:
         assert r["spills"] == 0 and r["registers"] > 0 and r["occupancy"] >= 1, r
+
+
+def test_autotune_hooks_run_each_entry_with_the_given_config(tmp_path):
+    """autotune's benchmark hooks (device="cpu" in the interpreter) and the config space they are fed."""
+    from zdiff.codegen.families.mlp import config_space
+
+    module = _module(tmp_path, 40)
+    plan = swiglu_plan(40)
+    assert set(module.BENCH) == set(module.AOT) == set(plan.configs) and not module.BENCH_SKIPPED
+    for entry, make in module.BENCH.items():
+        space = config_space(plan, entry, "h100")
+        assert {"BLOCK_I": 256, "num_warps": 8} in space and all(c["BLOCK_I"] >= 16 for c in space)
+        out = make(5, {"BLOCK_I": 16, "num_warps": 2}, device="cpu")()
+        assert torch.isfinite(out).all() and out.shape[0] == 5
