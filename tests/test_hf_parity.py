@@ -120,6 +120,8 @@ DENSE_CASES = {
     "qwen3-linear-untied": (tiny_qwen3, {"tie_word_embeddings": False,
                                          "rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}}),
     "qwen3-plain": (tiny_qwen3, {}),
+    "qwen3-yarn-mscale": (tiny_qwen3, {"rope_parameters": {**_YARN_ROPE, "factor": 8.0, "mscale": 1.5,
+                                                           "mscale_all_dim": 0.5, "beta_fast": 16.0}}),
 }
 
 
@@ -146,7 +148,10 @@ def test_qwen2_has_qkv_bias_but_no_output_bias(tmp_path):
     assert attn.q_proj.bias is not None and attn.v_proj.bias is not None and attn.o_proj.bias is None
 
 
-@pytest.mark.parametrize("field, value", [("mlp_bias", True), ("hidden_act", "gelu"), ("use_sliding_window", True)])
+@pytest.mark.parametrize("field, value", [
+    ("mlp_bias", True), ("hidden_act", "gelu"), ("use_sliding_window", True),
+    ("rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}),
+])
 def test_dense_import_refuses_what_the_spec_cannot_express(tmp_path, field, value):
     from zdiff.errors import CheckpointError
 
@@ -155,7 +160,7 @@ def test_dense_import_refuses_what_the_spec_cannot_express(tmp_path, field, valu
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     config[field] = value
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=field):
+    with pytest.raises(CheckpointError, match=field if field != "rope_parameters" else "rope_type = 'dynamic'"):
         import_hf(tmp_path / "hf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
