@@ -190,3 +190,35 @@ def test_dense_names_map_every_parameter_to_hf_tensors():
     for name in ours:
         names.update(hf_concatenated_names("qwen3", name) or [hf_name("qwen3", name)])
     assert names == set(hf.state_dict())
+
+
+# config.json of the published checkpoints (the pre-transformers-5 layout: top-level rope_theta / rope_scaling)
+PUBLISHED_CONFIGS = {
+    "llama-3.2-1b": {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2048, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False,
+        "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": True,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "vocab_size": 128256},
+    "qwen2.5-1.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu", "hidden_size": 1536, "intermediate_size": 8960,
+        "max_position_embeddings": 131072, "max_window_layers": 28, "model_type": "qwen2", "num_attention_heads": 12,
+        "num_hidden_layers": 28, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+        "sliding_window": 131072, "tie_word_embeddings": True, "use_mrope": False, "use_sliding_window": False,
+        "vocab_size": 151936},
+    "qwen3-8b": {
+        "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "head_dim": 128, "hidden_act": "silu",
+        "hidden_size": 4096, "intermediate_size": 12288, "max_position_embeddings": 40960, "max_window_layers": 36,
+        "model_type": "qwen3", "num_attention_heads": 32, "num_hidden_layers": 36, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None,
+        "tie_word_embeddings": False, "use_sliding_window": False, "vocab_size": 151936},
+}
+
+
+@pytest.mark.parametrize("preset", list(PUBLISHED_CONFIGS))
+def test_published_configs_import_as_the_presets(preset):
+    from zdiff.checkpoint.hf_import import spec_from_hf_config
+
+    assert spec_from_hf_config(PUBLISHED_CONFIGS[preset], preset).model == load_spec(preset).model
