@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, assert_close
-from training_helpers import MICRO_SPEC
+from training_helpers import MICRO_DENSE_SPEC, MICRO_SPEC
 from zdiff.codegen.compile import compile_spec
 from zdiff.codegen.render import load_module
 from zdiff.generation import SamplingParams, generate
@@ -30,27 +30,7 @@ model:
 diffusion: {block_size: 4, mask_token_id: 258, proposals: 2, acceptance_levels: [0, 1]}
 """
 
-# Qwen2.5-style dense: biases on q/k/v only, YaRN-scaled RoPE (positions past its original context), a ragged
-# feed-forward width
-DENSE_SPEC = """
-name: micro-dense
-model:
-  vocab_size: 264
-  hidden_size: 32
-  num_layers: 2
-  tie_embeddings: true
-  attention:
-    kind: gqa
-    num_heads: 4
-    num_kv_heads: 2
-    head_dim: 16
-    bias: true
-    output_bias: false
-    rope_scaling: {kind: yarn, factor: 4.0, original_max_position: 8}
-  mlp: {kind: swiglu, ffn_size: 40}
-diffusion: {block_size: 4, mask_token_id: 258, proposals: 2, acceptance_levels: [0, 1]}
-"""
-SPECS = {"ccgqa": MICRO_SPEC, "gqa": GQA_SPEC, "dense": DENSE_SPEC}
+SPECS = {"ccgqa": MICRO_SPEC, "gqa": GQA_SPEC, "dense": MICRO_DENSE_SPEC}
 
 
 def _models(tmp_path, text):
