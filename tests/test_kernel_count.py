@@ -23,11 +23,12 @@ from zdiff.spec import load_spec
 # tail are one kernel at inference, and the four CCA projections one GEMM over the derived concatenation
 TORCH_OPS_PER_LAYER = {"mm": 2}  # [q | k | v_delayed | v_current], o_proj
 TRITON_PER_LAYER = 8  # 2 residual+norm, fused MLP router, CCA, attention, dispatch, gate_up, down
-# dense-tiny (plain GQA with RMS q/k norm, dense SwiGLU MLP): the six GEMMs (q, k, v, o, gate_up, down: torch's),
-# RoPE on q and k in torch (2 x (2 mul, 2 cat, neg, add)) and the two residual adds; one [q|k|v] GEMM would
-# save two mm but costs three copies until the q/k norm and attention kernels read strided rows
-DENSE_TORCH_OPS_PER_LAYER = {"mm": 6, "mul": 4, "cat": 4, "neg": 2, "add": 4}
-DENSE_TRITON_PER_LAYER = 6  # attn / MLP RMSNorm, q and k RMSNorm, attention, fused SwiGLU
+# dense-tiny (plain GQA with RMS q/k norm, dense SwiGLU MLP): the six GEMMs (q, k, v, o, gate_up, down: torch's)
+# and the two residual adds. Was 20 torch ops + 6 launches before q/k norm and RoPE became one kernel per tensor
+# (RoPE ran as 2 x (2 mul, 2 cat, neg, add)). One [q|k|v] GEMM would save two mm but costs three copies until the
+# attention kernel reads strided rows
+DENSE_TORCH_OPS_PER_LAYER = {"mm": 6, "add": 2}
+DENSE_TRITON_PER_LAYER = 6  # attn / MLP RMSNorm, q and k norm + RoPE, attention, fused SwiGLU
 
 
 def _decode_step_counts(tmp_path, layers, preset="zaya1-tiny"):
