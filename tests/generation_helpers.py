@@ -26,10 +26,24 @@ diffusion: {block_size: 4, mask_token_id: 7, proposals: 3, acceptance_levels: [0
 sampler: {kind: lossless}
 """
 
+# the same vocabulary and pattern on a dense (Llama / Qwen-style) model: plain GQA, SwiGLU MLP
+TINY_VOCAB_DENSE_SPEC = TINY_VOCAB_SPEC.replace("name: vocab8", "name: vocab8-dense").replace(
+    "residual_scaling: true", "residual_scaling: false").replace(
+    "{kind: ccgqa, num_heads: 2, num_kv_heads: 1, head_dim: 16, rope_fraction: 0.5, qk_norm: l2}",
+    "{kind: gqa, num_heads: 2, num_kv_heads: 1, head_dim: 16, qk_norm: rms}").replace(
+    """  moe:
+    num_experts: 2
+    top_k: 1
+    ffn_size: 32
+    skip_expert: true
+    router: {kind: zaya_mlp, hidden_size: 8}
+""", "  mlp: {kind: swiglu, ffn_size: 48}\n")
 
-def tiny_vocab_model(seed: int = 0):
-    spec = parse_spec(TINY_VOCAB_SPEC)
-    model = init_weights(Transformer(spec.model), seed=seed, std=0.35).eval()
+
+def tiny_vocab_model(seed: int = 0, dense: bool = False, std: float = 0.35):
+    spec = parse_spec(TINY_VOCAB_DENSE_SPEC if dense else TINY_VOCAB_SPEC)
+    assert spec.model.dense == dense
+    model = init_weights(Transformer(spec.model), seed=seed, std=std).eval()
     return model, spec
 
 

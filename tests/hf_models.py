@@ -49,3 +49,31 @@ def tiny_qwen3_moe(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**kw)).eval()
     return randomize_(model, seed)
+
+
+_DENSE_SHAPE = dict(vocab_size=96, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                    head_dim=16, intermediate_size=80)
+
+
+def _tiny_dense(config_cls, model_cls, seed: int, overrides: dict):
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**{**_DENSE_SHAPE, **overrides})).eval()
+    return randomize_(model, seed)
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _tiny_dense(LlamaConfig, LlamaForCausalLM, seed, overrides)
+
+
+def tiny_qwen2(seed: int = 0, **overrides):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _tiny_dense(Qwen2Config, Qwen2ForCausalLM, seed, overrides)
+
+
+def tiny_qwen3(seed: int = 0, **overrides):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return _tiny_dense(Qwen3Config, Qwen3ForCausalLM, seed, overrides)

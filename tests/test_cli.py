@@ -26,6 +26,17 @@ def test_check_json(repo):
     assert data["params"]["total"] == 1398848
 
 
+def test_check_a_dense_preset():
+    result = run_cli("check", "qwen3-8b", "--json")
+    assert result.returncode == 0, result.stderr
+    params = json.loads(result.stdout)["params"]
+    assert params["total"] == 8_190_735_360 and params["experts"] == params["router"] == 0
+    assert params["dense_mlp"] == 36 * 3 * 4096 * 12288
+    assert params["active_per_token_without_embeddings"] == params["without_embeddings"]
+    text = run_cli("check", "qwen3-8b").stdout
+    assert "dense SwiGLU MLP of width 12288" in text and "(every weight)" in text
+
+
 def test_bad_spec_is_one_line_and_exit_2(tmp_path, repo):
     text = (repo / "examples/specs/zaya1-tiny.yaml").read_text().replace("head_dim: 32", "head_dim: 72")
     bad = tmp_path / "bad.yaml"

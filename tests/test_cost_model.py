@@ -73,6 +73,38 @@ def test_weights_read_once_equal_the_spec_parameter_count(preset, counts_embeddi
     assert int(weights.subs(dims)) == c.total_params - (0 if counts_embedding else c.embedding_params)
 
 
+def test_dense_mlp_part_reads_every_weight_every_step():
+    """dense-tiny: 3 layers, H 128, I 256, untied head; no router or experts part, the MLP's weights are read
+    whole by an AR step and by a TiDAR step alike, and the AR step's weight bytes are the whole model's."""
+    spec = load_spec("dense-tiny")
+    model = CostModel(spec, UNIT)
+    ar, tidar = model.forward(batch=1, context=10, proposals=0), model.forward(batch=1, context=10, proposals=2)
+    mlp = 3 * 3 * 128 * 256
+    assert set(ar.parts) == {"embedding", "attn_proj", "attention", "mlp", "lm_head", "norms"}
+    assert ar.parts["mlp"].flops == 2 * mlp * 1 and tidar.parts["mlp"].flops == 2 * mlp * tidar.rows
+    assert ar.parts["mlp"].bytes == tidar.parts["mlp"].bytes == mlp * 2
+    c = count_model(spec.model)
+    weight_parts = ("attn_proj", "mlp", "lm_head", "norms")
+    assert sum(ar.parts[p].bytes for p in weight_parts) == (c.total_params - c.embedding_params) * 2
+    assert ar.distinct_experts == 0
+    with pytest.raises(ZdiffError, match="dense-tiny is dense"):
+        CostModel(spec, UNIT, routing=[1.0, 2.0])
+
+
+def test_dense_8b_speculation_is_nearly_free_at_batch_one():
+    """The dense regime on H200 rates: a Qwen3-8B step with 4 proposal blocks (80 rows) stays memory bound and
+    costs within 5% of an AR step, where ZAYA1-8B's touches every expert and costs several AR steps."""
+    rates = target_rates("h200")
+    dense = CostModel(load_spec("qwen3-8b"), rates)
+    ar, p4 = dense.forward(1, 4096, 0), dense.forward(1, 4096, 4)
+    assert p4.bound == "memory" and p4.seconds / ar.seconds < 1.05
+    moe = CostModel(load_spec("zaya1-8b"), rates)
+    assert moe.forward(1, 4096, 4).seconds / moe.forward(1, 4096, 0).seconds > 3
+    report = cost.cost_report(load_spec("qwen3-8b"), rates, 1, 4096, default_acceptance(16), max_proposals=8)
+    assert report["recommended"]["P"] >= 3 and not report["moe"]
+    assert "dense" in cost.format_cost_report(report)
+
+
 def test_distinct_experts_uniform_and_histogram():
     T = cost.T
     uniform = cost.uniform_distinct_experts().subs({cost.E: 16, cost.K: 1, T: 64})

@@ -31,6 +31,41 @@ def test_zaya1_8b_matches_transformers_and_design_figures():
     assert counts.kv_bytes_per_token == 2 * 2 * 128 * 40 * 2  # K and V, 2 heads x 128, 40 layers, bf16
 
 
+DENSE_PRESETS = {  # preset -> (transformers config class, its arguments for the real model)
+    "llama-3.2-1b": ("LlamaConfig", dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                                         head_dim=64, tie_word_embeddings=True)),
+    "qwen2.5-1.5b": ("Qwen2Config", dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                         tie_word_embeddings=True)),
+    "qwen3-8b": ("Qwen3Config", dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                     tie_word_embeddings=False)),
+}
+
+
+@pytest.mark.parametrize("name", list(DENSE_PRESETS))
+def test_dense_presets_match_transformers(name):
+    import transformers
+
+    config_name, kw = DENSE_PRESETS[name]
+    config = getattr(transformers, config_name)(**kw)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(config)
+    spec = load_spec(name).model
+    assert count_model(spec).total_params == sum(p.numel() for p in hf.parameters())  # tied: counted once
+    assert count_model(spec).active_params == count_model(spec).non_embedding_params  # dense: every weight
+
+
+def test_dense_tiny_counts_by_hand():
+    m = load_spec("dense-tiny").model  # H=128, L=3, 4q/2kv x 32 with RMS q/k norm, I=256, V=264, untied
+    c = count_model(m)
+    H, L, D, I, V = 128, 3, 32, 256, 264
+    assert c.attention_params == L * (H * 4 * D + 2 * H * 2 * D + 4 * D * H + 2 * D)
+    assert c.mlp_params == L * 3 * H * I and c.router_params == c.expert_params == 0
+    assert c.lm_head_params == V * H and c.other_params == L * 2 * H + H
+
+
 def test_tiny_counts_by_hand():
     m = load_spec("zaya1-tiny").model  # H=128, L=4, 4q/2kv x 32, E=4 top-1 (+skip), I=384, R=32, V=264
     c = count_model(m, dtype_bytes=2)

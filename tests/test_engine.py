@@ -70,7 +70,7 @@ def test_greedy_engine_with_the_fused_verifier_equals_reference_loop():
     assert sum(engine.stats.tokens_per_step[1:]) > 0  # drafts were accepted: the walk and commit paths ran
 
 
-@pytest.mark.parametrize("name", ["zaya1-tiny", "qwen3-moe-tiny"])
+@pytest.mark.parametrize("name", ["zaya1-tiny", "qwen3-moe-tiny", "dense-tiny"])
 def test_greedy_engine_equals_reference_loop_on_presets(name):
     """Both attention kinds (CCGQA with its conv state, plain GQA), AR and TiDAR requests mixed in
     one batch, a prompt longer than the prefill chunk."""
@@ -114,10 +114,27 @@ def test_lossless_engine_matches_exact_ar_distribution(exact3, verifier):
     assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
 
 
-@pytest.mark.parametrize("broken", ["accept_all", "resample_from_p"])
-def test_the_engine_exactness_test_rejects_broken_verifiers(exact3, monkeypatch, broken):
+@pytest.fixture(scope="module")
+def exact3_dense():
+    """A dense model (GQA + SwiGLU MLP); its smaller init (std 0.15) keeps drafts accepted."""
+    model, spec = tiny_vocab_model(seed=0, dense=True, std=0.15)
+    with torch.no_grad():
+        table = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(MASK,)))
+    return model, spec, table
+
+
+def test_lossless_engine_matches_exact_ar_distribution_on_a_dense_model(exact3_dense):
+    model, spec, table = exact3_dense
+    tokens, engine = _sampled(model, spec, {})
+    assert sum(engine.stats.tokens_per_step[1:]) > 0.2 * sum(engine.stats.tokens_per_step)  # drafts were accepted
+    assert chi_square_p_value(*counts_against(tokens, table)) > 1e-3
+
+
+@pytest.mark.parametrize("models, broken", [("exact3", "accept_all"), ("exact3", "resample_from_p"),
+                                            ("exact3_dense", "accept_all")])
+def test_the_engine_exactness_test_rejects_broken_verifiers(request, models, monkeypatch, broken):
     """Power: the same test fails for plausible verifier bugs injected into the engine's step."""
-    model, spec, table = exact3
+    model, spec, table = request.getfixturevalue(models)
     verify_slots = verify.verify_slots
 
     def target(ar_logits, rest, banned):

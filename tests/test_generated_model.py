@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import DEVICE, assert_close
-from training_helpers import MICRO_SPEC
+from training_helpers import MICRO_DENSE_SPEC, MICRO_SPEC
 from zdiff.codegen.compile import compile_spec
 from zdiff.codegen.render import load_module
 from zdiff.generation import SamplingParams, generate
@@ -30,6 +30,8 @@ model:
 diffusion: {block_size: 4, mask_token_id: 258, proposals: 2, acceptance_levels: [0, 1]}
 """
 
+SPECS = {"ccgqa": MICRO_SPEC, "gqa": GQA_SPEC, "dense": MICRO_DENSE_SPEC}
+
 
 def _models(tmp_path, text):
     spec = parse_spec(text)
@@ -45,9 +47,9 @@ def _models(tmp_path, text):
     return spec, reference, generated
 
 
-@pytest.fixture(params=["ccgqa", "gqa"])
+@pytest.fixture(params=list(SPECS))
 def models(request, tmp_path):
-    return _models(tmp_path, MICRO_SPEC if request.param == "ccgqa" else GQA_SPEC)
+    return _models(tmp_path, SPECS[request.param])
 
 
 def test_training_layout_logits_and_gradients(models):

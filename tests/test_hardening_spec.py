@@ -12,10 +12,17 @@ from zdiff.limits import SPEC_MAXIMUM, SPEC_MINIMUM, YAML_MAX_DEPTH, YAML_MAX_NO
 from zdiff.spec import dump_spec, load_spec, parse_spec
 
 TINY_TEXT = dump_spec(load_spec("zaya1-tiny"))
+# a dense spec with every optional section filled, for the bounds of fields the MoE preset leaves out
+DENSE_DATA = yaml.safe_load(dump_spec(load_spec("dense-tiny")))
+DENSE_DATA["model"]["attention"]["rope_scaling"] = {
+    "kind": "yarn", "factor": 4.0, "original_max_position": 64, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "attention_factor": 1.1}
 
 
 def _with(path: str, value) -> str:
-    data = yaml.safe_load(TINY_TEXT)
+    dense = path.startswith(("model.mlp.", "model.attention.rope_scaling."))
+    data = DENSE_DATA if dense else yaml.safe_load(TINY_TEXT)
+    data = yaml.safe_load(yaml.safe_dump(data))  # a copy
     *parents, leaf = path.split(".")
     node = data
     for key in parents:

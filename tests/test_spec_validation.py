@@ -58,6 +58,8 @@ MALFORMED = [
     ("model.vocab_size", DELETE, "model.vocab_size", "is required"),
     ("model.attention.num_kv_head", 2, "model.attention.num_kv_head", "unknown key; did you mean 'num_kv_heads'?"),
     ("model.moe", [1, 2], "model.moe", "must be a mapping of MoESpec fields"),
+    ("model.moe", DELETE, "model.moe", "is required (or model.mlp for a dense model)"),
+    ("model.attention.output_bias", "no", "model.attention.output_bias", "must be true or false"),
 ]
 
 
@@ -75,6 +77,32 @@ def test_malformed_spec_names_field_value_and_reason(path, value, where, reason)
         assert f"got {shown!r}" in message
     assert err.line is not None and f"bad.yaml:{err.line}" in message
     assert "\n" not in message
+
+
+DENSE = load_spec("dense-tiny")
+
+
+@pytest.mark.parametrize("edit, where, reason", [
+    ({"moe": TINY.to_dict()["model"]["moe"]}, "model.mlp", "cannot be given together with model.moe"),
+    ({"mlp": {"kind": "swiglu", "ffn_size": 0}}, "model.mlp.ffn_size", "must be positive"),
+    ({"mlp": {"kind": "geglu", "ffn_size": 64}}, "model.mlp.kind", "must be one of swiglu"),
+    ({"mlp": {"kind": "swiglu"}}, "model.mlp.ffn_size", "is required"),
+])
+def test_dense_mlp_rules(edit, where, reason):
+    data = yaml.safe_load(dump_spec(DENSE))
+    data["model"].update(edit)
+    with pytest.raises(SpecError) as info:
+        parse_spec(yaml.safe_dump(data, sort_keys=False), source="dense.yaml")
+    message = str(info.value)
+    assert message.startswith(f"{where}: ") and reason in message and "\n" not in message, message
+
+
+def test_dense_spec_resolves_defaults():
+    assert DENSE.model.dense and DENSE.model.moe is None and DENSE.model.ffn_size == 256
+    qwen2 = load_spec("qwen2.5-1.5b").model.attention
+    assert qwen2.bias and qwen2.output_bias is False
+    llama = load_spec("llama-3.2-1b").model.attention
+    assert llama.output_bias is False and llama.rope_scaling.kind == "llama3"
 
 
 def test_error_line_points_at_the_offending_key():

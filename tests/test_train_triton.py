@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_close
-from training_helpers import MICRO_SPEC
+from training_helpers import MICRO_DENSE_SPEC, MICRO_SPEC
 from zdiff.pattern import BatchLayout, Pattern, training_pattern
 from zdiff.spec import parse_spec
 from zdiff.train.memory import estimate_training_memory
@@ -69,9 +69,12 @@ def _grads(model):
     return grads
 
 
-@pytest.mark.parametrize("backend,mode,batch", [("triton", "tidar", 2), ("triton", "ar", 1), ("torch", "tidar", 2)])
-def test_chunked_objective_equals_the_full_logits_loss(backend, mode, batch, monkeypatch, tmp_path, request):
-    spec = parse_spec(MICRO_SPEC if mode == "tidar" else ONE_LAYER)
+@pytest.mark.parametrize("backend,mode,batch,text", [("triton", "tidar", 2, MICRO_SPEC), ("triton", "ar", 1, ONE_LAYER),
+                                                     ("torch", "tidar", 2, MICRO_SPEC),
+                                                     ("triton", "tidar", 2, MICRO_DENSE_SPEC)],
+                         ids=["triton-tidar", "triton-ar", "torch-tidar", "triton-tidar-dense"])
+def test_chunked_objective_equals_the_full_logits_loss(backend, mode, batch, text, monkeypatch, tmp_path, request):
+    spec = parse_spec(text)
     spec = dataclasses.replace(spec, diffusion=dataclasses.replace(spec.diffusion, loss_alpha=0.5))
     model = _model(spec, backend, monkeypatch, tmp_path)
     window = torch.randint(0, 256, (batch, 6 + 1), generator=torch.Generator().manual_seed(1))  # S = 6: a ragged block

@@ -21,6 +21,27 @@ model:
 diffusion: {block_size: 4, mask_token_id: 258, proposals: 2, acceptance_levels: [0, 2], loss_alpha: 1.0}
 """
 
+# Qwen2.5-style dense: biases on q/k/v only, YaRN-scaled RoPE (positions past its original context), a ragged
+# feed-forward width
+MICRO_DENSE_SPEC = """
+name: micro-dense
+model:
+  vocab_size: 264
+  hidden_size: 32
+  num_layers: 2
+  tie_embeddings: true
+  attention:
+    kind: gqa
+    num_heads: 4
+    num_kv_heads: 2
+    head_dim: 16
+    bias: true
+    output_bias: false
+    rope_scaling: {kind: yarn, factor: 4.0, original_max_position: 8}
+  mlp: {kind: swiglu, ffn_size: 40}
+diffusion: {block_size: 4, mask_token_id: 258, proposals: 2, acceptance_levels: [0, 1]}
+"""
+
 
 def micro_spec(tmp: Path) -> Path:
     path = tmp / "micro.yaml"

@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="element type for cache sizes")
     check.set_defaults(run=_cmd_check)
 
-    imp = sub.add_parser("import", help="convert a Hugging Face ZAYA1 / Qwen3-MoE directory to a zdiff checkpoint")
+    imp = sub.add_parser("import", help="convert a Hugging Face ZAYA1 / Qwen3-MoE / Llama / Qwen2.5 / Qwen3 "
+                         "directory to a zdiff checkpoint")
     imp.add_argument("hf_dir")
     imp.add_argument("out_dir")
     imp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")

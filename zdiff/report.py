@@ -24,6 +24,7 @@ def spec_summary(spec: Spec, context: int = 4096, dtype_bytes: int = 2) -> dict:
             "attention": c.attention_params,
             "router": c.router_params,
             "experts": c.expert_params,
+            "dense_mlp": c.mlp_params,
             "norms_and_scales": c.other_params,
         },
         "decode_flops_per_token": {"context": context, "flops": c.decode_flops_per_token(m, context)},
@@ -39,13 +40,17 @@ def spec_summary(spec: Spec, context: int = 4096, dtype_bytes: int = 2) -> dict:
 def format_summary(spec: Spec, summary: dict) -> str:
     m, p = spec.model, summary["params"]
     a, moe = m.attention, m.moe
-    skip = " (+ skip expert)" if moe.skip_expert else ""
+    if moe is None:
+        ffn, active = f"dense SwiGLU MLP of width {m.ffn_size}", "every weight"
+    else:
+        skip = " (+ skip expert)" if moe.skip_expert else ""
+        ffn = f"{moe.num_experts} experts top-{moe.top_k}{skip}, {moe.router.kind} router"
+        active = f"top-{moe.top_k} experts"
     ctx = summary["decode_flops_per_token"]["context"]
     rows = [
         f"spec {spec.name}  (hash {summary['spec_hash']})",
         f"  model: {m.num_layers} layers, hidden {m.hidden_size}, vocab {m.vocab_size}; {a.kind} attention "
-        f"{a.num_heads}q/{a.num_kv_heads}kv x {a.head_dim}; {moe.num_experts} experts top-{moe.top_k}{skip}, "
-        f"{moe.router.kind} router",
+        f"{a.num_heads}q/{a.num_kv_heads}kv x {a.head_dim}; {ffn}",
         "  parameters:",
         f"    total, tied embedding counted once      {_b(p['total']):>12}",
         f"      embedding matrix (vocab x hidden)     {_b(p['embedding_matrix']):>12}",
@@ -55,9 +60,9 @@ def format_summary(spec: Spec, summary: dict) -> str:
     rows += [
         f"    without embeddings / LM head            {_b(p['without_embeddings']):>12}",
         f"      attention {_b(p['attention'])}, router {_b(p['router'])}, experts {_b(p['experts'])}, "
-        f"norms+scales {_b(p['norms_and_scales'])}",
+        f"dense MLP {_b(p['dense_mlp'])}, norms+scales {_b(p['norms_and_scales'])}",
         f"    active per token, without embeddings    {_b(p['active_per_token_without_embeddings']):>12}"
-        f"   (top-{moe.top_k} experts)",
+        f"   ({active})",
         f"  AR decode step: {summary['decode_flops_per_token']['flops'] / 1e9:.3f} GFLOP per token at context {ctx} "
         "(2 x active weights + LM head + attention)",
         f"  KV cache: {summary['kv_cache_bytes_per_token']:,} bytes per token "

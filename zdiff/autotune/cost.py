@@ -25,6 +25,10 @@ What a part costs (weights read once per forward, bf16 unless told otherwise):
   (the skip expert, when there is one, is counted as a real expert: an upper bound), or
   sum_e 1-(1-k*p_e)^T for a measured routing histogram p (its last entry may be the skip
   expert, which costs nothing);
+- dense MLP (Llama / Qwen dense specs, instead of router and experts): 2 FLOP per weight per row, and
+  every one of its 3*I*H weights per layer read by every forward: an AR step already pays the whole
+  read, so extra proposal rows cost nothing until the forward turns compute bound (TiDAR's
+  "nearly free" regime, unlike the MoE case where more rows touch more distinct experts);
 - LM head (tied or not): 2*V*H FLOP per row it runs on (B*R_head, not T), V*H weights;
 - norms and residual scales: 4*H FLOP per row per norm, their weights.
 Activations between kernels are not counted (they stay in cache or are fused); the floor
@@ -59,7 +63,7 @@ KV_TOKEN, CCA_STATE = sp.symbols("kv_bytes_per_token cca_state_bytes", nonnegati
 N_NORMS = sp.Symbol("n_norms", positive=True, integer=True)
 DISTINCT = sp.Symbol("D_experts", positive=True)  # expected distinct experts touched (per layer)
 
-PARTS = ("embedding", "attn_proj", "cca_conv", "attention", "router", "experts", "lm_head", "norms")
+PARTS = ("embedding", "attn_proj", "cca_conv", "attention", "router", "experts", "mlp", "lm_head", "norms")
 
 
 def uniform_distinct_experts(tokens=T):
@@ -91,6 +95,7 @@ def part_costs(distinct=DISTINCT) -> dict[str, tuple[sp.Expr, sp.Expr]]:
         "attention": (4 * NL * NQ * DH * (L + R) * T, B * L * KV_TOKEN + T * KV_TOKEN),
         "router": (2 * W_ROUTER * T, W_ROUTER * DT),
         "experts": (2 * K * NL * 3 * I * H * T, distinct * NL * 3 * I * H * DT),
+        "mlp": (2 * NL * 3 * I * H * T, NL * 3 * I * H * DT),
         "lm_head": (2 * V * H * B * R_HEAD, V * H * DT),
         "norms": (4 * H * N_NORMS * T, W_NORMS * DT),
     }
@@ -111,9 +116,10 @@ def dimensions(spec: Spec, dtype_bytes: int = 2) -> dict:
     m = spec.model
     c = count_model(m, dtype_bytes=dtype_bytes)
     conv = cca_conv_params(spec)
+    experts, top_k = (1, 1) if m.dense else (m.moe.num_experts, m.moe.top_k)  # dense: unused by its parts
     return {
         H: m.hidden_size, V: m.vocab_size, NL: m.num_layers, NQ: m.attention.num_heads, DH: m.attention.head_dim,
-        E: m.moe.num_experts, K: m.moe.top_k, I: m.moe.ffn_size, DT: dtype_bytes,
+        E: experts, K: top_k, I: m.ffn_size, DT: dtype_bytes,
         W_PROJ: c.attention_params - conv, W_CCA: conv, W_ROUTER: c.router_params, W_NORMS: c.other_params,
         KV_TOKEN: c.kv_bytes_per_token, CCA_STATE: c.cca_state_bytes_per_sequence,
         N_NORMS: 2 * m.num_layers + 1,
@@ -171,13 +177,21 @@ class CostModel:
     def __init__(self, spec: Spec, rates: TargetRates, routing: list[float] | None = None, dtype_bytes: int = 2):
         self.spec, self.rates = spec, rates
         moe = spec.model.moe
-        distinct = (uniform_distinct_experts() if routing is None
-                    else histogram_distinct_experts(routing, moe.top_k, moe.num_experts))
+        if moe is None:
+            if routing is not None:
+                raise ZdiffError(f"a routing histogram is for mixture-of-experts specs; {spec.name} is dense")
+            distinct = sp.Integer(0)
+        else:
+            distinct = (uniform_distinct_experts() if routing is None
+                        else histogram_distinct_experts(routing, moe.top_k, moe.num_experts))
         dims = dimensions(spec, dtype_bytes)
         self.distinct = distinct.subs(dims)
         parts = part_costs(self.distinct)
+        unused = ("router", "experts") if moe is None else ("mlp",)
         if spec.model.attention.kind != "ccgqa":
-            parts.pop("cca_conv")
+            unused += ("cca_conv",)
+        for name in unused:
+            parts.pop(name)
         self.expressions = {name: (f.subs(dims), b.subs(dims)) for name, (f, b) in parts.items()}
         shape = (B, L, R, R_HEAD)
         self._numeric = {name: (sp.lambdify(shape, f, "math"), sp.lambdify(shape, b, "math"))
@@ -352,7 +366,7 @@ def cost_report(spec: Spec, rates: TargetRates, batch: int, context: int, accept
     best = recommend(rows)
     return {
         "spec": spec.name, "target": rates.name, "batch": batch, "context": context,
-        "block_size": spec.diffusion.block_size,
+        "block_size": spec.diffusion.block_size, "moe": spec.model.moe is not None,
         "rates": {"tflops": rates.flops_per_s / 1e12, "tbps": rates.bytes_per_s / 1e12, "source": rates.rates_source,
                   "ridge_flop_per_byte": rates.ridge},
         "acceptance": {"source": acceptance_source, "accepted_drafts_distribution": accept,
@@ -387,8 +401,9 @@ def format_cost_report(report: dict) -> str:
     ]
     for p in report["proposals"]:
         levels = ",".join(map(str, p["levels"])) if p["P"] else "(AR step)"
+        experts = f"{p['distinct_experts']:>7.2f}" if report["moe"] else f"{'dense':>7}"
         lines.append(f"{p['P']:>2} {p['rows_per_sequence']:>5} {levels:<22} {p['floor_ms']:>9.3f} {p['bound']:>8} "
-                     f"{p['gbytes']:>7.2f} {p['tflop']:>7.3f} {p['distinct_experts']:>7.2f} {p['ratio_to_ar']:>6.2f} "
+                     f"{p['gbytes']:>7.2f} {p['tflop']:>7.3f} {experts} {p['ratio_to_ar']:>6.2f} "
                      f"{p['tokens_per_forward']:>7.2f} {p['speedup']:>6.2f}x")
     best = report["recommended"]
     if best["P"] == 0:

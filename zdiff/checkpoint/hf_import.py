@@ -1,4 +1,5 @@
-"""Import Hugging Face checkpoints (ZAYA1 `zaya`, Qwen3-MoE `qwen3_moe`) as zdiff checkpoints.
+"""Import Hugging Face checkpoints (ZAYA1 `zaya`, Qwen3-MoE `qwen3_moe`; the dense Llama `llama`, Qwen2.5
+`qwen2`, Qwen3 `qwen3`) as zdiff checkpoints.
 
 The mapping is explicit in both directions: the config keys zdiff reads, the ones it
 refuses (features the spec language cannot express), and one tensor name per zdiff
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 import warnings
@@ -31,7 +33,8 @@ from .store import (
 )
 from .tensors import TensorSource
 
-SUPPORTED = ("zaya", "qwen3_moe")
+DENSE_TYPES = ("llama", "qwen2", "qwen3")
+SUPPORTED = ("zaya", "qwen3_moe", *DENSE_TYPES)
 
 # zdiff name inside a layer -> HF name inside `model.layers.N.`
 _ZAYA_LAYER = {
@@ -76,13 +79,28 @@ _QWEN_LAYER = {
     "moe.experts.gate_up": "mlp.experts.gate_up_proj",  # fused layout; per-expert files are stacked below
     "moe.experts.down": "mlp.experts.down_proj",
 }
+# the dense families: one SwiGLU MLP per layer; HF's gate_proj and up_proj rows are stacked into gate_up
+_DENSE_LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "attn.q_proj.": "self_attn.q_proj.",
+    "attn.k_proj.": "self_attn.k_proj.",
+    "attn.v_proj.": "self_attn.v_proj.",
+    "attn.o_proj.": "self_attn.o_proj.",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",  # qwen3
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
+    "mlp.gate_up.weight": "mlp.gate_up_proj.weight",  # no such HF tensor: the parts below, concatenated
+    "mlp.down.weight": "mlp.down_proj.weight",
+}
 # One table per HF model type, read in both directions (import here, `zdiff export` in hf_export.py):
 # a new model type is one entry here, its config mapping in spec_from_hf_config and hf_export.CONFIG_WRITERS.
-LAYER_NAMES = {"zaya": _ZAYA_LAYER, "qwen3_moe": _QWEN_LAYER}
+LAYER_NAMES = {"zaya": _ZAYA_LAYER, "qwen3_moe": _QWEN_LAYER, **{t: _DENSE_LAYER for t in DENSE_TYPES}}
 # Qwen3-MoE checkpoints on the hub store each expert's gate/up/down as its own tensor; zdiff stacks them
 PER_EXPERT = {"qwen3_moe": {"moe.experts.gate_up": ("gate_proj", "up_proj"), "moe.experts.down": ("down_proj",)}}
 # the zdiff spec (diffusion, sampler, targets, name, balancing rule) rides in config.json under this key
 ZDIFF_KEY = "zdiff"
+# zdiff tensors inside a layer that are HF tensors concatenated along dim 0, in this order
+CONCATENATED = {t: {"mlp.gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight")} for t in DENSE_TYPES}
 _TOP = {
     "embed.weight": "model.embed_tokens.weight",
     "embed_scale": "model.input_hidden_states_scale",
@@ -111,6 +129,14 @@ def per_expert_names(layer, parts: tuple[str, ...], num_experts: int) -> list[st
     return [f"model.layers.{layer}.mlp.experts.{e}.{p}.weight" for e in range(num_experts) for p in parts]
 
 
+def hf_concatenated_names(model_type: str, name: str) -> list[str] | None:
+    """The HF tensors a zdiff tensor is the dim-0 concatenation of, in order (a dense layer's gate_up: gate_proj,
+    up_proj), or None when it maps to one tensor (`hf_name`). An export splits it into equal parts."""
+    match = _LAYER_NAME.match(name)
+    parts = CONCATENATED.get(model_type, {}).get(match.group(2)) if match else None
+    return [f"model.layers.{match.group(1)}.{part}" for part in parts] if parts else None
+
+
 def _refuse(field: str, value, why: str):
     raise CheckpointError(f"config.json: {field} = {value!r} is not supported ({why})")
 
@@ -131,19 +157,47 @@ def _positive_int(cfg: dict, key: str) -> int:
 
 
 def _rope(cfg: dict, layer_type: str | None) -> dict:
+    """rope_theta, rope_fraction and rope_scaling from `rope_parameters` (transformers 5) or the older top-level
+    `rope_theta` / `rope_scaling` keys."""
     params = cfg.get("rope_parameters") or {}
     if not isinstance(params, dict):
         raise CheckpointError(f"config.json: rope_parameters must be an object, got {type(params).__name__}")
     if layer_type is not None and isinstance(params.get(layer_type), dict):
         params = params[layer_type]
-    rope_type = params.get("rope_type", "default")
-    if rope_type != "default":
-        _refuse("rope_parameters.rope_type", rope_type, "only plain RoPE")
+    legacy = cfg.get("rope_scaling") or {}
+    if not isinstance(legacy, dict):
+        raise CheckpointError(f"config.json: rope_scaling must be an object, got {type(legacy).__name__}")
+    params = {**legacy, **params}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3", "yarn"):
+        _refuse("rope_parameters.rope_type", rope_type, "RoPE kinds: default, linear, llama3, yarn")
     theta = params.get("rope_theta", cfg.get("rope_theta"))
     if theta is None:
         raise CheckpointError("config.json: no rope_theta (in rope_parameters or at top level)")
     fraction = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
-    return {"rope_theta": theta, "rope_fraction": fraction}  # types and ranges: the spec checks them
+    rope = {"rope_theta": theta, "rope_fraction": fraction}  # types and ranges: the spec checks them
+    if rope_type != "default":
+        rope["rope_scaling"] = _rope_scaling(cfg, params, rope_type)
+    return rope
+
+
+def _rope_scaling(cfg: dict, params: dict, rope_type: str) -> dict:
+    """The spec's model.attention.rope_scaling, with transformers' defaults for what the config leaves out."""
+    scaling = {"kind": rope_type, "factor": params.get("factor")}
+    if rope_type in ("llama3", "yarn"):
+        scaling["original_max_position"] = params.get("original_max_position_embeddings")
+    if rope_type == "llama3":
+        scaling.update(low_freq_factor=params.get("low_freq_factor"), high_freq_factor=params.get("high_freq_factor"))
+    if rope_type == "yarn":
+        if scaling["factor"] is None and scaling["original_max_position"]:  # DeepSeek-V3 style: from the lengths
+            scaling["factor"] = _required(cfg, "max_position_embeddings") / scaling["original_max_position"]
+        factor, mscale, mscale_all = scaling["factor"], params.get("mscale"), params.get("mscale_all_dim")
+        attention_factor = params.get("attention_factor")
+        if attention_factor is None and mscale and mscale_all and isinstance(factor, (int, float)) and factor > 1:
+            attention_factor = (0.1 * mscale * math.log(factor) + 1) / (0.1 * mscale_all * math.log(factor) + 1)
+        scaling.update(beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
+                       truncate=params.get("truncate", True), attention_factor=attention_factor)
+    return scaling
 
 
 def spec_from_hf_config(cfg: dict, name: str) -> Spec:
@@ -154,7 +208,7 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         raise CheckpointError(f"config.json: model_type {model_type!r} is not supported "
                               f"(supported: {', '.join(SUPPORTED)})")
     if cfg.get("hidden_act", "silu") != "silu":
-        _refuse("hidden_act", cfg["hidden_act"], "experts are SwiGLU with silu")
+        _refuse("hidden_act", cfg["hidden_act"], "feed-forwards are SwiGLU with silu")
     heads, hidden = _positive_int(cfg, "num_attention_heads"), _positive_int(cfg, "hidden_size")
     attention = {
         "num_heads": heads,
@@ -167,6 +221,9 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         "num_layers": _required(cfg, "num_hidden_layers"), "norm_eps": _required(cfg, "rms_norm_eps"),
         "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
     }
+    if model_type in DENSE_TYPES:
+        _dense_fields(cfg, model_type, attention, model)
+        return _spec(name, model)
     moe = {"num_experts": _required(cfg, "num_experts", "num_local_experts"),
            "top_k": _required(cfg, "num_experts_per_tok"), "ffn_size": _required(cfg, "moe_intermediate_size")}
     if model_type == "zaya":
@@ -193,6 +250,26 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
         model["residual_scaling"] = False
         moe.update(router={"kind": "linear", "normalize_top_k": bool(cfg.get("norm_topk_prob", False))})
     model.update(attention=attention, moe=moe)
+    return _spec(name, model)
+
+
+def _dense_fields(cfg: dict, model_type: str, attention: dict, model: dict) -> None:
+    """The attention and dense-MLP fields of a llama / qwen2 / qwen3 config (`attention`, `model` updated)."""
+    if cfg.get("use_sliding_window"):
+        _refuse("use_sliding_window", True, "sliding-window layers")
+    layer_types = cfg.get("layer_types") or ["full_attention"]
+    if not isinstance(layer_types, list) or set(layer_types) != {"full_attention"}:
+        _refuse("layer_types", layer_types, "every layer must use full attention")
+    if cfg.get("mlp_bias"):
+        _refuse("mlp_bias", True, "the dense MLP is bias-free")
+    if model_type == "qwen2":  # biases on q/k/v, none on o_proj, whatever the config says
+        attention.update(bias=True, output_bias=False)
+    attention.update(kind="gqa", qk_norm="rms" if model_type == "qwen3" else "none", **_rope(cfg, None))
+    model.update(residual_scaling=False, attention=attention,
+                 mlp={"kind": "swiglu", "ffn_size": _required(cfg, "intermediate_size")})
+
+
+def _spec(name: str, model: dict) -> Spec:
     try:
         # every target: an imported model compiles for any card zdiff knows (`zdiff compile` needs it listed)
         return spec_from_dict({"name": name, "model": model, "targets": list(typing.get_args(TargetName))})
@@ -203,7 +280,8 @@ def spec_from_hf_config(cfg: dict, name: str) -> Spec:
 def model_differences(ours: ModelSpec, theirs: ModelSpec) -> list[str]:
     """The model fields (dotted paths) where two model specs differ, ignoring the balancing-bias rule (a
     training setting config.json has no field for; it travels under the zdiff key)."""
-    theirs = dataclasses.replace(theirs, moe=dataclasses.replace(theirs.moe, balancing_bias=ours.moe.balancing_bias))
+    if ours.moe is not None and theirs.moe is not None:  # dense models have no balancing rule
+        theirs = dataclasses.replace(theirs, moe=dataclasses.replace(theirs.moe, balancing_bias=ours.moe.balancing_bias))
     return [f"model.{path}" for path in _dict_differences(dataclasses.asdict(ours), dataclasses.asdict(theirs))]
 
 
@@ -238,11 +316,18 @@ def with_stored_spec(cfg: dict, hf_spec: Spec) -> Spec:
 
 
 def _load_source_tensor(source: TensorSource, model_type: str, name: str, num_experts: int | None):
-    """One zdiff tensor from the HF files (stacking per-expert Qwen3 tensors when needed)."""
+    """One zdiff tensor from the HF files (stacking per-expert Qwen3 tensors, concatenating a dense gate and up
+    projection, when needed)."""
     theirs = hf_name(model_type, name)
     if theirs in source:
         return source.get(theirs), [theirs]
     match = _LAYER_NAME.match(name)
+    names = hf_concatenated_names(model_type, name)
+    if names:
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise CheckpointError(f"missing tensor(s) {short_list(missing)} (for zdiff {name})")
+        return torch.cat([source.get(n) for n in names], dim=0), names
     parts = PER_EXPERT.get(model_type, {}).get(match.group(2)) if match else None
     if parts:
         names = per_expert_names(match.group(1), parts, num_experts)
@@ -291,7 +376,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, force: bool = False, dtyp
         if name.endswith("balancing_bias") and model_type == "qwen3_moe":
             converted[name] = torch.zeros(meta.shape)  # Qwen3 has none; zeros leave routing unchanged
             continue
-        tensor, names = _load_source_tensor(source, model_type, name, spec.model.moe.num_experts)
+        experts = None if spec.model.moe is None else spec.model.moe.num_experts
+        tensor, names = _load_source_tensor(source, model_type, name, experts)
         if tuple(tensor.shape) != tuple(meta.shape):
             raise CheckpointError(f"{names[0]}: shape {list(tensor.shape)}, but config.json implies "
                                   f"{list(meta.shape)} (zdiff {name})")

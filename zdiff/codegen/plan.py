@@ -36,7 +36,7 @@ from typing import Protocol
 from ..spec import Spec
 
 DTYPE_PTR = {"bf16": "*bf16", "fp32": "*fp32", "fp16": "*fp16"}
-ROLES = ("rmsnorm", "residual_rmsnorm", "attention", "cca", "moe_router", "moe_experts")
+ROLES = ("rmsnorm", "residual_rmsnorm", "attention", "cca", "moe_router", "moe_experts", "dense_mlp", "qk_rope")
 
 
 @dataclass(frozen=True)

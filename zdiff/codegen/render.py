@@ -113,6 +113,7 @@ def render_model(spec: Spec, plans: list[KernelPlan], target: str) -> str:
         template="model.py.jinja", spec_name=spec.name, spec_hash=spec.hash(), target=target, plans=plans,
         norm_modules=dict(sorted(norm_modules.items())), residual_module=one("residual_rmsnorm"),
         cca_module=one("cca"), attention_modules=attention,
-        moe_route_module=one("moe_router"), moe_experts_module=one("moe_experts"),
+        moe_route_module=one("moe_router"), moe_experts_module=one("moe_experts"), mlp_module=one("dense_mlp"),
+        rope_module=one("qk_rope"),
         block_size=spec.diffusion.block_size, levels=tuple(spec.diffusion.acceptance_levels),
     )

@@ -73,7 +73,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(D, spec.norm_eps)
         elif a.qk_norm == "l2":
             self.key_temperature = nn.Parameter(torch.ones(a.num_kv_heads))
-        self.o_proj = nn.Linear(q_width, H, bias=a.bias)
+        self.o_proj = nn.Linear(q_width, H, bias=a.o_proj_bias)
 
     def project(self, x: torch.Tensor, predecessors: torch.Tensor, cache=None):
         """x (B, T, H) -> q (B, T, Hq, D), k and v (B, T, Hkv, D), before QK norm and RoPE.

@@ -20,6 +20,7 @@ from torch import nn
 from ..pattern.batch import layout_visible
 from ..spec import ModelSpec
 from .attention import Attention
+from .mlp import DenseMLP
 from .moe import MoE, Routing
 from .norms import ResidualScaling, RMSNorm
 from .rope import rope_cos_sin
@@ -32,7 +33,7 @@ class ForwardOutput:
 
     hidden: torch.Tensor  # (B, T, H) final-norm output, model dtype
     head: torch.Tensor  # (V, H) LM head (the embedding when tied)
-    routings: list[Routing]  # one per layer, for load statistics and balancing-bias updates
+    routings: list[Routing | None]  # one per layer, for load statistics and balancing-bias updates; None: dense
 
     @property
     def logits(self) -> torch.Tensor:
@@ -69,14 +70,24 @@ class ReferenceOps:
         """(out, next router state, routing)."""
         return moe(x, router_state)
 
+    def mlp(self, mlp, x):
+        """The dense feed-forward (x (B, T, H) -> (B, T, H))."""
+        return mlp(x)
+
 
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
         self.attn = Attention(spec)
-        self.moe_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
-        self.moe = MoE(spec, layer_idx)
+        self.dense = spec.dense
+        # a dense layer's feed-forward is `mlp`, a mixture of experts' `moe` (each with its pre-norm)
+        if spec.dense:
+            self.mlp_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+            self.mlp = DenseMLP(spec)
+        else:
+            self.moe_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+            self.moe = MoE(spec, layer_idx)
         if spec.residual_scaling:
             self.attn_residual = ResidualScaling(spec.hidden_size)
             self.moe_residual = ResidualScaling(spec.hidden_size)
@@ -86,8 +97,12 @@ class Block(nn.Module):
         its residual update); sublayers run in the parameter dtype. Returns (x, next_norm(x), router state,
         routing)."""
         attn = ops.attention(self.attn, normed, cos, sin, predecessors, mask, cache)
-        x, normed = ops.add_norm(getattr(self, "attn_residual", None), x, attn, self.moe_norm)
-        out, router_state, routing = ops.moe(self.moe, normed, router_state)
+        x, normed = ops.add_norm(getattr(self, "attn_residual", None), x, attn,
+                                 self.mlp_norm if self.dense else self.moe_norm)
+        if self.dense:
+            out, routing = ops.mlp(self.mlp, normed), None
+        else:
+            out, router_state, routing = ops.moe(self.moe, normed, router_state)
         x, normed = ops.add_norm(getattr(self, "moe_residual", None), x, out, next_norm)
         return x, normed, router_state, routing
 
@@ -143,7 +158,7 @@ class Transformer(nn.Module):
             h = (h + self.embed_bias) * self.embed_scale
         x = h.float()  # the residual stream stays fp32
         attn = self.spec.attention
-        cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, self.dtype)
+        cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, self.dtype, attn.rope_scaling)
         normed = self.ops.norm(x.to(self.dtype), self.layers[0].attn_norm)
         norms_after = [layer.attn_norm for layer in self.layers[1:]] + [self.final_norm]
         router_state, routings = None, []
@@ -196,7 +211,8 @@ def cast_model(model: Transformer, dtype: torch.dtype | None = None, device=None
     """Move and cast parameters; balancing biases stay fp32 (they take updates of ~1e-3 around -1)."""
     model = model.to(device=device, dtype=dtype)
     for layer in model.layers:
-        layer.moe.router.balancing_bias = layer.moe.router.balancing_bias.float()
+        if not layer.dense:
+            layer.moe.router.balancing_bias = layer.moe.router.balancing_bias.float()
     return model
 
 

@@ -127,6 +127,8 @@ def update_balancing_bias(model, load: torch.Tensor) -> None:
     `load` must already be summed over data-parallel ranks so every rank applies the same step.
     The skip expert keeps its bias: its share is a modelling choice, not an imbalance.
     """
+    if model.spec.moe is None:  # dense: no router
+        return
     rule = model.spec.moe.balancing_bias
     if not rule.enabled:
         return

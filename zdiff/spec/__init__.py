@@ -8,15 +8,17 @@ from .schema import (
     BalancingBiasSpec,
     CCASpec,
     DiffusionSpec,
+    MLPSpec,
     ModelSpec,
     MoESpec,
+    RopeScalingSpec,
     RouterSpec,
     SamplerSpec,
     Spec,
 )
 
 __all__ = [
-    "TARGET_NAMES", "AttentionSpec", "BalancingBiasSpec", "CCASpec", "DiffusionSpec", "ModelCounts",
-    "ModelSpec", "MoESpec", "RouterSpec", "SamplerSpec", "Spec", "count_model", "dump_spec", "load_spec",
-    "parse_spec", "preset_names", "resolve_spec_path", "spec_from_dict",
+    "TARGET_NAMES", "AttentionSpec", "BalancingBiasSpec", "CCASpec", "DiffusionSpec", "MLPSpec", "ModelCounts",
+    "ModelSpec", "MoESpec", "RopeScalingSpec", "RouterSpec", "SamplerSpec", "Spec", "count_model", "dump_spec",
+    "load_spec", "parse_spec", "preset_names", "resolve_spec_path", "spec_from_dict",
 ]

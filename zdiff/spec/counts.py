@@ -18,6 +18,7 @@ class ModelCounts:
     attention_params: int  # all layers
     router_params: int  # all layers
     expert_params: int  # all layers, all experts
+    mlp_params: int  # all layers: the dense SwiGLU (0 for a mixture of experts)
     other_params: int  # norms, residual scales
     active_expert_params: int  # all layers, top_k experts per token
     kv_bytes_per_token: int
@@ -27,7 +28,7 @@ class ModelCounts:
     @property
     def total_params(self) -> int:
         return (self.embedding_params + self.lm_head_params + self.attention_params + self.router_params
-                + self.expert_params + self.other_params)
+                + self.expert_params + self.mlp_params + self.other_params)
 
     @property
     def non_embedding_params(self) -> int:
@@ -35,7 +36,8 @@ class ModelCounts:
 
     @property
     def active_params(self) -> int:
-        """Per token, without the embedding matrix and LM head (the usual 'active' figure)."""
+        """Per token, without the embedding matrix and LM head (the usual 'active' figure; every weight when
+        dense)."""
         return self.non_embedding_params - self.expert_params + self.active_expert_params
 
     def decode_flops_per_token(self, spec: ModelSpec, context: int) -> int:
@@ -51,10 +53,11 @@ def _linear(n_in: int, n_out: int, bias: bool) -> int:
 
 def count_model(spec: ModelSpec, dtype_bytes: int = 2) -> ModelCounts:
     H, L = spec.hidden_size, spec.num_layers
-    attn, moe = spec.attention, spec.moe
+    attn = spec.attention
     q_width, kv_width = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
 
-    per_layer_attn = _linear(H, q_width, attn.bias) + _linear(H, kv_width, attn.bias) + _linear(q_width, H, attn.bias)
+    per_layer_attn = (_linear(H, q_width, attn.bias) + _linear(H, kv_width, attn.bias)
+                      + _linear(q_width, H, attn.o_proj_bias))
     cca_state = 0
     if attn.kind == "ccgqa":
         per_layer_attn += 2 * _linear(H, kv_width // 2, attn.bias)  # current and delayed value halves
@@ -67,15 +70,8 @@ def count_model(spec: ModelSpec, dtype_bytes: int = 2) -> ModelCounts:
         per_layer_attn += _linear(H, kv_width, attn.bias)
     per_layer_attn += {"none": 0, "rms": 2 * attn.head_dim, "l2": attn.num_kv_heads}[attn.qk_norm]
 
-    classes = moe.router_classes
-    if moe.router.kind == "linear":
-        router = L * _linear(H, classes, False)
-    else:
-        R = moe.router.hidden_size
-        per_layer = _linear(H, R, True) + R + 2 * _linear(R, R, True) + _linear(R, classes, False)  # + norm
-        router = L * per_layer + (L - 1) * R  # the previous-state scale exists from layer 1 on
-
-    per_expert = 3 * moe.ffn_size * H
+    router, per_expert = _router_params(spec), 3 * spec.ffn_size * H
+    experts, active = (0, 0) if spec.dense else (spec.moe.num_experts, spec.moe.top_k)
     other = L * 2 * H + H  # two norms per layer + final norm
     if spec.residual_scaling:
         other += L * 2 * 4 * H + 2 * H
@@ -85,10 +81,23 @@ def count_model(spec: ModelSpec, dtype_bytes: int = 2) -> ModelCounts:
         lm_head_params=0 if spec.tie_embeddings else spec.vocab_size * H,
         attention_params=L * per_layer_attn,
         router_params=router,
-        expert_params=L * moe.num_experts * per_expert,
+        expert_params=L * experts * per_expert,
+        mlp_params=L * per_expert if spec.dense else 0,
         other_params=other,
-        active_expert_params=L * moe.top_k * per_expert,
+        active_expert_params=L * active * per_expert,
         kv_bytes_per_token=2 * kv_width * L * dtype_bytes,
         cca_state_bytes_per_sequence=cca_state,
         dtype_bytes=dtype_bytes,
     )
+
+
+def _router_params(spec: ModelSpec) -> int:
+    if spec.dense:
+        return 0
+    L, H, moe = spec.num_layers, spec.hidden_size, spec.moe
+    classes = moe.router_classes
+    if moe.router.kind == "linear":
+        return L * _linear(H, classes, False)
+    R = moe.router.hidden_size
+    per_layer = _linear(H, R, True) + R + 2 * _linear(R, R, True) + _linear(R, classes, False)  # + norm
+    return L * per_layer + (L - 1) * R  # the previous-state scale exists from layer 1 on

@@ -51,7 +51,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
     if path.is_file():
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.suffix and preset.is_file():
+    if str(name_or_path) in preset_names() and preset.is_file():  # names may hold dots (llama-3.2-1b)
         return preset
     known = ", ".join(preset_names())
     raise ZdiffError(f"spec file not found: {str(name_or_path)!r} (presets: {known})")

@@ -31,6 +31,21 @@ class CCASpec:
 
 
 @dataclass(frozen=True)
+class RopeScalingSpec:
+    """Long-context RoPE frequency scaling, as Hugging Face configs state it (`rope_scaling` / `rope_parameters`)."""
+
+    kind: Literal["linear", "llama3", "yarn"]
+    factor: float  # linear: every frequency / factor; llama3, yarn: the low frequencies / factor
+    original_max_position: int | None = None  # llama3, yarn: the pretraining context (original_max_position_embeddings)
+    low_freq_factor: float | None = None  # llama3 only (Llama 3.x: 1)
+    high_freq_factor: float | None = None  # llama3 only (Llama 3.x: 4)
+    beta_fast: float = 32.0  # yarn: rotations past which a frequency is kept (extrapolated)
+    beta_slow: float = 1.0  # yarn: rotations below which a frequency is divided by factor (interpolated)
+    truncate: bool = True  # yarn: round the correction range outwards to whole dims (HF's default)
+    attention_factor: float | None = None  # yarn: cos/sin scale; null: 0.1 ln(factor) + 1 (resolved by validate)
+
+
+@dataclass(frozen=True)
 class AttentionSpec:
     kind: Literal["gqa", "ccgqa"]
     num_heads: int  # query heads
@@ -38,15 +53,21 @@ class AttentionSpec:
     head_dim: int
     rope_fraction: float = 1.0  # share of each head's dims that RoPE rotates (rotate-half on the first dims)
     rope_theta: float = 10000.0
+    rope_scaling: RopeScalingSpec | None = None  # null: plain RoPE
     # none: raw q/k; rms: per-head RMSNorm with weights (Qwen3); l2: q,k scaled to norm sqrt(head_dim),
     # k times a learned per-KV-head temperature (ZAYA1 CCA)
     qk_norm: Literal["none", "rms", "l2"] = "none"
-    bias: bool = False  # biases on the q/k/v/o projections
+    bias: bool = False  # biases on the q/k/v projections (and on o_proj unless output_bias says otherwise)
+    output_bias: bool | None = None  # bias on o_proj; null: as `bias` (Qwen2.5: bias true, output_bias false)
     cca: CCASpec | None = None  # ccgqa only; defaults to CCASpec() there
 
     @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def o_proj_bias(self) -> bool:
+        return self.bias if self.output_bias is None else self.output_bias
 
     @property
     def rotary_dim(self) -> int:
@@ -85,16 +106,35 @@ class MoESpec:
 
 
 @dataclass(frozen=True)
+class MLPSpec:
+    """The dense feed-forward of every layer (Llama, Qwen2.5, Qwen3): down(silu(gate(x)) * up(x)), no biases."""
+
+    kind: Literal["swiglu"]
+    ffn_size: int  # width I: gate_up is (2I, H), down is (H, I)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     vocab_size: int
     hidden_size: int
     num_layers: int
     attention: AttentionSpec
-    moe: MoESpec
+    moe: MoESpec | None = None  # a mixture of experts in every layer; exactly one of moe and mlp
+    mlp: MLPSpec | None = None  # a dense SwiGLU in every layer (an AR dense checkpoint's feed-forward)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     # ZAYA1: x <- (x + b_r)*s_r + (f(norm(x)) + b_o)*s_o, and (e + b)*s on the embedding output
     residual_scaling: bool = False
+
+    @property
+    def dense(self) -> bool:
+        """Every layer's feed-forward is the dense MLP (no router, no experts)."""
+        return self.mlp is not None
+
+    @property
+    def ffn_size(self) -> int:
+        """Feed-forward width: the dense MLP's, or one expert's."""
+        return self.mlp.ffn_size if self.mlp is not None else self.moe.ffn_size
 
 
 @dataclass(frozen=True)

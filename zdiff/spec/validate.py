@@ -7,11 +7,12 @@ later stage reads concrete values and never re-derives a default on its own.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
-from ..errors import SpecError
+from ..errors import MISSING, SpecError
 from ..limits import SPEC_MAXIMUM, SPEC_MINIMUM, SPEC_NAME_MAX_CHARS
-from .schema import CCASpec, Spec
+from .schema import CCASpec, ModelSpec, RopeScalingSpec, Spec
 
 # `name` is a path component of default outputs (build/<name>/<target>, the kernel cache):
 # printable, no separator, not a dot directory
@@ -115,20 +116,8 @@ def validate(spec: Spec) -> Spec:
     elif attn.cca is not None:
         raise SpecError("model.attention.cca", spec.model.attention.cca, "is only allowed with kind: ccgqa")
 
-    moe = model.moe
-    for name in ("num_experts", "top_k", "ffn_size"):
-        _positive(f"model.moe.{name}", getattr(moe, name))
-    if moe.top_k > moe.num_experts:
-        raise SpecError("model.moe.top_k", moe.top_k, f"must not exceed model.moe.num_experts ({moe.num_experts})")
-    router = moe.router
-    if router.kind == "zaya_mlp":
-        if router.hidden_size is None:
-            raise SpecError("model.moe.router.hidden_size", None, "is required for router kind zaya_mlp")
-        _positive("model.moe.router.hidden_size", router.hidden_size)
-    elif router.hidden_size is not None:
-        raise SpecError("model.moe.router.hidden_size", router.hidden_size, "is only used by router kind zaya_mlp")
-    if moe.balancing_bias.update_rate < 0:
-        raise SpecError("model.moe.balancing_bias.update_rate", moe.balancing_bias.update_rate, "must not be negative")
+    _check_feed_forward(model)
+    attn = dataclasses.replace(attn, rope_scaling=_rope_scaling(attn.rope_scaling), output_bias=attn.o_proj_bias)
     model = dataclasses.replace(model, attention=attn)
 
     diff = spec.diffusion
@@ -184,3 +173,61 @@ def validate(spec: Spec) -> Spec:
         if target in spec.targets[:i]:
             raise SpecError(f"targets[{i}]", target, "is listed twice")
     return dataclasses.replace(spec, model=model, diffusion=diff)
+
+
+def _check_feed_forward(model: ModelSpec) -> None:
+    """Exactly one of model.moe (experts) and model.mlp (dense), each with its own rules."""
+    if model.moe is not None and model.mlp is not None:
+        raise SpecError("model.mlp", MISSING, "cannot be given together with model.moe (a layer's "
+                        "feed-forward is either dense or a mixture of experts)")
+    if model.mlp is not None:
+        _positive("model.mlp.ffn_size", model.mlp.ffn_size)
+        return
+    if model.moe is None:
+        raise SpecError("model.moe", MISSING, "is required (or model.mlp for a dense model)")
+    moe = model.moe
+    for name in ("num_experts", "top_k", "ffn_size"):
+        _positive(f"model.moe.{name}", getattr(moe, name))
+    if moe.top_k > moe.num_experts:
+        raise SpecError("model.moe.top_k", moe.top_k, f"must not exceed model.moe.num_experts ({moe.num_experts})")
+    router = moe.router
+    if router.kind == "zaya_mlp":
+        if router.hidden_size is None:
+            raise SpecError("model.moe.router.hidden_size", None, "is required for router kind zaya_mlp")
+        _positive("model.moe.router.hidden_size", router.hidden_size)
+    elif router.hidden_size is not None:
+        raise SpecError("model.moe.router.hidden_size", router.hidden_size, "is only used by router kind zaya_mlp")
+    if moe.balancing_bias.update_rate < 0:
+        raise SpecError("model.moe.balancing_bias.update_rate", moe.balancing_bias.update_rate, "must not be negative")
+
+
+def _rope_scaling(scaling: RopeScalingSpec | None) -> RopeScalingSpec | None:
+    """Checks the fields of the scaling kind, and resolves yarn's default attention factor."""
+    if scaling is None:
+        return None
+    where = "model.attention.rope_scaling"
+    _positive(f"{where}.factor", scaling.factor)
+    needs = {"linear": (), "llama3": ("original_max_position", "low_freq_factor", "high_freq_factor"),
+             "yarn": ("original_max_position",)}[scaling.kind]
+    for name in ("original_max_position", "low_freq_factor", "high_freq_factor"):
+        value = getattr(scaling, name)
+        if name in needs and value is None:
+            raise SpecError(f"{where}.{name}", None, f"is required for kind {scaling.kind}")
+        if name not in needs and value is not None:
+            raise SpecError(f"{where}.{name}", value, f"is not used by kind {scaling.kind}")
+        if value is not None:
+            _positive(f"{where}.{name}", value)
+    if scaling.kind == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
+        raise SpecError(f"{where}.high_freq_factor", scaling.high_freq_factor,
+                        f"must exceed low_freq_factor ({scaling.low_freq_factor})")
+    if scaling.kind != "yarn":
+        if scaling.attention_factor is not None:
+            raise SpecError(f"{where}.attention_factor", scaling.attention_factor, "is only used by kind yarn")
+        return scaling
+    _positive(f"{where}.beta_fast", scaling.beta_fast)
+    _positive(f"{where}.beta_slow", scaling.beta_slow)
+    factor = scaling.attention_factor
+    if factor is None:  # YaRN's default (transformers' yarn_get_mscale)
+        factor = 1.0 if scaling.factor <= 1 else 0.1 * math.log(scaling.factor) + 1.0
+    _positive(f"{where}.attention_factor", factor)
+    return dataclasses.replace(scaling, attention_factor=factor)

@@ -63,11 +63,12 @@ def saved_bytes_per_row(spec: ModelSpec, compute_bytes: int) -> tuple[int, int]:
     H, a, moe, attn = spec.hidden_size, compute_bytes, spec.moe, spec.attention
     D, nh, nkv = attn.head_dim, attn.num_heads, attn.num_kv_heads
     qkv = (nh + 2 * nkv) * D
-    router_hidden = moe.router.hidden_size or 0
+    router_hidden = 0 if moe is None else moe.router.hidden_size or 0
     attention = a * (3 * H + 2 * qkv + (nh + nkv) * D + nh * D) + 4 * nh  # norms, projections, CCA, output, lse
     residual = 2 * 4 * H  # the fp32 residual stream after each sublayer
-    router = a * 6 * router_hidden + 8 * moe.router_classes
-    experts = moe.top_k * a * (2 * H + 3 * moe.ffn_size)  # dispatched rows, gate_up, SwiGLU, down
+    router = 0 if moe is None else a * 6 * router_hidden + 8 * moe.router_classes
+    # dispatched rows (the dense MLP reads the norm output in place), gate_up, SwiGLU, down
+    experts = a * 3 * spec.ffn_size if moe is None else moe.top_k * a * (2 * H + 3 * moe.ffn_size)
     inputs = 4 * H + a * H + a * router_hidden  # residual stream, its norm, router state
     return attention + residual + router + experts, inputs
 

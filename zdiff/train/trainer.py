@@ -451,7 +451,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             if not all(map(math.isfinite, (loss, ar_loss, diff_loss, norm))):
                 raise ZdiffError(_non_finite_message(step + 1, loss, ar_loss, diff_loss, norm, run))
             optimizer.step()
-            update_balancing_bias(model, _all_sum(expert_load(parts.routings, spec.model.moe.num_experts)))
+            if spec.model.moe is not None:  # a dense model has no router to balance
+                update_balancing_bias(model, _all_sum(expert_load(parts.routings, spec.model.moe.num_experts)))
 
             now = time.perf_counter()
             last = {"step": step + 1, "loss": loss, "ar_loss": ar_loss,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ...spec import Spec
 from ..plan import KernelFamily, KernelPlan
-from . import attention, cca, moe, norms
+from . import attention, cca, mlp, moe, norms, rope
 
-FAMILIES: dict[str, KernelFamily] = {f.name: f for f in (norms.FAMILY, attention.FAMILY, cca.FAMILY, moe.FAMILY)}
+FAMILIES: dict[str, KernelFamily] = {f.name: f for f in (norms.FAMILY, attention.FAMILY, cca.FAMILY, moe.FAMILY,
+                                                                    mlp.FAMILY, rope.FAMILY)}
 
 
 def family(name: str) -> KernelFamily:

@@ -36,6 +36,8 @@ def experts_name(spec: Spec) -> str:
 
 
 def plans(spec: Spec, dtype: str, target: str) -> list[KernelPlan]:
+    if spec.model.dense:
+        return []
     return [router_plan(spec, dtype, target), experts_plan(spec, dtype, target)]
 
 

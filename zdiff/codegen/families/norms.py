@@ -20,7 +20,7 @@ def _warps(block_d: int) -> int:
 def plans(spec: Spec, dtype: str, target: str) -> list[KernelPlan]:
     m = spec.model
     widths = {m.hidden_size}
-    if m.moe.router.kind == "zaya_mlp":
+    if m.moe is not None and m.moe.router.kind == "zaya_mlp":
         widths.add(m.moe.router.hidden_size)
     if m.attention.qk_norm == "rms":
         widths.add(m.attention.head_dim)
