@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 import zdiff
 from conftest import assert_close
-from hf_models import tiny_qwen3_moe, tiny_zaya
+from hf_models import tiny_llama, tiny_qwen2, tiny_qwen3, tiny_qwen3_moe, tiny_zaya
 from zdiff.checkpoint.hf_export import export_hf, hf_index, parse_size
 from zdiff.checkpoint.hf_import import import_hf
 from zdiff.checkpoint.store import save_checkpoint
@@ -51,7 +51,7 @@ def _hf_logits_match(ckpt, out, seed, length=21):
 
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     model = zdiff.load_model(ckpt, dtype=torch.float32)
-    if hasattr(hf.model.layers[0].mlp.gate, "balancing_biases"):
+    if hasattr(getattr(hf.model.layers[0].mlp, "gate", None), "balancing_biases"):
         # transformers resets ZAYA's balancing biases to (0, ..., 0, -1) on load; copy the file's (checked in
         # test_export_writes_the_balancing_biases) so the comparison is of the forward
         for hf_layer, layer in zip(hf.model.layers, model.layers):
@@ -232,3 +232,33 @@ def test_import_refuses_an_edited_export(tmp_path):
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="describe different models.*model.norm_eps"):
         import_hf(out, tmp_path / "back")
+
+
+DENSE = {
+    "llama, llama3 RoPE, tied": (tiny_llama, "llama", dict(tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64})),
+    "llama, attention bias": (tiny_llama, "llama", dict(attention_bias=True)),
+    "qwen2, yarn": (tiny_qwen2, "qwen2", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                                               "factor": 4.0, "original_max_position_embeddings": 32})),
+    "qwen3, linear, untied": (tiny_qwen3, "qwen3", dict(tie_word_embeddings=False, rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSE))
+def test_dense_export_loads_in_transformers_and_imports_back(tmp_path, case):
+    """Llama / Qwen2.5 / Qwen3: the export is the model type it came from, transformers computes zdiff's logits
+    (a converted vocabulary too), gate_up is split back into gate_proj / up_proj, and import of the export is the
+    identity."""
+    make, model_type, overrides = DENSE[case]
+    ckpt = _checkpoint(make(3, **overrides), tmp_path, diffusion={"block_size": 4, "proposals": 2})
+    out = export_hf(ckpt, tmp_path / "export", shard_bytes=parse_size("40KB"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == model_type and config["vocab_size"] == 97
+    names = set(TensorSource(out).names())
+    assert {"model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight"} <= names
+    assert not any("gate_up" in n for n in names)
+    _hf_logits_match(ckpt, out, seed=3)
+    import_hf(out, tmp_path / "back")
+    _same_checkpoint(ckpt, tmp_path / "back")

@@ -1,4 +1,5 @@
-"""Export zdiff checkpoints as Hugging Face directories (`zaya` or `qwen3_moe`): the inverse of hf_import.
+"""Export zdiff checkpoints as Hugging Face directories (`zaya`, `qwen3_moe`, `llama`, `qwen2`, `qwen3`): the
+inverse of hf_import.
 
 The tensor names come from hf_import's per-model-type tables (one table, read in both directions); the
 config.json fields are written here and checked by reading them back with hf_import's own reader, so an
@@ -27,6 +28,7 @@ from .hf_import import (
     PER_EXPERT,
     SUPPORTED,
     ZDIFF_KEY,
+    hf_concatenated_names,
     hf_name,
     model_differences,
     per_expert_names,
@@ -38,7 +40,8 @@ from .tensors import TensorSource, plan_shards, shard_file_names, write_shards
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_ARCHITECTURES = {"zaya": "ZayaForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+_ARCHITECTURES = {"zaya": "ZayaForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "llama": "LlamaForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _HF_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
 
 
@@ -60,12 +63,20 @@ def _common_config(spec: Spec) -> dict:
         "vocab_size": m.vocab_size, "hidden_size": m.hidden_size, "num_hidden_layers": m.num_layers,
         "num_attention_heads": m.attention.num_heads, "num_key_value_heads": m.attention.num_kv_heads,
         "head_dim": m.attention.head_dim, "attention_bias": m.attention.bias, "rms_norm_eps": m.norm_eps,
-        "tie_word_embeddings": m.tie_embeddings, "hidden_act": "silu", "num_experts": m.moe.num_experts,
-        "num_experts_per_tok": m.moe.top_k, "moe_intermediate_size": m.moe.ffn_size,
+        "tie_word_embeddings": m.tie_embeddings, "hidden_act": "silu",
+        **({"num_experts": m.moe.num_experts, "num_experts_per_tok": m.moe.top_k,
+            "moe_intermediate_size": m.moe.ffn_size} if m.moe is not None else {}),
     }
 
 
+def _moe(spec: Spec, model_type: str):
+    if spec.model.moe is None:
+        raise CheckpointError(f"{model_type} is a mixture of experts; this model has a dense model.mlp")
+    return spec.model.moe
+
+
 def _zaya_config(spec: Spec) -> dict:
+    _moe(spec, "zaya")
     a, L = spec.model.attention, spec.model.num_layers
     cca = a.cca
     return {
@@ -78,6 +89,7 @@ def _zaya_config(spec: Spec) -> dict:
 
 
 def _qwen3_moe_config(spec: Spec) -> dict:
+    _moe(spec, "qwen3_moe")
     a = spec.model.attention
     if a.rope_fraction != 1.0:  # transformers' Qwen3-MoE rotates whole heads
         raise CheckpointError(f"qwen3_moe rotates whole heads; model.attention.rope_fraction is {a.rope_fraction}")
@@ -88,9 +100,39 @@ def _qwen3_moe_config(spec: Spec) -> dict:
     }
 
 
+def _rope_parameters(attention) -> dict:
+    """rope_parameters as transformers 5 writes them (the reader also takes the older rope_scaling key)."""
+    params = {"rope_type": "default", "rope_theta": attention.rope_theta}
+    r = attention.rope_scaling
+    if r is not None:
+        params.update(rope_type=r.kind, factor=r.factor)
+        if r.original_max_position is not None:
+            params["original_max_position_embeddings"] = r.original_max_position
+        if r.kind == "llama3":
+            params.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor)
+        if r.kind == "yarn":
+            params.update(beta_fast=r.beta_fast, beta_slow=r.beta_slow, truncate=r.truncate,
+                          attention_factor=r.attention_factor)
+    return params
+
+
+def _dense_config(spec: Spec) -> dict:
+    """llama / qwen2 / qwen3: which of them reads back as this model is decided by hf_config (q/k norm: qwen3;
+    biases on q/k/v only: qwen2; the reader fixes what each type implies)."""
+    a = spec.model.attention
+    if spec.model.mlp is None:
+        raise CheckpointError("the dense model types have one SwiGLU MLP per layer; this model has model.moe")
+    if a.rope_fraction != 1.0:
+        raise CheckpointError(f"dense model types rotate whole heads; model.attention.rope_fraction is "
+                              f"{a.rope_fraction}")
+    return {"rope_parameters": _rope_parameters(a), "rope_theta": a.rope_theta, "mlp_bias": False,
+            "intermediate_size": spec.model.mlp.ffn_size, "use_sliding_window": False}
+
+
 # model type -> its config.json fields; with hf_import.LAYER_NAMES (tensor names) and spec_from_hf_config
 # (the reader) this is all a model type needs
-CONFIG_WRITERS = {"zaya": _zaya_config, "qwen3_moe": _qwen3_moe_config}
+CONFIG_WRITERS = {"zaya": _zaya_config, "qwen3_moe": _qwen3_moe_config, "llama": _dense_config,
+                  "qwen2": _dense_config, "qwen3": _dense_config}
 
 
 def hf_config(spec: Spec, base: dict | None = None) -> tuple[str, dict]:
@@ -143,6 +185,12 @@ def hf_tensor_plan(spec: Spec, model_type: str, dtype: torch.dtype | None = None
         kept = (stored or {}).get(name) or meta.dtype
         out_dtype = kept if dtype is None or name.endswith("balancing_bias") else dtype
         layer, _, rest = name.partition(".")[2].partition(".")
+        concatenated = hf_concatenated_names(model_type, name)
+        if concatenated:  # a dense gate_up: HF's gate_proj and up_proj, equal row blocks
+            width = meta.shape[0] // len(concatenated)
+            plan += [HFTensor(part, name, (width, *meta.shape[1:]), out_dtype, rows=(i * width, (i + 1) * width))
+                     for i, part in enumerate(concatenated)]
+            continue
         parts = PER_EXPERT.get(model_type, {}).get(rest) if name.startswith("layers.") else None
         if not parts:
             plan.append(HFTensor(hf_name(model_type, name), name, tuple(meta.shape), out_dtype))
@@ -237,6 +285,8 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path, dtype: torch.dtyp
         tensor = stacked(t.source)
         if t.expert is not None:
             tensor = tensor[t.expert, t.rows[0]:t.rows[1]]
+        elif t.rows is not None:
+            tensor = tensor[t.rows[0]:t.rows[1]]
         return tensor.to(t.dtype)
 
     shards = plan_shards(((t.name, _nbytes(t)) for t in plan), shard_bytes)

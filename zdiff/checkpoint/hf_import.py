@@ -281,7 +281,8 @@ def model_differences(ours: ModelSpec, theirs: ModelSpec) -> list[str]:
     """The model fields (dotted paths) where two model specs differ, ignoring the balancing-bias rule (a
     training setting config.json has no field for; it travels under the zdiff key)."""
     if ours.moe is not None and theirs.moe is not None:  # dense models have no balancing rule
-        theirs = dataclasses.replace(theirs, moe=dataclasses.replace(theirs.moe, balancing_bias=ours.moe.balancing_bias))
+        moe = dataclasses.replace(theirs.moe, balancing_bias=ours.moe.balancing_bias)
+        theirs = dataclasses.replace(theirs, moe=moe)
     return [f"model.{path}" for path in _dict_differences(dataclasses.asdict(ours), dataclasses.asdict(theirs))]
 
 
