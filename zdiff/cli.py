@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
+    tr.add_argument("--threads", type=_int_in(1, 1024), help="torch intra-op threads (default: OMP_NUM_THREADS, "
+                    "else the core count); results are bit-identical only at the same count")
     tr.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     tr.set_defaults(run=_cmd_train)
 

@@ -41,6 +41,7 @@ from ..errors import ZdiffError, ZdiffWarning
 from ..plots import MISSING as MISSING_PLOTS
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
+from ..runtime.threads import check_threads, fixed_threads
 from ..spec import Spec, load_spec
 from .convert import plan_mask_token
 from .data import Tokenizer, checkpoint_tokenizer, split_corpus
@@ -77,6 +78,7 @@ class TrainConfig:
     backend: str | None = None  # torch (reference model) or triton (generated kernels); None: triton on a GPU
     device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
     activation_checkpointing: bool = False  # recompute each layer's activations in backward
+    threads: int | None = None  # torch intra-op threads; the CPU's bits depend on it (None: OMP_NUM_THREADS or cores)
 
     def check(self, world: int) -> None:
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows"):
@@ -90,6 +92,7 @@ class TrainConfig:
             raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        check_threads(self.threads)
 
 
 # --- distributed -------------------------------------------------------------------------
@@ -299,6 +302,13 @@ def _non_finite_message(step: int, loss, ar_loss, diff_loss, norm, run: "RunDir"
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    """Runs under cfg.threads intra-op threads (zdiff.runtime.threads): same flags -> the same bits."""
+    check_threads(cfg.threads)
+    with fixed_threads(cfg.threads) as threads:
+        return _train(cfg, resume, log, threads)
+
+
+def _train(cfg: TrainConfig, resume: bool, log, threads: int) -> dict:
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
     backend = _resolve_backend(cfg.backend, device)
@@ -343,6 +353,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     elif rank == 0:
         run.root.mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
+                "threads": threads,
                 "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens),
                 "heldout_tokens": len(heldout.tokens),
                 "train_files": train_data.num_files, "heldout_files": heldout.num_files}
