@@ -24,8 +24,9 @@ ARGS = ["--prompts", "6", "--prompt-tokens", "8", "--new-tokens", "12", "--eval-
 def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("acceptance")
     corpus = micro_corpus(tmp)
-    summary = train(TrainConfig(spec=str(micro_spec(tmp)), data=str(corpus), mode="tidar", steps=4, out=str(tmp / "run"),
-                                batch_size=4, seq_len=16, eval_windows=2, warmup=1, threads=1), log=lambda *a: None)
+    config = TrainConfig(spec=str(micro_spec(tmp)), data=str(corpus), mode="tidar", steps=4, out=str(tmp / "run"),
+                         batch_size=4, seq_len=16, eval_windows=2, warmup=1, threads=1)
+    summary = train(config, log=lambda *a: None)
     return tmp / "run" / "final", corpus, summary
 
 
