@@ -7,7 +7,8 @@ measured by the acceptance benchmark (zdiff.eval.acceptance). Issue 20, item 4.
 A recipe changes the conversion only: steps, lr, the diffusion targets (spec diffusion.loss), the AR weight
 alpha, and the block size (with its default acceptance levels). The AR stage is the demo's (360 steps,
 batch 32 x 128, lr 3e-3) unless told; it is trained once into --out/ar and reused when present. Every stage
-runs on --threads torch threads (1 by default), so rows are bit-reproducible. Writes --out/study.json,
+runs on --threads torch threads (1 by default), so rows are bit-reproducible. Rows already in
+--out/study.json are not rerun: use a fresh --out when changing --steps-scale or the AR stage. Writes --out/study.json,
 --out/study.md (the table) and --out/study_acceptance.png (lossless acceptance by position, one line per row).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zdiff.eval.acceptance import BenchPlan, run_benchmark  # noqa: E402
+from zdiff.eval.acceptance import BenchPlan, paired_difference, run_benchmark  # noqa: E402
 from zdiff.plots import acceptance_by_position  # noqa: E402
 from zdiff.spec import dump_spec, load_spec  # noqa: E402
 from zdiff.spec.schema import DiffusionLossSpec  # noqa: E402
@@ -52,6 +53,7 @@ def row_spec(name: str, recipe: dict, out: Path) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--data", default="stdlib", help="training corpus (its held-out split gives the prompts)")
     p.add_argument("--rows", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--ar-steps", type=int, default=360)
     p.add_argument("--batch-size", type=int, default=32)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(spec="zaya1-tiny", data="stdlib", batch_size=args.batch_size, seq_len=args.seq_len,
+    common = dict(spec="zaya1-tiny", data=args.data, batch_size=args.batch_size, seq_len=args.seq_len,
                   eval_windows=args.eval_windows, warmup=30, checkpoint_every=1000, threads=args.threads)
     if not (out / "ar" / "final").is_dir():
         train(TrainConfig(mode="ar", steps=args.ar_steps, out=str(out / "ar"), lr=3e-3, **common))
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
                 train(TrainConfig(mode="tidar", steps=recipe["steps"], out=str(run), lr=recipe["lr"],
                                   init=str(out / "ar" / "final"), **cfg))
             study[name] = {"recipe": recipe, "ar_bits_per_byte_before": before,
-                           **run_benchmark(run / "final", "stdlib", plan)}
+                           **run_benchmark(run / "final", args.data, plan)}
             (out / "study.json").write_text(json.dumps(study, indent=1))
     (out / "study.md").write_text(table(study))
     print(table(study), end="")
@@ -93,14 +95,21 @@ def main(argv=None) -> int:
 
 
 def table(study: dict) -> str:
+    """One row per recipe; the last column is T/NFE lossless minus the first row's, on the same prompts."""
     rows = ["| recipe | steps | lr | targets (data, distill, D) | alpha | b | T/NFE lossless [95% CI] | "
-            "T/NFE mix 0.5 [95% CI] | AR bits/byte before -> after |", "|" + "---|" * 9]
+            "T/NFE mix 0.5 [95% CI] | lossless minus first row [95% CI, paired] | AR bits/byte before -> after |",
+            "|" + "---|" * 10]
+    first = next(iter(study.values()), None)
     for name, r in study.items():
         rec, s = r["recipe"], r["samplers"]
         cells = [f"{s[k]['tokens_per_forward']:.2f} [{s[k]['tokens_per_forward_ci95'][0]:.2f}, "
                  f"{s[k]['tokens_per_forward_ci95'][1]:.2f}]" for k in ("lossless", "logit_mix_0.5")]
+        paired = "-"
+        if r is not first and r["plan"] == first["plan"]:
+            d = paired_difference(first["samplers"]["lossless"], s["lossless"])
+            paired = f"{d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
         rows.append(f"| {name} | {rec['steps']} | {rec['lr']:g} | {tuple(rec['loss'])} | {rec['alpha']:g} | "
-                    f"{r['block_size']} | {cells[0]} | {cells[1]} | {r['ar_bits_per_byte_before']:.4f} -> "
+                    f"{r['block_size']} | {cells[0]} | {cells[1]} | {paired} | {r['ar_bits_per_byte_before']:.4f} -> "
                     f"{r['heldout_ar_bits_per_byte']:.4f} |")
     return "\n".join(rows) + "\n"
 

@@ -4,15 +4,18 @@ independently from the per-request results it carries; seeded decoding is bit-id
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from conftest import REPO
 from training_helpers import micro_corpus, micro_spec
 from zdiff import plots
+from zdiff.errors import ZdiffError
 from zdiff.train import TrainConfig, train
 
 BLOCK = 4  # the micro spec's block size
@@ -104,4 +107,31 @@ def test_bad_settings_are_one_line_errors(checkpoint, tmp_path):
     result = _bench(ckpt, corpus, tmp_path, extra=("--mix-weights", "1.5"))
     assert result.returncode == 2 and result.stderr.strip() == ("error: --mix-weights: each weight must be in "
                                                                 "[0, 1], got 1.5")
+    ar_only = tmp_path / "ar-only"
+    shutil.copytree(ckpt, ar_only)
+    spec = ar_only / "spec.yaml"
+    spec.write_text(spec.read_text().replace("mask_token_id: 258", "mask_token_id: null"))
+    result = _bench(ar_only, corpus, tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {ar_only}: an AR checkpoint")
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "acceptance.json").exists()
+
+
+def test_paired_difference_recounts_and_is_tighter_than_separate_intervals():
+    from zdiff.eval.acceptance import paired_difference
+
+    gen = np.random.default_rng(3)
+    steps = gen.integers(20, 60, size=40)  # prompts differ a lot; the second run saves ~10% of steps on each
+
+    def report(step_counts):
+        return {"requests": [{"new_tokens": [1] * 64, "decode_steps": int(s)} for s in step_counts]}
+    faster = np.maximum(1, np.round(steps * 0.9)).astype(int)
+    same = paired_difference(report(steps), report(steps))
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    d = paired_difference(report(steps), report(faster))
+    want = 64 * 40 / faster.sum() - 64 * 40 / steps.sum()
+    assert d["difference"] == pytest.approx(want, rel=1e-12)
+    lo, hi = d["ci95"]
+    assert 0 < lo <= want <= hi  # every prompt got faster: the paired interval excludes 0
+    with pytest.raises(ZdiffError, match="same prompts: 40 and 39 requests"):
+        paired_difference(report(steps), report(steps[:-1]))

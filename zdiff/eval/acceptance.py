@@ -14,12 +14,20 @@ divided by the share at j-1. Both follow from the histogram; T/NFE = sum of toke
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from ..checkpoint.store import load_model
 from ..errors import ZdiffError
-from ..generation.api import generate_on_engine
+from ..generation.api import CheckpointContext, generate_on_engine
 from ..generation.sampling import SamplingParams
+from ..runtime.threads import fixed_threads
+from ..spec import load_spec
+from ..train.data import checkpoint_tokenizer, split_corpus
+from ..train.evaluate import evaluate
+from ..train.objective import Objective
 
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -63,6 +71,21 @@ def percentile_interval(samples: np.ndarray) -> np.ndarray:
 def bootstrap_indices(count: int, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
     """(resamples, count) prompt indices drawn with replacement, a pure function of the seed."""
     return np.random.default_rng([seed, count]).integers(0, count, size=(resamples, count))
+
+
+def paired_difference(baseline: dict, other: dict, seed: int = 0) -> dict:
+    """T/NFE of `other` minus `baseline` (two sampler reports on the same prompts, in the same order), with a
+    95% interval from resampling the *same* prompts for both: far tighter than comparing two separate intervals,
+    since most of the spread between prompts is shared."""
+    a, b = baseline["requests"], other["requests"]
+    if len(a) != len(b):
+        raise ZdiffError(f"paired comparison needs the same prompts: {len(a)} and {len(b)} requests")
+    tokens = np.array([[len(q["new_tokens"]) for q in a], [len(q["new_tokens"]) for q in b]], dtype=np.int64)
+    steps = np.array([[q["decode_steps"] for q in a], [q["decode_steps"] for q in b]], dtype=np.int64)
+    picks = bootstrap_indices(len(a), seed)
+    ratio = tokens[:, picks].sum(-1) / np.maximum(steps[:, picks].sum(-1), 1)  # (2, resamples)
+    point = tokens.sum(1) / np.maximum(steps.sum(1), 1)
+    return {"difference": float(point[1] - point[0]), "ci95": percentile_interval(ratio[1] - ratio[0]).tolist()}
 
 
 def request_counts(accepted: list[list[int]], block_size: int) -> np.ndarray:
@@ -129,12 +152,10 @@ def plan_dict(plan: BenchPlan) -> dict:
 
 def heldout_prompts(data: str, tokenizer, plan: BenchPlan):
     """(held-out stream, prompts): `plan.prompts` evenly spaced held-out windows, file separators dropped."""
-    from ..train.data import discover, load_corpus, split_corpus
-
-    _, files = discover(data)
-    heldout = split_corpus(data, tokenizer)[1] if len(files) == 1 else load_corpus(data, tokenizer, heldout=True)
-    if len(heldout.tokens) <= max(plan.prompt_tokens, plan.seq_len + 1):
-        raise ZdiffError(f"--data {data}: the held-out split has {len(heldout.tokens)} tokens, fewer than one "
+    heldout = split_corpus(data, tokenizer)[1]
+    size = heldout.num_tokens if hasattr(heldout, "num_tokens") else len(heldout.tokens)  # shards / in-memory
+    if size <= max(plan.prompt_tokens, plan.seq_len + 1):
+        raise ZdiffError(f"--data {data}: the held-out split has {size} tokens, fewer than one "
                          f"prompt ({plan.prompt_tokens}) or evaluation window ({plan.seq_len + 1})")
     windows = heldout.windows(plan.prompt_tokens, plan.prompts).tolist()
     prompts = [[t for t in w if t != tokenizer.separator] or w[:1] for w in windows]
@@ -143,23 +164,14 @@ def heldout_prompts(data: str, tokenizer, plan: BenchPlan):
 
 def run_benchmark(checkpoint, data: str = "stdlib", plan: BenchPlan = BenchPlan(), log=print) -> dict:
     """The whole benchmark on one checkpoint -> the report (JSON-ready)."""
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from ..checkpoint.store import load_model
-    from ..generation.api import CheckpointContext
-    from ..runtime.threads import fixed_threads
-    from ..spec import load_spec
-    from ..train.data import checkpoint_tokenizer
-    from ..train.evaluate import evaluate
-    from ..train.objective import Objective
-
     plan.check()
     directory = Path(checkpoint)
     with fixed_threads(plan.threads) as threads:
         model = load_model(directory).eval()
         spec = load_spec(directory / "spec.yaml")
+        if spec.diffusion.mask_token_id is None:
+            raise ZdiffError(f"{directory}: an AR checkpoint (diffusion.mask_token_id is null) has no drafts to "
+                             "measure; convert it first (zdiff train --mode tidar --init ...)")
         tokenizer = checkpoint_tokenizer(directory, spec.model.vocab_size)
         heldout, prompts = heldout_prompts(data, tokenizer, plan)
         quality = evaluate(model, heldout, Objective(spec, "ar", plan.seq_len), None, plan.seq_len, plan.eval_windows)
