@@ -73,7 +73,7 @@ def test_demo_runs_end_to_end_on_a_small_plan(tmp_path):
     for name, decoded in summary["decoding"].items():
         lo, hi = decoded["tokens_per_forward_ci95"]
         assert lo <= decoded["tokens_per_forward"] <= hi, name
-    assert json.loads((tmp_path / "demo" / "ar" / "run.json").read_text())["threads"] == 1
+    assert json.loads((tmp_path / "demo" / "ar" / "run.json").read_text())["config"]["threads"] == 1
     assert (tmp_path / "demo" / "tidar" / "final" / "spec.yaml").is_file()
     assert (tmp_path / "demo" / "ar" / "loss.png").is_file()
 

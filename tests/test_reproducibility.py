@@ -47,4 +47,4 @@ def test_training_is_bit_identical_across_processes_and_omp_thread_counts(tmp_pa
         assert first.keys() == second.keys() and first, part
         different = [name for name in first if first[name] != second[name]]
         assert not different, different
-    assert json.loads((runs[0] / "run.json").read_text())["threads"] == 1
+    assert json.loads((runs[0] / "run.json").read_text())["config"]["threads"] == 1

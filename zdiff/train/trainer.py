@@ -74,11 +74,11 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     eval_windows: int = 64
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads; the CPU's bits depend on it (None: OMP_NUM_THREADS or cores)
     fsdp: bool = False
     backend: str | None = None  # torch (reference model) or triton (generated kernels); None: triton on a GPU
     device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
     activation_checkpointing: bool = False  # recompute each layer's activations in backward
-    threads: int | None = None  # torch intra-op threads; the CPU's bits depend on it (None: OMP_NUM_THREADS or cores)
 
     def check(self, world: int) -> None:
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows"):
@@ -302,13 +302,14 @@ def _non_finite_message(step: int, loss, ar_loss, diff_loss, norm, run: "RunDir"
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
-    """Runs under cfg.threads intra-op threads (zdiff.runtime.threads): same flags -> the same bits."""
+    """Runs under cfg.threads intra-op threads (zdiff.runtime.threads): same flags -> the same bits. The count in
+    force is what run.json's config records (and what a resumed run must use)."""
     check_threads(cfg.threads)
     with fixed_threads(cfg.threads) as threads:
-        return _train(cfg, resume, log, threads)
+        return _train(dataclasses.replace(cfg, threads=threads), resume, log)
 
 
-def _train(cfg: TrainConfig, resume: bool, log, threads: int) -> dict:
+def _train(cfg: TrainConfig, resume: bool, log) -> dict:
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
     backend = _resolve_backend(cfg.backend, device)
@@ -353,7 +354,6 @@ def _train(cfg: TrainConfig, resume: bool, log, threads: int) -> dict:
     elif rank == 0:
         run.root.mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "spec_hash": spec.hash(), "world_size": world, "note": note,
-                "threads": threads,
                 "tokenizer": tokenizer.name, "train_tokens": len(train_data.tokens),
                 "heldout_tokens": len(heldout.tokens),
                 "train_files": train_data.num_files, "heldout_files": heldout.num_files}
