@@ -48,3 +48,23 @@ def test_training_is_bit_identical_across_processes_and_omp_thread_counts(tmp_pa
         different = [name for name in first if first[name] != second[name]]
         assert not different, different
     assert json.loads((runs[0] / "run.json").read_text())["config"]["threads"] == 1
+
+
+def test_fixed_threads_restores_the_callers_count_and_refuses_bad_counts():
+    import pytest
+    import torch
+
+    from zdiff.errors import ZdiffError
+    from zdiff.runtime.threads import fixed_threads
+    from zdiff.train import TrainConfig
+
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    with fixed_threads(other) as inside:
+        assert inside == other == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with fixed_threads(None) as inside:
+        assert inside == before
+    for bad in (0, -1, 2.0, True, 5000):
+        with pytest.raises(ZdiffError, match=r"^--threads must be an integer in \[1, 1024\], got "):
+            TrainConfig(mode="ar", steps=1, out="x", spec="zaya1-tiny", data="stdlib", threads=bad).check(1)
