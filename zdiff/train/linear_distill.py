@@ -5,8 +5,9 @@ p = softmax(teacher @ W.T) (a fixed target: no gradient reaches the teacher rows
 and q = softmax(student @ W.T):
   forward_kl: KL(p || q) = sum_v p_v (log p_v - log q_v);      d/dz_q = q - p
   tv:         TV(p, q)   = 1/2 sum_v |p_v - q_v|;              d/dz_q = q * (s - <q, s>), s = sign(q - p) / 2
-Rows go through in chunks like zdiff.train.linear_ce (a chunk holds three (rows, V) fp32 arrays: the two
-logits and the gradient, so a third of its row budget); backward recomputes both logits of a chunk.
+Rows go through in chunks like zdiff.train.linear_ce (a chunk holds up to CHUNK_ARRAYS (rows, V) fp32 arrays:
+both log-softmaxes, both probabilities and a temporary, so a fifth of its row budget); backward recomputes both
+logits of a chunk.
 TV is what lossless acceptance pays (accept = 1 - TV(p, q) for one draft); forward KL bounds it (Pinsker:
 TV <= sqrt(KL / 2)) and has the smooth gradient.
 """
@@ -18,21 +19,26 @@ import torch
 from .linear_ce import _compute_dtype, backprop_chunk, chunk_rows, gradient_buffers
 
 DIVERGENCES = ("forward_kl", "tv")
+CHUNK_ARRAYS = 5  # (rows, V) fp32 arrays of a chunk alive at once: the row budget is linear_ce's / 5
 
 
 def _chunk_terms(h_student, h_teacher, head, divergence: str, gradient: bool):
-    """(divergence per row, d divergence / d student logits or None) for one chunk, fp32."""
-    z_q = (h_student @ head.t()).float()
-    log_p = torch.log_softmax((h_teacher @ head.t()).float(), dim=-1)
-    log_q = torch.log_softmax(z_q, dim=-1)
+    """(divergence per row, d divergence / d student logits or None) for one chunk, fp32; in place where it can,
+    so at most CHUNK_ARRAYS (rows, V) arrays are alive at once."""
+    log_q = (h_student @ head.t()).float()
+    log_q -= log_q.logsumexp(-1, keepdim=True)
+    log_p = (h_teacher @ head.t()).float()
+    log_p -= log_p.logsumexp(-1, keepdim=True)
     p, q = log_p.exp(), log_q.exp()
     if divergence == "forward_kl":
-        return (p * (log_p - log_q)).sum(-1), (q - p if gradient else None)
-    value = 0.5 * (p - q).abs().sum(-1)
+        value = torch.sub(log_p, log_q).mul_(p).sum(-1)
+        return value, (q.sub_(p) if gradient else None)
+    value = torch.sub(p, q).abs_().sum(-1)
     if not gradient:
-        return value, None
-    s = 0.5 * torch.sign(q - p)
-    return value, q * (s - (q * s).sum(-1, keepdim=True))
+        return value.mul_(0.5), None
+    del log_p, log_q
+    qs = torch.sub(q, p).sign_().mul_(0.5).mul_(q)  # q * s with s = sign(q - p) / 2
+    return value.mul_(0.5), qs.addcmul_(q, qs.sum(-1, keepdim=True), value=-1.0)  # q * (s - <q, s>)
 
 
 class LinearDivergence(torch.autograd.Function):
@@ -76,7 +82,7 @@ def linear_divergence(student: torch.Tensor, teacher: torch.Tensor, weight: torc
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     shape = student.shape[:-1]
-    rows = rows_per_chunk or max(1, chunk_rows(weight.shape[0]) // 3)
+    rows = rows_per_chunk or max(1, chunk_rows(weight.shape[0]) // CHUNK_ARRAYS)
     out = LinearDivergence.apply(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]),
                                  weight, divergence, rows, _compute_dtype(student))
     return out.view(shape)
