@@ -56,7 +56,7 @@ def test_fixed_threads_restores_the_callers_count_and_refuses_bad_counts():
 
     from zdiff.errors import ZdiffError
     from zdiff.runtime.threads import fixed_threads
-    from zdiff.train import TrainConfig
+    from zdiff.train import TrainConfig, train
 
     before = torch.get_num_threads()
     other = 2 if before == 1 else 1
@@ -67,4 +67,4 @@ def test_fixed_threads_restores_the_callers_count_and_refuses_bad_counts():
         assert inside == before
     for bad in (0, -1, 2.0, True, 5000):
         with pytest.raises(ZdiffError, match=r"^--threads must be an integer in \[1, 1024\], got "):
-            TrainConfig(mode="ar", steps=1, out="x", spec="zaya1-tiny", data="stdlib", threads=bad).check(1)
+            train(TrainConfig(mode="ar", steps=1, out="x", spec="zaya1-tiny", data="stdlib", threads=bad))

@@ -92,7 +92,6 @@ class TrainConfig:
             raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        check_threads(self.threads)
 
 
 # --- distributed -------------------------------------------------------------------------
