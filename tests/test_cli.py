@@ -72,14 +72,19 @@ def test_import_then_load(tmp_path):
 def test_demo_runs_end_to_end_on_a_small_plan(tmp_path):
     """The main job with a few steps: every stage runs and reports; the exit code follows the verdict."""
     result = run_cli("demo", "--out", tmp_path / "demo", "--ar-steps", "6", "--tidar-steps", "4", "--batch-size", "4",
-                     "--seq-len", "32", "--eval-windows", "4", "--new-tokens", "6")
+                     "--seq-len", "32", "--eval-windows", "4", "--new-tokens", "6", "--prompts", "5", "--threads", "1")
     assert result.returncode in (0, 1), result.stderr
     out = result.stdout
     for expected in ("zaya1-8b", "AR training", "TiDAR conversion", "AR model", "after TiDAR conversion",
-                     "AR loss change", "TiDAR lossless", "T/NFE", "TiDAR logit_mix w=0.5", "TiDAR lossless sample"):
+                     "AR loss change", "TiDAR lossless", "T/NFE", "TiDAR logit_mix w=0.5", "TiDAR lossless sample",
+                     "95% CI", "over 5 prompts"):
         assert expected in out, expected
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert result.returncode == (0 if summary["verdict"] == "PASS" else 1)
+    for name, decoded in summary["decoding"].items():
+        lo, hi = decoded["tokens_per_forward_ci95"]
+        assert lo <= decoded["tokens_per_forward"] <= hi, name
+    assert json.loads((tmp_path / "demo" / "ar" / "run.json").read_text())["config"]["threads"] == 1
     assert (tmp_path / "demo" / "tidar" / "final" / "spec.yaml").is_file()
     assert (tmp_path / "demo" / "ar" / "loss.png").is_file()
 

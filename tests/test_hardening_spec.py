@@ -26,7 +26,7 @@ def _with(path: str, value) -> str:
     *parents, leaf = path.split(".")
     node = data
     for key in parents:
-        node = node[key]
+        node = node.setdefault(key, {})  # a nested section the preset leaves at its defaults (diffusion.loss)
     node[leaf] = value
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -231,7 +231,7 @@ def _cmd_demo(args) -> int:
     from .demo import DemoPlan, run_demo
     from .outputs import output_lock, resolve_output
 
-    names = ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows", "new_tokens")
+    names = ("ar_steps", "tidar_steps", "batch_size", "seq_len", "eval_windows", "new_tokens", "prompts", "threads")
     overrides = {name: getattr(args, name) for name in names}
     plan = DemoPlan(**{name: value for name, value in overrides.items() if value is not None})
     resolve_output(args.out, replaces=False)
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
+    tr.add_argument("--threads", type=_int_in(1, 1024), help="torch intra-op threads (default: OMP_NUM_THREADS, "
+                    "else the core count); results are bit-identical only at the same count")
     tr.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     tr.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to OUT/tensorboard "
                     "(needs zdiff[tensorboard])")
@@ -515,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), help="override the demo plan")
     demo.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
     demo.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), help="override the demo plan")
+    demo.add_argument("--prompts", type=_int_in(1, L.MAX_PROMPTS), help="override the demo plan")
+    demo.add_argument("--threads", type=_int_in(1, 1024), help="override the demo plan (default 2; results are "
+                      "bit-identical only at the same count)")
     demo.set_defaults(run=_cmd_demo)
     return parser
 

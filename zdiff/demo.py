@@ -6,7 +6,11 @@
 3. convert it into a TiDAR block-diffusion model (training from the AR checkpoint);
 4. report held-out AR loss (bits per byte) before and after the conversion, and the
    diffusion loss: the claim under test is "conversion without systematic loss of AR quality";
-5. decode held-out prompts with AR, TiDAR-lossless and TiDAR-logit_mix: T/NFE and tokens/s.
+5. decode held-out prompts with AR, TiDAR-lossless and TiDAR-logit_mix: T/NFE with its 95% bootstrap
+   interval over prompts (zdiff.eval.acceptance), acceptance by draft position, and tokens/s.
+
+Every stage runs under DemoPlan.threads intra-op threads, whatever OMP_NUM_THREADS says: the CPU's bits
+depend on the thread count (zdiff.runtime.threads), so two demos with the same plan give the same numbers.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from pathlib import Path
 from .checkpoint.atomic import atomic_write_text
 from .checkpoint.store import load_model
 from .errors import ZdiffError
+from .eval.acceptance import sampler_report
 from .generation import SamplingParams
 from .generation.api import generate_on_engine as generate
 from .generation.cli_run import stats_table
 from .plots import MISSING as MISSING_PLOTS
-from .plots import acceptance_histogram
+from .plots import acceptance_by_position, acceptance_histogram
 from .report import spec_summary
+from .runtime.threads import fixed_threads
 from .spec import load_spec, preset_names
 from .tokenize import ByteTokenizer
 from .train import TrainConfig, train
@@ -48,10 +54,11 @@ class DemoPlan:
     ar_lr: float = 3e-3
     tidar_lr: float = 1e-3  # conversion continues from a trained model: a gentler peak
     eval_windows: int = 96
-    prompts: int = 4  # held-out prompts decoded in one batch
+    prompts: int = 64  # held-out prompts decoded (the engine batches them); T/NFE's interval resamples them
     prompt_bytes: int = 64
-    new_tokens: int = 48
+    new_tokens: int = 128
     mix_weight: float = 0.5
+    threads: int = 2  # torch intra-op threads for every stage: fixed, so a rerun reproduces the bits
 
 
 def _compile_ahead_of_time(spec: str, target: str, out: Path) -> dict:
@@ -67,6 +74,11 @@ def _compile_ahead_of_time(spec: str, target: str, out: Path) -> dict:
 
 def run_demo(out: str = "runs/demo", plan: DemoPlan = DemoPlan(), prompt: str = "def fibonacci(n):",
              log=print) -> dict:
+    with fixed_threads(plan.threads):
+        return _run_demo(out, plan, prompt, log)
+
+
+def _run_demo(out: str, plan: DemoPlan, prompt: str, log) -> dict:
     started = time.perf_counter()
     log("== 1. the shipped specs ==")
     log(f"{'spec':<16} {'total':>14} {'w/o embed':>14} {'active':>13} {'KV B/token':>11}")
@@ -86,7 +98,7 @@ def run_demo(out: str = "runs/demo", plan: DemoPlan = DemoPlan(), prompt: str = 
     for stage in ("ar", "tidar"):  # the demo owns these two run directories
         shutil.rmtree(root / stage, ignore_errors=True)
     common = dict(spec="zaya1-tiny", data="stdlib", batch_size=plan.batch_size, seq_len=plan.seq_len,
-                  eval_windows=plan.eval_windows, checkpoint_every=100, warmup=30)
+                  eval_windows=plan.eval_windows, checkpoint_every=100, warmup=30, threads=plan.threads)
 
     log(f"\n== 2. AR training: zaya1-tiny on the stdlib corpus, {plan.ar_steps} steps ==")
     ar = train(TrainConfig(mode="ar", steps=plan.ar_steps, out=str(root / "ar"), lr=plan.ar_lr, **common), log=log)
@@ -131,6 +143,13 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
             model, prompts, SamplingParams(kind="logit_mix", mix_weight=plan.mix_weight), mode="tidar", **common),
     }
     log(stats_table(runs))
+    reports = {name: sampler_report(r, r.block_size if r.mode == "tidar" else 1, seed=0) for name, r in runs.items()}
+    for name, r in reports.items():
+        lo, hi = r["tokens_per_forward_ci95"]
+        log(f"{name:<28} T/NFE {r['tokens_per_forward']:.2f}, 95% CI [{lo:.2f}, {hi:.2f}] over {plan.prompts} "
+            "prompts; acceptance by draft position " + (" ".join(f"{v:.2f}" for v in r["acceptance_by_position"])
+                                                        or "-"))
+    acceptance_by_position(reports, root / "acceptance_by_position.png", "tiny ZAYA1 after TiDAR conversion")
     histogram = root / "acceptance.png"
     if acceptance_histogram(runs, histogram, "tiny ZAYA1 after TiDAR conversion: tokens per forward pass"):
         log(f"acceptance histogram: {histogram}")
@@ -142,4 +161,5 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     curves = [str(p) for p in (root / "ar" / "loss.png", root / "tidar" / "loss.png") if p.is_file()]
     if curves:
         log(f"\nloss curves: {', '.join(curves)}")
-    return {name: r.summary() for name, r in runs.items()}
+    keep = ("tokens_per_forward_ci95", "acceptance_by_position", "acceptance_by_position_ci95")
+    return {name: {**r.summary(), **{k: reports[name][k] for k in keep}} for name, r in runs.items()}

@@ -44,6 +44,8 @@ SPEC_MAXIMUM: dict[str, int | float] = {
     "diffusion.block_size": 256,
     "diffusion.proposals": 256,
     "diffusion.loss_alpha": 1e4,
+    "diffusion.loss.data_weight": 1e4,
+    "diffusion.loss.distill_weight": 1e4,
     "sampler.temperature": 1e4,
     "sampler.top_k": 1 << 22,
 }

@@ -82,3 +82,29 @@ def acceptance_histogram(results: dict, path: Path, title: str) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def acceptance_by_position(samplers: dict, path: Path, title: str) -> bool:
+    """Acceptance rate by draft position with 95% intervals, one line per sampler (the acceptance benchmark's
+    report: name -> {"acceptance_by_position": [...], "acceptance_by_position_ci95": [[lo, hi], ...]})."""
+    plt = _pyplot()
+    lines = {name: r for name, r in samplers.items() if r["acceptance_by_position"]}
+    if plt is None or not lines:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in lines.items():
+        rate = r["acceptance_by_position"]
+        positions = range(1, len(rate) + 1)
+        low = [v - lo for v, (lo, _) in zip(rate, r["acceptance_by_position_ci95"])]
+        high = [hi - v for v, (_, hi) in zip(rate, r["acceptance_by_position_ci95"])]
+        ax.errorbar(positions, rate, yerr=[low, high], marker="o", capsize=3,
+                    label=f"{name} (T/NFE {r['tokens_per_forward']:.2f})")
+    ax.set_xlabel("draft position j (share of decode steps that accepted at least j drafts)")
+    ax.set_ylabel("acceptance rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+    return True

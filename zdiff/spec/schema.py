@@ -138,12 +138,24 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class DiffusionLossSpec:
+    """Targets of the diffusion (mask) rows: data_weight * CE(data) + distill_weight * D(p_AR || q_draft), with
+    p_AR the model's own AR distribution at the same position from the clean rows of the same forward, no
+    gradient through it (self-distillation; NOTES.md, "Self-distillation")."""
+
+    data_weight: float = 1.0
+    distill_weight: float = 0.0
+    divergence: Literal["forward_kl", "tv"] = "forward_kl"
+
+
+@dataclass(frozen=True)
 class DiffusionSpec:
     block_size: int = 16
     mask_token_id: int | None = None  # null: no mask token yet (an AR checkpoint before conversion)
     proposals: int = 3  # proposal blocks per decode forward (P)
     acceptance_levels: tuple[int, ...] | None = None  # one per proposal, in 0..block_size-1; null: evenly spread
     loss_alpha: float = 1.0  # L = (alpha * L_AR + L_diff) / (1 + alpha)
+    loss: DiffusionLossSpec = DiffusionLossSpec()  # what L_diff trains the drafts toward
 
     @property
     def max_drafts(self) -> int:

@@ -151,6 +151,11 @@ def validate(spec: Spec) -> Spec:
                             "must include 0 (the block used when every draft is rejected)")
     if diff.loss_alpha < 0:
         raise SpecError("diffusion.loss_alpha", diff.loss_alpha, "must not be negative")
+    for name in ("data_weight", "distill_weight"):
+        if getattr(diff.loss, name) < 0:
+            raise SpecError(f"diffusion.loss.{name}", getattr(diff.loss, name), "must not be negative")
+    if diff.loss.data_weight + diff.loss.distill_weight == 0:
+        raise SpecError("diffusion.loss.distill_weight", 0.0, "and data_weight are both 0: the drafts get no target")
     diff = dataclasses.replace(diff, acceptance_levels=tuple(levels))
 
     sampler = spec.sampler

@@ -56,8 +56,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         with torch.autocast(hidden.device.type, enabled=False):
             head = weight.to(dtype)
-            grad_hidden = torch.empty_like(hidden) if want_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+            grad_hidden, grad_weight = gradient_buffers(hidden, weight, want_hidden, want_weight)
             for start in range(0, hidden.shape[0], step):
                 rows = slice(start, start + step)
                 h = hidden[rows].to(dtype)
@@ -67,13 +66,23 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_logits.mul_(grad_nll[rows, None].float())
                 g = grad_logits.to(dtype)
                 del grad_logits
-                if want_hidden:
-                    grad_hidden[rows] = (g @ head).to(hidden.dtype)
-                if want_weight:
-                    _accumulate_outer(grad_weight, g, h)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+                backprop_chunk(g, h, head, rows, grad_hidden, grad_weight)
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+
+
+def gradient_buffers(hidden, weight, want_hidden: bool, want_weight: bool):
+    """(d hidden, d head in fp32) to fill chunk by chunk; None where not wanted."""
+    grad_hidden = torch.empty_like(hidden) if want_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+    return grad_hidden, grad_weight
+
+
+def backprop_chunk(g, h, head, rows: slice, grad_hidden, grad_weight) -> None:
+    """A chunk's d logits `g` (rows, V) into d hidden[rows] = g @ head and d head += g.T @ h."""
+    if grad_hidden is not None:
+        grad_hidden[rows] = (g @ head).to(grad_hidden.dtype)
+    if grad_weight is not None:
+        _accumulate_outer(grad_weight, g, h)
 
 
 def _accumulate_outer(out: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:

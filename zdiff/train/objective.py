@@ -4,6 +4,11 @@ A batch is a window of S + 1 tokens per sequence. AR: rows x_0..x_{S-1} predict
 x_1..x_S. TiDAR: the input is [x_0..x_{S-1} | M x S] in the training layout; clean row j
 predicts x_{j+1} (AR), mask row j predicts x_j (diffusion, no shift).
 
+The diffusion term (spec `diffusion.loss`) is data_weight * CE(x_j) + distill_weight * D(p_j || q_j):
+self-distillation toward p_j = the model's own AR distribution of x_j, read from clean row j - 1 of the
+same forward with no gradient through it (zdiff.train.linear_distill); mask row 0 has no teacher. The
+logged diffusion loss stays the data cross-entropy, so runs with different targets compare.
+
 Losses come from the final hidden states and the LM head in chunks (zdiff.train.linear_ce):
 no (B, rows, V) logits. Backend "torch" (the reference model) also gets the dense visibility
 mask it reads; backend "triton" (the generated model) gets only the BatchLayout, so nothing
@@ -22,14 +27,16 @@ from ..pattern import BatchLayout, training_pattern
 from ..runtime.moe import Routing
 from ..spec import Spec
 from .linear_ce import linear_cross_entropy
+from .linear_distill import linear_divergence
 
 
 @dataclass
 class LossParts:
     total: torch.Tensor
     ar: torch.Tensor  # mean nats per token
-    diffusion: torch.Tensor | None
+    diffusion: torch.Tensor | None  # the data cross-entropy of the mask rows, whatever the targets
     routings: list[Routing]
+    distillation: torch.Tensor | None = None  # mean D(p_AR || q_draft) when diffusion.loss.distill_weight > 0
 
 
 class Objective:
@@ -43,6 +50,7 @@ class Objective:
         self.mode, self.seq_len = mode, seq_len
         self.block_size = spec.diffusion.block_size
         self.alpha = spec.diffusion.loss_alpha
+        self.targets = spec.diffusion.loss
         self.mask_id = spec.diffusion.mask_token_id
         if mode == "tidar":
             if self.mask_id is None:
@@ -66,8 +74,20 @@ class Objective:
         out = model(ids, positions=self.positions.to(device), predecessors=self.predecessors.to(device),
                     visible=None if self.visible is None else self.visible.to(device), return_routings=True,
                     layout=BatchLayout.training(len(x), self.seq_len, self.block_size))
-        S = self.seq_len
-        nll = linear_cross_entropy(out.hidden, out.head, torch.cat([labels, x], dim=1))  # (B, 2S)
+        ar, diffusion, distillation, diffusion_term = self.tidar_terms(out.hidden, out.head, window)
+        total = (self.alpha * ar + diffusion_term) / (1 + self.alpha)
+        return LossParts(total, ar.detach(), diffusion.detach(), out.routings,
+                         None if distillation is None else distillation.detach())
+
+    def tidar_terms(self, hidden: torch.Tensor, head: torch.Tensor, window: torch.Tensor):
+        """(AR CE, diffusion data CE, distillation or None, the diffusion term trained) from hidden (B, 2S, H)."""
+        S, x, labels = self.seq_len, window[:, :-1], window[:, 1:]
+        nll = linear_cross_entropy(hidden, head, torch.cat([labels, x], dim=1))  # (B, 2S)
         ar, diffusion = nll[:, :S].mean(), nll[:, S:].mean()
-        total = (self.alpha * ar + diffusion) / (1 + self.alpha)
-        return LossParts(total, ar.detach(), diffusion.detach(), out.routings)
+        weights = self.targets
+        if weights.distill_weight == 0 or S < 2:
+            return ar, diffusion, None, diffusion if weights.data_weight == 1 else weights.data_weight * diffusion
+        # mask row j (index S + j) drafts x_j; clean row j - 1 holds p(x_j | x_<j): the teacher, detached
+        distillation = linear_divergence(hidden[:, S + 1:], hidden[:, :S - 1].detach(), head,
+                                         weights.divergence).mean()
+        return ar, diffusion, distillation, weights.data_weight * diffusion + weights.distill_weight * distillation

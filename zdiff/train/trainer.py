@@ -44,6 +44,7 @@ from ..errors import ZdiffError, ZdiffWarning
 from ..plots import MISSING as MISSING_PLOTS
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
+from ..runtime.threads import check_threads, fixed_threads
 from ..spec import Spec, load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from .convert import plan_mask_token
@@ -79,6 +80,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     eval_windows: int = 64
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads; the CPU's bits depend on it (None: OMP_NUM_THREADS or cores)
     fsdp: bool = False
     backend: str | None = None  # torch (reference model) or triton (generated kernels); None: triton on a GPU
     device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
@@ -367,6 +369,14 @@ def _non_finite_message(step: int, loss, ar_loss, diff_loss, norm, run: "RunDir"
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+    """Runs under cfg.threads intra-op threads (zdiff.runtime.threads): same flags -> the same bits. The count in
+    force is what run.json's config records (and what a resumed run must use)."""
+    check_threads(cfg.threads)
+    with fixed_threads(cfg.threads) as threads:
+        return _train(dataclasses.replace(cfg, threads=threads), resume, log)
+
+
+def _train(cfg: TrainConfig, resume: bool, log) -> dict:
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
     if cfg.tensorboard:

@@ -1,0 +1,32 @@
+"""benchmarks/recipe_study.py end to end at toy size: one AR stage, two conversion recipes (data targets and
+a TV self-distillation mix), each measured by the acceptance benchmark; the table and JSON agree."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+from training_helpers import micro_corpus
+
+
+def test_recipe_study_script_smoke(tmp_path):
+    corpus = micro_corpus(tmp_path, files=12)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    argv = [sys.executable, str(REPO / "benchmarks" / "recipe_study.py"), "--out", str(tmp_path / "study"), "--data",
+            str(corpus), "--rows", "data-200", "mix-tv-200", "--ar-steps", "2", "--steps-scale", "0.01",
+            "--batch-size", "2", "--seq-len", "16", "--eval-windows", "2", "--prompts", "3", "--new-tokens", "4"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert list(study) == ["data-200", "mix-tv-200"]
+    assert study["mix-tv-200"]["recipe"]["loss"] == [1.0, 1.0, "tv"] and study["data-200"]["recipe"]["steps"] == 2
+    spec = (tmp_path / "study" / "mix-tv-200" / "final" / "spec.yaml").read_text()
+    assert "divergence: tv" in spec and "distill_weight: 1.0" in spec
+    table = (tmp_path / "study" / "study.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| data-200 | 2 |")
+    lossless = study["data-200"]["samplers"]["lossless"]
+    assert f"{lossless['tokens_per_forward']:.2f} [" in table[2]
+    mix = study["mix-tv-200"]["samplers"]["lossless"]
+    difference = mix["tokens_per_forward"] - lossless["tokens_per_forward"]
+    assert f"| {difference:+.2f} [" in table[3] and "| - |" in table[2]  # paired against the first row
