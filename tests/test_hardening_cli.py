@@ -47,8 +47,8 @@ CASES = [
     (["check", "zaya1-tiny", "--context", "-1"], "--context must not be negative, got -1"),
     (["check"], "the following arguments are required: spec"),
     (["frobnicate"],
-     "COMMAND must be one of check, import, compile, train, tokenize, generate, serve, cost, autotune, demo, "
-     "got 'frobnicate'"),
+     "COMMAND must be one of check, import, export, compile, train, tokenize, generate, chat, eval, serve, cost, "
+     "autotune, demo, got 'frobnicate'"),
     (["demo", "--ar-steps", "0"], "--ar-steps must be at least 1, got 0"),
 ]
 

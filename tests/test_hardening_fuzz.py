@@ -229,13 +229,22 @@ def _probe_train(cfg, resume=False, log=print):
 def _probe_generate(args):
     assert 1 <= args.max_new_tokens <= limits.MAX_NEW_TOKENS
     assert all(len(p) <= limits.MAX_PROMPT_CHARS for p in args.prompt) and len(args.prompt) <= limits.MAX_PROMPTS
-    assert args.temperature is None or (math.isfinite(args.temperature) and args.temperature > 0)
+    assert args.temperature is None or (math.isfinite(args.temperature) and args.temperature >= 0)  # 0: greedy
     assert args.top_p is None or 0 < args.top_p <= 1
     assert args.top_k is None or args.top_k >= 0
     assert args.mix_weight is None or (0 <= args.mix_weight <= 1 and args.sampler in (None, "logit_mix"))
     assert args.proposals == "auto" or 0 <= args.proposals <= limits.SPEC_MAXIMUM["diffusion.proposals"]
     assert args.max_slots is None or 1 <= args.max_slots <= limits.MAX_BATCH_SIZE
     PROBED["generate"] = PROBED.get("generate", 0) + 1
+    return 0
+
+
+def _probe_chat(args):
+    assert 1 <= args.max_new_tokens <= limits.MAX_NEW_TOKENS and 2 <= args.max_len <= limits.MAX_CONTEXT
+    assert args.temperature is None or (math.isfinite(args.temperature) and args.temperature >= 0)
+    assert args.top_p is None or 0 < args.top_p <= 1
+    assert args.mix_weight is None or 0 <= args.mix_weight <= 1
+    PROBED["chat"] = PROBED.get("chat", 0) + 1
     return 0
 
 
@@ -274,6 +283,7 @@ def world(tmp_path_factory):
         mp.setattr("zdiff.train.train", _probe_train)
         mp.setattr("zdiff.generation.cli_run.run_generate", _probe_generate)
         mp.setattr("zdiff.serve.cli_run.run_serve", _probe_serve)
+        mp.setattr("zdiff.chat.run_chat", _probe_chat)
         mp.setattr("zdiff.eval.cli_run.run_eval", _probe_eval)
         mp.setattr("zdiff.autotune.tune.autotune", _probe_autotune)
         mp.setattr("zdiff.autotune.tune.check_environment", lambda: None)
@@ -326,7 +336,7 @@ def _check_world(world: World, argv: list[str], code: int) -> None:
 
 
 EXAMPLES = {"check": 60, "cost": 40, "compile": 25, "import": 15, "train": 80, "generate": 80, "autotune": 40,
-            "demo": 30, "serve": 30, "tokenize": 30, "export": 15, "eval": 30}
+            "demo": 30, "serve": 30, "tokenize": 30, "export": 15, "eval": 30, "chat": 30}
 
 
 @pytest.mark.parametrize("command", sorted(SUBPARSERS))
@@ -348,7 +358,7 @@ def test_random_command_lines_end_cleanly(command, world):
 
 def test_the_vectors_reach_the_work():
     """Not only argparse is exercised: every command succeeded at least once (probed ones reached their probe)."""
-    assert set(PROBED) == {"train", "generate", "autotune", "demo", "serve", "eval"}, PROBED
+    assert set(PROBED) == {"train", "generate", "autotune", "demo", "serve", "eval", "chat"}, PROBED
     assert all(EXITS.get(command) == {0, 2} for command in SUBPARSERS), EXITS
 
 

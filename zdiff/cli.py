@@ -184,27 +184,27 @@ def _use_checkpoint(args) -> None:
 
 
 def _cmd_generate(args) -> int:
-    from pathlib import Path
-
     from .generation.cli_run import run_generate
     from .plots import available as plots_available
 
-    if args.histogram and not plots_available():  # before anything is loaded or decoded
+    # flag-only conflicts first: nothing is read before they are settled
+    if args.histogram and not plots_available():
         raise ZdiffError("--histogram needs matplotlib (pip install 'zdiff[plots]')")
-    _use_checkpoint(args)
-
-    if args.mix_weight is not None:
-        kind = args.sampler
-        if kind is None and (Path(args.checkpoint) / "spec.yaml").is_file():
-            from .spec import load_spec
-
-            kind = load_spec(Path(args.checkpoint) / "spec.yaml").sampler.kind
-        if kind is not None and kind != "logit_mix":
-            raise ZdiffError(f"--mix-weight only applies to --sampler logit_mix (the sampler is {kind})")
     if len(args.prompt) > limits.MAX_PROMPTS:
         raise ZdiffError(f"--prompt is given {len(args.prompt)} times, at most {limits.MAX_PROMPTS} "
                          "(zdiff.limits.MAX_PROMPTS)")
+    _check_mix_weight(args.mix_weight, args.sampler)
+    _use_checkpoint(args)
+    if args.mix_weight is not None and args.sampler is None:  # the checkpoint's sampler decides
+        from .spec import load_spec
+
+        _check_mix_weight(args.mix_weight, load_spec(f"{args.checkpoint}/spec.yaml").sampler.kind)
     return run_generate(args)
+
+
+def _check_mix_weight(mix_weight, sampler) -> None:
+    if mix_weight is not None and sampler is not None and sampler != "logit_mix":
+        raise ZdiffError(f"--mix-weight only applies to --sampler logit_mix (the sampler is {sampler})")
 
 
 def _cmd_chat(args) -> int:
