@@ -6,6 +6,7 @@ with TRITON_INTERPRET=0 (this suite's conftest turns the interpreter on in-proce
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -498,3 +499,8 @@ def test_tables_are_read_from_the_flag_then_the_user_then_the_package(tmp_path, 
                      tmp_path / "missing")
     assert result.returncode == 2 and "is not a directory of autotune tables" in result.stderr
     assert not (tmp_path / "out").exists()
+    from zdiff.cli import main
+
+    assert main(["compile", "zaya1-tiny", "--target", "cpu", "--out", str(tmp_path / "out2"), "--tables",
+                 str(tmp_path / "flag")]) == 0
+    assert TABLES_ENV not in os.environ  # --tables is for that command only, not for the rest of the process

@@ -541,6 +541,27 @@ def _check_utf8(argv: list[str]) -> None:
             raise ZdiffError(f"argument {i + 1} is not valid UTF-8: '{shown}'") from None
 
 
+@contextlib.contextmanager
+def _tables_flag(tables: str | None):
+    """--tables DIR as $ZDIFF_TABLES (read by every generated model this command loads), for this command only:
+    main() may run in a longer-lived process (tests, notebooks)."""
+    if tables is None:
+        yield
+        return
+    from .autotune.tables import TABLES_ENV, table_roots
+
+    before = os.environ.get(TABLES_ENV)
+    os.environ[TABLES_ENV] = tables
+    try:
+        table_roots()  # a missing directory is refused now, not at the first kernel launch
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TABLES_ENV, None)
+        else:
+            os.environ[TABLES_ENV] = before
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
     """zdiff's own warnings as one `zdiff: warning: ...` line; everyone else's as Python prints them."""
     if issubclass(category, ZdiffWarning):
@@ -555,12 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_utf8(argv)
         args = build_parser().parse_args(argv)
-        if getattr(args, "tables", None) is not None:  # read by every generated model this process loads
-            from .autotune.tables import TABLES_ENV, table_roots
-
-            os.environ[TABLES_ENV] = args.tables
-            table_roots()  # a missing directory is refused now, not at the first kernel launch
-        return args.run(args)
+        with _tables_flag(getattr(args, "tables", None)):
+            return args.run(args)
     except BrokenPipeError:
         # the reader went away (`zdiff check --json | head -1`): what it wanted was printed, nothing to report;
         # stdout goes to /dev/null so that the interpreter's final flush does not fail a second time
