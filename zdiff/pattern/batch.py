@@ -31,6 +31,9 @@ class BatchLayout:
     cache_lengths: tuple[int, ...]  # keys already in the KV cache (decode), zeros otherwise
     causal_rows: tuple[int, ...]  # leading causal rows: clean half / prompt / verify rows
     rows: tuple[int, ...]  # valid rows of this pass; the rest of the padded length is padding
+    # None: every row routes freely; m >= 0: the rows past the causal rows choose among the experts the causal
+    # rows chose, plus m by router mass (zdiff.runtime.moe.draft_restriction; the model reads it)
+    draft_expert_budget: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
