@@ -99,18 +99,19 @@ def test_allowed_sets_by_hand():
     """Two sets over 4 experts + skip (class 4), top-1: set 0 loaded by rows 0-1, set 1 by row 2, row 5 has
     no set and loads nothing; one extra expert by the restricted rows' summed probability."""
     experts = torch.tensor([[1], [3], [0], [2], [2], [2]])
-    probs = torch.tensor([[0.1, 0.6, 0.1, 0.1, 0.1]] * 3 + [[0.05, 0.05, 0.2, 0.1, 0.6],
+    logits = torch.tensor([[0.1, 0.6, 0.1, 0.1, 0.1]] * 3 + [[0.05, 0.05, 0.2, 0.1, 0.6],
                                                              [0.3, 0.05, 0.05, 0.5, 0.1],
-                                                             [0.0, 0.0, 1.0, 0.0, 0.0]])
+                                                             [0.0, 0.0, 1.0, 0.0, 0.0]]).log()
     group = torch.tensor([-1, -1, -1, 0, 1, -1])
     source = torch.tensor([0, 0, 1, -1, -1, -1])
-    base = ExpertRestriction(group, 2, source).allowed(experts, probs, 4, skip_expert=True)
+    base = ExpertRestriction(group, 2, source).allowed(experts, logits, 4, skip_expert=True)
     assert base.tolist() == [[False, True, False, True, True], [True, False, False, False, True]]
-    more = ExpertRestriction(group, 2, source, extra=1).allowed(experts, probs, 4, skip_expert=True)
+    more = ExpertRestriction(group, 2, source, extra=1).allowed(experts, logits, 4, skip_expert=True)
     # set 0's restricted row 3 puts most mass (outside 1, 3, skip) on expert 2; set 1's row 4 on expert 3
     assert more.tolist() == [[False, True, True, True, True], [True, False, False, True, True]]
-    lonely = ExpertRestriction(group, 3, source).allowed(experts, probs, 4, skip_expert=False)
-    assert lonely[2].all()  # a set nothing loads allows everything
+    for extra in (0, 1):  # a set nothing loads allows everything (even with extra experts by mass)
+        lonely = ExpertRestriction(group.masked_fill(group == 1, 2), 3, source, extra)
+        assert lonely.allowed(experts, logits, 4, skip_expert=False)[2].all()
     rows = ExpertRestriction(group, 2, source).row_mask(base)
     assert rows[0].all() and rows[3].tolist() == base[0].tolist() and rows[4].tolist() == base[1].tolist()
 

@@ -49,10 +49,11 @@ class BatchLayout:
         return len(self.rows)
 
     @classmethod
-    def training(cls, batch: int, seq_len: int, block_size: int, diffusion: bool = True) -> "BatchLayout":
+    def training(cls, batch: int, seq_len: int, block_size: int, diffusion: bool = True,
+                 draft_expert_budget: int | None = None) -> "BatchLayout":
         """[x | M x S] (diffusion) or a plain causal sequence of seq_len rows."""
         rows = 2 * seq_len if diffusion else seq_len
-        return cls("training", block_size, (), (0,) * batch, (seq_len,) * batch, (rows,) * batch)
+        return cls("training", block_size, (), (0,) * batch, (seq_len,) * batch, (rows,) * batch, draft_expert_budget)
 
     @classmethod
     def of_patterns(cls, patterns: list[Pattern | None], block_size: int) -> "BatchLayout":

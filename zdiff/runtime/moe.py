@@ -31,18 +31,19 @@ class ExpertRestriction:
     source: torch.Tensor  # (N,) long: the set a free row's choices load, -1 for none
     extra: int = 0  # top-m real experts by router mass added to each derived set
 
-    def allowed(self, experts: torch.Tensor, probs: torch.Tensor, num_experts: int, skip_expert: bool):
-        """(G, C) bool allowed classes, from this layer's free choices experts (N, k) and probabilities (N, C)."""
-        classes = probs.shape[-1]
-        source = self.source.to(probs.device)
-        counts = torch.zeros(self.groups + 1, classes, device=probs.device)
-        index = (source + 1)[:, None].expand_as(experts)  # row 0 collects the rows that load nothing
-        counts.index_put_((index.reshape(-1), experts.reshape(-1)), torch.ones(experts.numel(), device=probs.device),
+    def allowed(self, experts: torch.Tensor, logits: torch.Tensor, num_experts: int, skip_expert: bool):
+        """(G, C) bool allowed classes, from this layer's free choices experts (N, k) and router logits (N, C)
+        (the router mass is their fp32 softmax, the same in the reference and the kernels)."""
+        device = logits.device
+        counts = torch.zeros(self.groups + 1, logits.shape[-1], device=device)
+        index = (self.source.to(device) + 1)[:, None].expand_as(experts)  # row 0 collects the rows that load nothing
+        counts.index_put_((index.reshape(-1), experts.reshape(-1)), torch.ones(experts.numel(), device=device),
                           accumulate=True)
         allowed = counts[1:] > 0
+        unloaded = ~allowed.any(-1, keepdim=True)  # no source row: nothing to restrict to
         if self.extra:
-            allowed = allowed | self._top_mass(probs.detach().float(), allowed, num_experts)
-        allowed = allowed | ~allowed.any(-1, keepdim=True)  # no source row: nothing to restrict to
+            allowed = allowed | self._top_mass(torch.softmax(logits.detach().float(), -1), allowed, num_experts)
+        allowed = allowed | unloaded
         if skip_expert:
             allowed = allowed.clone()
             allowed[:, num_experts] = True
@@ -117,7 +118,7 @@ class Router(nn.Module):
         score = probs.detach().float() + self.balancing_bias
         experts = torch.topk(score, self.moe.top_k, dim=-1).indices
         if restrict is not None:
-            allowed = restrict.allowed(experts, probs, self.moe.num_experts, self.moe.skip_expert)
+            allowed = restrict.allowed(experts, logits, self.moe.num_experts, self.moe.skip_expert)
             score = score.masked_fill(~restrict.row_mask(allowed), float("-inf"))
             experts = torch.topk(score, self.moe.top_k, dim=-1).indices
         weights = torch.gather(probs, -1, experts)
