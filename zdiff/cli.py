@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu, cuda or cuda:N (default: this rank's GPU when there is one, else cpu)")
     tr.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute each layer's activations in backward (long sequences)")
+    tr.add_argument("--draft-expert-budget", type=_int_in(0, 1 << 16), metavar="M",
+                    help="TiDAR: mask blocks route among the experts of the clean rows that verify them at decode "
+                    "time, plus M by router mass (train drafts for the decode-time expert budget)")
     tr.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     tr.set_defaults(run=_cmd_train)
 
