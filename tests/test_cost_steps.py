@@ -136,3 +136,28 @@ def test_cli_cost_prints_the_best_step_per_policy(tmp_path):
     bad = run_cli("cost", "zaya1-tiny", "--target", "h200", "--routing", str(tmp_path / "missing.json"))
     assert bad.returncode == 2 and "--routing: no such file" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_projection_script(tmp_path):
+    """benchmarks/moe_projection.py: every (target, batch, policy) row, the markdown table and (when matplotlib
+    is installed) the plot; each policy at least as fast as the one before it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from zdiff import plots
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "moe_projection.py"), "--max-proposals", "3",
+                             "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(rows) == 3 * 4 * 4
+    for target in ("mi300x", "mi355x", "h200"):
+        for batch in (1, 4, 8, 32):
+            mine = [r["speedup"] for r in rows if r["target"] == target and r["batch"] == batch]
+            assert mine == sorted(mine) and mine[0] == 1.0
+    assert (tmp_path / "results.md").read_text().count("\n") == len(rows) + 2
+    assert (tmp_path / "plot.png").is_file() == plots.available()
