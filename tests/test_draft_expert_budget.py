@@ -220,3 +220,51 @@ def test_train_refuses_a_budget_without_tidar(tmp_path):
     result = run_cli("train", "zaya1-tiny", "--mode", "ar", "--steps", "1", "--out", str(tmp_path / "run"),
                      "--draft-expert-budget", "0")
     assert result.returncode == 2 and "--draft-expert-budget must be at least 0 with --mode tidar" in result.stderr
+
+
+def _per_sequence_restriction(layout, rows, device, extra=0):
+    """The budget with one allowed set per sequence (its own verify rows): the batch-wide union of
+    `draft_restriction` would allow every expert in a batch of thousands, so the exactness test uses this
+    stricter (equally lossless) variant to give the budget teeth."""
+    _, causal, valid = layout.tensors(device)
+    t = torch.arange(rows, device=device)
+    seq = torch.arange(len(valid), device=device)[:, None]
+    live = t[None, :] < valid[:, None].long()
+    verify = live & (t[None, :] < causal[:, None].long())
+    group = torch.where(live & ~verify, seq, -1).reshape(-1)
+    return ExpertRestriction(group, len(valid), torch.where(verify, seq, -1).reshape(-1), extra)
+
+
+def test_lossless_tidar_with_budget_matches_exact_ar_distribution(monkeypatch):
+    """Three new tokens from a prompt, 4000 samples under the budget (per-sequence sets): the chi-square test
+    against exact enumeration of AR sampling passes, while the drafts really changed (fewer tokens per forward
+    than without the budget) and a broken verifier under the same budget fails (power)."""
+    from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution
+    from zdiff.generation import loop as loop_module
+    from zdiff.generation import sampling
+    from zdiff.runtime import model as model_module
+
+    spec = parse_spec(VOCAB8_MOE16)
+    model = init_weights(Transformer(spec.model), seed=4, std=0.6).eval()
+    prompt, n = [1, 2, 3], 4000
+    with torch.no_grad():
+        table = exact_ar_distribution(model, prompt, 3, SamplingParams(kind="lossless", banned=(7,)))
+
+    def sample():
+        return generate(model, [prompt] * n, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
+                        mode="tidar", max_new_tokens=3, seed=11)
+    free = sample()
+    monkeypatch.setattr(model_module, "draft_restriction", _per_sequence_restriction)
+    model.forward = functools.partial(Transformer.forward, model, draft_expert_budget=0)
+    held = sample()
+    assert sum(held.forward_passes) < 3 * n  # drafts were accepted
+    assert sum(held.forward_passes) != sum(free.forward_passes)  # and the budget changed them
+    counts, probs = counts_against(held.tokens, table)
+    assert chi_square_p_value(counts, probs) > 1e-3
+
+    def accept_all(target, q, drafts, uniforms, gumbel):
+        m = drafts.shape[0]
+        return m, int(sampling.gumbel_argmax(target[m], gumbel[m]))
+    monkeypatch.setattr(loop_module, "verify_stochastic", accept_all)
+    counts, probs = counts_against(sample().tokens, table)
+    assert chi_square_p_value(counts, probs) < 1e-6
