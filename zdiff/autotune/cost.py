@@ -440,7 +440,7 @@ def step_forward(model: CostModel, batch: int, context: int, proposals: int, ver
     b = model.spec.diffusion.block_size
     rows = step_rows(b, proposals, verify)
     forward = model.forward_rows(batch, context, proposals, rows)
-    if budget is None or proposals == 0:
+    if budget is None or proposals == 0 or "experts" not in forward.parts:  # a dense model has no experts
         return forward
     num_experts = model.spec.model.moe.num_experts
     distinct = min(float(num_experts), float(model._distinct(batch, 1 + verify)) + budget)
@@ -485,6 +485,8 @@ def step_table(model: CostModel, batch: int, context: int, accept: list[float], 
     b = model.spec.diffusion.block_size
     ar = model.forward(batch, context, 0)
     rows = [StepChoice(0, 0, None, (), ar, 1.0, 1.0, 1.0)]
+    if "experts" not in ar.parts:
+        budgets = (None,)  # nothing to budget on a dense model
     searched = {}
     for budget in budgets:
         acc = accept if budget is None or budget_accept is None else budget_accept
