@@ -216,3 +216,62 @@ def test_the_card_s_own_render_matches_the_reference_in_bf16(tmp_path, monkeypat
         bf16_error = (bf16 - golden).abs().max().item()
         error = (model(ids) - golden).abs().max().item()
     assert error <= 2 * bf16_error + 1e-2, (error, bf16_error)
+
+
+@pytest.fixture
+def budget_models(tmp_path):
+    """The GQA micro spec with 8 experts: with 4 (top-2) the verify rows of a step load every expert. (The CCA
+    path is the same plumbing; tests/test_draft_expert_budget.py and test_codegen_moe.py cover the rest.)"""
+    return _models(tmp_path, GQA_SPEC.replace("num_experts: 4", "num_experts: 8"))
+
+
+def test_draft_expert_budget_matches_reference_and_keeps_verify_rows_bit_exact(budget_models):
+    """Greedy TiDAR with the draft rows' expert budget (the `_restrict` router tail): every forward's verify
+    rows are bit-identical to the same forward without the budget, some draft row changes, and the logits
+    match the reference model's under the same budget row by row."""
+    spec, reference, generated = budget_models
+    records = {}
+    for name, model in (("reference", reference), ("generated", generated)):
+        calls = records[name] = []
+        forward = model.forward
+
+        def recording(*args, _forward=forward, _calls=calls, **kwargs):
+            free = _forward(*args, **kwargs).detach().cpu()
+            logits = _forward(*args, draft_expert_budget=0, **kwargs)
+            _calls.append((free, logits.detach().cpu(), kwargs["layout"]))
+            return logits
+        model.forward = recording
+        records[name + "_result"] = generate(model, [[5, 9, 2, 7, 1]], SamplingParams(kind="greedy"),
+                                             diffusion=spec.diffusion, mode="tidar", max_new_tokens=6)
+    assert records["generated_result"].tokens == records["reference_result"].tokens
+    moved = 0
+    for (free, got, layout), (_, want, _) in zip(records["generated"], records["reference"]):
+        for b, (causal, n) in enumerate(zip(layout.causal_rows, layout.rows)):
+            assert torch.equal(got[b, :causal], free[b, :causal]), f"{layout.kind} verify rows of sequence {b}"
+            moved += int(not torch.equal(got[b, causal:n], free[b, causal:n]))
+            assert_close(got[b, :n], want[b, :n], rtol=1e-4, atol=1e-4, what=f"{layout.kind} logits of sequence {b}")
+    assert moved > 0  # the budget changed some draft rows: the comparison has teeth
+
+
+def test_training_layout_under_expert_budget_logits_and_gradients(budget_models):
+    """Budget-aware training (mask blocks route among the experts their verify window chose): the generated
+    model's logits and every parameter gradient equal the reference's, and the budget changes the mask rows."""
+    spec, reference, generated = budget_models
+    S, B = 7, 2
+    pattern = training_pattern(S, spec.diffusion.block_size)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (B, 2 * S), generator=gen).to(DEVICE)
+    ids[:, S:] = spec.diffusion.mask_token_id
+    layout = BatchLayout.training(B, S, spec.diffusion.block_size, draft_expert_budget=0)
+    kwargs = dict(positions=pattern.positions().to(DEVICE), predecessors=pattern.predecessors().to(DEVICE))
+    want = reference(ids, layout=layout, **kwargs)
+    got = generated(ids, layout=layout, **kwargs)
+    assert_close(got, want, rtol=1e-4, atol=1e-4, what="logits")
+    with torch.no_grad():  # the kernels' rows are bit-independent of the other rows' expert groups
+        free = generated(ids, layout=BatchLayout.training(B, S, spec.diffusion.block_size), **kwargs)
+    assert torch.equal(free[:, :S], got[:, :S].detach()) and not torch.allclose(free[:, S:], got[:, S:])
+    weights = torch.randn(want.shape, generator=gen).to(DEVICE)
+    (want * weights).sum().backward()
+    (got * weights).sum().backward()
+    for (name, p), q in zip(reference.named_parameters(), generated.parameters()):
+        assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, what=f"d {name}")

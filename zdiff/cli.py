@@ -241,7 +241,16 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_cost(args) -> int:
-    from .autotune.cost import cost_report, default_acceptance, format_cost_report, load_acceptance
+    from .autotune.cost import (
+        CostModel,
+        cost_report,
+        default_acceptance,
+        format_cost_report,
+        format_step_report,
+        load_acceptance,
+        step_report,
+    )
+    from .autotune.routing import load_routing
     from .autotune.targets import target_rates
     from .spec import load_spec
 
@@ -252,9 +261,14 @@ def _cmd_cost(args) -> int:
         accept, source = load_acceptance(args.acceptance, b), f"measured ({args.acceptance})"
     else:
         accept, source = default_acceptance(b), "assumed (first draft 0.9, 5% less per slot)"
+    routing = load_routing(args.routing, spec.model.moe.num_experts) if args.routing else None
     report = cost_report(spec, rates, args.batch, args.context, accept, max_proposals=args.max_proposals,
-                         acceptance_source=source)
-    print(json.dumps(report, indent=2) if args.json else format_cost_report(report))
+                         routing=routing, acceptance_source=source)
+    budget_accept = load_acceptance(args.budget_acceptance, b) if args.budget_acceptance else None
+    steps = step_report(CostModel(spec, rates, routing=routing), args.batch, args.context, accept,
+                        args.max_proposals, budget_accept)
+    report["steps"] = steps
+    print(json.dumps(report, indent=2) if args.json else format_cost_report(report) + "\n" + format_step_report(steps))
     return 0
 
 
@@ -351,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute each layer's activations in backward (long sequences)")
     tr.add_argument("--threads", type=_int_in(1, 1024), help="torch intra-op threads (default: OMP_NUM_THREADS, "
                     "else the core count); results are bit-identical only at the same count")
+    tr.add_argument("--draft-expert-budget", type=_int_in(0, 1 << 16), metavar="M",
+                    help="TiDAR: mask blocks route among the experts of the clean rows that verify them at decode "
+                    "time, plus M by router mass (train drafts for the decode-time expert budget)")
     tr.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     tr.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files to OUT/tensorboard "
                     "(needs zdiff[tensorboard])")
@@ -493,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(zdiff generate --json output or a list); default: a documented assumption")
     cost.add_argument("--max-proposals", type=_int_in(0, L.SPEC_MAXIMUM["diffusion.proposals"]), default=8,
                       help="largest P to evaluate")
+    cost.add_argument("--routing", metavar="FILE", help="JSON routing histogram (python -m zdiff.autotune.routing "
+                      "CKPT TEXT); default: uniform routing")
+    cost.add_argument("--budget-acceptance", metavar="FILE", help="accepted drafts per step with the draft expert "
+                      "budget on (as --acceptance); default: the same as without")
     cost.add_argument("--json", action="store_true")
     cost.set_defaults(run=_cmd_cost)
 

@@ -108,3 +108,28 @@ def acceptance_by_position(samplers: dict, path: Path, title: str) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def speedup_by_batch(rows: list[dict], path: Path, title: str) -> bool:
+    """Projected tokens/s over AR against batch, one panel per target, one line per decoding policy
+    (rows: {"target", "batch", "policy", "speedup"}). False when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None or not rows:
+        return False
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), sharey=True, squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for policy in policies:
+            mine = sorted((r["batch"], r["speedup"]) for r in rows if r["target"] == target and r["policy"] == policy)
+            ax.plot([b for b, _ in mine], [s for _, s in mine], "o-", label=policy)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch (sequences per step)")
+        ax.set_title(target)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("projected speedup over AR (tokens/s at the floors)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+    plt.close(fig)
+    return True

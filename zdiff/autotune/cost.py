@@ -199,8 +199,13 @@ class CostModel:
         self._distinct = sp.lambdify((B, R), self.distinct, "math")
 
     def forward(self, batch: int, context: int, proposals: int) -> ForwardCost:
-        rows = rows_per_sequence(self.spec.diffusion.block_size, proposals)
-        head_rows = head_rows_per_sequence(self.spec.diffusion.block_size, proposals)
+        b = self.spec.diffusion.block_size
+        return self.forward_rows(batch, context, proposals, rows_per_sequence(b, proposals),
+                                 head_rows_per_sequence(b, proposals))
+
+    def forward_rows(self, batch: int, context: int, proposals: int, rows: int, head_rows: int) -> ForwardCost:
+        """The forward with `rows` new rows per sequence (a TiDAR step verifying fewer drafts has fewer), the LM
+        head on `head_rows` of them."""
         parts = {}
         for name, (flops_fn, bytes_fn) in self._numeric.items():
             args = (batch, context, rows, head_rows)
@@ -230,17 +235,22 @@ def default_acceptance(block_size: int, first: float = DEFAULT_FIRST_RATE, decay
     return accept + [survive]
 
 
+def read_json(path: str | Path, flag: str):
+    """The JSON a command-line flag names; a missing or unreadable file is one clear ZdiffError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ZdiffError(f"{flag}: no such file {path}") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ZdiffError(f"{flag}: {path} is not readable JSON ({err.__class__.__name__})") from None
+
+
 def load_acceptance(path: str | Path, block_size: int) -> list[float]:
     """Accepted-drafts distribution from a JSON file: a list of counts (index n = n accepted drafts,
     i.e. n+1 tokens committed), an object with "tokens_per_step_histogram", or `zdiff generate
     --json` output (its first TiDAR run)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ZdiffError(f"--acceptance: no such file {path}") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ZdiffError(f"--acceptance: {path} is not readable JSON ({err.__class__.__name__})") from None
+    data = read_json(path, "--acceptance")
     if isinstance(data, dict) and "runs" in data:
         runs = [r for r in data["runs"].values() if isinstance(r, dict) and r.get("mode") != "ar"]
         data = runs[0] if runs else {}
@@ -418,4 +428,155 @@ def format_cost_report(report: dict) -> str:
         lines.append(f"levels: chosen by the cost model to maximise tokens per forward for this acceptance; the spec "
                      f"lists {spec_levels} and the engine runs its first P (set diffusion.acceptance_levels to use "
                      "these)")
+    return "\n".join(lines)
+
+
+# ---- MoE-aware TiDAR: verify length d and the draft rows' expert budget ---------------------------------
+#
+# A step may verify d <= b-1 drafts (1 + d verify rows, the rest of the drafts dropped) and restrict the draft
+# rows' routing to the experts its verify rows chose plus m more by router mass (zdiff.runtime.moe
+# .ExpertRestriction; budget None: off). Both are lossless. With the budget the step reads the weights of
+# min(E, D(B*(1+d)) + m) experts per layer instead of D(B*R): the draft rows add compute, not traffic.
+
+BUDGET_CHOICES = (None, 0, 1, 2)  # no budget, then the verify rows' experts plus m = 0, 1, 2 by router mass
+LEVEL_SETS_TRIED = 64  # level sets tried exhaustively per (d, P); beyond, the best P-1 set grows greedily
+
+
+def truncated_outcomes(outcomes: np.ndarray, verify: int) -> np.ndarray:
+    """`offset_outcomes` when at most `verify` drafts are verified per step: at offset o, n = min(verify,
+    b-1-o) drafts are on offer and all n are accepted with the probability that n or more of the full offer
+    would have been (whether a draft is accepted depends only on the drafts before it), so the chain stays
+    exact. Rows past n are dropped (their KV is never written)."""
+    b = outcomes.shape[0]
+    cut = np.zeros_like(outcomes)
+    for o in range(b):
+        n = min(verify, b - 1 - o)
+        cut[o, :n] = outcomes[o, :n]
+        cut[o, n] = outcomes[o, n:].sum()
+    return cut
+
+
+def step_rows(block_size: int, proposals: int, verify: int) -> int:
+    """R of a step: 1 for AR (P = 0); c and d drafts, then P proposal blocks of b masks."""
+    return 1 if proposals == 0 else 1 + verify + proposals * block_size
+
+
+def step_forward(model: CostModel, batch: int, context: int, proposals: int, verify: int,
+                 budget: int | None) -> ForwardCost:
+    """The floor of a step with verify length `verify` and draft expert budget `budget` (None: off)."""
+    b = model.spec.diffusion.block_size
+    rows = step_rows(b, proposals, verify)
+    # the LM head runs on the 1 + d verify rows and the chosen block's b - 1 draft rows (1 row for AR)
+    forward = model.forward_rows(batch, context, proposals, rows, 1 if proposals == 0 else 1 + verify + b - 1)
+    if budget is None or proposals == 0 or "experts" not in forward.parts:  # a dense model has no experts
+        return forward
+    num_experts = model.spec.model.moe.num_experts
+    distinct = min(float(num_experts), float(model._distinct(batch, 1 + verify)) + budget)
+    part = forward.parts["experts"]
+    nbytes = part.bytes * distinct / forward.distinct_experts
+    t_mem, t_cmp = nbytes / model.rates.bytes_per_s, part.flops / model.rates.flops_per_s
+    parts = {**forward.parts, "experts": PartCost(part.flops, nbytes, max(t_mem, t_cmp),
+                                                  "memory" if t_mem >= t_cmp else "compute")}
+    return ForwardCost(proposals, rows, parts, distinct)
+
+
+def best_levels_within(accept: list[float], proposals: int, verify: int, outcomes: np.ndarray,
+                       start: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], float]:
+    """The P levels in 0..verify (0 among them) maximising tokens per forward under `outcomes` (truncated)."""
+    b = len(accept)
+    candidates = range(1, verify + 1)
+    if math.comb(verify, proposals - 1) <= LEVEL_SETS_TRIED or start is None:
+        sets = ((0, *rest) for rest in itertools.combinations(candidates, proposals - 1))
+    else:
+        sets = (tuple(sorted((*start, a))) for a in candidates if a not in start)
+    scored = [(expected_tokens(accept, s, b, outcomes), s) for s in sets]
+    tokens, best = max(scored, key=lambda item: (round(item[0], 12), [-a for a in item[1]]))
+    return best, tokens
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    proposals: int
+    verify: int  # drafts verified per step (d)
+    budget: int | None  # extra experts by router mass for the draft rows; None: no budget
+    levels: tuple[int, ...]
+    cost: ForwardCost
+    ratio_to_ar: float
+    tokens_per_forward: float
+    speedup: float
+
+
+def step_table(model: CostModel, batch: int, context: int, accept: list[float], max_proposals: int,
+               budgets=BUDGET_CHOICES, budget_accept: list[float] | None = None) -> list[StepChoice]:
+    """Every (P, d, budget) with its best levels; the first row is AR. `budget_accept`: the accepted-drafts
+    distribution under a budget (default: the same as without; drafts trained for the budget keep it)."""
+    b = model.spec.diffusion.block_size
+    ar = model.forward(batch, context, 0)
+    rows = [StepChoice(0, 0, None, (), ar, 1.0, 1.0, 1.0)]
+    if "experts" not in ar.parts:
+        budgets = (None,)  # nothing to budget on a dense model
+    searched = {}
+    for budget in budgets:
+        acc = accept if budget is None or budget_accept is None else budget_accept
+        for d in range(1, b):
+            key, levels = (id(acc), d), None
+            if key not in searched:
+                outcomes = truncated_outcomes(offset_outcomes(acc), d)
+                searched[key] = []
+                for p in range(1, min(max_proposals, d + 1) + 1):
+                    levels, tokens = best_levels_within(acc, p, d, outcomes, start=levels)
+                    searched[key].append((p, levels, tokens))
+            for p, levels, tokens in searched[key]:
+                cost = step_forward(model, batch, context, p, d, budget)
+                ratio = cost.seconds / ar.seconds
+                rows.append(StepChoice(p, d, budget, levels, cost, ratio, tokens, tokens / ratio))
+    return rows
+
+
+def best_step(rows: list[StepChoice], tolerance: float = 0.01) -> StepChoice:
+    """The cheapest step (fewest rows, then no budget) within `tolerance` of the best tokens/s speedup."""
+    top = max(r.speedup for r in rows)
+    near = [r for r in rows if r.speedup >= top * (1 - tolerance)]
+    return min(near, key=lambda r: (r.cost.rows, r.budget is not None, r.budget or 0, -r.speedup))
+
+
+def policy_choices(rows: list[StepChoice], block_size: int) -> dict[str, StepChoice]:
+    """The best step of each policy: AR; TiDAR today (every draft verified, no budget); + choosing d;
+    + the draft expert budget."""
+    every_draft = [r for r in rows if r.proposals == 0 or (r.verify == block_size - 1 and r.budget is None)]
+    searched = {"AR": rows[:1], "TiDAR today": every_draft,
+                "TiDAR + d": [r for r in rows if r.budget is None],
+                "TiDAR + d + budget": rows}
+    choices, previous = {}, None
+    for name, allowed in searched.items():
+        choice = best_step(allowed)
+        # each policy searches a superset of the one before: never report it slower (best_step's tolerance
+        # trades up to 1% of speed for fewer rows, and that may land below the previous policy's pick)
+        choices[name] = previous if previous is not None and choice.speedup < previous.speedup else choice
+        previous = choices[name]
+    return choices
+
+
+def step_report(model: CostModel, batch: int, context: int, accept: list[float], max_proposals: int,
+                budget_accept: list[float] | None = None) -> dict:
+    """The best (P, d, budget) per policy, as `zdiff cost` prints and --json returns under "steps"."""
+    rows = step_table(model, batch, context, accept, max_proposals, budget_accept=budget_accept)
+    return {name: {"P": r.proposals, "verify": r.verify, "budget": r.budget, "levels": list(r.levels),
+                   "rows_per_sequence": r.cost.rows, "distinct_experts": r.cost.distinct_experts,
+                   "floor_ms": r.cost.seconds * 1e3, "gbytes": r.cost.bytes / 1e9,
+                   "tokens_per_forward": r.tokens_per_forward, "speedup": r.speedup}
+            for name, r in policy_choices(rows, model.spec.diffusion.block_size).items()}
+
+
+def format_step_report(steps: dict) -> str:
+    lines = ["verify length d and draft-row expert budget (m: the draft rows route among the verify rows' experts "
+             "plus m; '-': no budget), best per policy:",
+             f"{'policy':<20} {'P':>2} {'d':>3} {'m':>2} {'rows':>5} {'levels':<16} {'experts':>7} {'floor ms':>9} "
+             f"{'tok/fwd':>7} {'speedup':>7}"]
+    for name, r in steps.items():
+        levels = ",".join(map(str, r["levels"])) if r["P"] else "(AR step)"
+        budget = "-" if r["budget"] is None else str(r["budget"])
+        lines.append(f"{name:<20} {r['P']:>2} {r['verify']:>3} {budget:>2} {r['rows_per_sequence']:>5} {levels:<16} "
+                     f"{r['distinct_experts']:>7.2f} {r['floor_ms']:>9.3f} {r['tokens_per_forward']:>7.2f} "
+                     f"{r['speedup']:>6.2f}x")
     return "\n".join(lines)

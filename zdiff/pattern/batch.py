@@ -31,6 +31,9 @@ class BatchLayout:
     cache_lengths: tuple[int, ...]  # keys already in the KV cache (decode), zeros otherwise
     causal_rows: tuple[int, ...]  # leading causal rows: clean half / prompt / verify rows
     rows: tuple[int, ...]  # valid rows of this pass; the rest of the padded length is padding
+    # None: every row routes freely; m >= 0: the rows past the causal rows choose among the experts the causal
+    # rows chose, plus m by router mass (zdiff.runtime.moe.draft_restriction; the model reads it)
+    draft_expert_budget: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -46,10 +49,11 @@ class BatchLayout:
         return len(self.rows)
 
     @classmethod
-    def training(cls, batch: int, seq_len: int, block_size: int, diffusion: bool = True) -> "BatchLayout":
+    def training(cls, batch: int, seq_len: int, block_size: int, diffusion: bool = True,
+                 draft_expert_budget: int | None = None) -> "BatchLayout":
         """[x | M x S] (diffusion) or a plain causal sequence of seq_len rows."""
         rows = 2 * seq_len if diffusion else seq_len
-        return cls("training", block_size, (), (0,) * batch, (seq_len,) * batch, (rows,) * batch)
+        return cls("training", block_size, (), (0,) * batch, (seq_len,) * batch, (rows,) * batch, draft_expert_budget)
 
     @classmethod
     def of_patterns(cls, patterns: list[Pattern | None], block_size: int) -> "BatchLayout":

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ZdiffError
 from ..pattern.batch import layout_visible
 from ..spec import ModelSpec
 from .attention import Attention
 from .mlp import DenseMLP
-from .moe import MoE, Routing
+from .moe import MoE, Routing, draft_restriction
 from .norms import ResidualScaling, RMSNorm
 from .rope import rope_cos_sin
 
@@ -66,9 +67,9 @@ class ReferenceOps:
     def attention(self, attn, x, cos, sin, predecessors, mask, cache):
         return attn(x, cos, sin, predecessors, mask.expand(x.shape[0], x.shape[1], mask.shape[-1]), cache)
 
-    def moe(self, moe, x, router_state):
-        """(out, next router state, routing)."""
-        return moe(x, router_state)
+    def moe(self, moe, x, router_state, restrict=None):
+        """(out, next router state, routing); `restrict`: the draft rows' expert budget (runtime.moe)."""
+        return moe(x, router_state, restrict)
 
     def mlp(self, mlp, x):
         """The dense feed-forward (x (B, T, H) -> (B, T, H))."""
@@ -92,7 +93,7 @@ class Block(nn.Module):
             self.attn_residual = ResidualScaling(spec.hidden_size)
             self.moe_residual = ResidualScaling(spec.hidden_size)
 
-    def forward(self, ops, x, normed, router_state, cos, sin, predecessors, mask, cache, next_norm):
+    def forward(self, ops, x, normed, router_state, cos, sin, predecessors, mask, cache, next_norm, restrict=None):
         """x is the fp32 residual stream and `normed` its attn_norm (computed by the previous block, fused with
         its residual update); sublayers run in the parameter dtype. Returns (x, next_norm(x), router state,
         routing)."""
@@ -102,7 +103,7 @@ class Block(nn.Module):
         if self.dense:
             out, routing = ops.mlp(self.mlp, normed), None
         else:
-            out, router_state, routing = ops.moe(self.moe, normed, router_state)
+            out, router_state, routing = ops.moe(self.moe, normed, router_state, restrict)
         x, normed = ops.add_norm(getattr(self, "moe_residual", None), x, out, next_norm)
         return x, normed, router_state, routing
 
@@ -127,16 +128,16 @@ class Transformer(nn.Module):
         return self.embed.weight.dtype
 
     def forward(self, input_ids, positions=None, predecessors=None, visible=None, return_routings: bool = False,
-                cache=None, layout=None):
+                cache=None, layout=None, draft_expert_budget: int | None = None):
         """Logits (B, T, V) fp32; with return_routings, a ForwardOutput that also holds each layer's routing.
 
         Training goes through here (not forward_full) so that DDP / FSDP forward hooks run.
         """
-        out = self.forward_full(input_ids, positions, predecessors, visible, cache, layout)
+        out = self.forward_full(input_ids, positions, predecessors, visible, cache, layout, draft_expert_budget)
         return out if return_routings else out.logits
 
     def forward_full(self, input_ids, positions=None, predecessors=None, visible=None, cache=None,
-                     layout=None) -> ForwardOutput:
+                     layout=None, draft_expert_budget: int | None = None) -> ForwardOutput:
         """input_ids (B, T). positions and predecessors: (T,) or (B, T) long, predecessor -1 for none;
         visible: (T, T) or (B, T, T) bool, row = query. Defaults: a plain causal sequence.
         `layout` (a zdiff.pattern.BatchLayout) is what the kernels of the generated model read
@@ -144,7 +145,13 @@ class Transformer(nn.Module):
 
         With a `DecodeCache` (zdiff.generation.cache), the rows are new tokens after the cached
         ones: predecessors index [cache state rows | new rows], visible is (B, T, cache slots + T),
-        and the pass's K/V and CCA projections are stashed for `cache.commit`."""
+        and the pass's K/V and CCA projections are stashed for `cache.commit`.
+
+        `draft_expert_budget` (else the layout's field of that name; None: off): the rows past each sequence's
+        causal rows (proposal blocks, the prefill's mask block, training's mask half) choose experts only among
+        those the causal rows chose in the same layer, plus that many more by router mass
+        (`runtime.moe.draft_restriction`). The causal rows never see those rows, so their outputs are
+        unchanged."""
         B, T = input_ids.shape
         device = input_ids.device
         rows = torch.arange(T, device=device)
@@ -152,6 +159,7 @@ class Transformer(nn.Module):
         predecessors = rows - 1 if predecessors is None else predecessors
         predecessors = self.ops.predecessors(predecessors.expand(B, predecessors.shape[-1]))
         mask = self.ops.attention_mask(layout, visible, B, T, cache, device)
+        restrict = self._draft_restriction(layout, draft_expert_budget, T, device)
 
         h = self.embed(input_ids)
         if self.spec.residual_scaling:
@@ -166,10 +174,19 @@ class Transformer(nn.Module):
             layer_cache = None if cache is None else cache.layers[i]
             x, normed, router_state, routing = self.run_layer(getattr(layer, "sharded_forward", layer), self.ops, x,
                                                               normed, router_state, cos, sin, predecessors, mask,
-                                                              layer_cache, next_norm)
+                                                              layer_cache, next_norm, restrict)
             routings.append(routing)
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
         return ForwardOutput(hidden=normed, head=head, routings=routings)
+
+    def _draft_restriction(self, layout, budget, rows: int, device):
+        budget = getattr(layout, "draft_expert_budget", None) if budget is None else budget
+        if budget is None:
+            return None
+        if layout is None or not isinstance(budget, int) or budget < 0:
+            raise ZdiffError(f"draft_expert_budget must be a non-negative int with a layout, got {budget!r}"
+                             + ("" if layout is not None else " without a layout"))
+        return draft_restriction(layout, rows, device, budget)
 
     def run_layer(self, fn, *args):
         """fn(*args), its activations recomputed in backward when `activation_checkpointing` is on

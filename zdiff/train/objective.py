@@ -42,12 +42,14 @@ class LossParts:
 class Objective:
     """Builds the inputs of one mode once per sequence length and computes its loss."""
 
-    def __init__(self, spec: Spec, mode: str, seq_len: int, backend: str = "torch"):
+    def __init__(self, spec: Spec, mode: str, seq_len: int, backend: str = "torch",
+                 draft_expert_budget: int | None = None):
         if mode not in ("ar", "tidar"):
             raise ZdiffError(f"--mode must be ar or tidar, got {mode!r}")
         if backend not in BACKENDS:
             raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.mode, self.seq_len = mode, seq_len
+        self.draft_expert_budget = draft_expert_budget  # TiDAR: mask rows route under the decode-time budget
         self.block_size = spec.diffusion.block_size
         self.alpha = spec.diffusion.loss_alpha
         self.targets = spec.diffusion.loss
@@ -73,7 +75,8 @@ class Objective:
         ids = torch.cat([x, torch.full_like(x, self.mask_id)], dim=1)
         out = model(ids, positions=self.positions.to(device), predecessors=self.predecessors.to(device),
                     visible=None if self.visible is None else self.visible.to(device), return_routings=True,
-                    layout=BatchLayout.training(len(x), self.seq_len, self.block_size))
+                    layout=BatchLayout.training(len(x), self.seq_len, self.block_size,
+                                                draft_expert_budget=self.draft_expert_budget))
         ar, diffusion, distillation, diffusion_term = self.tidar_terms(out.hidden, out.head, window)
         total = (self.alpha * ar + diffusion_term) / (1 + self.alpha)
         return LossParts(total, ar.detach(), diffusion.detach(), out.routings,

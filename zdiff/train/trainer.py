@@ -86,6 +86,9 @@ class TrainConfig:
     device: str | None = None  # None: the GPU of this rank (LOCAL_RANK) when there is one, else the CPU
     activation_checkpointing: bool = False  # recompute each layer's activations in backward
     tensorboard: bool = False  # also write TensorBoard event files (zdiff[tensorboard])
+    # TiDAR: mask block i routes among the experts its verify window's clean rows chose, plus this many by router
+    # mass (the decode-time draft expert budget, zdiff.runtime.moe.draft_restriction); None: routed freely
+    draft_expert_budget: int | None = None
 
     def check(self, world: int) -> None:
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_windows", "decay_steps"):
@@ -97,6 +100,9 @@ class TrainConfig:
             raise ZdiffError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.batch_size % world:
             raise ZdiffError(f"--batch-size {self.batch_size} must be divisible by the {world} data-parallel ranks")
+        if self.draft_expert_budget is not None and (self.draft_expert_budget < 0 or self.mode != "tidar"):
+            raise ZdiffError(f"--draft-expert-budget must be at least 0 with --mode tidar, got "
+                             f"{self.draft_expert_budget} with --mode {self.mode}")
         if self.backend is not None and self.backend not in BACKENDS:
             raise ZdiffError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.fsdp and "WORLD_SIZE" not in os.environ:  # silently one unsharded process otherwise
@@ -403,7 +409,7 @@ def _train(cfg: TrainConfig, resume: bool, log) -> dict:
     model, read_bytes = _build_model(cfg, spec, file_spec, init_dir, backend, device, world)
     model.activation_checkpointing = cfg.activation_checkpointing
     model.train()
-    objective = Objective(spec, cfg.mode, cfg.seq_len, backend)
+    objective = Objective(spec, cfg.mode, cfg.seq_len, backend, cfg.draft_expert_budget)
     ar_eval = objective if cfg.mode == "ar" else Objective(spec, "ar", cfg.seq_len, backend)
     tidar_eval = Objective(spec, "tidar", cfg.seq_len, backend) if spec.diffusion.mask_token_id is not None else None
     wrapped = _wrap(model, cfg, world, device, backend)

@@ -3,7 +3,8 @@ the whole router at inference) and the grouped-GEMM experts.
 
 Two kernel instances per spec (every MoE layer of a model shares the shapes):
 - `moe_router_c{C}_k{K}`: template moe_router.py.jinja, public `route(router, x, state)`. Entry points
-  `_fwd` / `_bwd` (the tail, one token per program) and, for a zaya_mlp router, `_mlp_fwd` (down_proj,
+  `_fwd` / `_bwd` (the tail, one token per program), `_restrict` (the tail under TiDAR's draft-row expert
+  budget) and, for a zaya_mlp router, `_mlp_fwd` (down_proj,
   state, RMSNorm, fc1, fc2, out_proj and the tail for BLOCK_M tokens per program, no gradient);
 - `moe_experts_e{E}_h{H}_i{I}_k{K}`: template moe_experts.py.jinja, public `experts_forward(experts, x, routing)`.
 
@@ -51,7 +52,7 @@ def router_plan(spec: Spec, dtype: str = "fp32", target: str = "cpu") -> KernelP
                  "SKIP_EXPERT": moe.skip_expert, "UPDATE_RATE": moe.balancing_bias.update_rate,
                  "ptr": DTYPE_PTR[dtype], "dtype": dtype}
     config = {"num_warps": 1}  # one row of a few classes per program: one warp / wave
-    configs = {f"{name}_fwd": dict(config), f"{name}_bwd": dict(config)}
+    configs = {f"{name}_fwd": dict(config), f"{name}_bwd": dict(config), f"{name}_restrict": dict(config)}
     if moe.router.kind == "zaya_mlp":
         R = moe.router.hidden_size
         constants.update(H=spec.model.hidden_size, R=R, BLOCK_R=max(16, triton.next_power_of_2(R)))

@@ -283,8 +283,9 @@ class RouterHost(ModuleHost):
         self.kind, self.C, self.E, self.top_k, self.update_rate = m.KIND, m.C, m.E, m.TOP_K, m.UPDATE_RATE
         self.fixed = {"C": m.C, "E": m.E, "TOP_K": m.TOP_K, "BLOCK_C": m.BLOCK_C, "BLOCK_K": m.BLOCK_K,
                       "PROBS_FP32": m.PROBS_FP32, "NORMALIZE": m.NORMALIZE, "SKIP_EXPERT": m.SKIP_EXPERT}
-        self.fwd, self.bwd = self.kernel("fwd"), self.kernel("bwd")
-        self.bench = {f"{self.name}_fwd": self._bench_fwd, f"{self.name}_bwd": self._bench_bwd}
+        self.fwd, self.bwd, self.restrict = self.kernel("fwd"), self.kernel("bwd"), self.kernel("restrict")
+        self.bench = {f"{self.name}_fwd": self._bench_fwd, f"{self.name}_bwd": self._bench_bwd,
+                      f"{self.name}_restrict": self._bench_restrict}
         if self.kind == "zaya_mlp":
             self.H, self.R = m.H, m.R
             self.mlp_fixed = {**self.fixed, "H": m.H, "R": m.R, "BLOCK_R": m.BLOCK_R}
@@ -293,14 +294,20 @@ class RouterHost(ModuleHost):
 
     # --- launchers --------------------------------------------------------------------------------------
 
-    def tail_forward(self, logits, bias, config=None):
-        """(experts (N, TOP_K) int64, weights (N, TOP_K)) of logits (N, C), unit column stride; bias (C,) fp32."""
+    def tail_forward(self, logits, bias, config=None, group=None, allowed=None):
+        """(experts (N, TOP_K) int64, weights (N, TOP_K)) of logits (N, C), unit column stride; bias (C,) fp32.
+        With group (N,) int32 and allowed (G, C) int8 (the `_restrict` entry): row n with group[n] = g >= 0
+        chooses only among the classes allowed[g] marks."""
         n = logits.shape[0]
         experts = torch.empty(n, self.top_k, dtype=torch.long, device=logits.device)
         weights = torch.empty(n, self.top_k, dtype=logits.dtype, device=logits.device)
-        cfg = self.config(f"{self.name}_fwd", n, config)
-        if n:
+        entry = "fwd" if group is None else "restrict"
+        cfg = self.config(f"{self.name}_{entry}", n, config)
+        if n and group is None:
             self.fwd[(n,)](logits, bias, experts, weights, logits.stride(0), **self.fixed, **launch_kwargs(cfg))
+        elif n:
+            self.restrict[(n,)](logits, bias, group, allowed, experts, weights, logits.stride(0), **self.fixed,
+                                **launch_kwargs(cfg))
         return experts, weights
 
     def tail_backward(self, logits, experts, dweights, config=None):
@@ -335,11 +342,13 @@ class RouterHost(ModuleHost):
 
     # --- the model-facing functions ------------------------------------------------------------------------
 
-    def route(self, router, x, state, rms_norm=None):
+    def route(self, router, x, state, rms_norm=None, restrict=None):
         """Same as zdiff.runtime.moe.Router.forward: x (N, H), state (N, R) or None -> (Routing, next_state).
 
         rms_norm: the generated RMSNorm of the router width (`rms_norm(x, weight, eps)`), else the module's own
-        (the autograd path; without a gradient the MLP router is one kernel)."""
+        (the autograd path; without a gradient the MLP router is one kernel). restrict: a
+        zdiff.runtime.moe.ExpertRestriction (the draft rows' expert budget): after the free choice, its allowed
+        sets come from the free rows' choices (torch ops on the device) and the `_restrict` tail chooses again."""
         from ...runtime.moe import Routing
 
         if router.kind != self.kind or router.balancing_bias.numel() != self.C or router.moe.top_k != self.top_k:
@@ -351,6 +360,10 @@ class RouterHost(ModuleHost):
             next_state = None
         elif not _needs_grad(router, x, state):
             experts, weights, logits, next_state = self.mlp_route(router, x, state)
+            if restrict is not None:
+                group, allowed = self._restriction(restrict, experts, logits)
+                experts, weights = self.tail_forward(logits, router.balancing_bias.float(), group=group,
+                                                     allowed=allowed)
             return Routing(experts, weights, logits), next_state
         else:
             hidden = F.linear(x, router.down_proj.weight, router.down_proj.bias)  # (N, R)
@@ -362,8 +375,18 @@ class RouterHost(ModuleHost):
             hidden = F.gelu(F.linear(normed, router.fc1.weight, router.fc1.bias))
             hidden = F.gelu(F.linear(hidden, router.fc2.weight, router.fc2.bias))
             logits = F.linear(hidden, router.out_proj.weight)  # (N, C)
-        weights, experts = _RouterTailFunction.apply(self, logits, router.balancing_bias)
+        group = allowed = None
+        if restrict is not None:
+            with torch.no_grad():
+                free, _ = self.tail_forward(logits.detach().contiguous(), router.balancing_bias.float().contiguous())
+            group, allowed = self._restriction(restrict, free, logits.detach())
+        weights, experts = _RouterTailFunction.apply(self, logits, router.balancing_bias, group, allowed)
         return Routing(experts, weights, logits), next_state
+
+    def _restriction(self, restrict, experts, logits):
+        """(group (N,) int32, allowed (G, C) int8) of an ExpertRestriction given the free choices."""
+        allowed = restrict.allowed(experts, logits, self.E, self.module.SKIP_EXPERT)
+        return restrict.group.to(device=logits.device, dtype=torch.int32), allowed.to(torch.int8).contiguous()
 
     def mlp_route(self, router, x, state):
         """The MLP router module in one kernel, forward only (see `mlp_forward`)."""
@@ -398,6 +421,8 @@ class RouterHost(ModuleHost):
                                           stride_l="i32"),
             f"{self.name}_bwd": aot_entry(self.bwd, self.pointer, self.fixed, EXPERTS="*i64", stride_l="i32",
                                           stride_dl="i32"),
+            f"{self.name}_restrict": aot_entry(self.restrict, self.pointer, self.fixed, BIAS="*fp32", GROUP=_I32,
+                                               ALLOWED="*i8", EXPERTS="*i64", stride_l="i32"),
         }
         if self.kind == "zaya_mlp":
             entries[f"{self.name}_mlp_fwd"] = aot_entry(
@@ -411,6 +436,14 @@ class RouterHost(ModuleHost):
         logits = torch.randn(bucket, self.C, dtype=self.dtype, device=device)
         bias = torch.zeros(self.C, dtype=torch.float32, device=device)
         return lambda: self.tail_forward(logits, bias, config=config)
+
+    def _bench_restrict(self, bucket, config, device="cuda"):
+        """Half the rows restricted (a decode step's draft rows) to half the classes."""
+        logits = torch.randn(bucket, self.C, dtype=self.dtype, device=device)
+        bias = torch.zeros(self.C, dtype=torch.float32, device=device)
+        group = (torch.arange(bucket, device=device, dtype=torch.int32) % 2) - 1
+        allowed = (torch.arange(self.C, device=device) % 2 == 0).to(torch.int8)[None, :]
+        return lambda: self.tail_forward(logits, bias, config=config, group=group, allowed=allowed)
 
     def _bench_bwd(self, bucket, config, device="cuda"):
         logits = torch.randn(bucket, self.C, dtype=self.dtype, device=device)
@@ -447,9 +480,9 @@ class _RouterTailFunction(torch.autograd.Function):
     """logits (N, C) -> (weights (N, TOP_K), experts (N, TOP_K)); gradient through the weights."""
 
     @staticmethod
-    def forward(ctx, host, logits, bias):
+    def forward(ctx, host, logits, bias, group=None, allowed=None):
         logits = logits.contiguous()
-        experts, weights = host.tail_forward(logits, bias.float().contiguous())
+        experts, weights = host.tail_forward(logits, bias.float().contiguous(), group=group, allowed=allowed)
         ctx.host = host
         ctx.save_for_backward(logits, experts)
         ctx.mark_non_differentiable(experts)
@@ -458,4 +491,4 @@ class _RouterTailFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dweights, _dexperts):
         logits, experts = ctx.saved_tensors
-        return None, ctx.host.tail_backward(logits, experts, dweights.contiguous()), None
+        return None, ctx.host.tail_backward(logits, experts, dweights.contiguous()), None, None, None
