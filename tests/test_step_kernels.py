@@ -61,7 +61,9 @@ def test_layout_kernel_is_the_torch_layout_bit_for_bit(block_size, rf):
         args = (st, rows, verify_rows, levels, block_size, 7, rf)
         expected = step_torch.layout_rows(*args)
         got = step_kernels.layout(True, *args)
-        for name, e, g in zip(("ids", "positions", "preds", "lengths", "causal", "rows", "blocks"), expected, got):
+        names = ("ids", "positions", "preds", "lengths", "causal", "rows", "blocks", "verify_drafts", "first_position")
+        assert len(expected) == len(got) == len(names)
+        for name, e, g in zip(names, expected, got):
             assert e.dtype == g.dtype and torch.equal(e, g), (name, trial, e, g)
 
 
@@ -78,7 +80,10 @@ def test_settle_kernel_is_the_torch_bookkeeping_bit_for_bit(block_size):
         torch_state, kernel_state = _clone(st), _clone(st)
         expected = step_torch.settle(torch_state, n, token)
         got = step_kernels.settle(True, kernel_state, n, token)
-        for name, e, g in zip(("n", "counts", "active"), expected, got):
+        assert torch.equal(expected[3], st.cache_len) and torch.equal(torch_state.cache_len, st.cache_len + expected[1])
+        names = ("n", "counts", "active", "old_len", "next_position")
+        assert len(expected) == len(got) == len(names)
+        for name, e, g in zip(names, expected, got):
             assert e.dtype == g.dtype and torch.equal(e, g), (name, trial, e, g)
         _assert_states_equal(torch_state, kernel_state)
         b = block_size

@@ -68,37 +68,38 @@ def causal_chunk_inputs(tokens: torch.Tensor, start: torch.Tensor, rows: torch.T
 
 
 def _layout_rows(st: SlotState, shape: StepShape, k: StepConstants, receptive_field: int):
-    """(ids, positions, predecessors, layout, causal, blocks per slot) of this step: one kernel (step_kernels)."""
-    ids, positions, preds, lengths, causal, n_rows, blocks = layout(
+    """(ids, positions, predecessors, layout, causal, blocks per slot, drafts verified per slot, position of d_1)
+    of this step: one kernel (step_kernels)."""
+    ids, positions, preds, lengths, causal, n_rows, blocks, verify_drafts, first_position = layout(
         k.kernels, st, shape.rows, shape.verify_rows, k.levels[: shape.proposals], k.block_size, k.fill_id,
         receptive_field)
-    return ids, positions, preds, StepLayout(k.block_size, k.level_values[: shape.proposals], lengths, causal,
-                                             n_rows), causal, blocks
+    step_layout = StepLayout(k.block_size, k.level_values[: shape.proposals], lengths, causal, n_rows)
+    return ids, positions, preds, step_layout, causal, blocks, verify_drafts, first_position
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """Logits of the given rows only, in the model dtype (the verifier reads them as they are): the verify rows;
-    the chosen block's b - 1 draft rows are `sample_next_drafts`'s, 2b - 1 of the b + P * b rows of a step."""
-    return hidden @ head.t()
+    the chosen block's b - 1 draft rows are `sample_next_drafts`'s, 2b - 1 of the b + P * b rows of a step.
+    hidden (S, rows, H) may be a strided view: a batched matmul reads it in place (a 2-D matmul would copy it)."""
+    return torch.bmm(hidden, head.t().expand(hidden.shape[0], -1, -1))
 
 
 def decode_step(model, st: SlotState, cache: SlotCache, shape: StepShape, k: StepConstants) -> None:
     """Run one step on slots [0, shape.slots) of `st` (a prefix view) and `cache` (the same prefix)."""
     V_ROWS = shape.verify_rows
-    ids, positions, preds, step_layout, causal, blocks = _layout_rows(st, shape, k, cache.receptive_field)
+    ids, positions, preds, step_layout, causal, blocks, num_drafts, first_position = _layout_rows(
+        st, shape, k, cache.receptive_field)
     out = model(ids, positions=positions, predecessors=preds, cache=cache, layout=step_layout, return_routings=True)
     hidden, head = out.hidden, out.head  # (S, R, H): the LM head runs only on the rows a step reads
 
-    D = V_ROWS - 1
-    num_drafts = torch.where(st.active, st.num_drafts, 0) if D else torch.zeros_like(st.num_drafts)
     sampler = (st.kind, st.temperature, st.top_k, st.top_p, st.mix_weight, st.seed)
     ar_logits = _logits(hidden[:, :V_ROWS], head)
-    n, token = verify_slots(k.verifier, ar_logits, st.draft_logits, st.drafts, num_drafts, st.cache_len + 1,
+    n, token = verify_slots(k.verifier, ar_logits, st.draft_logits, st.drafts, num_drafts, first_position,
                             *sampler, k.banned_id, shape.filtered, banned=k.banned)
-    # packet, pending, generated and active in one kernel; `active` is the step's mask (the next drafts read it)
-    n, counts, active = settle(k.kernels, st, n, token)
-    cache.commit(st.cache_len, counts, V_ROWS)
-    new_len = st.cache_len.add_(counts)
+    # packet, pending, generated, active and cache_len in one kernel; `active` is the step's mask (the next drafts
+    # read it), the commit writes at the lengths before the step
+    n, counts, active, old_len, next_position = settle(k.kernels, st, n, token)
+    cache.commit(old_len, counts, V_ROWS)
 
     # next drafts: block at the largest level a <= n supplies slots n - a + 1 .. b - 1
-    sample_next_drafts(k.verifier, st, hidden, head, n, causal, blocks, active, new_len + 1, shape, k)
+    sample_next_drafts(k.verifier, st, hidden, head, n, causal, blocks, active, next_position, shape, k)

@@ -21,7 +21,8 @@ NO_PREDECESSOR = tl.constexpr(step_torch.NO_PREDECESSOR)
 
 @triton.jit
 def layout_kernel(active_ptr, tidar_ptr, num_drafts_ptr, cache_len_ptr, pending_ptr, drafts_ptr, levels_ptr,
-                  ids_ptr, positions_ptr, preds_ptr, lengths_ptr, causal_ptr, rows_ptr, blocks_ptr, D, fill_id,
+                  ids_ptr, positions_ptr, preds_ptr, lengths_ptr, causal_ptr, rows_ptr, blocks_ptr, verify_drafts_ptr,
+                  first_position_ptr, D, fill_id,
                   R: tl.constexpr, VERIFY_ROWS: tl.constexpr, P: tl.constexpr, LAST_LEVEL: tl.constexpr,
                   B: tl.constexpr, RF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_RF: tl.constexpr):
     s = tl.program_id(0).to(tl.int64)
@@ -40,6 +41,8 @@ def layout_kernel(active_ptr, tidar_ptr, num_drafts_ptr, cache_len_ptr, pending_
     tl.store(causal_ptr + s, causal.to(tl.int32))
     tl.store(rows_ptr + s, n_rows.to(tl.int32))
     tl.store(blocks_ptr + s, blocks)
+    tl.store(verify_drafts_ptr + s, m)  # the drafts this step verifies (0 for idle slots)
+    tl.store(first_position_ptr + s, cl + 1)  # the position of d_1 (keys the verifier's draws)
 
     r = tl.arange(0, BLOCK_R).to(tl.int64)
     live = r < R
@@ -72,7 +75,8 @@ def layout_kernel(active_ptr, tidar_ptr, num_drafts_ptr, cache_len_ptr, pending_
 
 @triton.jit
 def settle_kernel(active_ptr, n_ptr, token_ptr, drafts_ptr, stop_ptr, max_new_ptr, generated_ptr, pending_ptr,
-                  packet_ptr, n_out_ptr, counts_ptr, was_active_ptr, D, NSTOP, B: tl.constexpr,
+                  cache_len_ptr, packet_ptr, n_out_ptr, counts_ptr, was_active_ptr, old_len_ptr, next_position_ptr,
+                  D, NSTOP, B: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_STOP: tl.constexpr):
     s = tl.program_id(0).to(tl.int64)
     active = tl.load(active_ptr + s) != 0
@@ -104,6 +108,10 @@ def settle_kernel(active_ptr, n_ptr, token_ptr, drafts_ptr, stop_ptr, max_new_pt
     tl.store(n_out_ptr + s, n)
     tl.store(counts_ptr + s, counts)
     tl.store(was_active_ptr + s, active)
+    cl = tl.load(cache_len_ptr + s)  # the commit writes at the old length; the lengths advance here
+    tl.store(old_len_ptr + s, cl)
+    tl.store(cache_len_ptr + s, cl + counts)
+    tl.store(next_position_ptr + s, cl + counts + 1)
 
 
 def layout_rows_triton(st: SlotState, rows: int, verify_rows: int, levels: torch.Tensor, block_size: int,
@@ -113,22 +121,25 @@ def layout_rows_triton(st: SlotState, rows: int, verify_rows: int, levels: torch
     positions = torch.empty_like(ids)
     preds = torch.empty(S, rf + rows, dtype=torch.long, device=dev)
     lengths, causal, n_rows = (torch.empty(S, dtype=torch.int32, device=dev) for _ in range(3))
-    blocks = torch.empty(S, dtype=torch.long, device=dev)
+    blocks, verify_drafts, first_position = (torch.empty(S, dtype=torch.long, device=dev) for _ in range(3))
     layout_kernel[(S,)](st.active, st.tidar, st.num_drafts, st.cache_len, st.pending, st.drafts, levels, ids,
-                        positions, preds, lengths, causal, n_rows, blocks, st.drafts.shape[1], fill_id, R=rows,
+                        positions, preds, lengths, causal, n_rows, blocks, verify_drafts, first_position,
+                        st.drafts.shape[1], fill_id, R=rows,
                         VERIFY_ROWS=verify_rows, P=levels.shape[0],
                         LAST_LEVEL=max(levels.shape[0] - 1, 0), B=block_size, RF=rf,
                         BLOCK_R=triton.next_power_of_2(rows), BLOCK_RF=triton.next_power_of_2(max(rf, 1)))
-    return ids, positions, preds, lengths, causal, n_rows, blocks
+    return ids, positions, preds, lengths, causal, n_rows, blocks, verify_drafts, first_position
 
 
 def settle_triton(st: SlotState, n: torch.Tensor, token: torch.Tensor):
     S, b = st.active.shape[0], st.packet.shape[1] - PACKET_EXTRA
     n_out, counts, was_active = torch.empty_like(n), torch.empty_like(n), torch.empty_like(st.active)
-    settle_kernel[(S,)](st.active, n, token, st.drafts, st.stop_ids, st.max_new, st.generated, st.pending, st.packet,
-                        n_out, counts, was_active, st.drafts.shape[1], st.stop_ids.shape[1], B=b,
-                        BLOCK_B=triton.next_power_of_2(b), BLOCK_STOP=triton.next_power_of_2(st.stop_ids.shape[1]))
-    return n_out, counts, was_active
+    old_len, next_position = torch.empty_like(st.cache_len), torch.empty_like(st.cache_len)
+    settle_kernel[(S,)](st.active, n, token, st.drafts, st.stop_ids, st.max_new, st.generated, st.pending,
+                        st.cache_len, st.packet, n_out, counts, was_active, old_len, next_position,
+                        st.drafts.shape[1], st.stop_ids.shape[1], B=b, BLOCK_B=triton.next_power_of_2(b),
+                        BLOCK_STOP=triton.next_power_of_2(st.stop_ids.shape[1]))
+    return n_out, counts, was_active, old_len, next_position
 
 
 def layout(kernels: bool, *args):

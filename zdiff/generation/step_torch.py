@@ -30,8 +30,9 @@ def extended_predecessors(new_pred: torch.Tensor, cache_len: torch.Tensor, recep
 
 def layout_rows(st: SlotState, rows: int, verify_rows: int, levels: torch.Tensor, block_size: int, fill_id: int,
                 receptive_field: int):
-    """(ids, positions, extended predecessors, cache lengths, causal rows, rows per slot, blocks per slot) of a
-    step with `rows` rows per slot and blocks at `levels` (the first P acceptance levels)."""
+    """(ids, positions, extended predecessors, cache lengths, causal rows, rows per slot, blocks per slot, drafts
+    verified per slot, position of d_1 per slot) of a step with `rows` rows per slot and blocks at `levels` (the
+    first P acceptance levels)."""
     S, R, b, P = st.active.shape[0], rows, block_size, levels.shape[0]
     m = torch.where(st.active, st.num_drafts, 0) if verify_rows > 1 else torch.zeros_like(st.num_drafts)
     blocks = (levels[None, :] <= m[:, None]).sum(-1) if P else torch.zeros_like(m)
@@ -55,14 +56,14 @@ def layout_rows(st: SlotState, rows: int, verify_rows: int, levels: torch.Tensor
     new_pred = torch.where(r < n_rows[:, None], new_pred, NO_PREDECESSOR)
     preds = extended_predecessors(new_pred, st.cache_len, receptive_field)
     cache_lengths = torch.where(st.active, st.cache_len, 0).int()
-    return ids, positions, preds, cache_lengths, causal.int(), n_rows.int(), blocks
+    return ids, positions, preds, cache_lengths, causal.int(), n_rows.int(), blocks, m, st.cache_len + 1
 
 
 def settle(st: SlotState, n: torch.Tensor, token: torch.Tensor):
-    """Write the packet (tokens, count, done, n, was active), `generated`, `pending` and `active` of slots that
-    took part, from the verifier's accepted counts n and tokens; returns (n, rows to commit, the step's active
-    mask), n and the counts 0 for idle slots. `cache_len` and the drafts are left to the caller (the commit
-    reads the old lengths, the next drafts the old `active`)."""
+    """Write the packet (tokens, count, done, n, was active), `generated`, `pending`, `active` and `cache_len` of
+    slots that took part, from the verifier's accepted counts n and tokens; returns (n, rows to commit, the step's
+    active mask, the lengths before the step, the next drafts' first position), n and the counts 0 for idle
+    slots. The commit writes at the old lengths, the next drafts read the old `active`."""
     b = st.packet.shape[1] - 4
     active = st.active.clone()
     n = torch.where(active, n, 0)
@@ -82,4 +83,6 @@ def settle(st: SlotState, n: torch.Tensor, token: torch.Tensor):
     st.pending.copy_(torch.where(active, token, st.pending))
     st.generated.add_(delivered)
     st.active.copy_(active & ~done)
-    return n, counts, active
+    old_len = st.cache_len.clone()
+    st.cache_len.add_(counts)
+    return n, counts, active, old_len, st.cache_len + 1
