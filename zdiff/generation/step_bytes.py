@@ -2,12 +2,14 @@
 (`decode_step`), for `benchmarks/decode_bench.py` to report next to the forward's (`CostModel.forward`).
 
 Steady-state TiDAR step with P proposal blocks (b verify rows, the chosen block's b - 1 draft rows) or an AR
-step (P = 0: one verify row, no drafts), B slots, vocabulary V, model dtype of `dtype_bytes`, fp32 logits:
-- logits: the LM head's output rows written in the model dtype, read back and written as fp32 (`_logits`);
-- verifier: the fused kernels read the target and draft rows (fp32) twice (statistics, then the walk/draw);
-- draft sampling: temperature (read, write), the banned-id fill (an out-of-place copy), softmax, the fp64 cast
-  and cumsum of the inverse-CDF draw, the argmax: 56 bytes per element of the b - 1 draft rows;
-- draft logits: the copy into SlotState.draft_logits (fp32, read and write);
+step (P = 0: one verify row, no drafts), B slots, vocabulary V, the model dtype of `dtype_bytes` throughout
+(no fp32 copy of any logits row):
+- logits: the LM head's output rows written once, the verify rows' (`_logits`) and the chosen block's
+  (`sample_next_drafts` writes them straight into SlotState.draft_logits);
+- draft rows: the chosen block's b - 1 hidden rows gathered (read and written) for that head matmul;
+- verifier: the three split-vocabulary kernels read the target and draft rows twice (statistics, then the
+  walk and the Gumbel-max draw); their partials are O(B * splits), not counted;
+- draft sampling: the split-vocabulary Gumbel-max race reads the b - 1 draft rows once;
 - commit: every layer's stashed K/V rows read and written at the cache length, the CCA state's rf rows of
   [q|k | v_delayed] read and written (one kernel, `commit_kernel`);
 - layout and bookkeeping: the int64 ids, positions, predecessors and packet (`step_kernels`).
@@ -19,26 +21,24 @@ from __future__ import annotations
 
 from ..spec import ModelSpec
 
-FP32, INT64 = 4, 8
-DRAFT_SAMPLING_BYTES_PER_ELEMENT = (4 + 4) + (4 + 4) + (4 + 4) + (4 + 8) + (8 + 8) + 4
+INT64 = 8
 
 
 def step_bytes_outside_forward(model: ModelSpec, block_size: int, batch: int, proposals: int,
                                dtype_bytes: int = 2) -> dict[str, float]:
     """{part: bytes} of one step outside the forward (see the module docstring for what each part counts)."""
-    B, V, a = batch, model.vocab_size, model.attention
+    B, V, H, a = batch, model.vocab_size, model.hidden_size, model.attention
     verify = block_size if proposals else 1
     drafts = block_size - 1 if proposals else 0
     rows = verify + proposals * block_size
-    cast = dtype_bytes + dtype_bytes + FP32 if dtype_bytes != FP32 else dtype_bytes
     rf = a.cca.receptive_field if a.kind == "ccgqa" else 0
     kv = a.num_kv_heads * a.head_dim
     state_width = (a.num_heads + a.num_kv_heads) * a.head_dim + kv // 2 if rf else 0
     return {
-        "logits": B * (verify + drafts) * V * cast,
-        "verifier": 2 * B * (verify + drafts) * V * FP32,
-        "draft_sampling": B * drafts * V * DRAFT_SAMPLING_BYTES_PER_ELEMENT,
-        "draft_logits": B * drafts * V * 2 * FP32,
+        "logits": B * (verify + drafts) * V * dtype_bytes,
+        "draft_rows": B * drafts * H * 2 * dtype_bytes,
+        "verifier": 2 * B * (verify + drafts) * V * dtype_bytes,
+        "draft_sampling": B * drafts * V * dtype_bytes,
         "commit": model.num_layers * B * (2 * 2 * verify * kv + 2 * rf * state_width) * dtype_bytes,
         "layout_bookkeeping": B * INT64 * (3 * rows + rf + 2 * (block_size + 4) + 16),
     }
