@@ -181,7 +181,8 @@ class World:
         self.positionals = {
             # the specs a CPU compiles first (hypothesis draws early entries most): every command must succeed
             "spec": ["zaya1-tiny", "dense-tiny", *preset_names(), "specs/tiny.yaml", "specs/bad.yaml",
-                     "specs/binary.yaml", "nowhere.yaml", "specs", "plain_file", str(root / "ck" / "spec.yaml"), "", "../"],
+                     "specs/binary.yaml", "nowhere.yaml", "specs", "plain_file", str(root / "ck" / "spec.yaml"), "",
+                     "../"],
             "checkpoint": [str(self.ck), "missing", "specs", "plain_file", "", str(self.hf)],
             "hf_dir": [str(self.hf), "missing", "specs", "plain_file", str(self.ck), ""],
             # import's output; "hf" and what is in or around it overlap its input and must be refused
