@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_close
+from generation_helpers import TINY_VOCAB_SPEC
 from zdiff.errors import ZdiffError
 from zdiff.generation import DecodeCache, SamplingParams, generate
 from zdiff.generation.loop import _Batch
@@ -138,23 +139,9 @@ def test_budget_needs_a_layout(moe16):
               draft_expert_budget=-1)
 
 
-VOCAB8_MOE16 = """
-name: vocab8-moe16
-model:
-  vocab_size: 8
-  hidden_size: 32
-  num_layers: 2
-  residual_scaling: true
-  attention: {kind: ccgqa, num_heads: 2, num_kv_heads: 1, head_dim: 16, rope_fraction: 0.5, qk_norm: l2}
-  moe:
-    num_experts: 16
-    top_k: 1
-    ffn_size: 16
-    skip_expert: true
-    router: {kind: zaya_mlp, hidden_size: 8}
-diffusion: {block_size: 4, mask_token_id: 7, proposals: 3, acceptance_levels: [0, 1, 3]}
-sampler: {kind: lossless}
-"""
+# the exactness tests' 8-token model with 16 experts: enough for the budget to bind
+VOCAB8_MOE16 = (TINY_VOCAB_SPEC.replace("name: vocab8", "name: vocab8-moe16")
+                .replace("num_experts: 2", "num_experts: 16").replace("ffn_size: 32", "ffn_size: 16"))
 
 
 def test_greedy_tidar_with_budget_equals_greedy_ar():
