@@ -26,6 +26,16 @@ def available() -> bool:
 MISSING = "matplotlib is not installed (pip install 'zdiff[plots]')"
 
 
+def _finish(plt, fig, ax, path: Path, title: str) -> bool:
+    """The common end of a one-panel plot: title, grid, legend, an atomic PNG write."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def _save(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
@@ -54,12 +64,7 @@ def loss_curve(records: list[dict], path: Path, title: str) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per token")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, path)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, title)
 
 
 def acceptance_histogram(results: dict, path: Path, title: str) -> bool:
@@ -102,12 +107,7 @@ def acceptance_by_position(samplers: dict, path: Path, title: str) -> bool:
     ax.set_xlabel("draft position j (share of decode steps that accepted at least j drafts)")
     ax.set_ylabel("acceptance rate")
     ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, path)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, title)
 
 
 def speedup_by_batch(rows: list[dict], path: Path, title: str) -> bool:
