@@ -21,7 +21,7 @@ import tempfile  # noqa: E402
 
 from zdiff.codegen.aot import AOT_TARGETS, compile_for_target  # noqa: E402
 from zdiff.codegen.compile import compile_spec  # noqa: E402
-from zdiff.generation import draft_sampling, verifier_kernel  # noqa: E402
+from zdiff.generation import draft_sampling, filter_kernel, verifier_kernel  # noqa: E402
 from zdiff.spec import load_spec  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     # per-slot samplers: one build per logits type (the model's bf16; fp32 after top-k / top-p filtering)
     sampling = (verifier_kernel.aot_kernels(False) + draft_sampling.aot_kernels()
                 + verifier_kernel.aot_kernels(False, logits="fp32", processed=True)
-                + draft_sampling.aot_kernels(logits="fp32", processed=True)[:1])
+                + draft_sampling.aot_kernels(logits="fp32", processed=True)[:1] + filter_kernel.aot_kernels())
     for name, kernel, signature, constexprs, warps in sampling:
         for target in sorted(AOT_TARGETS):
             _, r = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)

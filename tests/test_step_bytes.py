@@ -41,3 +41,16 @@ def test_a_zaya1_8b_step_moves_at_most_a_tenth_of_its_forward_outside_it():
     outside = sum(step_bytes_outside_forward(spec.model, spec.diffusion.block_size, 32, 3).values())
     forward = CostModel(spec, target_rates("h200")).forward(32, 4096, 3).bytes
     assert outside <= 0.10 * forward, outside / forward
+
+
+def test_filtered_steps_add_the_filter_passes_and_fp32_reads():
+    """top-k / top-p: verify rows + drafts + next drafts read FILTER_PASSES times and written once in fp32; the
+    verifier (twice) and the draft sampler then read fp32 instead of the model dtype. Nothing else changes."""
+    from zdiff.generation.step_bytes import FILTER_PASSES
+
+    model = load_spec("zaya1-tiny").model
+    V, b, B = model.vocab_size, 8, 3
+    plain = step_bytes_outside_forward(model, b, B, proposals=2)
+    filtered = step_bytes_outside_forward(model, b, B, proposals=2, filtered=True)
+    assert {k: v for k, v in filtered.items() if k != "filter"} == plain
+    assert filtered["filter"] == B * (8 + 14) * V * (FILTER_PASSES * 2 + 4) + B * (2 * 15 + 7) * V * 2

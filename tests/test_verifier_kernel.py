@@ -252,7 +252,7 @@ def test_keyed_slot_draws_are_distributed_exactly_with_top_k_top_p(backend):
     S, V, d = 400, 6, 1
     filters = dict(top_k=4, top_p=0.8)
     ar = torch.tensor([[1.0, 0.6, -1.0, 0.5, 0.3, -0.2], [0.2, 1.5, -0.5, 0.0, 0.9, 0.1]])
-    draft = torch.tensor([[0.0, 1.0, 0.0, 0.4, -0.3, 0.2]])
+    draft = torch.tensor([[0.05, 1.0, 0.0, 0.4, -0.3, 0.2]])  # no tie at the top-k threshold: both filters cut
     params = SamplingParams(kind="lossless", **filters)
     p0, p1 = sampling.probabilities(ar[0], params), sampling.probabilities(ar[1], params)
     q = sampling.probabilities(draft[0], params)
@@ -314,11 +314,12 @@ AOT_SCRIPT = """
 import json, warnings
 warnings.simplefilter("ignore")
 from zdiff.codegen.aot import AOT_TARGETS, check_fits, compile_for_target
-from zdiff.generation import draft_sampling, verifier_kernel
+from zdiff.generation import draft_sampling, filter_kernel, verifier_kernel
 reports = []
 kernels = (verifier_kernel.aot_kernels(given_noise=False, logits="bf16")
            + verifier_kernel.aot_kernels(given_noise=False, logits="fp32", processed=True)
-           + draft_sampling.aot_kernels(logits="bf16") + draft_sampling.aot_kernels(logits="fp32", processed=True))
+           + draft_sampling.aot_kernels(logits="bf16") + draft_sampling.aot_kernels(logits="fp32", processed=True)
+           + filter_kernel.aot_kernels(logits="bf16"))
 for target in sorted(AOT_TARGETS):
     for name, kernel, signature, constexprs, warps in kernels:
         _, report = compile_for_target(kernel, signature, constexprs, target, num_warps=warps)
@@ -330,7 +331,8 @@ print(json.dumps(reports))
 
 def test_fused_verifier_and_draft_sampler_compile_ahead_of_time_without_spills():
     """Real compilation (not the interpreter), so it runs in a process without TRITON_INTERPRET: the verifier's
-    and the draft sampler's kernels on bf16 logits (the model dtype) and on fp32 filtered logits."""
+    and the draft sampler's kernels on bf16 logits (the model dtype) and on fp32 filtered logits, and the top-k /
+    top-p filter kernel on bf16 logits."""
     import json
     import os
     import subprocess
@@ -347,8 +349,9 @@ def test_fused_verifier_and_draft_sampler_compile_ahead_of_time_without_spills()
                                                            ("mi300x", "gfx942"), ("mi355x", "gfx950")}
     kernels = {"verify_stats_kernel", "verify_sample_kernel", "verify_finish_kernel", "draft_sample_kernel",
                "draft_pick_kernel", "draft_rows_kernel"}
-    assert {r["kernel"] for r in reports} == kernels
-    assert len(reports) == 4 * 2 * len(kernels)  # every target, both logits types (the sampler is per slot)
+    assert {r["kernel"] for r in reports} == kernels | {"filter_logits_kernel"}
+    # every target, both logits types (the sampler is per slot); the filter reads the model dtype only
+    assert len(reports) == 4 * (2 * len(kernels) + 1)
     for r in reports:
         assert r["spills"] == 0 and r["registers"] > 0 and r["binary_bytes"] > 1000 and r["occupancy"] >= 1, r
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .keyed_rng import RESAMPLE, accept_uniforms, gumbel_noise
+from .logit_mix import mix_logits
 
 LOSSLESS, LOGIT_MIX, GREEDY = 0, 1, 2
 KIND_CODES = {"lossless": LOSSLESS, "logit_mix": LOGIT_MIX, "greedy": GREEDY}
@@ -31,45 +32,45 @@ def process_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch
     """Temperature (a product with its fp32 reciprocal), banned ids, top-k then top-p, as -inf masking, in fp32.
 
     logits (S, ..., V); temperature, top_k (0 = off), top_p (1 = off): scalars or (S,) tensors;
-    banned: int64 ids. Ties at the top-k threshold are kept; top-p keeps the smallest prefix of
-    the (stably) sorted distribution whose mass reaches top_p, and always the first token.
-    `filtered=False` skips the sort when the caller knows no slot uses top-k or top-p."""
+    banned: int64 ids. Both filters are thresholds on z, ties kept: top-k keeps z >= the k-th largest; top-p
+    (over what top-k kept) keeps z iff the probability mass strictly above z is < top_p, so the top token
+    always stays. `filter_kernel` computes the same rule without a sort. `filtered=False` skips the sort when
+    the caller knows no slot uses top-k or top-p."""
     z = logits.float() * _per_row(1.0 / temperature.float(), logits)  # the reciprocal, as the kernels scale
     if banned is not None and banned.numel():
         z = z.index_fill(-1, banned, float("-inf"))
     if not filtered:
         return z
     V = z.shape[-1]
-    sorted_z, order = torch.sort(z, dim=-1, descending=True, stable=True)
+    sorted_z = torch.sort(z, dim=-1, descending=True).values
     k = _per_row(top_k, z).clamp(0, V)
     kth = sorted_z.gather(-1, (k - 1).clamp_min(0).expand(*z.shape[:-1], 1).long())
     kth = torch.where(k > 0, kth, torch.full_like(kth, float("-inf")))
     sorted_z = sorted_z.masked_fill(sorted_z < kth, float("-inf"))
     probs = torch.softmax(sorted_z, dim=-1)
-    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly before each token
+    # mass strictly before each sorted entry (an exclusive cumsum: nondecreasing, so the kept entries are a prefix)
+    before = torch.nn.functional.pad(torch.cumsum(probs, dim=-1)[..., :-1], (1, 0))
     p = _per_row(top_p, z)
-    sorted_z = sorted_z.masked_fill((before >= p) & (p < 1.0), float("-inf"))
-    return torch.empty_like(z).scatter_(-1, order, sorted_z)
+    kept = (before < p).sum(-1, keepdim=True).clamp_min(1)
+    tau = torch.where(p < 1.0, torch.maximum(sorted_z.gather(-1, kept - 1), kth), kth)
+    return z.masked_fill(z < tau, float("-inf"))
 
 
-FINITE_FLOOR = -3.0e38  # below every real logit, above -inf (as verifier_kernel._mix)
 TINY = 1e-30  # keeps log away from 0 in discarded entries (as verifier_kernel.TINY)
 
 
 def mixed_targets(ar_logits: torch.Tensor, draft_logits: torch.Tensor, num_drafts: torch.Tensor, kind: torch.Tensor,
                   mix_weight: torch.Tensor) -> torch.Tensor:
-    """fp32 target logits (S, D+1, V) before temperature: w z_AR + (1 - w) z_draft on the drafted rows of
-    logit_mix slots, z_AR everywhere else. Masked (-inf) logits are floored to -3e38 before mixing, as the
-    kernel does: a zero weight never meets -inf (0 * -inf is NaN) and a floored logit keeps probability 0."""
+    """fp32 target logits (S, D+1, V) before temperature: `logit_mix.mix_logits` of z_AR and z_draft on the drafted
+    rows of logit_mix slots, z_AR everywhere else."""
     target = ar_logits.float()
     D = target.shape[1] - 1
     if not D:
         return target
     drafted = torch.arange(D + 1, device=target.device)[None, :] < num_drafts[:, None]
-    w = mix_weight.float()[:, None, None]
-    padded = torch.cat([draft_logits[:, :D].float(), target[:, D:]], dim=1).clamp_min(FINITE_FLOOR)
+    padded = torch.cat([draft_logits[:, :D].float(), target[:, D:]], dim=1)
     mix = ((kind == LOGIT_MIX)[:, None] & drafted)[..., None]
-    return torch.where(mix, w * target.clamp_min(FINITE_FLOOR) + (1 - w) * padded, target)
+    return torch.where(mix, mix_logits(target, padded, mix_weight.float()[:, None, None]), target)
 
 
 def gumbel_race(log_weights: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

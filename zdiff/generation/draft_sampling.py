@@ -8,9 +8,9 @@ the noise keyed on (seed, the draft's position, DRAFT) by `keyed_rng`.
 
 Two backends give the same draws: "fused", a split-vocabulary Triton kernel (each program races one
 vocabulary split of one row; greedy programs skip the hash and the logs) and a pick kernel combining the
-splits (two launches for every slot at once); "torch", the same maths as torch ops. Top-k / top-p need a
-sort: the logits are filtered on the device first (`batched_sampling.process_logits`) and read at unit
-temperature. No softmax and no cumsum: a Gumbel-max draw needs neither. Which rows supply the drafts is one
+splits (two launches for every slot at once); "torch", the same maths as torch ops. Top-k / top-p: one
+more launch filters the rows first (`filter_kernel`, fp32 at unit scale), as `process_logits` would. No
+softmax and no cumsum: a Gumbel-max draw needs neither. Which rows supply the drafts is one
 more small kernel (`draft_rows_kernel`; `draft_rows` as torch ops on the torch backend).
 """
 
@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .batched_sampling import GREEDY, gumbel_race, process_logits
+from .filter_kernel import launch_filter
 from .keyed_rng import DRAFT, DRAFT_SALT, _gumbel_of, _row_key, gumbel_noise
 from .verifier_kernel import (
     BIG_INDEX,
@@ -133,12 +134,12 @@ def sample_drafts(backend: str, logits: torch.Tensor, kind: torch.Tensor, temper
     """Draft t of slot s (position first_position[s] + t) from raw logits (S, D, V), written into out (S, D)
     int64. backend "fused" (the kernels) or "torch"; the same draws either way."""
     S, D, V = logits.shape
-    if backend == "fused" and not filtered:
-        return launch_draft_sampling(logits, kind, temperature, seed, first_position, banned_id, False, out,
+    if backend == "fused":
+        if filtered:  # one more launch: the rows tempered, banned and filtered (fp32, unit scale)
+            logits = launch_filter(logits, kind, temperature, top_k, top_p, banned_id)
+        return launch_draft_sampling(logits, kind, temperature, seed, first_position, banned_id, filtered, out,
                                      **launch)
     z = process_logits(logits, temperature, top_k, top_p, banned, filtered)
-    if backend == "fused":
-        return launch_draft_sampling(z, kind, temperature, seed, first_position, banned_id, True, out, **launch)
     positions = first_position[:, None] + torch.arange(D, device=logits.device)[None, :]
     drawn = gumbel_race(z, gumbel_noise(seed[:, None], positions, DRAFT, V))
     return out.copy_(torch.where((kind == GREEDY)[:, None], z.argmax(-1), drawn))

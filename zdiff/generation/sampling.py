@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ZdiffError
 from ..spec.schema import DEFAULT_MIX_WEIGHT
+from .logit_mix import mix_logits
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,8 @@ def target_probs(ar_logits: torch.Tensor, draft_logits: torch.Tensor | None, par
     if params.kind != "logit_mix" or draft_logits is None or params.mix_weight == 1.0:
         return probabilities(ar_logits, params)
     m = draft_logits.shape[0]
-    w = params.mix_weight
     mixed = ar_logits.float().clone()
-    if w == 0.0:  # a zero weight drops its term: 0 * -inf (a masked logit) would be NaN
-        mixed[:m] = draft_logits.float()
-    else:
-        mixed[:m] = w * ar_logits[:m].float() + (1 - w) * draft_logits.float()
+    mixed[:m] = mix_logits(ar_logits[:m], draft_logits, params.mix_weight)
     return probabilities(mixed, params)
 
 

@@ -8,9 +8,9 @@ last row. Greedy slots accept while d is the argmax and take the argmax. No host
 accepted counts and tokens stay on the device.
 
 Per slot (device tensors, so a captured graph replays any mix of requests): the sampler kind,
-temperature and mix weight. The logits are read in the model dtype. Top-k / top-p need a sort over
-the vocabulary: the caller applies them on the device (`batched_sampling.process_logits`) and
-passes the filtered logits at unit scale (PROCESSED; `fused_verify_slots` does). Randomness is
+temperature and mix weight. The logits are read in the model dtype. Top-k / top-p: the filter kernel
+(`filter_kernel`, one launch per side) writes the mixed, tempered, filtered logits in fp32 and these
+kernels read them at unit scale (PROCESSED; `fused_verify_slots` does). Randomness is
 keyed in the kernel, never positional in the batch (`keyed_rng`, the torch backend's bits): the
 acceptance uniform of row i from (seed, first_position + i, ACCEPT) and the Gumbel noise of the
 resample / bonus draw from (seed, first_position + n, RESAMPLE) and the token id; or both are
@@ -38,27 +38,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .batched_sampling import GREEDY, LOGIT_MIX, mixed_targets, process_logits
+from .batched_sampling import GREEDY, LOGIT_MIX
+from .filter_kernel import launch_filter
 from .keyed_rng import ACCEPT_SALT, RESAMPLE_SALT, _accept_uniform, _gumbel_of, _row_key
+from .logit_mix import _mix
 
 NEG_INF = tl.constexpr(float("-inf"))
-FINITE_FLOOR = tl.constexpr(-3.0e38)  # below every real logit, above -inf
 # keeps tl.log away from 0 in discarded lanes; a normal fp32 (1e-38 made Triton 3.6 widen to fp64)
 TINY = tl.constexpr(1e-30)
 BIG_INDEX = tl.constexpr(2147483647)
 GREEDY_CODE = tl.constexpr(GREEDY)
 LOGIT_MIX_CODE = tl.constexpr(LOGIT_MIX)
-
-
-@triton.jit
-def _mix(za, zd, mix_weight):
-    """w * z_AR + (1 - w) * z_draft with masked (-inf) logits floored to a finite -3e38 first: a zero weight
-    times -inf would be NaN (0 * -inf), while a floored logit still gives probability exactly 0, and
-    finite logits mix exactly as before (w = 1 is the lossless target bit for bit). Two max ops rather
-    than selects on the weight: the sampling kernel has no registers to spare on sm_90."""
-    za = tl.maximum(za, FINITE_FLOOR)
-    zd = tl.maximum(zd, FINITE_FLOOR)
-    return mix_weight * za + (1.0 - mix_weight) * zd
 
 
 @triton.jit
@@ -421,17 +411,15 @@ def fused_verify_slots(ar_logits: torch.Tensor, draft_logits: torch.Tensor, draf
                        **launch) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused backend of `verify.verify_slots` (same arguments and results). Unfiltered: the kernels read
     the raw logits in the model dtype and apply each slot's temperature, mix weight and the ban; filtered
-    (top-k / top-p need a sort): mixed, tempered, banned and filtered on the device first, read at unit scale."""
+    (some slot uses top-k / top-p): `filter_kernel` mixes, tempers, bans and filters both sides first (one
+    launch each, fp32 at unit scale)."""
     M = ar_logits.shape[1] - 1
     draft_logits, drafts = draft_logits[:, :M], drafts[:, :M]
     ar = ar_logits
-    if filtered:
-        banned = None
-        if banned_id >= 0:
-            banned = torch.full((1,), banned_id, dtype=torch.long, device=ar_logits.device)
-        ar = process_logits(mixed_targets(ar_logits, draft_logits, num_drafts, kind, mix_weight), temperature,
-                            top_k, top_p, banned, True)
-        draft_logits = process_logits(draft_logits, temperature, top_k, top_p, banned, True)
+    if filtered:  # two more launches: the mixed targets and the draft rows, filtered at unit scale
+        ar = launch_filter(ar_logits, kind, temperature, top_k, top_p, banned_id, draft_logits.contiguous(),
+                           num_drafts, mix_weight)
+        draft_logits = launch_filter(draft_logits.contiguous(), kind, temperature, top_k, top_p, banned_id)
     return launch_verify(ar.contiguous(), draft_logits.contiguous(), drafts.contiguous(), num_drafts, kind,
                          temperature, mix_weight, seed, first_position, banned_id, filtered, given, **launch)
 
