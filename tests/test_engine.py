@@ -328,8 +328,8 @@ def test_auto_policy_follows_acceptance_and_reports():
     bad = ProposalPolicy(spec, levels, "auto", "h200")
     for _ in range(500):
         bad.observe(0)
-    assert good.choose(1, 4096) >= 1
-    assert bad.choose(1, 4096) == 0
+    assert good.choose(1, 4096).proposals >= 1
+    assert bad.choose(1, 4096).proposals == 0
     model, tiny = tiny_vocab_model(seed=1)
     _, engine = _engine_tokens(model, tiny.diffusion, [PROMPT] * 3, RequestParams(max_new_tokens=10), slots=3)
     report = engine.policy.report()
