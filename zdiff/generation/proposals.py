@@ -129,7 +129,7 @@ class ProposalPolicy:
         b = self.block_size
         self.accepted[min(accepted_drafts, b - 1)] += 1
         offered = b - 1 - offset if offered is None else offered
-        for j in range(1, offered + 1):
+        for j in range(1, min(offered, accepted_drafts + 1) + 1):  # the slots past the first rejection: not reached
             slot = offset + j
             if slot >= b:
                 break
