@@ -42,7 +42,7 @@ def test_greedy_tidar_with_budget_and_verify_length_equals_greedy_ar(moe16, d):
     assert free_tokens == held_tokens == ar
     assert sum(map(sum, held)) > 0 and max(max(a) for a in held) <= d  # drafts accepted, never more than d a step
     assert held != free  # the budget changed the drafts (q), not the tokens (p)
-    assert set(engine.stats.steps_used) <= {f"P3_d{d}_m0", "ar"}
+    assert {o.label for o in engine.stats.steps_used} <= {f"P3_d{d}_m0", "ar"}
 
 
 def test_lossless_engine_with_budget_and_truncated_verify_matches_exact_ar_distribution(moe16, monkeypatch):
@@ -90,8 +90,8 @@ def test_per_request_caps_are_kept_and_checked(moe16):
     free = _run(model, spec, PROMPTS, lambda i: RequestParams(max_new_tokens=lengths[i], sampler="greedy"), **kw)
     assert tokens == free[0]
     assert max(accepted[0]) <= 1 and max(accepted[1]) > 1
-    assert "P3_d1_moff" in engine.stats.steps_used  # d capped at 1 while request 0 ran
-    assert not any(label.endswith("_m0") for label in engine.stats.steps_used)
+    assert StepOption(3, 1, None) in engine.stats.steps_used  # d capped at 1 while request 0 ran
+    assert all(o.budget is None for o in engine.stats.steps_used)
     for field, value, match in (("verify_length", 2, r"verify_length: .*\(1, 3\), got 2"),
                                 ("verify_length", -1, "verify_length"), ("expert_budget", "yes", "expert_budget")):
         with pytest.raises(ZdiffError, match=match):

@@ -96,7 +96,7 @@ class EngineStats:
     wait_seconds: float = 0.0  # total host time waiting for a step's packet
     tokens_per_step: list[int] = field(default_factory=list)  # index k: slot-steps that delivered k+1 tokens
     proposals_used: dict[int, int] = field(default_factory=dict)
-    steps_used: dict[str, int] = field(default_factory=dict)  # steps per option label (proposals.StepOption.label)
+    steps_used: dict = field(default_factory=dict)  # steps per (P, d, budget) option (proposals.StepOption)
     graph_replays: int = 0
     eager_steps: int = 0
     slot_moves: int = 0  # requests moved down into a finished request's slot (compaction)
@@ -395,7 +395,7 @@ class Engine:
         filtered = any(r.params.top_k > 0 or r.params.top_p < 1 for r in reqs)
         bucket = slot_bucket(occupied[-1] + 1, self.max_slots)
         self.stats.proposals_used[p] = self.stats.proposals_used.get(p, 0) + 1
-        self.stats.steps_used[option.label] = self.stats.steps_used.get(option.label, 0) + 1
+        self.stats.steps_used[option] = self.stats.steps_used.get(option, 0) + 1
         self._may_have_drafts = p > 0
         return StepShape(bucket, verify_rows, p, filtered, self.block_size, option.budget if p else None)
 
