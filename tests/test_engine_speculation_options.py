@@ -144,3 +144,20 @@ def test_a_truncated_step_tells_the_policy_nothing_about_the_slots_past_d():
     assert after[1] > before[1] and after[2] > before[2] and after[3:] == before[3:] and after[0] == before[0]
     policy.observe(0, offered=3, offset=0)  # slot 1 rejected; 2 and 3 not reached
     assert policy.slot_rates()[0] < after[0] and policy.slot_rates()[1:] == after[1:]
+
+
+def test_truncated_budgeted_steps_draw_the_same_on_both_verifiers(moe16):
+    """The keyed randomness with d = 1 and the budget on: the CPU engine (torch ops) and the engine over the fused
+    verifier, draft sampler and step kernels (interpreter) give every seeded request the same tokens."""
+    model, spec = moe16
+    requests = [RequestParams(max_new_tokens=9, seed=s, **kw) for s, kw in enumerate([
+        {}, dict(sampler="logit_mix", mix_weight=0.4, temperature=0.7), dict(top_k=4, top_p=0.9)])]
+    runs = {}
+    for verifier in ("torch", "fused"):
+        engine = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=32, proposals=2, verify_lengths=(1,),
+                        expert_budgets=(0,), verifier=verifier)
+        ids = [engine.add([1 + i, 2, 3], p) for i, p in enumerate(requests)]
+        results = engine.run()
+        runs[verifier] = [results[i].tokens for i in ids]
+        assert engine.stats.tokens_per_step[1] > 0 and engine.stats.tokens_per_step[2:] == [0, 0]
+    assert runs["fused"] == runs["torch"]
