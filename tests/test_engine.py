@@ -273,6 +273,13 @@ def test_the_step_never_synchronises_with_the_host(monkeypatch, verifier):
         engine.add(PROMPT, RequestParams(max_new_tokens=8, seed=i, **kw))
     engine.run()
     assert engine.stats.eager_steps > 3
+    # a verify length below b - 1 and the draft expert budget (the options of MoE-aware TiDAR), under the same guard
+    budgeted = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=64, verifier=verifier, proposals=2,
+                      verify_lengths=(1,), expert_budgets=(0,))
+    for i, kw in enumerate(kinds[:2]):
+        budgeted.add(PROMPT, RequestParams(max_new_tokens=8, seed=i, **kw))
+    budgeted.run()
+    assert {(o.verify, o.budget) for o in budgeted.stats.steps_used} == {(1, 0)}
     if verifier == "fused":
         return
 
