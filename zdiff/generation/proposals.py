@@ -35,6 +35,8 @@ from ..spec import Spec
 
 PRIOR_STEPS = 32  # weight of the prior acceptance curve, in observed drafts per slot
 DECISION_INTERVAL = 8  # steps between decisions (the cost model is evaluated on the host)
+CONTEXT_BUCKET = 256  # the floors are evaluated at the middle of a bucket of this many context tokens
+MAX_CACHED_FLOORS = 4096
 BUDGET_MODES = ("auto", "on", "off")  # a step's requests' wishes for the expert budget, "off" winning
 
 
@@ -103,6 +105,7 @@ class ProposalPolicy:
         self.accepted_at = {False: [0] * b, True: [0] * b}
         self.chosen: dict[StepOption, int] = {}
         self._model: CostModel | None = None
+        self._floors: dict[tuple, float] = {}
         self._last: tuple[tuple, StepOption] | None = None
         self._steps_since = DECISION_INTERVAL
 
@@ -182,18 +185,33 @@ class ProposalPolicy:
         if self._model is None:
             self._model = CostModel(self.spec, target_rates(self.target))
         curves = {budgeted: self.acceptance(budgeted) for budgeted in (False, True)}
-        outcomes, rates = {}, []
+        chains = {budgeted: offset_outcomes(curve) for budgeted, curve in curves.items()}
+        outcomes, tokens = {}, {}
+        rates = []
         for o in options:
             if o.proposals == 0:
-                rates.append(1.0 / self._model.forward(batch, context, 0).seconds)
+                rates.append(1.0 / self._seconds(o, batch, context))
                 continue
             budgeted = o.budget is not None
-            if (budgeted, o.verify) not in outcomes:
-                outcomes[budgeted, o.verify] = truncated_outcomes(offset_outcomes(curves[budgeted]), o.verify)
             placed = tuple(a for a in self.levels[: o.proposals] if a <= o.verify)
-            tokens = expected_tokens(curves[budgeted], placed, self.block_size, outcomes[budgeted, o.verify])
-            rates.append(tokens / step_forward(self._model, batch, context, o.proposals, o.verify, o.budget).seconds)
+            if (budgeted, o.verify) not in outcomes:
+                outcomes[budgeted, o.verify] = truncated_outcomes(chains[budgeted], o.verify)
+            if (budgeted, o.verify, placed) not in tokens:
+                tokens[budgeted, o.verify, placed] = expected_tokens(curves[budgeted], placed, self.block_size,
+                                                                    outcomes[budgeted, o.verify])
+            rates.append(tokens[budgeted, o.verify, placed] / self._seconds(o, batch, context))
         return rates
+
+    def _seconds(self, option: StepOption, batch: int, context: int) -> float:
+        """The option's floor, cached per batch and context bucket (the floor moves little within a bucket)."""
+        bucket = context // CONTEXT_BUCKET * CONTEXT_BUCKET + CONTEXT_BUCKET // 2
+        key = (option, batch, bucket)
+        if key not in self._floors:
+            if len(self._floors) > MAX_CACHED_FLOORS:
+                self._floors.clear()
+            self._floors[key] = (self._model.forward(batch, bucket, 0) if option.proposals == 0 else step_forward(
+                self._model, batch, bucket, option.proposals, option.verify, option.budget)).seconds
+        return self._floors[key]
 
     def _decide(self, allowed: list[StepOption], batch: int, context: int) -> StepOption:
         rates = self.utilities(allowed, batch, context)
