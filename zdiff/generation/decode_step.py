@@ -1,11 +1,11 @@
 """One decode step over a prefix of slots, as device work only (DESIGN.md, "The decode engine").
 
-Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is b when any slot may
-hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the device:
+Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is 1 + d when any slot may
+hold drafts (d: the step's verify length, at most b - 1; else 1) and P the proposal blocks of this step.
+Per slot, on the device:
   1. layout: verify rows [c, d_1..d_m] (m = min(num_drafts, V_ROWS - 1): a step verifying d < b - 1
-     drafts drops the rest), then P_s blocks at the first levels
-     <= m (0 for AR slots), then padding; positions and predecessors from cache_len (one kernel:
-     step_kernels.layout; the torch version, step_torch, on the CPU);
+     drafts drops the rest), then P_s blocks at the first levels <= m (0 for AR slots), then padding;
+     positions and predecessors from cache_len (one kernel: step_kernels.layout; the torch version, step_torch, on the CPU);
   2. forward through the model (a StepLayout: no host tuple, no mask for the generated model; with the
      shape's expert budget the proposal rows route among the verify rows' experts) to the
      final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
