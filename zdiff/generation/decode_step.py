@@ -5,7 +5,8 @@ hold drafts (d: the step's verify length, at most b - 1; else 1) and P the propo
 Per slot, on the device:
   1. layout: verify rows [c, d_1..d_m] (m = min(num_drafts, V_ROWS - 1): a step verifying d < b - 1
      drafts drops the rest), then P_s blocks at the first levels <= m (0 for AR slots), then padding;
-     positions and predecessors from cache_len (one kernel: step_kernels.layout; the torch version, step_torch, on the CPU);
+     positions and predecessors from cache_len (one kernel: step_kernels.layout; the torch version,
+     step_torch, on the CPU);
   2. forward through the model (a StepLayout: no host tuple, no mask for the generated model; with the
      shape's expert budget the proposal rows route among the verify rows' experts) to the
      final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
