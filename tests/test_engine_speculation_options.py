@@ -161,3 +161,34 @@ def test_truncated_budgeted_steps_draw_the_same_on_both_verifiers(moe16):
         runs[verifier] = [results[i].tokens for i in ids]
         assert engine.stats.tokens_per_step[1] > 0 and engine.stats.tokens_per_step[2:] == [0, 0]
     assert runs["fused"] == runs["torch"]
+
+
+def test_the_policy_hears_what_each_step_offered(moe16, monkeypatch):
+    """The host's mirror of each request's drafts (`Engine._observe`) tells the policy exactly the drafts the device
+    verified per step and the slot they start at: recorded at every launch from the device state, compared with
+    what the policy was told, step by step, with truncated (d = 1) and full (d = 3) steps mixed."""
+    from zdiff.generation import engine as engine_module
+
+    model, spec = moe16
+    b = spec.diffusion.block_size
+    device_side, told = [], []
+    step = engine_module.decode_step
+
+    def recording(model, st, cache, shape, k):
+        m = torch.where(st.active & st.tidar, st.num_drafts.clamp_max(shape.verify_rows - 1), 0)
+        device_side.extend((int(m[s]), b - 1 - int(st.num_drafts[s])) for s in range(m.shape[0]) if m[s] > 0)
+        return step(model, st, cache, shape, k)
+    monkeypatch.setattr(engine_module, "decode_step", recording)
+    engine = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=64, proposals="auto",
+                    verify_lengths=(1, 3), expert_budgets=(None,))
+    observe = engine.policy.observe
+
+    def listening(accepted, offered=None, offset=0, budgeted=False):
+        told.append((offered, offset))
+        return observe(accepted, offered, offset, budgeted)
+    engine.policy.observe = listening
+    for i, prompt in enumerate(PROMPTS):
+        engine.add(prompt, RequestParams(max_new_tokens=14, sampler="greedy", verify_length=1 if i == 1 else 0))
+    engine.run()
+    assert told == device_side and len(told) > 5
+    assert {offered for offered, _ in told} == {1, 2, 3}  # truncated and full steps both ran
