@@ -126,6 +126,8 @@ def test_auto_policy_picks_verify_length_and_budget_from_cost_and_acceptance():
     for _ in range(2000):
         ruined.observe(0, offered=3, budgeted=True)
     assert ruined.choose(1, 4096).budget is None
+    forced = ruined.choose(1, 4096, budget_mode="on")  # a request that asks for the budget gets it (or AR)
+    assert forced.budget == 0 or forced.proposals == 0
     hopeless = ProposalPolicy(spec, tuple(spec.diffusion.acceptance_levels), "auto", "h200")
     for _ in range(2000):
         hopeless.observe(0, offered=3)
