@@ -40,6 +40,17 @@ TINY_VOCAB_DENSE_SPEC = TINY_VOCAB_SPEC.replace("name: vocab8", "name: vocab8-de
 """, "  mlp: {kind: swiglu, ffn_size: 48}\n")
 
 
+# the exactness tests' 8-token model with 16 experts: enough for the draft expert budget to bind
+VOCAB8_MOE16 = (TINY_VOCAB_SPEC.replace("name: vocab8", "name: vocab8-moe16")
+                .replace("num_experts: 2", "num_experts: 16").replace("ffn_size: 32", "ffn_size: 16"))
+
+
+def tiny_moe16_model():
+    """VOCAB8_MOE16 with weights that give varied text and accepted drafts (std 0.6)."""
+    spec = parse_spec(VOCAB8_MOE16)
+    return init_weights(Transformer(spec.model), seed=4, std=0.6).eval(), spec
+
+
 def tiny_vocab_model(seed: int = 0, dense: bool = False, std: float = 0.35):
     spec = parse_spec(TINY_VOCAB_DENSE_SPEC if dense else TINY_VOCAB_SPEC)
     assert spec.model.dense == dense

@@ -34,8 +34,13 @@ def test_decode_bench_script_smoke(tmp_path):
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
-    assert {(r["batch"], r["proposals"]) for r in data["rows"]} == {(b, p) for b in (1, 2) for p in (0, 2)}
+    options = {(0, 0, None), (2, 3, None), (2, 3, 0), ("auto", 0, None)}  # AR, P = 2 at d = 3 without / with budget
+    assert {(r["batch"], r["proposals"], r["verify"], r["budget"]) for r in data["rows"]} == {
+        (b, *o) for b in (1, 2) for o in options}
     for row in data["rows"]:
+        assert sum(row["steps_used"].values()) > 0  # the steps per (P, d, m) the engine ran
+        if row["proposals"] == 2:
+            assert set(row["steps_used"]) <= {"ar", f"P2_d3_m{'off' if row['budget'] is None else 0}"}
         assert row["eager_ms"] > 0 and row["floor_ms"] > 0 and row["kernels_per_step"] > 0
         assert row["tokens_per_s_assumed"] > 0 and row["top_kernels"]
         assert row["forward_gb"] > 0 and row["outside_gb"] == pytest.approx(sum(row["outside_parts_gb"].values()))

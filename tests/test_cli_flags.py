@@ -117,3 +117,23 @@ def test_generate_json_names_its_forward_counts(checkpoint):
     assert engine["prefill_forwards"] >= 1
     # the result's forward_passes count each request's decode steps: two requests batched share a step
     assert engine["decode_steps"] <= run["forward_passes"] <= 2 * engine["decode_steps"]
+
+
+def test_generate_speculation_flags(checkpoint):
+    """--verify-lengths / --expert-budgets (the engine's options) and --verify-length / --expert-budget (each
+    request's): greedy tokens unchanged, the steps per (P, d, budget) reported in --json, bad values refused."""
+    common = ("generate", checkpoint, "--prompt", "def f(x):", "--max-new-tokens", "10", "--json", "--sampler",
+              "greedy", "--proposals", "2")
+    greedy = _tokens(run_cli(*common))
+    capped = run_cli(*common, "--verify-lengths", "1,3", "--expert-budgets", "off,0", "--verify-length", "1",
+                     "--expert-budget", "on")
+    assert _tokens(capped) == greedy
+    engine = next(iter(json.loads(capped.stdout)["runs"].values()))["engine"]
+    assert engine["verify_lengths"] == [1, 3] and engine["expert_budgets"] == [None, 0]
+    assert {(s["P"], s["verify"], s["budget"]) for s in engine["steps_used"]} == {(2, 1, 0)}
+    for flags, message in ((("--verify-lengths", "0"), "--verify-lengths must be"),
+                           (("--expert-budgets", "some"), "--expert-budgets must be"),
+                           (("--verify-lengths", "3", "--verify-length", "1"), "verify_length: must be 0"),
+                           (("--verify-lengths", "9"), "verify_lengths: must be")):
+        bad = run_cli(*common, *flags)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -159,5 +159,8 @@ def test_projection_script(tmp_path):
         for batch in (1, 4, 8, 32):
             mine = [r["speedup"] for r in rows if r["target"] == target and r["batch"] == batch]
             assert mine == sorted(mine) and mine[0] == 1.0
-    assert (tmp_path / "results.md").read_text().count("\n") == len(rows) + 2
+    text = (tmp_path / "results.md").read_text()
+    # every row, a blank line, then one summary line per (target, batch) with each policy's choice
+    assert text.count("\n") == len(rows) + 2 + 1 + 3 * 4 + 2
+    assert "| mi300x | 1 | " in text.split("\n\n")[1]
     assert (tmp_path / "plot.png").is_file() == plots.available()

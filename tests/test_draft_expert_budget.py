@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from generation_helpers import TINY_VOCAB_SPEC
+from generation_helpers import VOCAB8_MOE16
 from zdiff.errors import ZdiffError
 from zdiff.generation import DecodeCache, SamplingParams, generate
 from zdiff.generation.loop import _Batch
@@ -137,11 +137,6 @@ def test_budget_needs_a_layout(moe16):
     with pytest.raises(ZdiffError, match="draft_expert_budget"):
         moe16(torch.tensor([[1, 2, 3]]), layout=BatchLayout.training(1, 3, 4, diffusion=False),
               draft_expert_budget=-1)
-
-
-# the exactness tests' 8-token model with 16 experts: enough for the budget to bind
-VOCAB8_MOE16 = (TINY_VOCAB_SPEC.replace("name: vocab8", "name: vocab8-moe16")
-                .replace("num_experts: 2", "num_experts: 16").replace("ffn_size: 32", "ffn_size: 16"))
 
 
 def test_greedy_tidar_with_budget_equals_greedy_ar():

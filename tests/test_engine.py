@@ -273,6 +273,13 @@ def test_the_step_never_synchronises_with_the_host(monkeypatch, verifier):
         engine.add(PROMPT, RequestParams(max_new_tokens=8, seed=i, **kw))
     engine.run()
     assert engine.stats.eager_steps > 3
+    # a verify length below b - 1 and the draft expert budget (the options of MoE-aware TiDAR), under the same guard
+    budgeted = Engine(model, diffusion=spec.diffusion, max_slots=2, max_len=64, verifier=verifier, proposals=2,
+                      verify_lengths=(1,), expert_budgets=(0,))
+    for i, kw in enumerate(kinds[:2]):
+        budgeted.add(PROMPT, RequestParams(max_new_tokens=8, seed=i, **kw))
+    budgeted.run()
+    assert {(o.verify, o.budget) for o in budgeted.stats.steps_used} == {(1, 0)}
     if verifier == "fused":
         return
 
@@ -328,8 +335,8 @@ def test_auto_policy_follows_acceptance_and_reports():
     bad = ProposalPolicy(spec, levels, "auto", "h200")
     for _ in range(500):
         bad.observe(0)
-    assert good.choose(1, 4096) >= 1
-    assert bad.choose(1, 4096) == 0
+    assert good.choose(1, 4096).proposals >= 1
+    assert bad.choose(1, 4096).proposals == 0
     model, tiny = tiny_vocab_model(seed=1)
     _, engine = _engine_tokens(model, tiny.diffusion, [PROMPT] * 3, RequestParams(max_new_tokens=10), slots=3)
     report = engine.policy.report()

@@ -245,8 +245,18 @@ def _probe_generate(args):
     assert args.mix_weight is None or (0 <= args.mix_weight <= 1 and args.sampler in (None, "logit_mix"))
     assert args.proposals == "auto" or 0 <= args.proposals <= limits.SPEC_MAXIMUM["diffusion.proposals"]
     assert args.max_slots is None or 1 <= args.max_slots <= limits.MAX_BATCH_SIZE
+    _probe_speculation(args)
+    assert 0 <= args.verify_length < limits.SPEC_MAXIMUM["diffusion.block_size"]
+    assert args.expert_budget in ("auto", "on", "off")
     PROBED["generate"] = PROBED.get("generate", 0) + 1
     return 0
+
+
+def _probe_speculation(args):
+    assert args.verify_lengths is None or all(
+        1 <= d < limits.SPEC_MAXIMUM["diffusion.block_size"] for d in args.verify_lengths) and args.verify_lengths
+    assert args.expert_budgets is None or all(
+        m is None or 0 <= m <= limits.SPEC_MAXIMUM["model.moe.num_experts"] for m in args.expert_budgets)
 
 
 def _probe_chat(args):
@@ -262,6 +272,7 @@ def _probe_serve(args):
     assert 0 <= args.port <= 65535 and 1 <= args.max_slots <= limits.MAX_BATCH_SIZE
     assert 0 <= args.max_queue <= limits.MAX_BATCH_SIZE and 2 <= args.max_len <= limits.MAX_CONTEXT
     assert args.proposals == "auto" or 0 <= args.proposals <= limits.SPEC_MAXIMUM["diffusion.proposals"]
+    _probe_speculation(args)
     PROBED["serve"] = PROBED.get("serve", 0) + 1
     return 0
 

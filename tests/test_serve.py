@@ -155,6 +155,11 @@ def test_models_health_and_metrics(server):
     steps = after["zdiff_accepted_drafts_count"] - before["zdiff_accepted_drafts_count"]
     assert steps >= 1 and after["zdiff_step_seconds_count"] > before["zdiff_step_seconds_count"]
 
+    def option_steps(m):  # the policy's (P, d, budget) choices, one counter per option
+        return sum(v for k, v in m.items() if k.startswith("zdiff_step_options_total{"))
+    engine_steps = after["zdiff_engine_steps_total"] - before["zdiff_engine_steps_total"]
+    assert option_steps(after) - option_steps(before) == engine_steps > 0
+
 
 def test_greedy_equals_zdiff_generate(server, checkpoints):
     """`zdiff generate` decodes on the engine too: same tokens, same forward passes."""

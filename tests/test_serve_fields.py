@@ -179,6 +179,9 @@ def test_stop_token_ids_end_the_completion(server):
     (dict(prompt=[]), "prompt"),
     (dict(extra_body={"stop_token_ids": [10**6]}), "stop_token_ids"),
     (dict(prompt=[[1, 2], [3, 10**6]]), "prompt"),
+    (dict(extra_body={"verify_length": 99}), "verify_length"),
+    (dict(extra_body={"verify_length": -1}), "verify_length"),
+    (dict(extra_body={"expert_budget": "maybe"}), "expert_budget"),
 ])
 def test_unimplemented_and_unknown_fields_are_refused_by_name(server, fields, param):
     body = dict(model=MODEL, prompt="abc", max_tokens=2)
@@ -186,6 +189,18 @@ def test_unimplemented_and_unknown_fields_are_refused_by_name(server, fields, pa
     with pytest.raises(openai.BadRequestError) as err:
         client(server).completions.create(**body)
     assert err.value.body["param"] == param and param in err.value.body["message"], err.value.body
+
+
+def test_speculation_options_keep_greedy_tokens(server):
+    """verify_length and expert_budget (extra_body) change only how drafts are made and verified: greedy text is
+    the same with them as without."""
+    c = client(server)
+    ids = []
+    for extra in ({}, {"verify_length": 1, "expert_budget": "on"}, {"verify_length": 3, "expert_budget": "off"}):
+        r = c.completions.create(model=MODEL, prompt="def f(x):", max_tokens=12, temperature=0,
+                                 extra_body={"return_token_ids": True, "ignore_eos": True, **extra})
+        ids.append(r.choices[0].model_extra["token_ids"])
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 12
 
 
 def test_neutral_values_and_user_are_accepted(server):

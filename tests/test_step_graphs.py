@@ -12,18 +12,23 @@ from zdiff.errors import GraphCaptureError
 from zdiff.generation import SamplingParams, generate
 from zdiff.generation.decode_step import StepShape
 from zdiff.generation.engine import Engine, RequestParams
+from zdiff.generation.proposals import StepOption
 from zdiff.generation.step_graphs import bucket, capture, slot_buckets, step_shapes
 
 
 def test_buckets_and_the_shapes_an_engine_can_launch():
     assert [bucket(n, 6) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
     assert slot_buckets(6) == [6, 4, 2, 1] and slot_buckets(1) == [1] and slot_buckets(8) == [8, 4, 2, 1]
-    shapes = step_shapes(6, 4, (0, 1, 2), StepShape)
+    shapes = step_shapes(6, 4, [StepOption(p, 3 if p else 0, None) for p in (0, 1, 2)], StepShape)
     assert len(shapes) == len(set(shapes)) == 4 * 2 * 3 * 2
     assert {(s.verify_rows, s.proposals) for s in shapes} == {(v, p) for v in (1, 4) for p in (0, 1, 2)}
     sizes = [s.slots * s.rows for s in shapes]
     assert sizes == sorted(sizes, reverse=True)  # largest first: the smaller graphs reuse the pool
-    ar_only = step_shapes(8, 1, (0,), StepShape)
+    # verify lengths 1 and 3, the budget on and off for P = 1: AR steps verify 0, 1 or 3 drafts, without a budget
+    options = [StepOption(0, 0, None)] + [StepOption(1, d, m) for d in (1, 3) for m in (None, 0)]
+    kinds = {(s.verify_rows, s.proposals, s.budget) for s in step_shapes(2, 4, options, StepShape)}
+    assert kinds == {(1, 0, None), (2, 0, None), (4, 0, None)} | {(v, 1, m) for v in (1, 2, 4) for m in (None, 0)}
+    ar_only = step_shapes(8, 1, [StepOption(0, 0, None)], StepShape)
     assert {(s.slots, s.verify_rows, s.proposals) for s in ar_only} == {(n, 1, 0) for n in (8, 4, 2, 1)}
 
 

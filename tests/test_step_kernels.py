@@ -56,7 +56,9 @@ def test_layout_kernel_is_the_torch_layout_bit_for_bit(block_size, rf):
         count = int(torch.randint(0, len(all_levels) + 1, (1,), generator=gen)) if block_size > 1 else 0
         levels = torch.tensor(sorted(torch.randperm(len(all_levels), generator=gen)[:count].tolist()),
                               dtype=torch.long)
-        verify_rows = block_size if (block_size > 1 and trial % 3) else 1
+        # every draft verified, a truncated verify length d (1 + d rows, drafts past d dropped), or none
+        truncated = 1 + int(torch.randint(1, block_size, (1,), generator=gen)) if block_size > 1 else 1
+        verify_rows = (block_size, truncated, 1)[trial % 3] if block_size > 1 else 1
         rows = verify_rows + count * block_size
         args = (st, rows, verify_rows, levels, block_size, 7, rf)
         expected = step_torch.layout_rows(*args)

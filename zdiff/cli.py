@@ -81,6 +81,30 @@ def _proposals(text: str) -> int | str:
     return _int_in(0, limits.SPEC_MAXIMUM["diffusion.proposals"])(text)
 
 
+def _verify_lengths(text: str) -> tuple[int, ...]:
+    """--verify-lengths: comma-separated d (drafts verified per step; checked against the block size when the
+    engine starts)."""
+    parse = _int_in(1, limits.SPEC_MAXIMUM["diffusion.block_size"] - 1)
+    return tuple(parse(part) for part in text.split(","))
+
+
+def _expert_budgets(text: str) -> tuple[int | None, ...]:
+    """--expert-budgets: comma-separated "off" (no budget) or m (the verify rows' experts plus m by router mass)."""
+    parse = _int_in(0, limits.SPEC_MAXIMUM["model.moe.num_experts"])
+    return tuple(None if part == "off" else parse(part) for part in text.split(","))
+
+
+def _speculation_flags(parser) -> None:
+    """The engine's captured (d, budget) options, shared by generate and serve."""
+    parser.add_argument("--verify-lengths", type=_verify_lengths, metavar="D,...",
+                        help="drafts verified per step the engine may use, each 1..b-1 (default: b-1; with "
+                             "--proposals auto also 1, 3, 7, ...); the policy picks one per step")
+    parser.add_argument("--expert-budgets", type=_expert_budgets, metavar="off|M,...",
+                        help="draft-row expert budgets the engine may use (mixture of experts only; default: off, "
+                             "and with --proposals auto also 0): the draft rows route among the experts the "
+                             "verify rows chose plus M; lossless")
+
+
 def _device(text: str) -> str:
     """--device: cpu, cuda or cuda:N (whether that device exists is checked when the command starts)."""
     if re.fullmatch(r"cpu|cuda(:\d{1,4})?", text):
@@ -405,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
     gen.add_argument("--proposals", type=_proposals, default="auto",
                      help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
+    _speculation_flags(gen)
+    gen.add_argument("--verify-length", type=_int_in(0, L.SPEC_MAXIMUM["diffusion.block_size"] - 1), default=0,
+                     help="each request verifies at most D drafts per step (one of the verify lengths; 0: the "
+                          "policy's choice)")
+    gen.add_argument("--expert-budget", choices=["auto", "on", "off"], default="auto",
+                     help="each request's draft expert budget: the policy's choice, always, or never")
     gen.add_argument("--allow-nonfinite", action="store_true", help="load a checkpoint with NaN / inf weights")
     gen.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE),
                      help="engine slots (default: the number of prompts, at most 64)")
@@ -481,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens per slot (prompt + completion)")
     serve.add_argument("--proposals", type=_proposals, default="auto",
                        help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
+    _speculation_flags(serve)
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/*")
     serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

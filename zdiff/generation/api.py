@@ -95,10 +95,12 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
                        diffusion: DiffusionSpec | None = None, mode: str = "tidar", max_new_tokens: int = 64,
                        stop_tokens: tuple[int, ...] = (), seed: int = 0, proposals: int | str = "auto",
                        max_slots: int | None = None, spec=None, target: str | None = None,
-                       verifier: str | None = None, progress=None) -> GenerationResult:
+                       verifier: str | None = None, progress=None, verify_lengths=None, expert_budgets=None,
+                       verify_length: int = 0, expert_budget: str = "auto") -> GenerationResult:
     """Every prompt as one request of a fresh engine with min(len(prompts), 64) slots (continuous
     batching refills them); `progress(tokens so far)` after each step. verifier: "fused" | "torch"
-    (default: fused on a GPU, torch on the CPU)."""
+    (default: fused on a GPU, torch on the CPU). verify_lengths / expert_budgets: the engine's captured
+    options; verify_length / expert_budget: every request's (RequestParams)."""
     prompts = checked_prompts(prompts, model.spec.vocab_size)
     if not is_integer(max_new_tokens) or max_new_tokens < 1:
         raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
@@ -109,9 +111,11 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
     if max_slots is None:
         max_slots = min(len(prompts), MAX_DEFAULT_SLOTS)
     engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots,
-                    max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)
+                    max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier,
+                    verify_lengths=verify_lengths, expert_budgets=expert_budgets)
     request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.kind, temperature=params.temperature,
-                   top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens))
+                   top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens),
+                   verify_length=verify_length, expert_budget=expert_budget)
     ids = [engine.add(p, RequestParams(seed=seed + i, **request)) for i, p in enumerate(prompts)]
     start = time.perf_counter()
     results = engine.run(progress=progress)

@@ -96,7 +96,9 @@ def run_generate(args) -> int:
     else:
         decode = generate_on_engine
         verifier = {None: None, "fused": "fused", "reference": "torch"}[args.verifier]
-        common.update(proposals=args.proposals, max_slots=args.max_slots, spec=spec, verifier=verifier)
+        common.update(proposals=args.proposals, max_slots=args.max_slots, spec=spec, verifier=verifier,
+                      verify_lengths=args.verify_lengths, expert_budgets=args.expert_budgets,
+                      verify_length=args.verify_length, expert_budget=args.expert_budget)
     modes = [args.mode] + (["ar"] if args.compare_ar and args.mode != "ar" else [])
     runs = {}
     for mode in modes:

@@ -1,11 +1,14 @@
 """One decode step over a prefix of slots, as device work only (DESIGN.md, "The decode engine").
 
-Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is b when any slot may
-hold drafts (else 1) and P the proposal blocks of this step. Per slot, on the device:
-  1. layout: verify rows [c, d_1..d_m] (m = num_drafts), then P_s blocks at the first levels
-     <= m (0 for AR slots), then padding; positions and predecessors from cache_len (one kernel:
-     step_kernels.layout; the torch version, step_torch, on the CPU);
-  2. forward through the model (a StepLayout: no host tuple, no mask for the generated model) to the
+Fixed shapes: S slots, R = V_ROWS + P * b rows per slot, where V_ROWS is 1 + d when any slot may
+hold drafts (d: the step's verify length, at most b - 1; else 1) and P the proposal blocks of this step.
+Per slot, on the device:
+  1. layout: verify rows [c, d_1..d_m] (m = min(num_drafts, V_ROWS - 1): a step verifying d < b - 1
+     drafts drops the rest), then P_s blocks at the first levels <= m (0 for AR slots), then padding;
+     positions and predecessors from cache_len (one kernel: step_kernels.layout; the torch version,
+     step_torch, on the CPU);
+  2. forward through the model (a StepLayout: no host tuple, no mask for the generated model; with the
+     shape's expert budget the proposal rows route among the verify rows' experts) to the
      final hidden states; the LM head runs on the verify rows and, after 3, the chosen block only;
   3. verify all slots at once with their own parameters (`verify.verify_slots`: the fused Triton
      verifier or the same maths as torch ops, draw for draw), on the logits in the model dtype;
@@ -33,10 +36,11 @@ from .verify import verify_slots
 @dataclass(frozen=True)
 class StepShape:
     slots: int  # bucket: slots [0, slots) take part
-    verify_rows: int  # 1 (no slot holds drafts) or block_size
+    verify_rows: int  # 1 (no slot holds drafts) or 1 + d: c and at most d drafts (the rest dropped)
     proposals: int  # P blocks at levels[:P]
     filtered: bool  # some slot uses top-k or top-p (the sort runs)
     block_size: int
+    budget: int | None = None  # the draft rows' expert budget (StepLayout.draft_expert_budget); None: off
 
     @property
     def rows(self) -> int:
@@ -73,7 +77,8 @@ def _layout_rows(st: SlotState, shape: StepShape, k: StepConstants, receptive_fi
     ids, positions, preds, lengths, causal, n_rows, blocks, verify_drafts, first_position = layout(
         k.kernels, st, shape.rows, shape.verify_rows, k.levels[: shape.proposals], k.block_size, k.fill_id,
         receptive_field)
-    step_layout = StepLayout(k.block_size, k.level_values[: shape.proposals], lengths, causal, n_rows)
+    step_layout = StepLayout(k.block_size, k.level_values[: shape.proposals], lengths, causal, n_rows,
+                             draft_expert_budget=shape.budget if shape.proposals else None)
     return ids, positions, preds, step_layout, causal, blocks, verify_drafts, first_position
 
 

@@ -33,7 +33,7 @@ from ..spec.schema import DEFAULT_MIX_WEIGHT
 from ..targets import GPU_TARGETS
 from .batched_sampling import GREEDY, KIND_CODES
 from .decode_step import StepConstants, StepShape, causal_chunk_inputs, decode_step
-from .proposals import ProposalPolicy
+from .proposals import BUDGET_MODES, ProposalPolicy, StepOption
 from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
@@ -58,6 +58,12 @@ class RequestParams:
     mix_weight: float = DEFAULT_MIX_WEIGHT  # logit_mix only (w = 1 is lossless)
     seed: int = 0
     stop_tokens: tuple[int, ...] = ()  # ids that end the request (kept in the output)
+    # MoE-aware TiDAR (lossless either way; speed only). verify_length: at most this many drafts verified per step
+    # (one of the engine's verify lengths; 0: the policy's choice). expert_budget: auto (the policy's choice) | on
+    # | off: the draft rows route only among the experts the step's verify rows chose (a step shared with an
+    # "off" request runs without it)
+    verify_length: int = 0
+    expert_budget: str = "auto"
 
 
 @dataclass
@@ -90,6 +96,7 @@ class EngineStats:
     wait_seconds: float = 0.0  # total host time waiting for a step's packet
     tokens_per_step: list[int] = field(default_factory=list)  # index k: slot-steps that delivered k+1 tokens
     proposals_used: dict[int, int] = field(default_factory=dict)
+    steps_used: dict = field(default_factory=dict)  # steps per (P, d, budget) option (proposals.StepOption)
     graph_replays: int = 0
     eager_steps: int = 0
     slot_moves: int = 0  # requests moved down into a finished request's slot (compaction)
@@ -124,6 +131,7 @@ class _Request:
     reported: int = 0  # tokens already handed out in events
     slot: int | None = None
     finish_reason: str | None = None
+    drafts: int = 0  # host mirror of the slot's num_drafts after the last collected step (the policy's statistics)
 
 
 @dataclass
@@ -133,7 +141,7 @@ class _Launched:
     slots: dict[int, int]  # slot -> request id at launch
     host: torch.Tensor
     event: object | None
-    tidar_step: bool
+    shape: StepShape
 
 
 class Engine:
@@ -141,7 +149,8 @@ class Engine:
 
     def __init__(self, model, *, diffusion: DiffusionSpec | None = None, spec: Spec | None = None, max_slots: int = 8,
                  max_len: int = 2048, proposals: int | str = "auto", device=None, graphs: bool | None = None,
-                 prefill_chunk: int = 256, target: str | None = None, verifier: str | None = None):
+                 prefill_chunk: int = 256, target: str | None = None, verifier: str | None = None,
+                 verify_lengths: tuple[int, ...] | None = None, expert_budgets: tuple[int | None, ...] | None = None):
         _check_sizes(max_slots=(max_slots, 1), max_len=(max_len, 2), prefill_chunk=(prefill_chunk, 1))
         self.model = model.eval()
         self.device = _engine_device(model.embed.weight.device, device)
@@ -166,7 +175,9 @@ class Engine:
         spec = spec or Spec(model=model_spec, diffusion=self.diffusion or DiffusionSpec())
         if target is None:
             target = _runtime_target(self.device)
-        self.policy = ProposalPolicy(spec, levels, proposals if self.diffusion else 0, target)
+        # the (P, d, budget) options the steps choose among (each captured per slot bucket); defaults: proposals.py
+        self.policy = ProposalPolicy(spec, levels, proposals if self.diffusion else 0, target, verify_lengths,
+                                     expert_budgets)
         # layout, bookkeeping and commit as Triton kernels on a GPU (and with the fused verifier in the interpreter)
         kernels = self.device.type == "cuda" or self.verifier == "fused"
         self.cache = SlotCache(model_spec, max_slots, max_len, spare=b + 1, dtype=model.dtype, device=self.device,
@@ -202,9 +213,7 @@ class Engine:
 
     def step_shapes(self) -> list[StepShape]:
         """Every step shape this engine can launch (what `graphs` captures at construction), largest first."""
-        p = self.policy
-        counts = (0,) if not self.levels else (0, p.fixed) if p.fixed is not None else range(len(self.levels) + 1)
-        return step_shapes(self.max_slots, self.block_size, tuple(counts), StepShape)
+        return step_shapes(self.max_slots, self.block_size, self.policy.options, StepShape)
 
     def _run_step(self, shape: StepShape) -> None:
         with torch.no_grad():
@@ -255,6 +264,19 @@ class Engine:
         bad = [t for t in p.stop_tokens if not isinstance(t, int) or not 0 <= t < self.vocab]
         if bad:
             raise ZdiffError(f"stop_tokens: ids must be integers in [0, {self.vocab}), got {bad[0]!r}")
+        self._check_speculation(p)
+
+    def _check_speculation(self, p: RequestParams) -> None:
+        lengths, budgets = self.policy.verify_lengths, self.policy.budgets
+        if not (is_integer(p.verify_length) and (p.verify_length == 0 or p.verify_length in lengths)):
+            allowed = ", ".join(map(str, lengths)) or "none: this engine runs no proposals"
+            raise ZdiffError(f"verify_length: must be 0 (the policy's choice) or one of this engine's verify lengths "
+                             f"({allowed}), got {p.verify_length!r}")
+        if p.expert_budget not in BUDGET_MODES:
+            raise ZdiffError(f"expert_budget: must be one of {', '.join(BUDGET_MODES)}, got {p.expert_budget!r}")
+        if p.expert_budget == "on" and all(m is None for m in budgets):
+            raise ZdiffError("expert_budget: 'on' needs an engine with a draft expert budget (a mixture-of-experts "
+                             "model and expert_budgets with an integer), this one has none")
 
     def add(self, prompt: list[int], params: RequestParams = RequestParams()) -> int:
         if not isinstance(params, RequestParams):
@@ -360,15 +382,22 @@ class Engine:
 
     def _shape(self, occupied: list[int]) -> StepShape:
         reqs = [self._requests[self._slots[s]] for s in occupied]
-        any_tidar = any(r.params.mode == "tidar" for r in reqs)
+        tidar = [r.params for r in reqs if r.params.mode == "tidar"]
         context = sum(len(r.prompt) + len(r.tokens) for r in reqs) // len(reqs)
-        p = self.policy.choose(len(reqs), context) if any_tidar else 0
-        verify_rows = self.block_size if (self._may_have_drafts and self.block_size > 1) else 1
+        cap = min((p.verify_length for p in tidar if p.verify_length), default=None)
+        wishes = {p.expert_budget for p in tidar}
+        budget_mode = "off" if "off" in wishes else "on" if "on" in wishes else "auto"
+        option = self.policy.choose(len(reqs), context, cap, budget_mode) if tidar else StepOption(0, 0, None)
+        p = option.proposals
+        # an AR step after a TiDAR one still verifies the drafts in flight (at most the requests' cap)
+        d = option.verify if p else min(self.policy.max_verify, cap or self.policy.max_verify)
+        verify_rows = 1 + d if (self._may_have_drafts and self.block_size > 1) else 1
         filtered = any(r.params.top_k > 0 or r.params.top_p < 1 for r in reqs)
         bucket = slot_bucket(occupied[-1] + 1, self.max_slots)
         self.stats.proposals_used[p] = self.stats.proposals_used.get(p, 0) + 1
+        self.stats.steps_used[option] = self.stats.steps_used.get(option, 0) + 1
         self._may_have_drafts = p > 0
-        return StepShape(bucket, verify_rows, p, filtered, self.block_size)
+        return StepShape(bucket, verify_rows, p, filtered, self.block_size, option.budget if p else None)
 
     def _launch(self, occupied: list[int]) -> None:
         shape = self._shape(occupied)
@@ -387,7 +416,7 @@ class Engine:
             event = torch.cuda.Event()
             event.record()
         snapshot = {s: self._slots[s] for s in occupied}
-        self._launched.append(_Launched(snapshot, host, event, shape.verify_rows > 1))
+        self._launched.append(_Launched(snapshot, host, event, shape))
 
     def _compact(self) -> None:
         """Move the highest occupied slots into the holes below them, so that slots [0, n) hold the n requests
@@ -427,8 +456,8 @@ class Engine:
                 self.stats.tokens_per_step[count - 1] += 1
             if count:
                 req.accepted.append(count - 1)
-            if req.params.mode == "tidar" and launched.tidar_step:
-                self.policy.observe(row[b + ACCEPTED])
+            if req.params.mode == "tidar":
+                self._observe(req, launched.shape, row[b + ACCEPTED])
             if row[b + DONE]:
                 stopped = bool(req.tokens) and req.tokens[-1] in req.params.stop_tokens
                 self._slots[req.slot] = None  # where the request is now (compaction may have moved it)
@@ -436,6 +465,18 @@ class Engine:
             elif count:
                 self._report(req, finished=False)
         return waited
+
+    def _observe(self, req: _Request, shape: StepShape, accepted: int) -> None:
+        """Feed the policy the drafts this step verified for `req` and how many it accepted, then mirror the
+        device's next num_drafts (`draft_sampling.draft_rows`): the block at the largest placed level a <= n
+        supplies b - 1 - (n - a) drafts."""
+        b = self.block_size
+        offered = min(req.drafts, shape.verify_rows - 1)
+        if offered:
+            self.policy.observe(accepted, offered, b - 1 - req.drafts, shape.budget is not None)
+        placed = [a for a in self.levels[: shape.proposals] if a <= offered]
+        level = max((a for a in placed if a <= accepted), default=placed[0] if placed else 0)
+        req.drafts = b - 1 - (accepted - level) if placed else 0
 
     def _report(self, req: _Request, finished: bool) -> None:
         new = req.tokens[req.reported:]

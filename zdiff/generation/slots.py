@@ -186,6 +186,9 @@ class StepLayout:
     causal_rows: torch.Tensor  # (S,) int32
     rows: torch.Tensor  # (S,) int32
     kind: str = "decode"
+    # the proposal rows route among the experts the verify rows chose plus this many (runtime.moe
+    # .draft_restriction, read by the model with getattr); None: off
+    draft_expert_budget: int | None = None
 
     @property
     def batch(self) -> int:

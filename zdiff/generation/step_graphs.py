@@ -1,9 +1,10 @@
 """The engine's step shapes and their CUDA/HIP graphs, all captured when the engine is built.
 
-A step's shape is (slot bucket, verify rows, proposal blocks, filtered); `step_shapes` lists every shape an
-engine can launch: the buckets are the powers of two below max_slots and max_slots itself (the engine compacts
-its requests into slots [0, n), so the bucket follows the number of requests), the verify rows 1 or b, the
-proposal counts 0..len(levels) (or 0 and the fixed count), with and without the top-k / top-p sort.
+A step's shape is (slot bucket, verify rows, proposal blocks, filtered, expert budget); `step_shapes` lists every
+shape an engine can launch: the buckets are the powers of two below max_slots and max_slots itself (the engine
+compacts its requests into slots [0, n), so the bucket follows the number of requests), the verify rows 1 or
+1 + d for each captured verify length d, the policy's (P, d, budget) options (`proposals.StepOption`), with and
+without the top-k / top-p sort.
 `capture_graphs` warms every shape up on a side stream (Triton compiles, cuBLAS workspaces), then captures
 them largest first into one memory pool (the smaller graphs reuse the largest one's blocks). A capture
 failure is an error naming the shape and the last torch op before it, never a silent eager fallback
@@ -28,15 +29,22 @@ def slot_buckets(max_slots: int) -> list[int]:
     return sorted({bucket(n, max_slots) for n in range(1, max_slots + 1)}, reverse=True)
 
 
-def step_shapes(max_slots: int, block_size: int, proposal_counts: tuple[int, ...], shape_type) -> list:
-    """Every `shape_type(slots, verify_rows, proposals, filtered, block_size)` an engine launches, largest first.
+def step_shapes(max_slots: int, block_size: int, options, shape_type) -> list:
+    """Every `shape_type(slots, verify_rows, proposals, filtered, block_size, budget)` an engine launches, largest
+    first.
 
-    proposal_counts: the P a step may run (0 for AR steps, and what the policy may choose); verify rows are b
-    after a step with proposals (drafts may exist), so both apply to every P when b > 1 and some P > 0."""
-    verify = (block_size, 1) if block_size > 1 and any(proposal_counts) else (1,)
-    shapes = [shape_type(s, v, p, f, block_size) for s in slot_buckets(max_slots) for v in verify
-              for p in sorted(set(proposal_counts), reverse=True) for f in (True, False)]
-    return sorted(shapes, key=lambda shape: (shape.slots * shape.rows, shape.filtered), reverse=True)
+    options: the (proposals, verify, budget) steps the policy may choose (`proposals.StepOption`). A step with P
+    blocks has 1 + d verify rows after a step with proposals (drafts may exist), else 1; an AR step (P = 0) may
+    follow a TiDAR step, so it comes with 1 and every 1 + d verify rows and no budget."""
+    lengths = sorted({o.verify for o in options if o.proposals and block_size > 1})
+    kinds = {(1, 0, None)} | {(1 + d, 0, None) for d in lengths}
+    for o in options:
+        if o.proposals and block_size > 1:
+            kinds |= {(1, o.proposals, o.budget), (1 + o.verify, o.proposals, o.budget)}
+    shapes = [shape_type(s, v, p, f, block_size, m) for s in slot_buckets(max_slots) for v, p, m in kinds
+              for f in (True, False)]
+    return sorted(shapes, key=lambda shape: (shape.slots * shape.rows, shape.filtered, shape.verify_rows,
+                                             -1 if shape.budget is None else shape.budget), reverse=True)
 
 
 class _LastOp(TorchDispatchMode):

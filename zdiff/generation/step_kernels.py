@@ -30,7 +30,7 @@ def layout_kernel(active_ptr, tidar_ptr, num_drafts_ptr, cache_len_ptr, pending_
     cl = tl.load(cache_len_ptr + s)
     m = cl * 0  # int64 zero
     if VERIFY_ROWS > 1:
-        m = tl.where(active, tl.load(num_drafts_ptr + s), m)
+        m = tl.where(active, tl.minimum(tl.load(num_drafts_ptr + s), VERIFY_ROWS - 1), m)  # drafts past d dropped
     blocks = m * 0
     for p in tl.static_range(P):
         blocks += (tl.load(levels_ptr + p) <= m).to(tl.int64)

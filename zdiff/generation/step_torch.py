@@ -34,7 +34,8 @@ def layout_rows(st: SlotState, rows: int, verify_rows: int, levels: torch.Tensor
     verified per slot, position of d_1 per slot) of a step with `rows` rows per slot and blocks at `levels` (the
     first P acceptance levels)."""
     S, R, b, P = st.active.shape[0], rows, block_size, levels.shape[0]
-    m = torch.where(st.active, st.num_drafts, 0) if verify_rows > 1 else torch.zeros_like(st.num_drafts)
+    # a step verifying d = verify_rows - 1 drafts drops the rest (lossless: the verifier stops at d)
+    m = torch.where(st.active, st.num_drafts.clamp_max(verify_rows - 1), 0)
     blocks = (levels[None, :] <= m[:, None]).sum(-1) if P else torch.zeros_like(m)
     blocks = torch.where(st.tidar & st.active, blocks, 0)
     causal = torch.where(st.active, 1 + m, 0)

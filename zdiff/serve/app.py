@@ -46,6 +46,8 @@ ENGINE_FIELDS = {
     "sampler": "sampler",
     "prompt": "prompt",
     "stop_tokens": "stop_token_ids",
+    "verify_length": "verify_length",
+    "expert_budget": "expert_budget",
 }
 
 

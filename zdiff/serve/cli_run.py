@@ -50,6 +50,8 @@ def run_serve(args) -> int:
         max_slots=args.max_slots,
         max_len=args.max_len,
         proposals=args.proposals,
+        verify_lengths=args.verify_lengths,
+        expert_budgets=args.expert_budgets,
     )
     spec = load_spec(checkpoint / SPEC_FILE)
     tokenizer = checkpoint_tokenizer(checkpoint, spec)

@@ -32,6 +32,7 @@ def _snapshot(stats) -> dict:
         "queue_depth": stats.queue_depth,
         "max_slots": stats.max_slots,
         "proposals_used": dict(stats.proposals_used),
+        "steps_used": dict(stats.steps_used),
         "step_seconds": stats.step_seconds,
     }
 
@@ -79,6 +80,15 @@ class _EngineCollector(Collector):
         for p, steps in sorted(s["proposals_used"].items()):
             proposals.add_metric([str(p)], steps)
         yield proposals
+        options = CounterMetricFamily(
+            "zdiff_step_options",
+            "engine steps by (proposal blocks, drafts verified, draft expert budget; 'off': none) the policy chose",
+            labels=["proposals", "verify", "budget"],
+        )
+        for option, steps in sorted(s["steps_used"].items(), key=lambda item: item[0].label):
+            options.add_metric([str(option.proposals), str(option.verify),
+                                "off" if option.budget is None else str(option.budget)], steps)
+        yield options
 
 
 class ServerMetrics:

@@ -85,6 +85,10 @@ class SamplingRequest(BaseModel):
     return_token_ids: bool = False  # each choice / chunk also carries the token ids behind its text
     ignore_eos: bool = False  # vLLM's: the checkpoint's end-of-text ids do not end the request
     stop_token_ids: list[int] | None = Field(None, max_length=16)  # vLLM's: more ids that end it (kept)
+    # MoE-aware TiDAR (lossless, speed only; RequestParams): at most this many drafts verified per step (one of the
+    # engine's verify lengths; 0: the policy's), and the draft rows' expert budget
+    verify_length: int | None = Field(None, ge=0)
+    expert_budget: Literal["auto", "on", "off"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -240,4 +244,6 @@ def engine_params(
         mix_weight=defaults.mix_weight if body.mix_weight is None else body.mix_weight,
         seed=secrets.randbelow(2**31) if body.seed is None else (body.seed + choice) % 2**63,
         stop_tokens=body.stop_tokens(stop_tokens),
+        verify_length=body.verify_length or 0,
+        expert_budget=body.expert_budget or "auto",
     )
