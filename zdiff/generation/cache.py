@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..spec import ModelSpec
+from .rules import rolled_state, state_predecessors
 
 
 class LayerCache:
@@ -44,9 +45,9 @@ class LayerCache:
         self.k[b, start:start + n] = self.pending["k"][b, rows]
         self.v[b, start:start + n] = self.pending["v"][b, rows]
         if self.receptive_field:
-            rf = self.receptive_field
-            self.state_qk[b] = torch.cat([self.state_qk[b], self.pending["qk"][b, rows]])[-rf:]
-            self.state_delayed[b] = torch.cat([self.state_delayed[b], self.pending["delayed"][b, rows]])[-rf:]
+            count = torch.tensor([n], device=rows.device)
+            for name, state in (("qk", self.state_qk), ("delayed", self.state_delayed)):
+                state[b] = rolled_state(state[b:b + 1], self.pending[name][b, rows][None], count)[0]
 
 
 class DecodeCache:
@@ -58,8 +59,7 @@ class DecodeCache:
 
     def state_predecessors(self, b: int) -> list[int]:
         """Predecessors of the state rows in the extended row space (-1 where the chain ends)."""
-        rf, C = self.receptive_field, self.lengths[b]
-        return [j - 1 if j > 0 and C - rf + j - 1 >= 0 else -1 for j in range(rf)]
+        return state_predecessors(torch.tensor([self.lengths[b]]), self.receptive_field)[0].tolist()
 
     def extended_index(self, b: int, pattern_row: int) -> int:
         """Map a brute-force pattern row (context rows 0..C-1, then new rows) to the extended space."""

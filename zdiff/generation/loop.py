@@ -20,6 +20,7 @@ from ..pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, pref
 from ..spec import DiffusionSpec
 from .cache import DecodeCache
 from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
+from .rules import delivered_tokens
 from .sampling import (
     SamplingParams,
     draw_gumbel,
@@ -293,11 +294,8 @@ def _take_drafts(s: SequenceState, slot_logits: torch.Tensor, params: SamplingPa
 
 
 def _check_stop(s: SequenceState, max_new_tokens: int, stop_tokens: tuple[int, ...]) -> None:
-    for j, token in enumerate(s.generated):
-        if token in stop_tokens:
-            s.generated = s.generated[: j + 1]
-            s.done = True
-            return
-    if len(s.generated) >= max_new_tokens:
-        s.generated = s.generated[:max_new_tokens]
-        s.done = True
+    """`rules.delivered_tokens` over what the sequence generated so far (earlier steps never held a stop token)."""
+    tokens = torch.tensor([s.generated])
+    delivered, done = delivered_tokens(tokens, torch.tensor([len(s.generated)]), torch.tensor([stop_tokens or (-1,)]),
+                                       torch.zeros(1, dtype=torch.long), torch.tensor([max_new_tokens]))
+    s.generated, s.done = s.generated[: int(delivered)], bool(done)

@@ -25,6 +25,7 @@ import torch
 from ..spec import ModelSpec
 from .cache import LayerCache
 from .commit_kernel import launch_commit
+from .rules import rolled_state
 
 
 class _SlotLayer(LayerCache):
@@ -155,11 +156,8 @@ class SlotCache:
                 buffer = getattr(layer, name)
                 buffer.scatter_(1, at[:, :, None, None].expand_as(new), new.to(buffer.dtype))
             if rf:
-                # the new state is the last rf rows of [old state | accepted rows]
-                keep = (counts[:, None] + torch.arange(rf, device=counts.device))[..., None]
                 for name, state in (("qk", layer.state_qk), ("delayed", layer.state_delayed)):
-                    joined = torch.cat([state, layer.pending[name][:, :rows].to(state.dtype)], dim=1)
-                    state.copy_(joined.gather(1, keep.expand(-1, -1, state.shape[-1])))
+                    state.copy_(rolled_state(state, layer.pending[name][:, :rows], counts))
             layer.pending.clear()
 
     def move_slot(self, source: int, target: int) -> None:

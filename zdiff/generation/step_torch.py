@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .rules import delivered_tokens, state_predecessors
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 
 # new-row predecessor codes, before mapping into [cache state rows | new rows]
@@ -21,8 +22,7 @@ def extended_predecessors(new_pred: torch.Tensor, cache_len: torch.Tensor, recep
     LAST_CACHED (the last committed token) or NO_PREDECESSOR. State row j is the (rf - j)-th last
     committed token; its predecessor is row j - 1 while that token exists."""
     rf = receptive_field
-    j = torch.arange(rf, device=new_pred.device)[None, :]
-    state = torch.where((j > 0) & (cache_len[:, None] - rf + j - 1 >= 0), j - 1, -1)
+    state = state_predecessors(cache_len, rf)
     last = torch.where(cache_len[:, None] >= 1, rf - 1, -1) if rf else torch.full_like(new_pred, -1)
     new = torch.where(new_pred >= 0, rf + new_pred, torch.where(new_pred == LAST_CACHED, last, -1))
     return torch.cat([state.expand(new_pred.shape[0], rf), new], dim=1)
@@ -72,11 +72,9 @@ def settle(st: SlotState, n: torch.Tensor, token: torch.Tensor):
     # the tokens this step commits: d_1..d_n, then the verifier's token
     i = torch.arange(b, device=n.device)[None, :]
     tokens = torch.where(i < n[:, None], torch.cat([st.drafts, token[:, None]], dim=1), token[:, None])
-    hit = ((tokens[..., None] == st.stop_ids[:, None, :]).any(-1)) & (i < counts[:, None])
-    first_stop = torch.where(hit.any(-1), hit.int().argmax(-1), b)
-    delivered = torch.minimum(torch.minimum(counts, first_stop + 1), st.max_new - st.generated).clamp_min(0)
+    delivered, done = delivered_tokens(tokens, counts, st.stop_ids, st.generated, st.max_new)
     delivered = torch.where(active, delivered, 0)
-    done = active & ((first_stop < counts) | (st.generated + delivered >= st.max_new))
+    done = active & done
     packet = st.packet
     packet[:, :b].copy_(torch.where(i < delivered[:, None], tokens, -1))
     assert (COUNT, DONE, ACCEPTED, WAS_ACTIVE) == (0, 1, 2, 3)
