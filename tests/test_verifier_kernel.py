@@ -13,8 +13,8 @@ from zdiff.errors import ZdiffError
 from zdiff.generation import sampling
 from zdiff.generation.batched_sampling import KIND_CODES
 from zdiff.generation.sampling import SamplingParams
-from zdiff.generation.verifier_kernel import MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, vocab_splits
 from zdiff.generation.verify import check_draft_ids, verify_slots
+from zdiff.generation.vocab_kernels import MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, vocab_splits
 
 
 def _case(B, M, V, kind, seed, **filters):

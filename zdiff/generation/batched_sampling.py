@@ -56,7 +56,7 @@ def process_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch
     return z.masked_fill(z < tau, float("-inf"))
 
 
-TINY = 1e-30  # keeps log away from 0 in discarded entries (as verifier_kernel.TINY)
+TINY = 1e-30  # keeps log away from 0 in discarded entries (as vocab_kernels.TINY)
 
 
 def mixed_targets(ar_logits: torch.Tensor, draft_logits: torch.Tensor, num_drafts: torch.Tensor, kind: torch.Tensor,

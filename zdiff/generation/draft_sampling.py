@@ -23,7 +23,7 @@ import triton.language as tl
 from .batched_sampling import GREEDY, gumbel_race, process_logits
 from .filter_kernel import launch_filter
 from .keyed_rng import DRAFT, DRAFT_SALT, _gumbel_of, _row_key, gumbel_noise
-from .verifier_kernel import (
+from .vocab_kernels import (
     BIG_INDEX,
     GREEDY_CODE,
     MAX_SAMPLE_SPLITS,

@@ -26,11 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .batched_sampling import LOGIT_MIX
 from .logit_mix import _mix
+from .vocab_kernels import LOGIT_MIX_CODE, NEG_INF
 
-LOGIT_MIX_CODE = tl.constexpr(LOGIT_MIX)
-NEG_INF = tl.constexpr(float("-inf"))
 KEY_MIN = tl.constexpr(-2147483648)
 KEY_MAX = tl.constexpr(2147483647)
 
