@@ -237,48 +237,70 @@ def verify_sample_kernel(
         tl.store(walk_ptr + 2 * b, n)
         tl.store(walk_ptr + 2 * b + 1, r_token)
     # pass 2 over this program's share of the vocabulary
-    offs = tl.arange(0, BLOCK_V)
-    best = tl.full((BLOCK_V,), NEG_INF, tl.float32)
-    best_idx = tl.zeros((BLOCK_V,), tl.int32)
-    best_p = tl.full((BLOCK_V,), NEG_INF, tl.float32)
-    best_p_idx = tl.zeros((BLOCK_V,), tl.int32)
     out = b * 2 * S2 + s  # (B, 2, S2): slot 0 residual (or bonus) key, slot 1 the key over p
     key = _row_key(seed, first_position + n, RESAMPLE_SALT)  # the draw decides position first + n
     if n < m:
         if random:  # (a greedy rejection's token is the walk's argmax)
-            # Gumbel-max over max(0, p - q), and over p in case that is all zero
-            for c in range(0, chunks_per_split):
-                idx = (s * chunks_per_split + c) * BLOCK_V + offs
-                t, zq = _target_and_draft(ar_base + n * V, draft_base + n * V, idx, V, banned_id, mix_weight,
-                                          inv_temperature)
-                p = tl.exp(t - r_max_t) / r_sum_t  # exp(-inf) = 0 outside the vocabulary / on the ban
-                q = tl.exp(zq - r_max_q) / r_sum_q
-                g = _gumbel(noise_ptr, noise_rows + n, key, idx, V, GIVEN_NOISE)
-                race = tl.where(p > q, tl.log(tl.maximum(p - q, TINY)) + g, NEG_INF)
-                key_p = tl.where(p > 0, tl.log(tl.maximum(p, TINY)) + g, NEG_INF)
-                best, best_idx = _lane_best(best, best_idx, race, idx)
-                best_p, best_p_idx = _lane_best(best_p, best_p_idx, key_p, idx)
-            top, top_idx = _reduce_best(best, best_idx)
-            top_p, top_p_idx = _reduce_best(best_p, best_p_idx)
+            top, top_idx, top_p, top_p_idx = _residual_race(
+                ar_base + n * V, draft_base + n * V, noise_ptr, noise_rows + n, key, s * chunks_per_split,
+                chunks_per_split, V, banned_id, mix_weight, inv_temperature, r_max_t, r_sum_t, r_max_q, r_sum_q,
+                GIVEN_NOISE, BLOCK_V)
             tl.store(best_ptr + out, top)
             tl.store(best_idx_ptr + out, top_idx)
             tl.store(best_ptr + out + S2, top_p)
             tl.store(best_idx_ptr + out + S2, top_p_idx)
     else:
-        # every draft accepted: the bonus token from the AR distribution of row m (no mixing there)
-        for c in range(0, chunks_per_split):
-            idx = (s * chunks_per_split + c) * BLOCK_V + offs
-            valid = (idx < V) & (idx != banned_id)
-            t = tl.load(ar_base + m * V + idx, mask=valid, other=0.0).to(tl.float32) * inv_temperature
-            if greedy:
-                race = tl.where(valid, t, NEG_INF)
-            else:
-                g = _gumbel(noise_ptr, noise_rows + m, key, idx, V, GIVEN_NOISE)
-                race = tl.where(valid, t + g, NEG_INF)
-            best, best_idx = _lane_best(best, best_idx, race, idx)
-        top, top_idx = _reduce_best(best, best_idx)
+        top, top_idx = _bonus_race(ar_base + m * V, noise_ptr, noise_rows + m, key, s * chunks_per_split,
+                                   chunks_per_split, V, banned_id, inv_temperature, greedy, GIVEN_NOISE, BLOCK_V)
         tl.store(best_ptr + out, top)
         tl.store(best_idx_ptr + out, top_idx)
+
+
+@triton.jit
+def _residual_race(ar_row, draft_row, noise_ptr, noise_row, key, first_chunk, chunks_per_split, V, banned_id,
+                   mix_weight, inv_temperature, max_t, sum_t, max_q, sum_q,
+                   GIVEN_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """A rejected row, this program's chunks: the Gumbel-max over max(0, p - q), and over p in case that is all
+    zero; (key, index) of each, reduced over the lanes."""
+    offs = tl.arange(0, BLOCK_V)
+    best = tl.full((BLOCK_V,), NEG_INF, tl.float32)
+    best_idx = tl.zeros((BLOCK_V,), tl.int32)
+    best_p = tl.full((BLOCK_V,), NEG_INF, tl.float32)
+    best_p_idx = tl.zeros((BLOCK_V,), tl.int32)
+    for c in range(0, chunks_per_split):
+        idx = (first_chunk + c) * BLOCK_V + offs
+        t, zq = _target_and_draft(ar_row, draft_row, idx, V, banned_id, mix_weight, inv_temperature)
+        p = tl.exp(t - max_t) / sum_t  # exp(-inf) = 0 outside the vocabulary / on the ban
+        q = tl.exp(zq - max_q) / sum_q
+        g = _gumbel(noise_ptr, noise_row, key, idx, V, GIVEN_NOISE)
+        race = tl.where(p > q, tl.log(tl.maximum(p - q, TINY)) + g, NEG_INF)
+        key_p = tl.where(p > 0, tl.log(tl.maximum(p, TINY)) + g, NEG_INF)
+        best, best_idx = _lane_best(best, best_idx, race, idx)
+        best_p, best_p_idx = _lane_best(best_p, best_p_idx, key_p, idx)
+    top, top_idx = _reduce_best(best, best_idx)
+    top_p, top_p_idx = _reduce_best(best_p, best_p_idx)
+    return top, top_idx, top_p, top_p_idx
+
+
+@triton.jit
+def _bonus_race(ar_row, noise_ptr, noise_row, key, first_chunk, chunks_per_split, V, banned_id, inv_temperature,
+                greedy, GIVEN_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Every draft accepted, this program's chunks: the bonus token's race over row m's AR distribution (no
+    mixing there; the argmax for a greedy slot), (key, index) reduced over the lanes."""
+    offs = tl.arange(0, BLOCK_V)
+    best = tl.full((BLOCK_V,), NEG_INF, tl.float32)
+    best_idx = tl.zeros((BLOCK_V,), tl.int32)
+    for c in range(0, chunks_per_split):
+        idx = (first_chunk + c) * BLOCK_V + offs
+        valid = (idx < V) & (idx != banned_id)
+        t = tl.load(ar_row + idx, mask=valid, other=0.0).to(tl.float32) * inv_temperature
+        if greedy:
+            race = tl.where(valid, t, NEG_INF)
+        else:
+            g = _gumbel(noise_ptr, noise_row, key, idx, V, GIVEN_NOISE)
+            race = tl.where(valid, t + g, NEG_INF)
+        best, best_idx = _lane_best(best, best_idx, race, idx)
+    return _reduce_best(best, best_idx)
 
 
 @triton.jit
