@@ -15,7 +15,8 @@ import re
 import sys
 import warnings
 
-from . import __version__, limits
+from . import limits
+from ._version import __version__
 from .errors import ZdiffError, ZdiffWarning
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .checkpoint.atomic import atomic_write_text
 from .checkpoint.store import load_model
+from .checkpoint.tokenizer import Tokenizer
 from .errors import ZdiffError
 from .eval.acceptance import sampler_report
 from .generation import SamplingParams
@@ -38,7 +39,7 @@ from .runtime.threads import fixed_threads
 from .spec import load_spec, preset_names
 from .tokenize import ByteTokenizer
 from .train import TrainConfig, train
-from .train.data import Tokenizer, split_corpus
+from .train.data import split_corpus
 
 AR_QUALITY_TOLERANCE = 0.03  # the converted model's held-out AR loss may be at most 3% worse
 

@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..checkpoint.context import CheckpointContext
 from ..checkpoint.store import load_model
+from ..checkpoint.tokenizer import checkpoint_tokenizer
 from ..errors import ZdiffError
-from ..generation.api import CheckpointContext, generate_on_engine
+from ..generation.api import generate_on_engine
 from ..generation.sampling import SamplingParams
 from ..runtime.threads import fixed_threads
 from ..spec import load_spec
-from ..train.data import checkpoint_tokenizer, split_corpus
+from ..train.data import split_corpus
 from ..train.evaluate import evaluate
 from ..train.objective import Objective
 

@@ -9,22 +9,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import load_model
+from ..checkpoint.context import stop_tokens_of
 from ..checkpoint.store import SPEC_FILE
+from ..checkpoint.tokenizer import Tokenizer
+from ..checkpoint.tokenizer import checkpoint_tokenizer as tokenizer_of_checkpoint
 from ..errors import ZdiffError
+from ..loading import load_model
 from ..spec import load_spec
 from ..targets import interpreter_needed, triton_interpreter
-from ..train.data import Tokenizer
-from ..train.data import checkpoint_tokenizer as tokenizer_of_checkpoint
-from .api import generate_on_engine, stop_tokens_of
+from .api import generate_on_engine
 from .engine import resolve_device as engine_device
-from .loop import GenerationResult
 from .loop import generate as reference_loop
+from .result import GenerationResult
 from .sampling import SamplingParams
 
 
 def checkpoint_tokenizer(checkpoint: Path, spec) -> Tokenizer:
-    """The checkpoint's tokenizer (zdiff.train.data.checkpoint_tokenizer: never a silent fall-back to bytes)."""
+    """The checkpoint's tokenizer (zdiff.checkpoint.tokenizer: never a silent fall-back to bytes)."""
     return tokenizer_of_checkpoint(checkpoint, spec.model.vocab_size)
 
 

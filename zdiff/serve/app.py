@@ -13,10 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..checkpoint.tokenizer import Tokenizer
 from ..errors import ZdiffError
 from ..eval.scoring import score_sequences
 from ..generation.engine import Engine
-from ..train.data import Tokenizer
 from .chat_template import ChatTemplate, ChatTemplateError
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_format import DONE, ResponseFormat, Usage, completion_logprobs, error_object, sse

@@ -36,11 +36,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import BACKENDS
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
 from ..checkpoint.store import SPEC_FILE, resolve_checkpoint, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
+from ..checkpoint.tokenizer import Tokenizer, checkpoint_tokenizer
 from ..errors import ZdiffError, ZdiffWarning
+from ..loading import BACKENDS
 from ..plots import MISSING as MISSING_PLOTS
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
@@ -48,7 +49,7 @@ from ..runtime.threads import check_threads, fixed_threads
 from ..spec import Spec, load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from .convert import plan_mask_token
-from .data import Tokenizer, checkpoint_tokenizer, split_corpus
+from .data import split_corpus
 from .evaluate import evaluate
 from .memory import check_fits, device_capacity, estimate_training_memory
 from .model_init import load_full, load_sharded, model_class, random_model
