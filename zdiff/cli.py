@@ -18,6 +18,7 @@ import warnings
 from . import limits
 from ._version import __version__
 from .errors import ZdiffError, ZdiffWarning
+from .sampler import SAMPLERS
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_TARGETS = ("mi300x", "mi355x", "h100", "h200", "cpu")
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     gen.add_argument("--prompt", action="append", required=True, type=_prompt,
                      help="repeat for a batch of prompts")
-    gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    gen.add_argument("--sampler", choices=SAMPLERS, help="default: the spec's")
     gen.add_argument("--mix-weight", type=_float_in(0.0, 1.0),
                      help="logit_mix weight w (default: the spec's, else 0.5; 1 = lossless)")
     gen.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"]),
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     chat.add_argument("--system", help="a system message that starts the conversation")
     chat.add_argument("--mode", choices=["ar", "tidar"], help="default: tidar when the checkpoint has a mask token")
-    chat.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    chat.add_argument("--sampler", choices=SAMPLERS, help="default: the spec's")
     chat.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (default: the spec's, "
                       "else 0.5)")
     chat.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"]), help="0: greedy")
@@ -449,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--include-path", action="append", metavar="DIR",
                     help="a directory of lm-eval task YAML files (e.g. tests/lm_eval_tasks); repeatable")
     ev.add_argument("--mode", choices=["ar", "tidar"], default="ar", help="decoding for generate_until tasks")
-    ev.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    ev.add_argument("--sampler", choices=SAMPLERS, help="default: the spec's")
     ev.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
     ev.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True))
     ev.add_argument("--seed", type=seed, default=0)

@@ -73,7 +73,7 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
         max_slots = min(len(prompts), MAX_DEFAULT_SLOTS)
     engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots,
                     max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier)
-    request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.kind, temperature=params.temperature,
+    request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.sampler, temperature=params.temperature,
                    top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens))
     ids = [engine.add(p, RequestParams(seed=seed + i, **request)) for i, p in enumerate(prompts)]
     start = time.perf_counter()

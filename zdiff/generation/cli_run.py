@@ -15,6 +15,7 @@ from ..checkpoint.tokenizer import Tokenizer
 from ..checkpoint.tokenizer import checkpoint_tokenizer as tokenizer_of_checkpoint
 from ..errors import ZdiffError
 from ..loading import load_model
+from ..sampler import SamplerConflict, sampler_at_temperature
 from ..spec import load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from .api import generate_on_engine
@@ -66,14 +67,14 @@ def device_and_backend(args) -> tuple[torch.device, str]:
 def sampling_from_flags(args, spec) -> SamplingParams:
     """--sampler / --temperature / ... over the spec's sampler. Temperature 0 is greedy decoding (as in the
     server and the OpenAI API); logit_mix without a weight uses DEFAULT_MIX_WEIGHT and says so."""
-    kind = args.sampler
-    if args.temperature == 0:
-        if kind not in (None, "greedy"):
-            raise ZdiffError(f"--temperature 0 means greedy decoding; --sampler {kind} needs a positive temperature")
-        kind = "greedy"
-    params = SamplingParams.from_spec(spec.sampler, kind=kind, mix_weight=args.mix_weight,
+    try:
+        kind = sampler_at_temperature(args.sampler, args.temperature)
+    except SamplerConflict as err:
+        raise ZdiffError(f"--temperature 0 means greedy decoding; --sampler {err.sampler} needs a positive "
+                         "temperature") from None
+    params = SamplingParams.from_spec(spec.sampler, sampler=kind, mix_weight=args.mix_weight,
                                       temperature=args.temperature or None, top_k=args.top_k, top_p=args.top_p)
-    if params.kind == "logit_mix" and args.mix_weight is None and spec.sampler.mix_weight is None:
+    if params.sampler == "logit_mix" and args.mix_weight is None and spec.sampler.mix_weight is None:
         print(f"zdiff: note: logit_mix with its default weight w = {params.mix_weight} (--mix-weight to choose; "
               "w = 1 is the lossless sampler)", file=sys.stderr)
     return params
@@ -105,7 +106,7 @@ def run_generate(args) -> int:
             def advance(done: int, bar=bar) -> None:
                 bar.update(done - bar.n)
 
-            runs[f"{mode} {params.kind}"] = decode(model, prompts, params, mode=mode, progress=advance, **common)
+            runs[f"{mode} {params.sampler}"] = decode(model, prompts, params, mode=mode, progress=advance, **common)
     main = next(iter(runs.values()))
     texts = [tokenizer.decode(t) for t in main.tokens]
     if args.histogram:

@@ -89,7 +89,7 @@ class _Batch:
 
 
 def _sample(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    if params.kind == "greedy":
+    if params.sampler == "greedy":
         return torch.argmax(probs, dim=-1)
     return gumbel_argmax(probs.cpu(), draw_gumbel(probs.shape, generator))
 
@@ -114,7 +114,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
         raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
     if not is_integer(seed) or not 0 <= seed < 2**63:
         raise ZdiffError(f"seed: must be an integer in [0, 2^63), got {seed!r}")
-    check_sampling(params.kind, params.temperature, params.top_k, params.top_p, params.mix_weight)
+    check_sampling(params.sampler, params.temperature, params.top_k, params.top_p, params.mix_weight)
     temperature, top_k, top_p = effective_sampling(params.temperature, params.top_k, params.top_p,
                                                    model.spec.vocab_size)
     if mode == "tidar" and (diffusion is None or diffusion.mask_token_id is None):
@@ -176,7 +176,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
             else:
                 target = target_probs(logits[i, : m + 1], s.draft_logits, params)
                 drafts = torch.tensor(s.drafts, dtype=torch.long)
-                if params.kind == "greedy":
+                if params.sampler == "greedy":
                     n, token = verify_greedy(target, drafts)
                 else:
                     uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
@@ -233,7 +233,7 @@ def _fused_verdicts(seqs, logits, params, generator) -> dict[int, tuple[int, int
         raise ZdiffError(f"the fused verifier bans one id (the mask), got {len(params.banned)}")
     filtered = bool(params.top_k) or params.top_p < 1.0
     accepted, token = verify_slots("fused", ar, draft, drafts, num, per_slot(0, torch.long),
-                                   per_slot(KIND_CODES[params.kind], torch.long), per_slot(params.temperature),
+                                   per_slot(KIND_CODES[params.sampler], torch.long), per_slot(params.temperature),
                                    per_slot(params.top_k, torch.long), per_slot(params.top_p),
                                    per_slot(params.mix_weight), seeds, params.banned[0] if params.banned else -1,
                                    filtered)
@@ -246,7 +246,7 @@ def _take_drafts(s: SequenceState, slot_logits: torch.Tensor, params: SamplingPa
         s.drafts, s.draft_q, s.draft_logits = [], None, None
         return
     q = probabilities(slot_logits, params)
-    if params.kind == "greedy":
+    if params.sampler == "greedy":
         drafts = torch.argmax(q, dim=-1)
         q = torch.nn.functional.one_hot(drafts, q.shape[-1]).float()  # a point mass
     else:

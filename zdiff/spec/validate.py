@@ -12,6 +12,7 @@ import re
 
 from ..errors import MISSING, SpecError
 from ..limits import SPEC_MAXIMUM, SPEC_MINIMUM, SPEC_NAME_MAX_CHARS
+from ..sampler import sampling_problem
 from .schema import CCASpec, ModelSpec, RopeScalingSpec, Spec
 
 # `name` is a path component of default outputs (build/<name>/<target>, the kernel cache):
@@ -158,19 +159,7 @@ def validate(spec: Spec) -> Spec:
         raise SpecError("diffusion.loss.distill_weight", 0.0, "and data_weight are both 0: the drafts get no target")
     diff = dataclasses.replace(diff, acceptance_levels=tuple(levels))
 
-    sampler = spec.sampler
-    if sampler.kind == "logit_mix":
-        if sampler.mix_weight is None:
-            raise SpecError("sampler.mix_weight", None, "is required for kind logit_mix")
-        if not 0.0 <= sampler.mix_weight <= 1.0:
-            raise SpecError("sampler.mix_weight", sampler.mix_weight, "must be in [0, 1]")
-    elif sampler.mix_weight is not None:
-        raise SpecError("sampler.mix_weight", sampler.mix_weight, "is only used by kind logit_mix")
-    _positive("sampler.temperature", sampler.temperature)
-    if sampler.top_k < 0:
-        raise SpecError("sampler.top_k", sampler.top_k, "must be 0 (off) or positive")
-    if not 0.0 < sampler.top_p <= 1.0:
-        raise SpecError("sampler.top_p", sampler.top_p, "must be in (0, 1]")
+    _validate_sampler(spec.sampler)
 
     if not spec.targets:
         raise SpecError("targets", [], "must name at least one target")
@@ -236,3 +225,18 @@ def _rope_scaling(scaling: RopeScalingSpec | None) -> RopeScalingSpec | None:
         factor = 1.0 if scaling.factor <= 1 else 0.1 * math.log(scaling.factor) + 1.0
     _positive(f"{where}.attention_factor", factor)
     return dataclasses.replace(scaling, attention_factor=factor)
+
+
+def _validate_sampler(sampler) -> None:
+    """The spec's own rules (mix_weight only with logit_mix; a default temperature must suit every sampler a
+    request may switch to, so it is positive even for greedy), then the one rule of zdiff.sampler."""
+    if sampler.kind == "logit_mix" and sampler.mix_weight is None:
+        raise SpecError("sampler.mix_weight", None, "is required for kind logit_mix")
+    if sampler.kind != "logit_mix" and sampler.mix_weight is not None:
+        raise SpecError("sampler.mix_weight", sampler.mix_weight, "is only used by kind logit_mix")
+    _positive("sampler.temperature", sampler.temperature)
+    mix_weight = 1.0 if sampler.mix_weight is None else sampler.mix_weight
+    problem = sampling_problem(sampler.kind, sampler.temperature, sampler.top_k, sampler.top_p, mix_weight)
+    if problem is not None:
+        name, value, reason = problem
+        raise SpecError(f"sampler.{'kind' if name == 'sampler' else name}", value, reason)
