@@ -181,7 +181,7 @@ def _slot_case(S, M, V, seed):
     q = torch.stack([sampling.probabilities(draft[s], params[s]) for s in range(S)])
     drafts = torch.stack([torch.multinomial(q[s], 1, generator=gen).squeeze(-1) for s in range(S)])
     num = torch.randint(0, M + 1, (S,), generator=gen)
-    tensors = dict(kind=torch.tensor([KIND_CODES[p.kind] for p in params]),
+    tensors = dict(kind=torch.tensor([KIND_CODES[p.sampler] for p in params]),
                    temperature=torch.tensor([p.temperature for p in params]),
                    top_k=torch.tensor([p.top_k for p in params]), top_p=torch.tensor([p.top_p for p in params]),
                    mix_weight=torch.tensor([p.mix_weight for p in params]))
@@ -221,7 +221,7 @@ def test_every_slot_verifies_with_its_own_sampler_draw_for_draw():
         p = SamplingParams(sampler=params[s].sampler, mix_weight=params[s].mix_weight,
                            temperature=params[s].temperature, banned=(7,))
         q_plain = sampling.probabilities(draft, p)
-        assert (int(accepted[s]), int(token[s])) == _expected(p.kind, p, ar, draft, q_plain, drafts, num, uniforms,
+        assert (int(accepted[s]), int(token[s])) == _expected(p.sampler, p, ar, draft, q_plain, drafts, num, uniforms,
                                                                gumbel, s), s
 
 
