@@ -10,10 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 80
 LONG_FUNCTIONS = {  # "path:function" -> why it is still long
-    "zdiff/serve/app.py:build_app": "the routes are closures over the worker, metrics and served model; "
-                                    "to split into one function per endpoint (issue 26)",
-    "zdiff/train/trainer.py:_train": "setup, step and checkpoint in one loop; to split as torchtitan does "
-                                     "(issue 26) once the data-path rewrite of trainer.py has landed",
     "zdiff/generation/verifier_kernel.py:verify_sample_kernel": "one Triton kernel: the accept/reject walk and the "
                                                                 "Gumbel-max draw share registers",
     "zdiff/generation/loop.py:generate": "the reference loop (the oracle), kept in one piece to be read against "
