@@ -55,7 +55,7 @@ def bench(fn, smoke: bool) -> float:
 
 def check_verifier(device, V, B, M, results):
     gen = torch.Generator().manual_seed(0)
-    params = SamplingParams(kind="lossless", temperature=0.9, banned=(V - 1,))
+    params = SamplingParams(sampler="lossless", temperature=0.9, banned=(V - 1,))
     ar = torch.randn(B, M + 1, V, generator=gen) * 3
     draft = ar[:, :M] + 0.5 * torch.randn(B, M, V, generator=gen)  # close to the target: long acceptances
     q = sampling.probabilities(draft, params)
@@ -92,7 +92,8 @@ def fused_verify_slots_of(args, seed, slot_ids, backend="fused", given=None, **l
     ar, draft, drafts, num, params = args
     B, dev = ar.shape[0], ar.device
     full = lambda v, dtype=torch.float32: torch.full((B,), v, dtype=dtype, device=dev)  # noqa: E731
-    return verify_slots(backend, ar, draft, drafts, num, full(0, torch.long), full(KIND_CODES[params.kind], torch.long),
+    return verify_slots(backend, ar, draft, drafts, num, full(0, torch.long),
+                        full(KIND_CODES[params.sampler], torch.long),
                         full(params.temperature), full(params.top_k, torch.long), full(params.top_p),
                         full(params.mix_weight), seed + slot_ids.to(dev), params.banned[0], False, given=given,
                         **launch)
@@ -105,7 +106,7 @@ def fused_verify(ar, draft, drafts, num, params, seed=0, given=None, **launch):
 
 def time_verifier(device, V, M, batches, smoke, results):
     """Split-vocabulary kernels at a few block sizes / warps, on the same card."""
-    params = SamplingParams(kind="lossless", banned=(V - 1,))
+    params = SamplingParams(sampler="lossless", banned=(V - 1,))
     configs = [("split", dict(block_v=1024, num_warps=4))] if smoke else [
         ("split", dict(block_v=1024, num_warps=4)), ("split", dict(block_v=2048, num_warps=4)),
         ("split", dict(block_v=2048, num_warps=8)), ("split", dict(block_v=4096, num_warps=8))]

@@ -44,7 +44,7 @@ def run(model, spec, prompt_ids, sampler: str, budget, new_tokens: int, seed: in
     hist, tokens, forwards = [0] * spec.diffusion.block_size, 0, 0
     try:
         for i, ids in enumerate(prompt_ids):
-            result = generate(model, [ids], SamplingParams(kind=sampler), diffusion=spec.diffusion, mode="tidar",
+            result = generate(model, [ids], SamplingParams(sampler=sampler), diffusion=spec.diffusion, mode="tidar",
                               max_new_tokens=new_tokens, seed=seed + i)
             for n in result.accepted[0]:
                 hist[n] += 1

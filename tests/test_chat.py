@@ -30,7 +30,7 @@ def _chat(checkpoint, lines: list[str], *flags):
 def _greedy_reply(checkpoint, prompt_text: str, n: int) -> str:
     model = zdiff.load_model(checkpoint)
     ids = ByteTokenizer().encode(prompt_text, bos=False)
-    result = zdiff.generate(model, [ids], SamplingParams(kind="greedy"), mode="tidar", max_new_tokens=n)
+    result = zdiff.generate(model, [ids], SamplingParams(sampler="greedy"), mode="tidar", max_new_tokens=n)
     return ByteTokenizer().decode(result.tokens[0])
 
 

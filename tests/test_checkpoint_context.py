@@ -38,10 +38,10 @@ def test_loaded_model_generates_from_text_with_the_checkpoints_settings(tidar_ch
     assert model.checkpoint.spec == spec and model.checkpoint.spec.diffusion.mask_token_id == 258
     assert model.checkpoint.stop_tokens == (ByteTokenizer().eos_id,)
     # no diffusion= by hand: TiDAR decoding finds its block size, levels and mask token on the model
-    result = zdiff.generate(model, "def f(x):", zdiff.generation.SamplingParams(kind="greedy"), mode="tidar",
+    result = zdiff.generate(model, "def f(x):", zdiff.generation.SamplingParams(sampler="greedy"), mode="tidar",
                             max_new_tokens=12)
     ids = ByteTokenizer().encode("def f(x):", bos=False)
-    by_ids = zdiff.generate(model, [ids], SamplingParams(kind="greedy"), mode="tidar", max_new_tokens=12,
+    by_ids = zdiff.generate(model, [ids], SamplingParams(sampler="greedy"), mode="tidar", max_new_tokens=12,
                             diffusion=spec.diffusion)
     assert result.tokens == by_ids.tokens and by_ids.texts is None
     assert result.texts == [ByteTokenizer().decode(result.tokens[0])]

@@ -60,7 +60,7 @@ def test_temperature_zero_is_greedy(checkpoint):
 
 
 def test_logit_mix_without_a_weight_is_not_lossless(checkpoint):
-    assert SamplingParams.from_spec(SamplerSpec(), kind="logit_mix").mix_weight == DEFAULT_MIX_WEIGHT < 1.0
+    assert SamplingParams.from_spec(SamplerSpec(), sampler="logit_mix").mix_weight == DEFAULT_MIX_WEIGHT < 1.0
     assert SamplingParams.from_spec(SamplerSpec(kind="logit_mix", mix_weight=0.3)).mix_weight == 0.3
     assert SamplingParams.from_spec(SamplerSpec()).mix_weight == 1.0  # lossless never reads it
     common = ("generate", checkpoint, "--prompt", "import os", "--max-new-tokens", "12", "--json", "--seed", "1",

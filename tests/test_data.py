@@ -215,7 +215,7 @@ def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
 
 
 def test_bad_data_through_the_cli_is_exit_2_and_writes_nothing(tmp_path):
-    from hardening_helpers import assert_error, run_main
+    from cli_helpers import assert_error, run_main
 
     out = _tokenize(micro_corpus(tmp_path, files=3), tmp_path / "shards")
     base = ["train", micro_spec(tmp_path), "--mode", "ar", "--steps", "1", "--out", tmp_path / "run"]

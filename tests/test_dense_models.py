@@ -46,8 +46,8 @@ def test_ar_training_then_conversion(converted):
     assert spec.model.dense and spec.diffusion.mask_token_id is not None
 
 
-@pytest.mark.parametrize("sampler", [dict(kind="lossless", temperature=0.8, top_k=40, top_p=0.95),
-                                     dict(kind="logit_mix", mix_weight=0.7), dict(kind="greedy")])
+@pytest.mark.parametrize("sampler", [dict(sampler="lossless", temperature=0.8, top_k=40, top_p=0.95),
+                                     dict(sampler="logit_mix", mix_weight=0.7), dict(sampler="greedy")])
 def test_the_converted_model_decodes_with_every_sampler(converted, sampler):
     model = zdiff.load_model(converted / "td" / "final")
     spec = load_spec(converted / "td" / "final" / "spec.yaml")
@@ -58,7 +58,7 @@ def test_the_converted_model_decodes_with_every_sampler(converted, sampler):
         assert [len(t) for t in run.tokens] == [12] * len(PROMPTS)
         assert all(spec.diffusion.mask_token_id not in t for t in run.tokens)
     assert sum(runs["tidar"].forward_passes) < sum(runs["ar"].forward_passes)  # drafts were accepted
-    if sampler["kind"] == "greedy":  # lossless greedy: TiDAR commits exactly AR's tokens
+    if sampler["sampler"] == "greedy":  # lossless greedy: TiDAR commits exactly AR's tokens
         assert runs["tidar"].tokens == runs["ar"].tokens
 
 
@@ -82,7 +82,7 @@ def test_the_converted_model_is_served(converted):
     assert chat.usage.completion_tokens == len(chat.choices[0].model_extra["token_ids"]) > 0
     model = zdiff.load_model(checkpoint)
     spec = load_spec(checkpoint / "spec.yaml")
-    local = zdiff.generate(model, [list(b"import")], SamplingParams(kind="greedy"), diffusion=spec.diffusion,
+    local = zdiff.generate(model, [list(b"import")], SamplingParams(sampler="greedy"), diffusion=spec.diffusion,
                            max_new_tokens=6)
     assert completion.choices[0].model_extra["token_ids"] == local.tokens[0]
 
@@ -112,7 +112,7 @@ def test_an_imported_qwen2_checkpoint_converts_and_decodes(tmp_path):
     assert spec.diffusion.mask_token_id == tok.get_vocab_size() and (final / "tokenizer.json").is_file()
     model = zdiff.load_model(final)
     prompts = [tok.encode("def f(x):").ids, tok.encode("import os").ids]
-    greedy = SamplingParams(kind="greedy", banned=(spec.diffusion.mask_token_id,))
+    greedy = SamplingParams(sampler="greedy", banned=(spec.diffusion.mask_token_id,))
     with torch.no_grad():
         runs = {mode: zdiff.generate(model, prompts, greedy, diffusion=spec.diffusion, mode=mode, max_new_tokens=10)
                 for mode in ("tidar", "ar")}

@@ -143,7 +143,7 @@ def test_greedy_tidar_with_budget_equals_greedy_ar():
     spec = parse_spec(VOCAB8_MOE16)
     model = init_weights(Transformer(spec.model), seed=4, std=0.6).eval()  # varied text, drafts accepted
     prompts = [[1, 2, 3, 4, 5], [6], [2, 2, 4, 1, 0, 3, 5, 6, 1]]
-    greedy = SamplingParams(kind="greedy")
+    greedy = SamplingParams(sampler="greedy")
     ar = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="ar", max_new_tokens=15)
     free = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="tidar", max_new_tokens=15)
     model.forward = functools.partial(Transformer.forward, model, draft_expert_budget=0)
@@ -230,10 +230,10 @@ def test_lossless_tidar_with_budget_matches_exact_ar_distribution(monkeypatch):
     model = init_weights(Transformer(spec.model), seed=4, std=0.6).eval()
     prompt, n = [1, 2, 3], 4000
     with torch.no_grad():
-        table = exact_ar_distribution(model, prompt, 3, SamplingParams(kind="lossless", banned=(7,)))
+        table = exact_ar_distribution(model, prompt, 3, SamplingParams(sampler="lossless", banned=(7,)))
 
     def sample():
-        return generate(model, [prompt] * n, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
+        return generate(model, [prompt] * n, SamplingParams(sampler="lossless"), diffusion=spec.diffusion,
                         mode="tidar", max_new_tokens=3, seed=11)
     free = sample()
     monkeypatch.setattr(model_module, "draft_restriction", _per_sequence_restriction)

@@ -92,7 +92,7 @@ def test_greedy_generation_matches_reference_row_by_row(models, mode):
             _calls.append((logits.detach().cpu(), kwargs["layout"]))
             return logits
         model.forward = recording
-        records[name + "_result"] = generate(model, [[5, 9, 2, 7, 1], [3, 4]], SamplingParams(kind="greedy"),
+        records[name + "_result"] = generate(model, [[5, 9, 2, 7, 1], [3, 4]], SamplingParams(sampler="greedy"),
                                              diffusion=spec.diffusion, mode=mode, max_new_tokens=9)
     ref, out = records["reference_result"], records["generated_result"]
     assert out.tokens == ref.tokens and out.accepted == ref.accepted
@@ -241,7 +241,7 @@ def test_draft_expert_budget_matches_reference_and_keeps_verify_rows_bit_exact(b
             _calls.append((free, logits.detach().cpu(), kwargs["layout"]))
             return logits
         model.forward = recording
-        records[name + "_result"] = generate(model, [[5, 9, 2, 7, 1]], SamplingParams(kind="greedy"),
+        records[name + "_result"] = generate(model, [[5, 9, 2, 7, 1]], SamplingParams(sampler="greedy"),
                                              diffusion=spec.diffusion, mode="tidar", max_new_tokens=6)
     assert records["generated_result"].tokens == records["reference_result"].tokens
     moved = 0

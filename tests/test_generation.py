@@ -66,7 +66,7 @@ def test_cached_steps_equal_brute_force_patterns(name):
 def test_greedy_tidar_equals_greedy_ar_on_ragged_batch(verifier):
     model, spec = tiny_vocab_model(seed=1)
     prompts = [[1, 2, 3, 4, 5], [6], [2, 2, 4, 1, 0, 3, 5, 6, 1]]
-    greedy = SamplingParams(kind="greedy")
+    greedy = SamplingParams(sampler="greedy")
     ar = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="ar", max_new_tokens=15)
     td = generate(model, prompts, greedy, diffusion=spec.diffusion, mode="tidar", max_new_tokens=15, verifier=verifier)
     assert ar.tokens == td.tokens
@@ -84,7 +84,7 @@ def test_greedy_tidar_equals_greedy_ar_on_ragged_batch(verifier):
 @pytest.fixture(scope="module")
 def exact3():
     model, spec = tiny_vocab_model(seed=0)
-    params = SamplingParams(kind="lossless", banned=(MASK,))  # generate() bans the mask token too
+    params = SamplingParams(sampler="lossless", banned=(MASK,))  # generate() bans the mask token too
     with torch.no_grad():
         return model, spec, exact_ar_distribution(model, PROMPT, 3, params)
 
@@ -94,7 +94,7 @@ N_SAMPLES = 4000
 
 def test_lossless_tidar_matchesexact_ar_distribution(exact3):
     model, spec, table = exact3
-    result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
+    result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(sampler="lossless"), diffusion=spec.diffusion,
                       mode="tidar", max_new_tokens=3, seed=11)
     assert sum(result.forward_passes) < 3 * N_SAMPLES  # drafts really were accepted
     counts, probs = counts_against(result.tokens, table)
@@ -120,7 +120,7 @@ def test_the_exactness_test_rejects_broken_acceptance_rules(exact3, monkeypatch,
 
     verifiers = {"accept_all": accept_all, "resample_from_p": resample_from_p}
     monkeypatch.setattr(loop_module, "verify_stochastic", verifiers[broken])
-    result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(kind="lossless"), diffusion=spec.diffusion,
+    result = generate(model, [PROMPT] * N_SAMPLES, SamplingParams(sampler="lossless"), diffusion=spec.diffusion,
                       mode="tidar", max_new_tokens=3, seed=11)
     counts, probs = counts_against(result.tokens, table)
     assert chi_square_p_value(counts, probs) < 1e-6
@@ -131,7 +131,7 @@ def test_logit_mix_matches_its_mixed_target():
     softmax(w z_AR + (1-w) z_draft) with z_draft the prefill block's slot 1: exact, enumerable."""
     model, spec = tiny_vocab_model(seed=2)
     w = 0.3
-    params = SamplingParams(kind="logit_mix", mix_weight=w, banned=(MASK,))
+    params = SamplingParams(sampler="logit_mix", mix_weight=w, banned=(MASK,))
     with torch.no_grad():
         mixed, plain = logit_mix_tables(model, PROMPT, w, params, spec.diffusion.block_size, MASK)
     result = generate(model, [PROMPT] * N_SAMPLES, params, diffusion=spec.diffusion, mode="tidar",
@@ -145,8 +145,8 @@ def test_logit_mix_matches_its_mixed_target():
 def test_logit_mix_with_weight_one_is_lossless_draw_for_draw():
     model, spec = tiny_vocab_model(seed=3)
     kw = dict(diffusion=spec.diffusion, mode="tidar", max_new_tokens=8, seed=42)
-    a = generate(model, [PROMPT, [4, 5]] * 20, SamplingParams(kind="lossless"), **kw)
-    b = generate(model, [PROMPT, [4, 5]] * 20, SamplingParams(kind="logit_mix", mix_weight=1.0), **kw)
+    a = generate(model, [PROMPT, [4, 5]] * 20, SamplingParams(sampler="lossless"), **kw)
+    b = generate(model, [PROMPT, [4, 5]] * 20, SamplingParams(sampler="logit_mix", mix_weight=1.0), **kw)
     assert a.tokens == b.tokens and a.accepted == b.accepted
 
 

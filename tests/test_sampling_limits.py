@@ -48,7 +48,7 @@ def test_near_zero_temperature_and_top_p_are_greedy_on_the_engine(tiny, mode):
 @pytest.mark.parametrize("mode", ["ar", "tidar"])
 def test_near_zero_temperature_and_top_p_are_greedy_on_the_reference_loop(tiny, mode):
     model, spec = tiny
-    greedy = generate(model, PROMPTS, SamplingParams(kind="greedy"), diffusion=spec.diffusion, mode=mode,
+    greedy = generate(model, PROMPTS, SamplingParams(sampler="greedy"), diffusion=spec.diffusion, mode=mode,
                       max_new_tokens=NEW, loop="reference").tokens
     for temperature, top_p in NEAR_ZERO[:2] + NEAR_ZERO[4:5]:
         sampled = generate(model, PROMPTS, SamplingParams(temperature=temperature, top_p=top_p),

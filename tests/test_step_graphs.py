@@ -76,7 +76,7 @@ def test_compaction_keeps_every_request_s_tokens():
     results = engine.run()
     assert engine.stats.slot_moves > 0
     for rid, prompt, n in zip(ids, prompts, lengths):
-        ref = generate(model, [prompt], SamplingParams(kind="greedy"), diffusion=spec.diffusion, mode="tidar",
+        ref = generate(model, [prompt], SamplingParams(sampler="greedy"), diffusion=spec.diffusion, mode="tidar",
                        max_new_tokens=n)
         assert results[rid].tokens == ref.tokens[0], (prompt, n)
     alone = Engine(model, diffusion=spec.diffusion, max_slots=1, max_len=64, proposals=2)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from hardening_helpers import assert_error, run_main
+from cli_helpers import assert_error, run_main
 
 from zdiff.train import documents
 from zdiff.train.data import Tokenizer

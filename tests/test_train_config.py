@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from hardening_helpers import assert_error, run_main
+from cli_helpers import assert_error, run_main
 from safetensors.torch import load_file
 
 from training_helpers import micro_corpus, micro_spec

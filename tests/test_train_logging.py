@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from hardening_helpers import assert_error, run_main
+from cli_helpers import assert_error, run_main
 
 from training_helpers import micro_corpus, micro_spec
 from zdiff.train.data import Tokenizer, split_corpus

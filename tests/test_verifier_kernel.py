@@ -19,7 +19,7 @@ from zdiff.generation.vocab_kernels import MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, 
 
 def _case(B, M, V, kind, seed, **filters):
     gen = torch.Generator().manual_seed(seed)
-    params = SamplingParams(kind=kind, mix_weight=0.4 if kind == "logit_mix" else 1.0, temperature=0.8, banned=(7,),
+    params = SamplingParams(sampler=kind, mix_weight=0.4 if kind == "logit_mix" else 1.0, temperature=0.8, banned=(7,),
                             **filters)
     ar = torch.randn(B, M + 1, V, generator=gen) * 2
     # half of the rows draft close to the target so that acceptances happen, half far from it
@@ -39,7 +39,7 @@ def _case(B, M, V, kind, seed, **filters):
 
 
 def _per_slot(params: SamplingParams, B: int) -> dict:
-    return dict(kind=torch.full((B,), KIND_CODES[params.kind]), temperature=torch.full((B,), params.temperature),
+    return dict(kind=torch.full((B,), KIND_CODES[params.sampler]), temperature=torch.full((B,), params.temperature),
                 top_k=torch.full((B,), params.top_k), top_p=torch.full((B,), params.top_p),
                 mix_weight=torch.full((B,), params.mix_weight))
 
@@ -98,7 +98,7 @@ def test_keyed_kernels_equal_the_torch_backend_token_for_token(filtered, dtype):
         reference = _verify_slots(ar, draft, drafts, num, tensors, seeds, positions, filtered, backend="torch")
         assert kernels[0].tolist() == reference[0].tolist() and kernels[1].tolist() == reference[1].tolist()
         assert kernels[0].dtype == kernels[1].dtype == torch.int64
-        outcomes |= {(params[s].kind, int(reference[0][s]) == int(num[s])) for s in range(S)}
+        outcomes |= {(params[s].sampler, int(reference[0][s]) == int(num[s])) for s in range(S)}
         other = _verify_slots(ar, draft, drafts, num, tensors, seeds + 1, positions, filtered, backend="torch")
         assert not torch.equal(other[1], reference[1])  # the seed matters: the comparison can fail
     assert {k for k, _ in outcomes} == {"lossless", "logit_mix", "greedy"} and {a for _, a in outcomes} == {True, False}
@@ -119,7 +119,7 @@ def test_fused_verifier_applies_top_k_top_p_draw_for_draw(kind):
         m = int(num[b])
         target = sampling.target_probs(ar[b, : m + 1], draft[b, :m], params)
         assert target[expected[0], expected[1]] > 0  # a token inside the filtered set of its row
-        unfiltered = SamplingParams(kind=kind, mix_weight=params.mix_weight, temperature=0.8, banned=(7,))
+        unfiltered = SamplingParams(sampler=kind, mix_weight=params.mix_weight, temperature=0.8, banned=(7,))
         q_plain = sampling.probabilities(draft, unfiltered)
         differs |= _expected(kind, unfiltered, ar, draft, q_plain, drafts, num, uniforms, gumbel, b) != expected
     assert differs or kind == "greedy"  # the filters mattered in this case (greedy: argmax is always kept)
@@ -170,7 +170,7 @@ def _slot_case(S, M, V, seed):
     """S slots cycling through the samplers, each with its own temperature, mix weight, top-k and top-p."""
     gen = torch.Generator().manual_seed(seed)
     kinds = [("lossless", "logit_mix", "greedy")[s % 3] for s in range(S)]
-    params = [SamplingParams(kind=k, mix_weight=0.2 + 0.6 * float(torch.rand(1, generator=gen)),
+    params = [SamplingParams(sampler=k, mix_weight=0.2 + 0.6 * float(torch.rand(1, generator=gen)),
                              temperature=0.6 + float(torch.rand(1, generator=gen)), banned=(7,),
                              top_k=(0, 5, 0, 9)[s % 4], top_p=(1.0, 1.0, 0.85, 0.9)[s % 4])
               for s, k in enumerate(kinds)]
@@ -181,7 +181,7 @@ def _slot_case(S, M, V, seed):
     q = torch.stack([sampling.probabilities(draft[s], params[s]) for s in range(S)])
     drafts = torch.stack([torch.multinomial(q[s], 1, generator=gen).squeeze(-1) for s in range(S)])
     num = torch.randint(0, M + 1, (S,), generator=gen)
-    tensors = dict(kind=torch.tensor([KIND_CODES[p.kind] for p in params]),
+    tensors = dict(kind=torch.tensor([KIND_CODES[p.sampler] for p in params]),
                    temperature=torch.tensor([p.temperature for p in params]),
                    top_k=torch.tensor([p.top_k for p in params]), top_p=torch.tensor([p.top_p for p in params]),
                    mix_weight=torch.tensor([p.mix_weight for p in params]))
@@ -209,19 +209,19 @@ def test_every_slot_verifies_with_its_own_sampler_draw_for_draw():
                                     torch.zeros(S, dtype=torch.long), True, given=(uniforms, gumbel), block_v=16)
     outcomes = set()
     for s in range(S):
-        expected = _expected(params[s].kind, params[s], ar, draft, q, drafts, num, uniforms, gumbel, s)
+        expected = _expected(params[s].sampler, params[s], ar, draft, q, drafts, num, uniforms, gumbel, s)
         assert (int(accepted[s]), int(token[s])) == expected, (s, params[s])
-        outcomes.add((params[s].kind, expected[0] == int(num[s])))
+        outcomes.add((params[s].sampler, expected[0] == int(num[s])))
     assert {k for k, _ in outcomes} == {"lossless", "logit_mix", "greedy"} and {a for _, a in outcomes} == {True, False}
     # unfiltered slots take the fused temperature / mix path: the same outcome as the reference too
     plain = {**tensors, "top_k": torch.zeros(S, dtype=torch.long), "top_p": torch.ones(S)}
     accepted, token = _verify_slots(ar, draft, drafts, num, plain, torch.zeros(S, dtype=torch.long),
                                     torch.zeros(S, dtype=torch.long), False, given=(uniforms, gumbel), block_v=16)
     for s in range(S):
-        p = SamplingParams(kind=params[s].kind, mix_weight=params[s].mix_weight, temperature=params[s].temperature,
-                           banned=(7,))
+        p = SamplingParams(sampler=params[s].sampler, mix_weight=params[s].mix_weight,
+                           temperature=params[s].temperature, banned=(7,))
         q_plain = sampling.probabilities(draft, p)
-        assert (int(accepted[s]), int(token[s])) == _expected(p.kind, p, ar, draft, q_plain, drafts, num, uniforms,
+        assert (int(accepted[s]), int(token[s])) == _expected(p.sampler, p, ar, draft, q_plain, drafts, num, uniforms,
                                                                gumbel, s), s
 
 
@@ -253,7 +253,7 @@ def test_keyed_slot_draws_are_distributed_exactly_with_top_k_top_p(backend):
     filters = dict(top_k=4, top_p=0.8)
     ar = torch.tensor([[1.0, 0.6, -1.0, 0.5, 0.3, -0.2], [0.2, 1.5, -0.5, 0.0, 0.9, 0.1]])
     draft = torch.tensor([[0.05, 1.0, 0.0, 0.4, -0.3, 0.2]])  # no tie at the top-k threshold: both filters cut
-    params = SamplingParams(kind="lossless", **filters)
+    params = SamplingParams(sampler="lossless", **filters)
     p0, p1 = sampling.probabilities(ar[0], params), sampling.probabilities(ar[1], params)
     q = sampling.probabilities(draft[0], params)
     accept = min(1.0, (p0[d] / q[d]).item())
@@ -362,7 +362,7 @@ def test_masked_logits_are_exact_not_nan(kind, mix):
     verifier must not form 0 * -inf (which made every draft pass); it equals the reference draw for draw."""
     B, M, V = 6, 3, 40
     params, ar, draft, _, drafts, num, uniforms, gumbel = _case(B, M, V, "lossless", seed=7)
-    params = SamplingParams(kind=kind, mix_weight=mix, temperature=0.8, banned=(7,))
+    params = SamplingParams(sampler=kind, mix_weight=mix, temperature=0.8, banned=(7,))
     masked = torch.rand(B, M + 1, V, generator=torch.Generator().manual_seed(3)) < 0.4
     masked[..., :3] = False  # keep a few ids alive in every row
     ar = ar.masked_fill(masked, float("-inf"))

@@ -1,39 +1,12 @@
-"""zdiff: a spec -> Triton compiler and runtime for TiDAR block-diffusion MoE language models."""
+"""zdiff: a spec -> Triton compiler and runtime for TiDAR block-diffusion MoE language models.
 
-__version__ = "0.1.0"
+The public API, re-exported from the modules that define it; nothing inside zdiff imports this root
+(tests/test_import_contracts.py checks it)."""
 
-from .errors import CheckpointError, SpecError, ZdiffError  # noqa: E402
-from .spec import Spec, load_spec  # noqa: E402
-
-BACKENDS = ("torch", "triton")
-
-
-def load_model(checkpoint_dir, backend: str = "torch", device=None, dtype=None, kernels_dir=None,
-               allow_nonfinite: bool = False):
-    """Load a zdiff checkpoint directory (spec.yaml + safetensors) as a model.
-
-    backend="torch": the reference model; backend="triton": the generated model wired to the
-    kernels of `kernels_dir` (a `zdiff compile` output made by this zdiff; by default rendered into the
-    cache, re-rendered whenever zdiff, its templates or the target's tables change). Weights with NaN / inf
-    are refused (a CheckpointError) unless `allow_nonfinite`."""
-    from .checkpoint.store import checkpoint_spec
-    from .checkpoint.store import load_model as _load
-
-    if backend not in BACKENDS:
-        raise ZdiffError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    from .generation.api import CheckpointContext
-
-    spec = checkpoint_spec(checkpoint_dir)
-    model_class = None
-    if backend == "triton":
-        from .codegen.generated import generated_model_class
-
-        model_class = generated_model_class(spec, device, kernels_dir)
-    model = _load(checkpoint_dir, device=device, dtype=dtype, model_class=model_class, allow_nonfinite=allow_nonfinite)
-    # the whole spec (diffusion settings, sampler defaults), tokenizer and stop ids, so that
-    # zdiff.generate(model, "text") needs nothing passed by hand
-    model.checkpoint = CheckpointContext.of(checkpoint_dir, spec)
-    return model
+from ._version import __version__
+from .errors import CheckpointError, SpecError, ZdiffError
+from .loading import BACKENDS, load_model
+from .spec import Spec, load_spec
 
 
 def generate(model, prompts, params=None, *, loop: str = "engine", **kwargs):
@@ -45,4 +18,5 @@ def generate(model, prompts, params=None, *, loop: str = "engine", **kwargs):
     return _generate(model, prompts, params, loop=loop, **kwargs)
 
 
-__all__ = ["CheckpointError", "Spec", "SpecError", "ZdiffError", "__version__", "generate", "load_model", "load_spec"]
+__all__ = ["BACKENDS", "CheckpointError", "Spec", "SpecError", "ZdiffError", "__version__", "generate", "load_model",
+           "load_spec"]

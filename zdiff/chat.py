@@ -59,9 +59,9 @@ class ChatSettings:
                 f"max {self.max_new_tokens} tokens")
 
     def _sampler(self, values, vocab_size, tidar):
-        from .spec.schema import DEFAULT_MIX_WEIGHT
+        from .sampler import DEFAULT_MIX_WEIGHT, SAMPLERS
 
-        if values[0] not in ("lossless", "greedy", "logit_mix"):
+        if values[0] not in SAMPLERS:
             raise ZdiffError(f"/sampler must be lossless, greedy or logit_mix, got {values[0]!r}")
         weight = _number("/sampler logit_mix weight", values[1], 0.0, 1.0) if len(values) > 1 else DEFAULT_MIX_WEIGHT
         self.sampler, self.mix_weight = values[0], weight
@@ -186,7 +186,7 @@ def run_chat(args) -> int:
     if mode == "tidar" and not tidar:
         raise ZdiffError("--mode tidar: this checkpoint has no mask token (convert it with zdiff train --mode tidar)")
     params = sampling_from_flags(args, spec)
-    settings = ChatSettings(params.kind, params.mix_weight, params.temperature, params.top_k, params.top_p, mode,
+    settings = ChatSettings(params.sampler, params.mix_weight, params.temperature, params.top_k, params.top_p, mode,
                             args.max_new_tokens, args.seed)
     session = ChatSession(engine, tokenizer, template, settings, stop_tokens_of(checkpoint, tokenizer), args.system)
     interactive = sys.stdin.isatty()

@@ -15,8 +15,10 @@ import re
 import sys
 import warnings
 
-from . import __version__, limits
+from . import limits
+from ._version import __version__
 from .errors import ZdiffError, ZdiffWarning
+from .sampler import SAMPLERS
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_TARGETS = ("mi300x", "mi355x", "h100", "h200", "cpu")
@@ -309,21 +311,37 @@ def _cmd_autotune(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    L = limits
-    steps, seed = _int_in(1, L.MAX_STEPS), _int_in(0, MAX_SEED)
     parser = _OneLineParser(prog="zdiff",
                             description="TiDAR block-diffusion MoE models: spec -> kernels -> train / generate")
     parser.add_argument("--version", action="version", version=f"zdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check_command(sub)
+    _add_import_command(sub)
+    _add_export_command(sub)
+    _add_compile_command(sub)
+    _add_train_command(sub)
+    _add_tokenize_command(sub)
+    _add_generate_command(sub)
+    _add_chat_command(sub)
+    _add_eval_command(sub)
+    _add_serve_command(sub)
+    _add_cost_command(sub)
+    _add_autotune_command(sub)
+    _add_demo_command(sub)
+    return parser
 
+
+def _add_check_command(sub) -> None:
     check = sub.add_parser("check", help="validate a spec; print parameter, FLOP and cache counts")
     check.add_argument("spec", help="spec YAML file, or a preset name (zaya1-8b, zaya1-tiny, qwen3-moe-tiny)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.add_argument("--context", type=_int_in(0, L.MAX_CONTEXT), default=4096,
+    check.add_argument("--context", type=_int_in(0, limits.MAX_CONTEXT), default=4096,
                        help="context length for the decode FLOP count")
     check.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="element type for cache sizes")
     check.set_defaults(run=_cmd_check)
 
+
+def _add_import_command(sub) -> None:
     imp = sub.add_parser("import", help="convert a Hugging Face ZAYA1 / Qwen3-MoE / Llama / Qwen2.5 / Qwen3 "
                          "directory to a zdiff checkpoint")
     imp.add_argument("hf_dir")
@@ -334,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import weights with NaN / inf (refused by default)")
     imp.set_defaults(run=_cmd_import)
 
+
+def _add_export_command(sub) -> None:
     exp = sub.add_parser("export", help="write a zdiff checkpoint as a Hugging Face directory (zaya / qwen3_moe)")
     exp.add_argument("checkpoint")
     exp.add_argument("export_dir", metavar="out_dir", help="the Hugging Face directory to write")
@@ -342,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     exp.set_defaults(run=_cmd_export)
 
+
+def _add_compile_command(sub) -> None:
     comp = sub.add_parser("compile", help="render the spec's Triton kernels and compile them ahead of time")
     comp.add_argument("spec")
     comp.add_argument("--target", required=True, choices=COMPILE_TARGETS, help="cpu: sources only")
@@ -350,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     comp.set_defaults(run=_cmd_compile)
 
+
+def _add_train_command(sub) -> None:
+    steps = _int_in(1, limits.MAX_STEPS)
+    seed = _int_in(0, MAX_SEED)
     # no defaults here: the defaults are TrainConfig's, and a flag left out may come from --config or a resumed run
     tr = sub.add_parser("train", help="train AR, or convert AR -> TiDAR diffusion (--mode tidar --init CKPT)",
                         argument_default=argparse.SUPPRESS)
@@ -366,18 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=_path, help="required: run directory (checkpoints, metrics.jsonl, loss.png, final/)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped, with its "
                     "saved settings (only --out is needed)")
-    tr.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="global batch (sequences per step; 16)")
-    tr.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), help="default 256")
-    tr.add_argument("--lr", type=_float_in(0.0, L.MAX_LR, low_open=True), help="peak learning rate (1e-3)")
-    tr.add_argument("--warmup", type=_int_in(0, L.MAX_STEPS), help="default 50")
+    tr.add_argument("--batch-size", type=_int_in(1, limits.MAX_BATCH_SIZE),
+                    help="global batch (sequences per step; 16)")
+    tr.add_argument("--seq-len", type=_int_in(1, limits.MAX_SEQ_LEN), help="default 256")
+    tr.add_argument("--lr", type=_float_in(0.0, limits.MAX_LR, low_open=True), help="peak learning rate (1e-3)")
+    tr.add_argument("--warmup", type=_int_in(0, limits.MAX_STEPS), help="default 50")
     tr.add_argument("--min-lr-ratio", type=_float_in(0.0, 1.0), help="default 0.1")
-    tr.add_argument("--weight-decay", type=_float_in(0.0, L.MAX_WEIGHT_DECAY), help="default 0.1")
-    tr.add_argument("--clip", type=_float_in(0.0, L.MAX_CLIP, low_open=True),
+    tr.add_argument("--weight-decay", type=_float_in(0.0, limits.MAX_WEIGHT_DECAY), help="default 0.1")
+    tr.add_argument("--clip", type=_float_in(0.0, limits.MAX_CLIP, low_open=True),
                     help="gradient-norm clipping threshold (1.0)")
     tr.add_argument("--dtype", choices=["fp32", "bf16"], help="compute dtype (fp32; bf16: autocast)")
     tr.add_argument("--checkpoint-every", type=steps, help="default 100")
-    tr.add_argument("--eval-every", type=_int_in(0, L.MAX_STEPS), help="default 0: at the end only")
-    tr.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), help="default 64")
+    tr.add_argument("--eval-every", type=_int_in(0, limits.MAX_STEPS), help="default 0: at the end only")
+    tr.add_argument("--eval-windows", type=_int_in(1, limits.MAX_BATCH_SIZE), help="default 64")
     tr.add_argument("--seed", type=seed, help="default 0")
     tr.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     tr.add_argument("--backend", choices=["torch", "triton"], help="torch: the reference model (dense mask); triton: "
@@ -397,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(needs zdiff[tensorboard])")
     tr.set_defaults(run=_cmd_train, train_parser=tr)
 
+
+def _add_tokenize_command(sub) -> None:
     tok = sub.add_parser("tokenize", help="text / JSONL / Parquet / datasets -> memory-mapped token shards + manifest "
                          "for `zdiff train --data`")
     tok.add_argument("data", help="a file or directory (text, .jsonl[.gz|.zst], .parquet, a datasets save_to_disk "
@@ -405,22 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--tokenizer", default="bytes", help="'bytes' (the tiny specs' byte-level ids, default), a "
                      "checkpoint or run directory with tokenizer.json, or a tokenizer.json file")
     tok.add_argument("--field", default="text", help="the text field of JSONL records / Parquet and Arrow columns")
-    tok.add_argument("--workers", type=_int_in(1, L.MAX_WORKERS), default=1, help="tokenizer processes")
+    tok.add_argument("--workers", type=_int_in(1, limits.MAX_WORKERS), default=1, help="tokenizer processes")
     tok.set_defaults(run=_cmd_tokenize)
 
+
+def _add_generate_command(sub) -> None:
+    seed = _int_in(0, MAX_SEED)
     gen = sub.add_parser("generate", help="decode prompts with AR or TiDAR and report T/NFE, tokens/s, acceptance")
     gen.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     gen.add_argument("--prompt", action="append", required=True, type=_prompt,
                      help="repeat for a batch of prompts")
-    gen.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    gen.add_argument("--sampler", choices=SAMPLERS, help="default: the spec's")
     gen.add_argument("--mix-weight", type=_float_in(0.0, 1.0),
                      help="logit_mix weight w (default: the spec's, else 0.5; 1 = lossless)")
-    gen.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"]),
+    gen.add_argument("--temperature", type=_float_in(0.0, limits.SPEC_MAXIMUM["sampler.temperature"]),
                      help="0: greedy decoding (as --sampler greedy and the server's temperature 0)")
-    gen.add_argument("--top-k", type=_int_in(0, L.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
+    gen.add_argument("--top-k", type=_int_in(0, limits.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
     gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), help="(0, 1]; 1: off")
     gen.add_argument("--mode", choices=["ar", "tidar"], default="tidar")
-    gen.add_argument("--max-new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), default=64)
+    gen.add_argument("--max-new-tokens", type=_int_in(1, limits.MAX_NEW_TOKENS), default=64)
     gen.add_argument("--seed", type=seed, default=0)
     gen.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
     gen.add_argument("--dtype", choices=sorted(DTYPES), help="weights and activations (default: bf16 on a GPU, fp32 "
@@ -430,13 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--proposals", type=_proposals, default="auto",
                      help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
     _speculation_flags(gen)
-    gen.add_argument("--verify-length", type=_int_in(0, L.SPEC_MAXIMUM["diffusion.block_size"] - 1), default=0,
+    gen.add_argument("--verify-length", type=_int_in(0, limits.SPEC_MAXIMUM["diffusion.block_size"] - 1), default=0,
                      help="each request verifies at most D drafts per step (one of the verify lengths; 0: the "
                           "policy's choice)")
     gen.add_argument("--expert-budget", choices=["auto", "on", "off"], default="auto",
                      help="each request's draft expert budget: the policy's choice, always, or never")
     gen.add_argument("--allow-nonfinite", action="store_true", help="load a checkpoint with NaN / inf weights")
-    gen.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE),
+    gen.add_argument("--max-slots", type=_int_in(1, limits.MAX_BATCH_SIZE),
                      help="engine slots (default: the number of prompts, at most 64)")
     gen.add_argument("--loop", choices=["engine", "reference"], default="engine",
                      help="the decode engine, or the host-driven reference loop (the oracle)")
@@ -449,19 +481,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     gen.set_defaults(run=_cmd_generate)
 
+
+def _add_chat_command(sub) -> None:
+    seed = _int_in(0, MAX_SEED)
     chat = sub.add_parser("chat", help="talk to a checkpoint in the terminal (its chat template, streamed, the "
                           "sampler switchable between turns with /commands, T/NFE after each answer)")
     chat.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
     chat.add_argument("--system", help="a system message that starts the conversation")
     chat.add_argument("--mode", choices=["ar", "tidar"], help="default: tidar when the checkpoint has a mask token")
-    chat.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    chat.add_argument("--sampler", choices=SAMPLERS, help="default: the spec's")
     chat.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (default: the spec's, "
                       "else 0.5)")
-    chat.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"]), help="0: greedy")
-    chat.add_argument("--top-k", type=_int_in(0, L.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
+    chat.add_argument("--temperature", type=_float_in(0.0, limits.SPEC_MAXIMUM["sampler.temperature"]),
+                      help="0: greedy")
+    chat.add_argument("--top-k", type=_int_in(0, limits.SPEC_MAXIMUM["sampler.top_k"]), help="0: off")
     chat.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), help="(0, 1]; 1: off")
-    chat.add_argument("--max-new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), default=256)
-    chat.add_argument("--max-len", type=_int_in(2, L.MAX_CONTEXT), default=4096,
+    chat.add_argument("--max-new-tokens", type=_int_in(1, limits.MAX_NEW_TOKENS), default=256)
+    chat.add_argument("--max-len", type=_int_in(2, limits.MAX_CONTEXT), default=4096,
                       help="tokens of conversation + answer the engine holds")
     chat.add_argument("--seed", type=seed, default=0)
     chat.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
@@ -472,26 +508,31 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
     chat.set_defaults(run=_cmd_chat)
 
+
+def _add_eval_command(sub) -> None:
+    seed = _int_in(0, MAX_SEED)
     ev = sub.add_parser("eval", help="score a checkpoint with lm-eval (pip install \"zdiff[eval]\"): table + JSON")
     ev.add_argument("checkpoint", help="a zdiff checkpoint directory")
     ev.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     ev.add_argument("--include-path", action="append", metavar="DIR",
                     help="a directory of lm-eval task YAML files (e.g. tests/lm_eval_tasks); repeatable")
     ev.add_argument("--mode", choices=["ar", "tidar"], default="ar", help="decoding for generate_until tasks")
-    ev.add_argument("--sampler", choices=["lossless", "logit_mix", "greedy"], help="default: the spec's")
+    ev.add_argument("--sampler", choices=SAMPLERS, help="default: the spec's")
     ev.add_argument("--mix-weight", type=_float_in(0.0, 1.0), help="logit_mix weight w (1 = lossless)")
-    ev.add_argument("--temperature", type=_float_in(0.0, L.SPEC_MAXIMUM["sampler.temperature"], low_open=True))
+    ev.add_argument("--temperature", type=_float_in(0.0, limits.SPEC_MAXIMUM["sampler.temperature"], low_open=True))
     ev.add_argument("--seed", type=seed, default=0)
     ev.add_argument("--limit", type=_int_in(1, 1 << 30), help="at most this many documents per task")
     ev.add_argument("--num-fewshot", type=_int_in(0, 1024))
-    ev.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), default=16, help="sequences per forward")
-    ev.add_argument("--max-gen-toks", type=_int_in(1, L.MAX_NEW_TOKENS), default=256,
+    ev.add_argument("--batch-size", type=_int_in(1, limits.MAX_BATCH_SIZE), default=16, help="sequences per forward")
+    ev.add_argument("--max-gen-toks", type=_int_in(1, limits.MAX_NEW_TOKENS), default=256,
                     help="generate_until budget when a task gives none")
     ev.add_argument("--device", choices=["cuda", "cpu"], help="default: cpu")
     ev.add_argument("--output", metavar="JSON", help="write lm-eval's results (with the decoding settings) here")
     ev.add_argument("--log-samples", action="store_true", help="keep every document's responses in the JSON")
     ev.set_defaults(run=_cmd_eval)
 
+
+def _add_serve_command(sub) -> None:
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, "
                            "metrics) on the decode engine; needs zdiff[serve]")
     serve.add_argument("checkpoint", help="a zdiff checkpoint, or a run directory (its final/, else latest checkpoint)")
@@ -503,11 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template replacing the checkpoint's")
     serve.add_argument("--backend", choices=["triton", "torch"],
                        help="generated kernels or the reference model (default: triton on a GPU, torch on a CPU)")
-    serve.add_argument("--max-slots", type=_int_in(1, L.MAX_BATCH_SIZE), default=8,
+    serve.add_argument("--max-slots", type=_int_in(1, limits.MAX_BATCH_SIZE), default=8,
                        help="requests decoded together (continuous batching)")
-    serve.add_argument("--max-queue", type=_int_in(0, L.MAX_BATCH_SIZE), default=64,
+    serve.add_argument("--max-queue", type=_int_in(0, limits.MAX_BATCH_SIZE), default=64,
                        help="requests waiting for a slot; one more is answered 503")
-    serve.add_argument("--max-len", type=_int_in(2, L.MAX_CONTEXT), default=2048,
+    serve.add_argument("--max-len", type=_int_in(2, limits.MAX_CONTEXT), default=2048,
                        help="tokens per slot (prompt + completion)")
     serve.add_argument("--proposals", type=_proposals, default="auto",
                        help="proposal blocks per step: auto (the cost model and measured acceptance) or 0..P")
@@ -516,30 +557,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", help="the model id clients send (default: CHECKPOINT as given)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--tables", metavar="DIR", help=TABLES_HELP)
-    seconds = _float_in(0.0, L.SERVE_MAX_TIMEOUT_S, low_open=True)
-    serve.add_argument("--header-timeout", type=seconds, default=L.SERVE_HEADER_TIMEOUT_S, metavar="S",
+    seconds = _float_in(0.0, limits.SERVE_MAX_TIMEOUT_S, low_open=True)
+    serve.add_argument("--header-timeout", type=seconds, default=limits.SERVE_HEADER_TIMEOUT_S, metavar="S",
                        help="close a connection whose request head is not complete S seconds after it began "
                             "(default %(default)s)")
-    serve.add_argument("--body-timeout", type=seconds, default=L.SERVE_BODY_TIMEOUT_S, metavar="S",
+    serve.add_argument("--body-timeout", type=seconds, default=limits.SERVE_BODY_TIMEOUT_S, metavar="S",
                        help="close a connection whose request body is not complete S seconds after its head "
                             "(default %(default)s)")
-    serve.add_argument("--keep-alive-timeout", type=seconds, default=L.SERVE_KEEP_ALIVE_S, metavar="S",
+    serve.add_argument("--keep-alive-timeout", type=seconds, default=limits.SERVE_KEEP_ALIVE_S, metavar="S",
                        help="close an idle keep-alive connection after S seconds (default %(default)s)")
-    serve.add_argument("--max-header-bytes", type=_int_in(1024, 1 << 20), default=L.SERVE_MAX_HEADER_BYTES,
+    serve.add_argument("--max-header-bytes", type=_int_in(1024, 1 << 20), default=limits.SERVE_MAX_HEADER_BYTES,
                        metavar="N", help="refuse a request head larger than N bytes (default %(default)s)")
-    serve.add_argument("--drain-timeout", type=seconds, default=L.SERVE_DRAIN_S, metavar="S",
+    serve.add_argument("--drain-timeout", type=seconds, default=limits.SERVE_DRAIN_S, metavar="S",
                        help="on SIGTERM / Ctrl-C, give requests in flight S seconds to finish, then cancel them; "
                             "a second signal stops at once (default %(default)s)")
     serve.set_defaults(run=_cmd_serve)
 
+
+def _add_cost_command(sub) -> None:
     cost = sub.add_parser("cost", help="roofline floors of AR and TiDAR forwards on a target; recommended proposals")
     cost.add_argument("spec")
     cost.add_argument("--target", required=True, choices=GPU_TARGETS)
-    cost.add_argument("--batch", type=_int_in(1, L.MAX_BATCH_SIZE), default=1, help="sequences per forward")
-    cost.add_argument("--context", type=_int_in(0, L.MAX_CONTEXT), default=4096, help="cached tokens per sequence")
+    cost.add_argument("--batch", type=_int_in(1, limits.MAX_BATCH_SIZE), default=1, help="sequences per forward")
+    cost.add_argument("--context", type=_int_in(0, limits.MAX_CONTEXT), default=4096, help="cached tokens per sequence")
     cost.add_argument("--acceptance", metavar="FILE", help="JSON histogram of accepted drafts per step "
                       "(zdiff generate --json output or a list); default: a documented assumption")
-    cost.add_argument("--max-proposals", type=_int_in(0, L.SPEC_MAXIMUM["diffusion.proposals"]), default=8,
+    cost.add_argument("--max-proposals", type=_int_in(0, limits.SPEC_MAXIMUM["diffusion.proposals"]), default=8,
                       help="largest P to evaluate")
     cost.add_argument("--routing", metavar="FILE", help="JSON routing histogram (python -m zdiff.autotune.routing "
                       "CKPT TEXT); default: uniform routing")
@@ -548,16 +591,21 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true")
     cost.set_defaults(run=_cmd_cost)
 
+
+def _add_autotune_command(sub) -> None:
     tune = sub.add_parser("autotune", help="compile each kernel's config space ahead of time, prune, rank; "
                           "write JSON tables per device")
     tune.add_argument("spec")
     tune.add_argument("--target", required=True, choices=GPU_TARGETS)
-    tune.add_argument("--budget", type=_float_in(0.0, L.MAX_BUDGET_S, low_open=True), default=300.0,
+    tune.add_argument("--budget", type=_float_in(0.0, limits.MAX_BUDGET_S, low_open=True), default=300.0,
                       help="seconds of wall time (default 300); the best config so far is kept when it runs out")
     tune.add_argument("--out", type=_path, help="tables root (default: $ZDIFF_CACHE/tables, which compile / generate / "
                       "serve / train read before the shipped tables); files go to OUT/<target>/<kernel module>.json")
     tune.set_defaults(run=_cmd_autotune)
 
+
+def _add_demo_command(sub) -> None:
+    steps = _int_in(1, limits.MAX_STEPS)
     demo = sub.add_parser("demo", help="the main job on the embedded default (no downloads)")
     demo.add_argument("--out", type=_path, default="runs/demo",
                       help="where the demo's runs go (its ar/ and tidar/ are replaced)")
@@ -565,15 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
     # defaults live in demo.DemoPlan (sized for a 2-core CPU); these flags shrink it for tests
     for flag in ("--ar-steps", "--tidar-steps"):
         demo.add_argument(flag, type=steps, help="override the demo plan")
-    demo.add_argument("--eval-windows", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
-    demo.add_argument("--new-tokens", type=_int_in(1, L.MAX_NEW_TOKENS), help="override the demo plan")
-    demo.add_argument("--batch-size", type=_int_in(1, L.MAX_BATCH_SIZE), help="override the demo plan")
-    demo.add_argument("--seq-len", type=_int_in(1, L.MAX_SEQ_LEN), help="override the demo plan")
-    demo.add_argument("--prompts", type=_int_in(1, L.MAX_PROMPTS), help="override the demo plan")
+    demo.add_argument("--eval-windows", type=_int_in(1, limits.MAX_BATCH_SIZE), help="override the demo plan")
+    demo.add_argument("--new-tokens", type=_int_in(1, limits.MAX_NEW_TOKENS), help="override the demo plan")
+    demo.add_argument("--batch-size", type=_int_in(1, limits.MAX_BATCH_SIZE), help="override the demo plan")
+    demo.add_argument("--seq-len", type=_int_in(1, limits.MAX_SEQ_LEN), help="override the demo plan")
+    demo.add_argument("--prompts", type=_int_in(1, limits.MAX_PROMPTS), help="override the demo plan")
     demo.add_argument("--threads", type=_int_in(1, 1024), help="override the demo plan (default 2; results are "
                       "bit-identical only at the same count)")
     demo.set_defaults(run=_cmd_demo)
-    return parser
 
 
 def _prompt(text: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .checkpoint.atomic import atomic_write_text
 from .checkpoint.store import load_model
+from .checkpoint.tokenizer import Tokenizer
 from .errors import ZdiffError
 from .eval.acceptance import sampler_report
 from .generation import SamplingParams
@@ -38,7 +39,7 @@ from .runtime.threads import fixed_threads
 from .spec import load_spec, preset_names
 from .tokenize import ByteTokenizer
 from .train import TrainConfig, train
-from .train.data import Tokenizer, split_corpus
+from .train.data import split_corpus
 
 AR_QUALITY_TOLERANCE = 0.03  # the converted model's held-out AR loss may be at most 3% worse
 
@@ -137,10 +138,10 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
     common = dict(diffusion=spec.diffusion, max_new_tokens=plan.new_tokens, seed=0, stop_tokens=(tok.eos_id,),
                   proposals=spec.diffusion.proposals)
     runs = {
-        "AR (lossless sampling)": generate(model, prompts, SamplingParams(kind="lossless"), mode="ar", **common),
-        "TiDAR lossless": generate(model, prompts, SamplingParams(kind="lossless"), mode="tidar", **common),
+        "AR (lossless sampling)": generate(model, prompts, SamplingParams(sampler="lossless"), mode="ar", **common),
+        "TiDAR lossless": generate(model, prompts, SamplingParams(sampler="lossless"), mode="tidar", **common),
         f"TiDAR logit_mix w={plan.mix_weight}": generate(
-            model, prompts, SamplingParams(kind="logit_mix", mix_weight=plan.mix_weight), mode="tidar", **common),
+            model, prompts, SamplingParams(sampler="logit_mix", mix_weight=plan.mix_weight), mode="tidar", **common),
     }
     log(stats_table(runs))
     reports = {name: sampler_report(r, r.block_size if r.mode == "tidar" else 1, seed=0) for name, r in runs.items()}
@@ -155,7 +156,7 @@ def _compare_decoding(root: Path, plan: DemoPlan, prompt: str, log) -> dict:
         log(f"acceptance histogram: {histogram}")
     else:
         log(f"no acceptance histogram or loss curves: {MISSING_PLOTS}")
-    sample = generate(model, [tok.encode(prompt, bos=False)], SamplingParams(kind="lossless"), mode="tidar",
+    sample = generate(model, [tok.encode(prompt, bos=False)], SamplingParams(sampler="lossless"), mode="tidar",
                       **{**common, "max_new_tokens": 64})
     log(f"\nTiDAR lossless sample:\n{prompt}{tok.decode(sample.tokens[0])}")
     curves = [str(p) for p in (root / "ar" / "loss.png", root / "tidar" / "loss.png") if p.is_file()]

@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--out", help="JSON file to write (default: stdout)")
     args = parser.parse_args(argv)
+    from ..checkpoint.context import CheckpointContext
     from ..checkpoint.store import checkpoint_spec, load_model
-    from ..generation.api import CheckpointContext
     from ..outputs import atomic_write_text
 
     try:

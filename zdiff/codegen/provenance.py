@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..autotune.tables import tables_root
 from ..errors import ZdiffError
 

@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..checkpoint.context import CheckpointContext
 from ..checkpoint.store import load_model
+from ..checkpoint.tokenizer import checkpoint_tokenizer
 from ..errors import ZdiffError
-from ..generation.api import CheckpointContext, generate_on_engine
+from ..generation.api import generate_on_engine
 from ..generation.sampling import SamplingParams
 from ..runtime.threads import fixed_threads
 from ..spec import load_spec
-from ..train.data import checkpoint_tokenizer, split_corpus
+from ..train.data import split_corpus
 from ..train.evaluate import evaluate
 from ..train.objective import Objective
 
@@ -55,10 +57,10 @@ class BenchPlan:
 
 def samplers(mix_weights) -> dict[str, tuple[str, SamplingParams]]:
     """name -> (mode, sampling parameters), in report order."""
-    runs = {"ar": ("ar", SamplingParams(kind="lossless")), "lossless": ("tidar", SamplingParams(kind="lossless"))}
+    runs = {"ar": ("ar", SamplingParams(sampler="lossless")), "lossless": ("tidar", SamplingParams(sampler="lossless"))}
     for w in mix_weights:
-        runs[f"logit_mix_{w:g}"] = ("tidar", SamplingParams(kind="logit_mix", mix_weight=w))
-    runs["greedy"] = ("tidar", SamplingParams(kind="greedy"))
+        runs[f"logit_mix_{w:g}"] = ("tidar", SamplingParams(sampler="logit_mix", mix_weight=w))
+    runs["greedy"] = ("tidar", SamplingParams(sampler="greedy"))
     return runs
 
 
@@ -140,7 +142,7 @@ def decode_all(model, spec, prompts: list[list[int]], plan: BenchPlan, stop_toke
         result = generate_on_engine(model, prompts, params, diffusion=spec.diffusion, mode=mode, spec=spec,
                                     max_new_tokens=plan.new_tokens, seed=plan.seed, stop_tokens=stop_tokens,
                                     proposals=spec.diffusion.proposals, progress=progress)
-        reports[name] = {"sampler": params.kind, "mix_weight": params.mix_weight if params.kind == "logit_mix"
+        reports[name] = {"sampler": params.sampler, "mix_weight": params.mix_weight if params.sampler == "logit_mix"
                          else None, **sampler_report(result, b if mode == "tidar" else 1, plan.seed)}
     return reports
 

@@ -46,7 +46,7 @@ def run_eval(args) -> int:
                  max_gen_toks=args.max_gen_toks, device=args.device or "cpu")
     results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=args.limit,
                               num_fewshot=args.num_fewshot, log_samples=args.log_samples, bootstrap_iters=0)
-    decoding = {"mode": args.mode, "sampler": lm.params.kind, "mix_weight": lm.params.mix_weight,
+    decoding = {"mode": args.mode, "sampler": lm.params.sampler, "mix_weight": lm.params.mix_weight,
                 "temperature": lm.params.temperature, "seed": args.seed,
                 "generated_tokens": lm.generated_tokens, "forward_passes": lm.forward_passes,
                 "tokens_per_forward": round(lm.tokens_per_forward, 4)}
@@ -54,7 +54,7 @@ def run_eval(args) -> int:
     print(make_table(results))
     if lm.forward_passes:
         print(f"generate_until: {lm.generated_tokens} tokens in {lm.forward_passes} forward passes, "
-              f"T/NFE {lm.tokens_per_forward:.2f} ({args.mode} {lm.params.kind})")
+              f"T/NFE {lm.tokens_per_forward:.2f} ({args.mode} {lm.params.sampler})")
     print("loglikelihood scores are exact AR scores (the mode and sampler only change generate_until)")
     if args.output:
         atomic_write_text(args.output, json.dumps(results, indent=1, default=handle_non_serializable))

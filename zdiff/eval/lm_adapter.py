@@ -63,7 +63,7 @@ class ZdiffLM(TemplateLM):
             batch_size = max_batch_size or 16
         self.batch_size, self.max_length, self.max_gen_toks = int(batch_size), int(max_length), int(max_gen_toks)
         self.params = SamplingParams.from_spec(
-            self.spec.sampler, kind=sampler, mix_weight=None if mix_weight is None else float(mix_weight),
+            self.spec.sampler, sampler=sampler, mix_weight=None if mix_weight is None else float(mix_weight),
             temperature=None if temperature is None else float(temperature),
             top_k=None if top_k is None else int(top_k), top_p=None if top_p is None else float(top_p))
         self.generated_tokens = 0  # generate_until totals: T/NFE of the run
@@ -123,7 +123,8 @@ class ZdiffLM(TemplateLM):
         for i, req in enumerate(requests):
             groups.setdefault(int(req.args[1].get("max_gen_toks", self.max_gen_toks)), []).append(i)
         texts: list[str] = [""] * len(requests)
-        bar = tqdm(total=len(requests), desc=f"zdiff generate ({self.mode} {self.params.kind})", disable=disable_tqdm)
+        bar = tqdm(total=len(requests), desc=f"zdiff generate ({self.mode} {self.params.sampler})",
+                   disable=disable_tqdm)
         for max_new, members in groups.items():
             keep = max(1, self.max_length - max_new)
             prompts = [(self.tok_encode(requests[i].args[0]) or [self.prefix_token_id])[-keep:] for i in members]

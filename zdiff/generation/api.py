@@ -7,53 +7,16 @@ answers, so results and statistics compare one to one. Request i uses seed `seed
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import ZdiffError
-from ..spec import DiffusionSpec, Spec
+from ..spec import DiffusionSpec
 from .engine import MAX_SEED, Engine, RequestParams
-from .loop import GenerationResult, checked_prompts
+from .loop import checked_prompts
 from .loop import generate as reference_loop
 from .request_checks import is_integer
+from .result import GenerationResult
 from .sampling import SamplingParams
-
-
-@dataclass(frozen=True)
-class CheckpointContext:
-    """What a loaded checkpoint brings besides weights: its whole spec, tokenizer and stop ids.
-    `tokenizer_error` says why text cannot be encoded (an import without tokenizer.json) instead of guessing."""
-
-    directory: Path
-    spec: Spec
-    tokenizer: object | None
-    stop_tokens: tuple[int, ...]
-    tokenizer_error: str | None = None
-
-    @classmethod
-    def of(cls, directory, spec: Spec) -> "CheckpointContext":
-        from ..train.data import checkpoint_tokenizer
-
-        directory = Path(directory)
-        try:
-            tokenizer = checkpoint_tokenizer(directory, spec.model.vocab_size)
-        except ZdiffError as err:
-            return cls(directory, spec, None, (), str(err))
-        return cls(directory, spec, tokenizer, stop_tokens_of(directory, tokenizer))
-
-
-def stop_tokens_of(checkpoint: Path, tokenizer) -> tuple[int, ...]:
-    """The ids that end a request: the byte tokenizer's eos, else generation_config.json's eos_token_id."""
-    if tokenizer.tokenizer_json is None:
-        return (tokenizer.byte.eos_id,)
-    config = Path(checkpoint) / "generation_config.json"
-    if config.is_file():
-        eos = json.loads(config.read_text()).get("eos_token_id")
-        if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (eos,)
-    return ()
 
 
 def generate(model, prompts, params: SamplingParams | None = None, *, loop: str = "engine", **kwargs):
@@ -113,7 +76,7 @@ def generate_on_engine(model, prompts: list[list[int]], params: SamplingParams =
     engine = Engine(model, diffusion=diffusion, spec=spec, max_slots=max_slots,
                     max_len=longest + max_new_tokens, proposals=proposals, target=target, verifier=verifier,
                     verify_lengths=verify_lengths, expert_budgets=expert_budgets)
-    request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.kind, temperature=params.temperature,
+    request = dict(max_new_tokens=max_new_tokens, mode=mode, sampler=params.sampler, temperature=params.temperature,
                    top_k=params.top_k, top_p=params.top_p, mix_weight=params.mix_weight, stop_tokens=tuple(stop_tokens),
                    verify_length=verify_length, expert_budget=expert_budget)
     ids = [engine.add(p, RequestParams(seed=seed + i, **request)) for i, p in enumerate(prompts)]

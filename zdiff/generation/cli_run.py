@@ -9,22 +9,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import load_model
+from ..checkpoint.context import stop_tokens_of
 from ..checkpoint.store import SPEC_FILE
+from ..checkpoint.tokenizer import Tokenizer
+from ..checkpoint.tokenizer import checkpoint_tokenizer as tokenizer_of_checkpoint
 from ..errors import ZdiffError
+from ..loading import load_model
+from ..sampler import SamplerConflict, sampler_at_temperature
 from ..spec import load_spec
 from ..targets import interpreter_needed, triton_interpreter
-from ..train.data import Tokenizer
-from ..train.data import checkpoint_tokenizer as tokenizer_of_checkpoint
-from .api import generate_on_engine, stop_tokens_of
+from .api import generate_on_engine
 from .engine import resolve_device as engine_device
-from .loop import GenerationResult
 from .loop import generate as reference_loop
+from .result import GenerationResult
 from .sampling import SamplingParams
 
 
 def checkpoint_tokenizer(checkpoint: Path, spec) -> Tokenizer:
-    """The checkpoint's tokenizer (zdiff.train.data.checkpoint_tokenizer: never a silent fall-back to bytes)."""
+    """The checkpoint's tokenizer (zdiff.checkpoint.tokenizer: never a silent fall-back to bytes)."""
     return tokenizer_of_checkpoint(checkpoint, spec.model.vocab_size)
 
 
@@ -65,14 +67,14 @@ def device_and_backend(args) -> tuple[torch.device, str]:
 def sampling_from_flags(args, spec) -> SamplingParams:
     """--sampler / --temperature / ... over the spec's sampler. Temperature 0 is greedy decoding (as in the
     server and the OpenAI API); logit_mix without a weight uses DEFAULT_MIX_WEIGHT and says so."""
-    kind = args.sampler
-    if args.temperature == 0:
-        if kind not in (None, "greedy"):
-            raise ZdiffError(f"--temperature 0 means greedy decoding; --sampler {kind} needs a positive temperature")
-        kind = "greedy"
-    params = SamplingParams.from_spec(spec.sampler, kind=kind, mix_weight=args.mix_weight,
+    try:
+        kind = sampler_at_temperature(args.sampler, args.temperature)
+    except SamplerConflict as err:
+        raise ZdiffError(f"--temperature 0 means greedy decoding; --sampler {err.sampler} needs a positive "
+                         "temperature") from None
+    params = SamplingParams.from_spec(spec.sampler, sampler=kind, mix_weight=args.mix_weight,
                                       temperature=args.temperature or None, top_k=args.top_k, top_p=args.top_p)
-    if params.kind == "logit_mix" and args.mix_weight is None and spec.sampler.mix_weight is None:
+    if params.sampler == "logit_mix" and args.mix_weight is None and spec.sampler.mix_weight is None:
         print(f"zdiff: note: logit_mix with its default weight w = {params.mix_weight} (--mix-weight to choose; "
               "w = 1 is the lossless sampler)", file=sys.stderr)
     return params
@@ -106,7 +108,7 @@ def run_generate(args) -> int:
             def advance(done: int, bar=bar) -> None:
                 bar.update(done - bar.n)
 
-            runs[f"{mode} {params.kind}"] = decode(model, prompts, params, mode=mode, progress=advance, **common)
+            runs[f"{mode} {params.sampler}"] = decode(model, prompts, params, mode=mode, progress=advance, **common)
     main = next(iter(runs.values()))
     texts = [tokenizer.decode(t) for t in main.tokens]
     if args.histogram:

@@ -225,8 +225,8 @@ class Engine:
                         kernels_dir=None, **kwargs) -> "Engine":
         """Load a checkpoint and build an engine. Defaults: the generated kernels in bf16 on a GPU,
         the reference model in fp32 on the CPU."""
-        from .. import load_model
         from ..checkpoint.store import SPEC_FILE
+        from ..loading import load_model
         from ..spec import load_spec
 
         device = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -20,6 +20,7 @@ from ..pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, pref
 from ..spec import DiffusionSpec
 from .cache import DecodeCache
 from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
+from .result import GenerationResult
 from .rules import delivered_tokens
 from .sampling import (
     SamplingParams,
@@ -52,45 +53,6 @@ class SequenceState:
     accepted: list[int] = field(default_factory=list)  # drafts accepted per decode step
     forward_passes: int = 0
     done: bool = False
-
-
-@dataclass
-class GenerationResult:
-    tokens: list[list[int]]  # new tokens per prompt
-    accepted: list[list[int]]  # accepted drafts per step, per prompt
-    forward_passes: list[int]
-    seconds: float
-    mode: str
-    block_size: int
-    engine: dict = field(default_factory=dict)  # engine statistics (steps, graph replays, proposal policy)
-    texts: list[str] | None = None  # the new tokens decoded, when the prompts were text
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(len(t) for t in self.tokens)
-
-    @property
-    def tokens_per_forward(self) -> float:
-        return self.total_tokens / max(1, sum(self.forward_passes))
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.total_tokens / self.seconds if self.seconds > 0 else float("inf")
-
-    def histogram(self) -> list[int]:
-        """How many decode steps committed 1, 2, ..., block_size tokens (accepted drafts + 1)."""
-        counts = [0] * self.block_size
-        for steps in self.accepted:
-            for n in steps:
-                counts[n] += 1
-        return counts
-
-    def summary(self) -> dict:
-        # forward_passes: decode steps summed over requests (T/NFE's denominator; prefill not counted)
-        return {"mode": self.mode, "tokens": self.total_tokens, "forward_passes": sum(self.forward_passes),
-                "tokens_per_forward": self.tokens_per_forward, "tokens_per_s": self.tokens_per_second,
-                "seconds": self.seconds, "tokens_per_step_histogram": self.histogram(),
-                **({"engine": self.engine} if self.engine else {})}
 
 
 class _Batch:
@@ -128,7 +90,7 @@ class _Batch:
 
 
 def _sample(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    if params.kind == "greedy":
+    if params.sampler == "greedy":
         return torch.argmax(probs, dim=-1)
     return gumbel_argmax(probs.cpu(), draw_gumbel(probs.shape, generator))
 
@@ -153,7 +115,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
         raise ZdiffError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
     if not is_integer(seed) or not 0 <= seed < 2**63:
         raise ZdiffError(f"seed: must be an integer in [0, 2^63), got {seed!r}")
-    check_sampling(params.kind, params.temperature, params.top_k, params.top_p, params.mix_weight)
+    check_sampling(params.sampler, params.temperature, params.top_k, params.top_p, params.mix_weight)
     temperature, top_k, top_p = effective_sampling(params.temperature, params.top_k, params.top_p,
                                                    model.spec.vocab_size)
     if mode == "tidar" and (diffusion is None or diffusion.mask_token_id is None):
@@ -215,7 +177,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
             else:
                 target = target_probs(logits[i, : m + 1], s.draft_logits, params)
                 drafts = torch.tensor(s.drafts, dtype=torch.long)
-                if params.kind == "greedy":
+                if params.sampler == "greedy":
                     n, token = verify_greedy(target, drafts)
                 else:
                     uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
@@ -272,7 +234,7 @@ def _fused_verdicts(seqs, logits, params, generator) -> dict[int, tuple[int, int
         raise ZdiffError(f"the fused verifier bans one id (the mask), got {len(params.banned)}")
     filtered = bool(params.top_k) or params.top_p < 1.0
     accepted, token = verify_slots("fused", ar, draft, drafts, num, per_slot(0, torch.long),
-                                   per_slot(KIND_CODES[params.kind], torch.long), per_slot(params.temperature),
+                                   per_slot(KIND_CODES[params.sampler], torch.long), per_slot(params.temperature),
                                    per_slot(params.top_k, torch.long), per_slot(params.top_p),
                                    per_slot(params.mix_weight), seeds, params.banned[0] if params.banned else -1,
                                    filtered)
@@ -285,7 +247,7 @@ def _take_drafts(s: SequenceState, slot_logits: torch.Tensor, params: SamplingPa
         s.drafts, s.draft_q, s.draft_logits = [], None, None
         return
     q = probabilities(slot_logits, params)
-    if params.kind == "greedy":
+    if params.sampler == "greedy":
         drafts = torch.argmax(q, dim=-1)
         q = torch.nn.functional.one_hot(drafts, q.shape[-1]).float()  # a point mass
     else:

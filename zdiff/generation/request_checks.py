@@ -1,5 +1,5 @@
-"""Range and type checks of the sampling parameters the engine and the reference loop take, and the
-values they are computed with, so that no user number reaches a tensor it cannot be stored in.
+"""Checks of what the engine and the reference loop take, and the values they compute with, so that no user
+number reaches a tensor it cannot be stored in. The sampler's own rule is zdiff.sampler's (re-exported here).
 
     check_sampling(sampler, temperature, top_k, top_p, mix_weight)      # ZdiffError naming the field
     temperature, top_k, top_p = effective_sampling(temperature, top_k, top_p, vocab)
@@ -7,42 +7,11 @@ values they are computed with, so that no user number reaches a tensor it cannot
 
 from __future__ import annotations
 
-import math
-import numbers
-
 from ..errors import ZdiffError
-from ..limits import MAX_TEMPERATURE, MIN_EFFECTIVE_TEMPERATURE, MIN_EFFECTIVE_TOP_P
+from ..limits import MIN_EFFECTIVE_TEMPERATURE, MIN_EFFECTIVE_TOP_P
+from ..sampler import SAMPLERS, check_sampling, is_finite_number, is_integer
 
-SAMPLERS = ("lossless", "logit_mix", "greedy")
-
-
-def is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_finite_number(value) -> bool:
-    """A real number that is not NaN or infinite (a huge int counts: it is compared, never converted)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    return is_integer(value) or math.isfinite(value)
-
-
-def check_sampling(sampler, temperature, top_k, top_p, mix_weight) -> None:
-    if sampler not in SAMPLERS:
-        raise ZdiffError(f"sampler: must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    lowest = 0 if sampler == "greedy" else None  # greedy ignores the temperature, 0 included
-    if not (is_finite_number(temperature) and (temperature >= 0 if lowest == 0 else temperature > 0)
-            and temperature <= MAX_TEMPERATURE):
-        hint = "" if sampler == "greedy" else " (use sampler greedy for argmax)"
-        bound = "[0" if sampler == "greedy" else "(0"
-        raise ZdiffError(f"temperature: must be a finite number in {bound}, {MAX_TEMPERATURE:g}]{hint}, "
-                         f"got {temperature!r}")
-    if not is_integer(top_k) or top_k < 0:
-        raise ZdiffError(f"top_k: must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not (is_finite_number(top_p) and 0 < top_p <= 1):
-        raise ZdiffError(f"top_p: must be in (0, 1], got {top_p!r}")
-    if not (is_finite_number(mix_weight) and 0 <= mix_weight <= 1):
-        raise ZdiffError(f"mix_weight: must be in [0, 1], got {mix_weight!r}")
+__all__ = ["SAMPLERS", "check_prompt_ids", "check_sampling", "effective_sampling", "is_finite_number", "is_integer"]
 
 
 def effective_sampling(temperature, top_k, top_p, vocab: int) -> tuple[float, int, float]:

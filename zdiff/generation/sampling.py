@@ -17,32 +17,11 @@ so the fused Triton verifier can be checked against this code draw for draw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..errors import ZdiffError
-from ..spec.schema import DEFAULT_MIX_WEIGHT
+from ..sampler import SamplingParams
 from .logit_mix import mix_logits
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    kind: str = "lossless"  # lossless | logit_mix | greedy
-    mix_weight: float = 1.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    banned: tuple[int, ...] = ()  # never sampled (the mask token)
-
-    @classmethod
-    def from_spec(cls, sampler, banned=(), **overrides):
-        values = dict(kind=sampler.kind, mix_weight=sampler.mix_weight, temperature=sampler.temperature,
-                      top_k=sampler.top_k, top_p=sampler.top_p, banned=tuple(banned))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["mix_weight"] is None:  # only logit_mix reads it; never silently 1.0 (= lossless)
-            values["mix_weight"] = DEFAULT_MIX_WEIGHT if values["kind"] == "logit_mix" else 1.0
-        return cls(**values)
 
 
 def processed_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -75,7 +54,7 @@ def draw_gumbel(shape, generator: torch.Generator, device=None) -> torch.Tensor:
 
 def target_probs(ar_logits: torch.Tensor, draft_logits: torch.Tensor | None, params: SamplingParams) -> torch.Tensor:
     """(m+1, V) verification targets; rows 0..m-1 are mixed with the draft logits under logit_mix."""
-    if params.kind != "logit_mix" or draft_logits is None or params.mix_weight == 1.0:
+    if params.sampler != "logit_mix" or draft_logits is None or params.mix_weight == 1.0:
         return probabilities(ar_logits, params)
     m = draft_logits.shape[0]
     mixed = ar_logits.float().clone()

@@ -13,10 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..checkpoint.tokenizer import Tokenizer
 from ..errors import ZdiffError
 from ..eval.scoring import score_sequences
 from ..generation.engine import Engine
-from ..train.data import Tokenizer
 from .chat_template import ChatTemplate, ChatTemplateError
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_format import DONE, ResponseFormat, Usage, completion_logprobs, error_object, sse
@@ -171,91 +171,106 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
     app = FastAPI(title="zdiff serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.worker, app.state.metrics = worker, metrics
     app.add_middleware(_CountRequests, metrics=metrics)
+    app.exception_handler(APIError)(_api_error)
+    app.exception_handler(RequestValidationError)(_invalid)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    endpoints = _Endpoints(served, engine, worker, metrics, api_key)
+    authorized = [Depends(endpoints.authorized)]
+    app.get("/health")(endpoints.health)
+    app.get("/metrics")(endpoints.prometheus)
+    app.get("/v1/models", dependencies=authorized)(endpoints.models)
+    app.post("/v1/completions", dependencies=authorized)(endpoints.completions)
+    app.post("/v1/chat/completions", dependencies=authorized)(endpoints.chat_completions)
+    return app
 
-    @app.exception_handler(APIError)
-    async def _api_error(request, exc: APIError):
-        return exc.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc: RequestValidationError):
-        return _validation_error(exc).response()
+async def _api_error(request, exc: APIError):
+    return exc.response()
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request, exc: StarletteHTTPException):
-        return APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)).response()
 
-    def authorized(request: Request) -> None:
-        if api_key is None:
+async def _invalid(request, exc: RequestValidationError):
+    return _validation_error(exc).response()
+
+
+async def _http_error(request, exc: StarletteHTTPException):
+    return APIError(exc.status_code, str(exc.detail), code=str(exc.status_code)).response()
+
+
+class _Endpoints:
+    """One method per endpoint over the served model, its engine worker and the metrics."""
+
+    def __init__(self, served: ServedModel, engine: Engine, worker: EngineWorker, metrics: ServerMetrics,
+                 api_key: str | None):
+        self.served, self.engine, self.worker, self.metrics, self.api_key = served, engine, worker, metrics, api_key
+
+    def authorized(self, request: Request) -> None:
+        if self.api_key is None:
             return
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
             raise APIError(401, "missing or wrong API key (send `Authorization: Bearer KEY`)", code="invalid_api_key")
 
-    @app.get("/health")
-    async def health():
-        if worker.dead is not None:
-            raise APIError(503, worker.dead, kind="server_error")
+    async def health(self):
+        if self.worker.dead is not None:
+            raise APIError(503, self.worker.dead, kind="server_error")
         return {"status": "ok"}
 
-    @app.get("/metrics")
-    async def prometheus():
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+    async def prometheus(self):
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
-    async def models():
+    async def models(self):
         return {
             "object": "list",
             "data": [
                 {
-                    "id": served.name,
+                    "id": self.served.name,
                     "object": "model",
                     "created": 0,
                     "owned_by": "zdiff",
-                    "max_model_len": served.max_len,
+                    "max_model_len": self.served.max_len,
                 }
             ],
         }
 
-    def served_model(body: SamplingRequest) -> None:
-        if body.model != served.name:
+    def served_model(self, body: SamplingRequest) -> None:
+        if body.model != self.served.name:
             raise APIError(
                 404,
-                f"model: this server serves {served.name!r}, got {body.model!r}",
+                f"model: this server serves {self.served.name!r}, got {body.model!r}",
                 param="model",
                 code="model_not_found",
             )
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
-    async def completions(body: CompletionRequest, request: Request):
-        served_model(body)
-        prompts = [encode_text(served.tokenizer, p, "prompt") if isinstance(p, str) else list(p) for p in body.prompts]
-        return await _generate(request, body, prompts, chat=False)
+    async def completions(self, body: CompletionRequest, request: Request):
+        self.served_model(body)
+        tokenizer = self.served.tokenizer
+        prompts = [encode_text(tokenizer, p, "prompt") if isinstance(p, str) else list(p) for p in body.prompts]
+        return await self.generate(request, body, prompts, chat=False)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        served_model(body)
-        if served.chat_template is None:
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        self.served_model(body)
+        if self.served.chat_template is None:
             raise APIError(
                 400,
-                f"model {served.name} has no chat template (no chat_template in its "
+                f"model {self.served.name} has no chat template (no chat_template in its "
                 "tokenizer_config.json); use /v1/completions",
                 param="messages",
             )
         try:
-            text = served.chat_template.render([m.for_template() for m in body.messages])
+            text = self.served.chat_template.render([m.for_template() for m in body.messages])
         except ChatTemplateError as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
-        return await _generate(request, body, [encode_text(served.tokenizer, text, "messages")], chat=True)
+        return await self.generate(request, body, [encode_text(self.served.tokenizer, text, "messages")], chat=True)
 
-    async def _generate(request: Request, body: SamplingRequest, prompts: list[list[int]], chat: bool):
+    async def generate(self, request: Request, body: SamplingRequest, prompts: list[list[int]], chat: bool):
         """n choices for each prompt, all in the engine at once; one response (or one stream) with them all."""
-        fmt = ResponseFormat(chat, served.name)
+        fmt = ResponseFormat(chat, self.served.name)
         gone = asyncio.ensure_future(_disconnected(request))  # one watcher: the runs share the disconnect
         runs: list[_Run] = []
         try:
             for prompt in prompts:
                 for choice in range(body.n):
-                    runs.append(await _start(body, prompt, chat, choice, len(runs), fmt, gone))
+                    runs.append(await self.start(body, prompt, chat, choice, len(runs), fmt, gone))
         except BaseException:
             gone.cancel()
             for run in runs:
@@ -278,29 +293,29 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
         for run, (text, reason, ids) in zip(runs, outcomes):
             logprobs = None
             if getattr(body, "echo", False) or getattr(body, "logprobs", None) is not None:
-                text, logprobs = await _scored(run, text, body)
+                text, logprobs = await self.scored(run, text, body)
             choices.append(fmt.choice(run.index, text, reason, ids if body.return_token_ids else None, logprobs))
         usage = Usage.total([run.usage() for run in runs], prompt_tokens=sum(len(p) for p in prompts))
         return fmt.response_of(choices, usage)
 
-    async def _start(body, prompt, chat, choice, index, fmt, gone) -> _Run:
+    async def start(self, body, prompt, chat, choice, index, fmt, gone) -> _Run:
         prompt_param = "messages" if chat else "prompt"
         max_tokens = body.requested_max_tokens
         if max_tokens is None:
-            max_tokens = max(served.max_len - len(prompt), 1) if chat else COMPLETION_DEFAULT_MAX_TOKENS
+            max_tokens = max(self.served.max_len - len(prompt), 1) if chat else COMPLETION_DEFAULT_MAX_TOKENS
         try:
-            params = engine_params(body, served.defaults, max(max_tokens, 1), served.stop_tokens, choice)
+            params = engine_params(body, self.served.defaults, max(max_tokens, 1), self.served.stop_tokens, choice)
         except FieldError as err:
             raise APIError(400, str(err), param=err.param) from None
         if max_tokens == 0:  # echo-only scoring: nothing for the engine to do, but the same checks
             try:
-                engine.validate(prompt, params)
+                self.engine.validate(prompt, params)
             except ZdiffError as err:
                 raise _engine_error(err, prompt_param) from None
-            metrics.prompt_tokens.inc(len(prompt))
-            return _Run(served, body, None, prompt, fmt, worker, metrics, index, gone)
+            self.metrics.prompt_tokens.inc(len(prompt))
+            return _Run(self.served, body, None, prompt, fmt, self.worker, self.metrics, index, gone)
         try:
-            submission = worker.submit(prompt, params)
+            submission = self.worker.submit(prompt, params)
         except QueueFull as err:
             raise APIError(
                 503,
@@ -311,30 +326,28 @@ def build_app(served: ServedModel, engine: Engine, *, max_queue: int = 64, api_k
             ) from None
         except EngineFailed as err:
             raise APIError(503, str(err), kind="server_error") from None
-        run = _Run(served, body, submission, prompt, fmt, worker, metrics, index, gone)
+        run = _Run(self.served, body, submission, prompt, fmt, self.worker, self.metrics, index, gone)
         try:
             await submission.accepted()  # before any byte is sent, so a refusal is still a 400
         except ZdiffError as err:
             raise _engine_error(err, prompt_param) from None
         except EngineFailed as err:
             raise APIError(500, str(err), kind="server_error") from None
-        metrics.prompt_tokens.inc(len(prompt))
+        self.metrics.prompt_tokens.inc(len(prompt))
         return run
 
-    async def _scored(run: _Run, text: str, body: SamplingRequest) -> tuple[str, dict | None]:
+    async def scored(self, run: _Run, text: str, body: SamplingRequest) -> tuple[str, dict | None]:
         """echo (the prompt in front of the text) and logprobs: the exact AR distribution of every listed token,
         from one scoring forward over prompt + completion after generation (the decode step is untouched)."""
         tokens = run.prompt + run.text.tokens
         if body.echo:
-            text = served.tokenizer.decode(run.prompt) + text
+            text = self.served.tokenizer.decode(run.prompt) + text
         if body.logprobs is None:
             return text, None
-        (scores,) = await asyncio.to_thread(score_sequences, engine.model, [tokens], top_n=body.logprobs)
+        (scores,) = await asyncio.to_thread(score_sequences, self.engine.model, [tokens], top_n=body.logprobs)
         first = 0 if body.echo else len(run.prompt)
-        offset = 0 if body.echo else len(served.tokenizer.decode(run.prompt))
-        return text, completion_logprobs(served.tokenizer.decode, tokens, scores, first, offset)
-
-    return app
+        offset = 0 if body.echo else len(self.served.tokenizer.decode(run.prompt))
+        return text, completion_logprobs(self.served.tokenizer.decode, tokens, scores, first, offset)
 
 
 class _ClientGone(Exception):

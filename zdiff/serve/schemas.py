@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..generation.engine import RequestParams
 from ..limits import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE
-from ..spec.schema import DEFAULT_MIX_WEIGHT
+from ..sampler import DEFAULT_MIX_WEIGHT, SamplerConflict, SamplerName, sampler_at_temperature
 
 # field -> its value when unused; anything else is refused. min_p and min_tokens would act inside the decode
 # step (a filter on every proposal's distribution; suppressing the stop ids until N tokens), which the
@@ -78,7 +78,7 @@ class SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     # zdiff extensions
-    sampler: Literal["lossless", "logit_mix", "greedy"] | None = None
+    sampler: SamplerName | None = None
     mix_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
     mode: Literal["ar", "tidar"] | None = None
@@ -225,15 +225,10 @@ def engine_params(
 ) -> RequestParams:
     """OpenAI semantics on top of the spec's defaults: temperature 0 means greedy; no seed means a fresh one.
     Choice j of n with a seed uses seed + j (the n samples differ, and each is reproducible)."""
-    if body.temperature == 0.0:
-        if body.sampler not in (None, "greedy"):
-            raise FieldError(
-                "temperature",
-                f"temperature: 0 means greedy decoding; sampler {body.sampler} needs a positive temperature",
-            )
-        sampler = "greedy"
-    else:
-        sampler = body.sampler or defaults.sampler
+    try:
+        sampler = sampler_at_temperature(body.sampler, body.temperature) or defaults.sampler
+    except SamplerConflict as err:
+        raise FieldError("temperature", str(err)) from None
     return RequestParams(
         max_new_tokens=max_new_tokens,
         mode=body.mode or defaults.mode,

@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ..sampler import DEFAULT_MIX_WEIGHT, SamplerName  # noqa: F401 (DEFAULT_MIX_WEIGHT: its first home)
+
 TargetName = Literal["mi300x", "mi355x", "h100", "h200", "cpu"]
 TARGET_NAMES: tuple[str, ...] = ("mi300x", "mi355x", "h100", "h200", "cpu")
 
@@ -163,14 +165,11 @@ class DiffusionSpec:
         return self.block_size - 1
 
 
-# logit_mix's weight when a request or flag picks that sampler without one. w = 1 *is* the lossless sampler, so a
-# silent 1.0 would make "logit_mix" look like it does nothing; 0.5 is the seed's and the demo's operating point.
-DEFAULT_MIX_WEIGHT = 0.5
-
-
 @dataclass(frozen=True)
 class SamplerSpec:
-    kind: Literal["lossless", "logit_mix", "greedy"] = "lossless"
+    """The checkpoint's default sampler (zdiff.sampler: the names, the host form, the one check of the values)."""
+
+    kind: SamplerName = "lossless"
     mix_weight: float | None = None  # logit_mix only: w in softmax(w*z_AR + (1-w)*z_draft)
     temperature: float = 1.0
     top_k: int = 0  # 0: off

@@ -12,6 +12,7 @@ import re
 
 from ..errors import MISSING, SpecError
 from ..limits import SPEC_MAXIMUM, SPEC_MINIMUM, SPEC_NAME_MAX_CHARS
+from ..sampler import sampling_problem
 from .schema import CCASpec, ModelSpec, RopeScalingSpec, Spec
 
 # `name` is a path component of default outputs (build/<name>/<target>, the kernel cache):
@@ -78,6 +79,7 @@ def check_name(name: str) -> None:
 
 
 def validate(spec: Spec) -> Spec:
+    """The spec with every field checked (a SpecError naming the first bad one) and defaults resolved."""
     check_name(spec.name)
     check_bounds(spec)
     model = spec.model
@@ -85,6 +87,22 @@ def validate(spec: Spec) -> Spec:
         _positive(f"model.{name}", getattr(model, name))
     _positive("model.norm_eps", model.norm_eps)
 
+    attn = _validate_attention(model)
+    _check_feed_forward(model)
+    attn = dataclasses.replace(attn, rope_scaling=_rope_scaling(attn.rope_scaling), output_bias=attn.o_proj_bias)
+    model = dataclasses.replace(model, attention=attn)
+    diff = _validate_diffusion(spec.diffusion, model.vocab_size)
+    _validate_sampler(spec.sampler)
+    if not spec.targets:
+        raise SpecError("targets", [], "must name at least one target")
+    for i, target in enumerate(spec.targets):
+        if target in spec.targets[:i]:
+            raise SpecError(f"targets[{i}]", target, "is listed twice")
+    return dataclasses.replace(spec, model=model, diffusion=diff)
+
+
+def _validate_attention(model: ModelSpec):
+    """model.attention checked, with ccgqa's CCA defaults filled in."""
     attn = model.attention
     for name in ("num_heads", "num_kv_heads", "head_dim"):
         _positive(f"model.attention.{name}", getattr(attn, name))
@@ -114,21 +132,33 @@ def validate(spec: Spec) -> Spec:
                             "ccgqa splits the value width in halves; kv width must be even")
         attn = dataclasses.replace(attn, cca=cca)
     elif attn.cca is not None:
-        raise SpecError("model.attention.cca", spec.model.attention.cca, "is only allowed with kind: ccgqa")
+        raise SpecError("model.attention.cca", attn.cca, "is only allowed with kind: ccgqa")
+    return attn
 
-    _check_feed_forward(model)
-    attn = dataclasses.replace(attn, rope_scaling=_rope_scaling(attn.rope_scaling), output_bias=attn.o_proj_bias)
-    model = dataclasses.replace(model, attention=attn)
 
-    diff = spec.diffusion
+def _validate_diffusion(diff, vocab_size: int):
+    """diffusion checked, with its acceptance levels resolved."""
     _at_least("diffusion.block_size", diff.block_size, 1)
-    if diff.mask_token_id is not None and not 0 <= diff.mask_token_id < model.vocab_size:
+    if diff.mask_token_id is not None and not 0 <= diff.mask_token_id < vocab_size:
         raise SpecError("diffusion.mask_token_id", diff.mask_token_id,
-                        f"must be in 0..{model.vocab_size - 1} (model.vocab_size)")
+                        f"must be in 0..{vocab_size - 1} (model.vocab_size)")
     _at_least("diffusion.proposals", diff.proposals, 1)
     if diff.proposals > diff.block_size:
         raise SpecError("diffusion.proposals", diff.proposals,
                         f"cannot exceed the {diff.block_size} acceptance levels 0..block_size-1")
+    levels = _acceptance_levels(diff)
+    if diff.loss_alpha < 0:
+        raise SpecError("diffusion.loss_alpha", diff.loss_alpha, "must not be negative")
+    for name in ("data_weight", "distill_weight"):
+        if getattr(diff.loss, name) < 0:
+            raise SpecError(f"diffusion.loss.{name}", getattr(diff.loss, name), "must not be negative")
+    if diff.loss.data_weight + diff.loss.distill_weight == 0:
+        raise SpecError("diffusion.loss.distill_weight", 0.0, "and data_weight are both 0: the drafts get no target")
+    return dataclasses.replace(diff, acceptance_levels=levels)
+
+
+def _acceptance_levels(diff) -> tuple[int, ...]:
+    """diffusion.acceptance_levels as listed (checked), or spread evenly over the proposals."""
     levels = diff.acceptance_levels
     if levels is None:
         levels = default_acceptance_levels(diff.block_size, diff.proposals)
@@ -149,35 +179,7 @@ def validate(spec: Spec) -> Spec:
             # a step that accepts no draft reads its next drafts from the level-0 block
             raise SpecError("diffusion.acceptance_levels", list(levels),
                             "must include 0 (the block used when every draft is rejected)")
-    if diff.loss_alpha < 0:
-        raise SpecError("diffusion.loss_alpha", diff.loss_alpha, "must not be negative")
-    for name in ("data_weight", "distill_weight"):
-        if getattr(diff.loss, name) < 0:
-            raise SpecError(f"diffusion.loss.{name}", getattr(diff.loss, name), "must not be negative")
-    if diff.loss.data_weight + diff.loss.distill_weight == 0:
-        raise SpecError("diffusion.loss.distill_weight", 0.0, "and data_weight are both 0: the drafts get no target")
-    diff = dataclasses.replace(diff, acceptance_levels=tuple(levels))
-
-    sampler = spec.sampler
-    if sampler.kind == "logit_mix":
-        if sampler.mix_weight is None:
-            raise SpecError("sampler.mix_weight", None, "is required for kind logit_mix")
-        if not 0.0 <= sampler.mix_weight <= 1.0:
-            raise SpecError("sampler.mix_weight", sampler.mix_weight, "must be in [0, 1]")
-    elif sampler.mix_weight is not None:
-        raise SpecError("sampler.mix_weight", sampler.mix_weight, "is only used by kind logit_mix")
-    _positive("sampler.temperature", sampler.temperature)
-    if sampler.top_k < 0:
-        raise SpecError("sampler.top_k", sampler.top_k, "must be 0 (off) or positive")
-    if not 0.0 < sampler.top_p <= 1.0:
-        raise SpecError("sampler.top_p", sampler.top_p, "must be in (0, 1]")
-
-    if not spec.targets:
-        raise SpecError("targets", [], "must name at least one target")
-    for i, target in enumerate(spec.targets):
-        if target in spec.targets[:i]:
-            raise SpecError(f"targets[{i}]", target, "is listed twice")
-    return dataclasses.replace(spec, model=model, diffusion=diff)
+    return tuple(levels)
 
 
 def _check_feed_forward(model: ModelSpec) -> None:
@@ -236,3 +238,18 @@ def _rope_scaling(scaling: RopeScalingSpec | None) -> RopeScalingSpec | None:
         factor = 1.0 if scaling.factor <= 1 else 0.1 * math.log(scaling.factor) + 1.0
     _positive(f"{where}.attention_factor", factor)
     return dataclasses.replace(scaling, attention_factor=factor)
+
+
+def _validate_sampler(sampler) -> None:
+    """The spec's own rules (mix_weight only with logit_mix; a default temperature must suit every sampler a
+    request may switch to, so it is positive even for greedy), then the one rule of zdiff.sampler."""
+    if sampler.kind == "logit_mix" and sampler.mix_weight is None:
+        raise SpecError("sampler.mix_weight", None, "is required for kind logit_mix")
+    if sampler.kind != "logit_mix" and sampler.mix_weight is not None:
+        raise SpecError("sampler.mix_weight", sampler.mix_weight, "is only used by kind logit_mix")
+    _positive("sampler.temperature", sampler.temperature)
+    mix_weight = 1.0 if sampler.mix_weight is None else sampler.mix_weight
+    problem = sampling_problem(sampler.kind, sampler.temperature, sampler.top_k, sampler.top_p, mix_weight)
+    if problem is not None:
+        name, value, reason = problem
+        raise SpecError(f"sampler.{'kind' if name == 'sampler' else name}", value, reason)

@@ -6,10 +6,10 @@ import dataclasses
 
 import torch
 
+from ..checkpoint.tokenizer import Tokenizer
 from ..runtime import Transformer, cast_model
 from ..spec import Spec
 from ..spec.validate import validate
-from .data import Tokenizer
 
 
 def spare_token_id(tokenizer: Tokenizer, vocab_size: int) -> int | None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import BACKENDS
 from ..errors import ZdiffError
+from ..loading import BACKENDS
 from ..pattern import BatchLayout, training_pattern
 from ..runtime.moe import Routing
 from ..spec import Spec

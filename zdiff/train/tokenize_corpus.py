@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..checkpoint.tokenizer import Tokenizer
 from ..errors import ZdiffError
 from ..outputs import atomic_write_text, output_lock, remove_stale_temporaries
 from ..tokenize import ByteTokenizer
-from .data import Tokenizer
 from .documents import Unit, discover, plan_units, unit_documents
 from .shards import MANIFEST, SPLITS, build_manifest, is_heldout_document, token_dtype, unit_stem
 

@@ -36,11 +36,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import BACKENDS
 from ..checkpoint.atomic import atomic_directory, atomic_write_text
 from ..checkpoint.store import SPEC_FILE, resolve_checkpoint, write_checkpoint_files
 from ..checkpoint.tensors import TensorSource
+from ..checkpoint.tokenizer import Tokenizer, checkpoint_tokenizer
 from ..errors import ZdiffError, ZdiffWarning
+from ..loading import BACKENDS
 from ..plots import MISSING as MISSING_PLOTS
 from ..plots import loss_curve
 from ..runtime.moe import expert_load, update_balancing_bias
@@ -48,7 +49,7 @@ from ..runtime.threads import check_threads, fixed_threads
 from ..spec import Spec, load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from .convert import plan_mask_token
-from .data import Tokenizer, checkpoint_tokenizer, split_corpus
+from .data import split_corpus
 from .evaluate import evaluate
 from .memory import check_fits, device_capacity, estimate_training_memory
 from .model_init import load_full, load_sharded, model_class, random_model
@@ -382,7 +383,31 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         return _train(dataclasses.replace(cfg, threads=threads), resume, log)
 
 
-def _train(cfg: TrainConfig, resume: bool, log) -> dict:
+@dataclass
+class _Session:
+    """What setup builds and the step, evaluation and checkpoint share (torchtitan's split: setup / step /
+    checkpoint around a plain loop)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    spec: Spec
+    init_dir: Path | None
+    run: RunDir
+    train_data: object
+    heldout: object
+    model: torch.nn.Module
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    objective: Objective
+    ar_eval: Objective
+    tidar_eval: Objective | None
+    start: int
+
+
+def _setup(cfg: TrainConfig, resume: bool, log) -> _Session:
+    """Devices, spec, data, model, optimizer and, on --resume, their saved state; run.json for a new run."""
     rank, world, device = _init_distributed(cfg.device)
     cfg.check(world)
     if cfg.tensorboard:
@@ -438,42 +463,71 @@ def _train(cfg: TrainConfig, resume: bool, log) -> dict:
         log(f"[train] {cfg.mode} on {spec.name} ({backend} backend, {device}): {note}; {train_data.num_tokens:,} "
             f"training tokens ({train_data.describe()}), {heldout.num_tokens:,} held-out; world size {world}"
             + (f"; resuming at step {start}" if start else ""))
+    return _Session(cfg, rank, world, device, spec, init_dir, run, train_data, heldout, model, wrapped, optimizer,
+                    objective, ar_eval, tidar_eval, start)
 
+
+def _train_step(s: _Session, step: int, rows: slice, autocast) -> dict:
+    """One optimizer step; its losses, learning rate and gradient norm (the step's one host sync)."""
+    cfg = s.cfg
+    lr = learning_rate(step, cfg.decay_steps or cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    # every rank draws the step's offsets and reads only its own rows
+    window = s.train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1, rows)
+    with autocast:
+        parts = s.objective(s.wrapped, window.to(s.device))
+    s.optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.wrapped.parameters(), cfg.clip)
+    diffusion = parts.diffusion if parts.diffusion is not None else torch.zeros_like(parts.ar)
+    stats = _all_sum(torch.stack([parts.total.detach(), parts.ar, diffusion]).float()) / s.world
+    # the step's one host sync: logging, and the finiteness check before the optimizer applies the step
+    loss, ar_loss, diff_loss, norm = torch.cat([stats, _full(grad_norm).float().view(1)]).tolist()
+    if not all(map(math.isfinite, (loss, ar_loss, diff_loss, norm))):
+        raise ZdiffError(_non_finite_message(step + 1, loss, ar_loss, diff_loss, norm, s.run))
+    s.optimizer.step()
+    if s.spec.model.moe is not None:  # a dense model has no router to balance
+        update_balancing_bias(s.model, _all_sum(expert_load(parts.routings, s.spec.model.moe.num_experts)))
+    return {"step": step + 1, "loss": loss, "ar_loss": ar_loss,
+            "diffusion_loss": diff_loss if parts.diffusion is not None else None, "lr": lr, "grad_norm": norm}
+
+
+def _evaluate_and_checkpoint(s: _Session, step: int, metrics_file, tensorboard) -> None:
+    """After step `step` (0-based): the held-out evaluation every --eval-every steps (the last step's is the final
+    one), a checkpoint every --checkpoint-every steps and at the end."""
+    cfg, done = s.cfg, step + 1 == s.cfg.steps
+    if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
+        result = {"step": step + 1, **evaluate(s.wrapped, s.heldout, s.ar_eval, s.tidar_eval, cfg.seq_len,
+                                               cfg.eval_windows, device=s.device)}
+        if metrics_file:
+            metrics_file.write(json.dumps(result) + "\n")
+        if tensorboard:
+            tensorboard.write(result)
+    if (step + 1) % cfg.checkpoint_every == 0 or done:
+        model_state, optim_state = _state_dicts(s.wrapped, s.optimizer)
+        if s.rank == 0:
+            s.run.save(step + 1, s.spec, model_state, optim_state, s.init_dir)
+            loss_curve(s.run.read_metrics(), s.run.root / "loss.png", f"{s.spec.name}: {cfg.mode}")
+
+
+def _train(cfg: TrainConfig, resume: bool, log) -> dict:
+    s = _setup(cfg, resume, log)
+    rank, world, run, train_data = s.rank, s.world, s.run, s.train_data
     local = cfg.batch_size // world
     rows = slice(rank * local, (rank + 1) * local)
-    source_tokens = _source_tokens_before(run, start, train_data) if rank == 0 else {}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
+    source_tokens = _source_tokens_before(run, s.start, train_data) if rank == 0 else {}
+    autocast = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+    bar = tqdm(total=cfg.steps, initial=s.start, desc=f"train {cfg.mode}", unit="step", disable=rank != 0, leave=False)
     metrics_file = run.metrics.open("a") if rank == 0 else None
     tensorboard = TensorBoardLog(run.root) if cfg.tensorboard and rank == 0 else None
-    flops, peak = step_flops(spec, cfg.mode, cfg.batch_size, cfg.seq_len), peak_flops(device, world)
+    flops, peak = step_flops(s.spec, cfg.mode, cfg.batch_size, cfg.seq_len), peak_flops(s.device, world)
     tick, last = time.perf_counter(), {}
     try:
-        for step in range(start, cfg.steps):
-            lr = learning_rate(step, cfg.decay_steps or cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # every rank draws the step's offsets and reads only its own rows
-            window = train_data.batch(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1, rows)
-            with autocast:
-                parts = objective(wrapped, window.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.clip)
-            diffusion = parts.diffusion if parts.diffusion is not None else torch.zeros_like(parts.ar)
-            stats = _all_sum(torch.stack([parts.total.detach(), parts.ar, diffusion]).float()) / world
-            # the step's one host sync: logging, and the finiteness check before the optimizer applies the step
-            loss, ar_loss, diff_loss, norm = torch.cat([stats, _full(grad_norm).float().view(1)]).tolist()
-            if not all(map(math.isfinite, (loss, ar_loss, diff_loss, norm))):
-                raise ZdiffError(_non_finite_message(step + 1, loss, ar_loss, diff_loss, norm, run))
-            optimizer.step()
-            if spec.model.moe is not None:  # a dense model has no router to balance
-                update_balancing_bias(model, _all_sum(expert_load(parts.routings, spec.model.moe.num_experts)))
-
+        for step in range(s.start, cfg.steps):
+            last = _train_step(s, step, rows, autocast)
             now = time.perf_counter()
-            last = {"step": step + 1, "loss": loss, "ar_loss": ar_loss,
-                    "diffusion_loss": diff_loss if parts.diffusion is not None else None,
-                    "lr": lr, "grad_norm": norm, "tokens_per_s": cfg.batch_size * cfg.seq_len / (now - tick)}
+            last["tokens_per_s"] = cfg.batch_size * cfg.seq_len / (now - tick)
             if rank == 0:
                 step_rows = train_data.rows_per_source(cfg.seed, step, cfg.batch_size, cfg.seq_len + 1)
                 for name, count in step_rows.items():
@@ -488,46 +542,39 @@ def _train(cfg: TrainConfig, resume: bool, log) -> dict:
             if tensorboard:
                 tensorboard.write(last)
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
-
-            done = step + 1 == cfg.steps
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and not done:
-                result = {"step": step + 1, **evaluate(wrapped, heldout, ar_eval, tidar_eval, cfg.seq_len,
-                                                       cfg.eval_windows, device=device)}
-                if metrics_file:
-                    metrics_file.write(json.dumps(result) + "\n")
-                if tensorboard:
-                    tensorboard.write(result)
-            if (step + 1) % cfg.checkpoint_every == 0 or done:
-                model_state, optim_state = _state_dicts(wrapped, optimizer)
-                if rank == 0:
-                    run.save(step + 1, spec, model_state, optim_state, init_dir)
-                    loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}")
+            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
+            _evaluate_and_checkpoint(s, step, metrics_file, tensorboard)
     finally:
         bar.close()
         if metrics_file:
             metrics_file.flush()
+    return _finish(s, last, metrics_file, tensorboard, log)
 
-    final_eval = evaluate(wrapped, heldout, ar_eval, tidar_eval, cfg.seq_len, cfg.eval_windows, device=device)
+
+def _finish(s: _Session, last: dict, metrics_file, tensorboard, log) -> dict:
+    """The final held-out evaluation, final/ (the weights alone) and loss.png; the run's summary."""
+    cfg, run, spec = s.cfg, s.run, s.spec
+    final_eval = evaluate(s.wrapped, s.heldout, s.ar_eval, s.tidar_eval, cfg.seq_len, cfg.eval_windows,
+                          device=s.device)
     summary = {"step": cfg.steps, **final_eval}
-    if rank == 0:
+    if s.rank == 0:
         metrics_file.write(json.dumps(summary) + "\n")
         metrics_file.close()
         if tensorboard:
             tensorboard.write(summary)
             tensorboard.close()
-        model_state, _ = _state_dicts(wrapped, optimizer) if world > 1 else (model.state_dict(), None)
+        model_state, _ = _state_dicts(s.wrapped, s.optimizer) if s.world > 1 else (s.model.state_dict(), None)
         with atomic_directory(run.root / "final", force=True) as tmp:
-            write_checkpoint_files(tmp, spec, model_state, init_dir)
+            write_checkpoint_files(tmp, spec, model_state, s.init_dir)
         if not loss_curve(run.read_metrics(), run.root / "loss.png", f"{spec.name}: {cfg.mode}"):
-            warnings.warn(f"{run.root / 'loss.png'} not written: {MISSING_PLOTS}", ZdiffWarning, stacklevel=2)
+            warnings.warn(f"{run.root / 'loss.png'} not written: {MISSING_PLOTS}", ZdiffWarning, stacklevel=3)
         log(f"[train] done: final loss {last.get('loss', float('nan')):.4f}; held-out AR "
             f"{final_eval['heldout_ar_bits_per_byte']:.4f} bits/byte"
             + (f", diffusion {final_eval['heldout_diffusion_nats']:.4f} nats"
                if "heldout_diffusion_nats" in final_eval else "")
             + f" -> {run.root / 'final'}")
-    elif world > 1:
-        _state_dicts(wrapped, optimizer)  # collective: every rank takes part in gathering the final state
+    elif s.world > 1:
+        _state_dicts(s.wrapped, s.optimizer)  # collective: every rank takes part in gathering the final state
     if dist.is_initialized():
         dist.destroy_process_group()
     return {"final_loss": last.get("loss"), **final_eval}

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from hardening_helpers import assert_error, run_main
+from cli_helpers import assert_error, run_main
 from safetensors.torch import load_file, save_file
 
 import zdiff

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from hardening_helpers import assert_error, run_main
+from cli_helpers import assert_error, run_main
 
 from conftest import REPO
 from zdiff import limits

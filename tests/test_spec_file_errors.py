@@ -5,7 +5,7 @@ import time
 
 import pytest
 import yaml
-from hardening_helpers import assert_error, run_main
+from cli_helpers import assert_error, run_main
 
 from zdiff.errors import SpecError, ZdiffError
 from zdiff.limits import SPEC_MAXIMUM, SPEC_MINIMUM, YAML_MAX_DEPTH, YAML_MAX_NODES

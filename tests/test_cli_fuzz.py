@@ -7,7 +7,7 @@ Runs in-process (`zdiff.cli.main(argv)`); `check`, `cost`, `compile` (cpu) and `
 by a probe that checks what the command line let through lies inside the documented bounds
 (zdiff.limits) and that the output rules were applied before it (the real runs have their own tests).
 A few vectors also go through `python -m zdiff` in a subprocess. More examples:
-ZDIFF_FUZZ_SCALE=10 pytest tests/test_hardening_fuzz.py.
+ZDIFF_FUZZ_SCALE=10 pytest tests/test_cli_fuzz.py.
 """
 
 import argparse
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hardening_helpers import assert_clean_end, deadline, leftovers, run_main, visible_lines
+from cli_helpers import assert_clean_end, deadline, leftovers, run_main, visible_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

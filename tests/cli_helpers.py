@@ -1,5 +1,6 @@
-"""Shared by the tests/test_hardening_*.py files: run `zdiff.cli.main` in-process with a deadline, and
-judge how a run ended (exit 0, or exit 2 with exactly one line; never a traceback or a leftover)."""
+"""Shared by the tests of the CLI's error paths (test_cli_errors.py, test_cli_fuzz.py, ...): run `zdiff.cli.main`
+in-process with a deadline, and judge how a run ended (exit 0, or exit 2 with exactly one line; never a traceback
+or a leftover)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import sys
 import threading
 
 import pytest
-from hardening_helpers import assert_error, leftovers, run_main
+from cli_helpers import assert_error, leftovers, run_main
 
 from zdiff.autotune.tables import load_tables, table_body, write_tables
 from zdiff.errors import ZdiffError
