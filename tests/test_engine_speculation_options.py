@@ -33,7 +33,7 @@ def _run(model, spec, prompts, params, **engine_kw):
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_greedy_tidar_with_budget_and_verify_length_equals_greedy_ar(moe16, d):
     model, spec = moe16
-    ar = generate(model, PROMPTS, SamplingParams(kind="greedy"), diffusion=spec.diffusion, mode="ar",
+    ar = generate(model, PROMPTS, SamplingParams(sampler="greedy"), diffusion=spec.diffusion, mode="ar",
                   max_new_tokens=15).tokens
     greedy = RequestParams(max_new_tokens=15, sampler="greedy")
     free_tokens, free, _ = _run(model, spec, PROMPTS, greedy, max_slots=2, proposals=3, verify_lengths=(d,))
@@ -51,7 +51,7 @@ def test_lossless_engine_with_budget_and_truncated_verify_matches_exact_ar_distr
     sampling passes; with a verifier that accepts every draft under the same options it fails (power)."""
     model, spec = moe16
     with torch.no_grad():
-        table = exact_ar_distribution(model, PROMPT, 3, SamplingParams(kind="lossless", banned=(7,)))
+        table = exact_ar_distribution(model, PROMPT, 3, SamplingParams(sampler="lossless", banned=(7,)))
 
     def sample(**kw):
         engine = Engine(model, diffusion=spec.diffusion, max_slots=1000, max_len=16, proposals=2,

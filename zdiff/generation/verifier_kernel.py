@@ -169,6 +169,41 @@ def _combine_softmax(pmax, psum):
 
 
 @triton.jit
+def _walk_rows(ar_base, draft_base, drafts_ptr, stats_ptr, argmax_ptr, uniforms_ptr, b, i, m, M, V, S1, splits,
+               banned_id, greedy, random, inv_temperature, mix_weight, seed, first_position,
+               GIVEN_NOISE: tl.constexpr):
+    """Draft rows i (a vector) of slot b in the walk: (rejected, argmax, max_t, sum_t, max_q, sum_q) per row, the
+    statistics combined over the vocabulary splits."""
+    live = i < m
+    srow = (b * M + i).to(tl.int64)
+    d = tl.load(drafts_ptr + b * M + i, mask=live, other=0).to(tl.int32)
+    base = stats_ptr + (srow * 4 * S1)[:, None]
+    # every statistic is read only where its kernel wrote it: greedy slots have max_t and
+    # the argmax, the others the four softmax statistics
+    pmax = _combine_rows(base, live, splits, S1, NEG_INF)
+    # (tl.where, not `live & greedy`: the interpreter gives a vector & scalar bool an int32 mask)
+    live_greedy = tl.where(greedy, live, False)
+    live_random = tl.where(random, live, False)
+    parg = _combine_rows(argmax_ptr + (srow * S1)[:, None], live_greedy, splits, S1, BIG_INDEX)
+    top = tl.max(pmax, 1).to(tl.float32)
+    row_best = tl.min(tl.where(pmax == top[:, None], parg, BIG_INDEX), 1)
+    max_t, sum_t = _combine_softmax(pmax, _combine_rows(base + S1, live_random, splits, S1, 0.0))
+    max_q, sum_q = _combine_softmax(_combine_rows(base + 2 * S1, live_random, splits, S1, NEG_INF),
+                                    _combine_rows(base + 3 * S1, live_random, splits, S1, 0.0))
+    at_d = live_random & (d != banned_id)  # a banned draft has p(d) = q(d) = 0: rejected, as the reference
+    za_d = tl.load(ar_base + i * V + d, mask=at_d, other=0.0).to(tl.float32)
+    zd_d = tl.load(draft_base + i * V + d, mask=at_d, other=0.0).to(tl.float32)
+    p_d = tl.where(at_d, tl.exp(_mix(za_d, zd_d, mix_weight) * inv_temperature - max_t) / sum_t, 0.0)
+    q_d = tl.where(at_d, tl.exp(zd_d * inv_temperature - max_q) / sum_q, 0.0)
+    if GIVEN_NOISE:
+        u = tl.load(uniforms_ptr + b * M + i, mask=live_random, other=0.0)
+    else:
+        u = _accept_uniform(seed, first_position + i, ACCEPT_SALT)
+    reject = tl.where(greedy, live & (d != row_best), live & (u * q_d >= p_d))  # not (u q(d) < p(d))
+    return reject, row_best, max_t, sum_t, max_q, sum_q
+
+
+@triton.jit
 def verify_sample_kernel(
     ar_logits_ptr, draft_logits_ptr, drafts_ptr, num_drafts_ptr, kind_ptr, temperature_ptr, mix_ptr,
     seed_ptr, position_ptr, uniforms_ptr, noise_ptr,
@@ -198,32 +233,9 @@ def verify_sample_kernel(
     for i0 in range(0, M, ROWS):
         if n == m:
             i = i0 + rows
-            live = i < m
-            srow = (b * M + i).to(tl.int64)
-            d = tl.load(drafts_ptr + b * M + i, mask=live, other=0).to(tl.int32)
-            base = stats_ptr + (srow * 4 * S1)[:, None]
-            # every statistic is read only where its kernel wrote it: greedy slots have max_t and
-            # the argmax, the others the four softmax statistics
-            pmax = _combine_rows(base, live, splits, S1, NEG_INF)
-            # (tl.where, not `live & greedy`: the interpreter gives a vector & scalar bool an int32 mask)
-            live_greedy = tl.where(greedy, live, False)
-            live_random = tl.where(random, live, False)
-            parg = _combine_rows(argmax_ptr + (srow * S1)[:, None], live_greedy, splits, S1, BIG_INDEX)
-            top = tl.max(pmax, 1).to(tl.float32)
-            row_best = tl.min(tl.where(pmax == top[:, None], parg, BIG_INDEX), 1)
-            max_t, sum_t = _combine_softmax(pmax, _combine_rows(base + S1, live_random, splits, S1, 0.0))
-            max_q, sum_q = _combine_softmax(_combine_rows(base + 2 * S1, live_random, splits, S1, NEG_INF),
-                                            _combine_rows(base + 3 * S1, live_random, splits, S1, 0.0))
-            at_d = live_random & (d != banned_id)  # a banned draft has p(d) = q(d) = 0: rejected, as the reference
-            za_d = tl.load(ar_base + i * V + d, mask=at_d, other=0.0).to(tl.float32)
-            zd_d = tl.load(draft_base + i * V + d, mask=at_d, other=0.0).to(tl.float32)
-            p_d = tl.where(at_d, tl.exp(_mix(za_d, zd_d, mix_weight) * inv_temperature - max_t) / sum_t, 0.0)
-            q_d = tl.where(at_d, tl.exp(zd_d * inv_temperature - max_q) / sum_q, 0.0)
-            if GIVEN_NOISE:
-                u = tl.load(uniforms_ptr + b * M + i, mask=live_random, other=0.0)
-            else:
-                u = _accept_uniform(seed, first_position + i, ACCEPT_SALT)
-            reject = tl.where(greedy, live & (d != row_best), live & (u * q_d >= p_d))  # not (u q(d) < p(d))
+            reject, row_best, max_t, sum_t, max_q, sum_q = _walk_rows(
+                ar_base, draft_base, drafts_ptr, stats_ptr, argmax_ptr, uniforms_ptr, b, i, m, M, V, S1, splits,
+                banned_id, greedy, random, inv_temperature, mix_weight, seed, first_position, GIVEN_NOISE)
             first = tl.min(tl.where(reject, i, BIG_INDEX), 0)
             if first < BIG_INDEX:
                 n = first
