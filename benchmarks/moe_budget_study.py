@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from zdiff.checkpoint.store import checkpoint_spec, load_model
-from zdiff.generation import SamplingParams, generate
+from zdiff.generation import SamplingParams
+from zdiff.generation.oracle import generate
 from zdiff.outputs import atomic_write_text
 from zdiff.runtime import Transformer
 from zdiff.train.data import checkpoint_tokenizer

@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from zdiff.generation import sampling
+from zdiff.generation.oracle import sampling
 from zdiff.runtime import Transformer, init_weights
 from zdiff.spec import parse_spec
 

@@ -9,8 +9,8 @@ import pytest
 import zdiff
 from conftest import REPO
 from zdiff.checkpoint.store import save_checkpoint
-from zdiff.generation.sampling import SamplingParams
 from zdiff.runtime import build_model
+from zdiff.sampler import SamplingParams
 from zdiff.spec import load_spec
 from zdiff.tokenize import ByteTokenizer
 

@@ -18,8 +18,8 @@ from zdiff.autotune.targets import target_rates
 from zdiff.checkpoint.hf_import import import_hf
 from zdiff.checkpoint.store import save_checkpoint
 from zdiff.errors import CheckpointError, ZdiffError, ZdiffWarning
-from zdiff.generation.sampling import SamplingParams
 from zdiff.runtime import build_model
+from zdiff.sampler import SamplingParams
 from zdiff.serve.chat_template import ChatTemplate
 from zdiff.spec import load_spec
 from zdiff.spec.schema import TargetName

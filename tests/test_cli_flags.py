@@ -11,8 +11,8 @@ import torch
 
 from conftest import REPO, run_cli
 from zdiff.checkpoint.store import save_checkpoint
-from zdiff.generation.sampling import SamplingParams
 from zdiff.runtime import build_model
+from zdiff.sampler import SamplingParams
 from zdiff.spec import load_spec
 from zdiff.spec.schema import DEFAULT_MIX_WEIGHT, SamplerSpec
 

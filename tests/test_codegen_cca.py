@@ -12,7 +12,7 @@ import torch
 from conftest import DEVICE, aot_family_reports, assert_close
 from zdiff.codegen.families.cca import cca_plan, plans
 from zdiff.codegen.render import load_module, render
-from zdiff.generation import DecodeCache
+from zdiff.generation.oracle import DecodeCache
 from zdiff.pattern import decode_pattern, training_pattern
 from zdiff.runtime.attention import Attention
 from zdiff.runtime.rope import apply_rope, rope_cos_sin

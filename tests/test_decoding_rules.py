@@ -3,7 +3,8 @@ for each, and the check that both sides call these functions rather than their o
 
 import torch
 
-from zdiff.generation import cache, loop, rules, slots, step_torch
+from zdiff.generation import cache, rules, slots, step_torch
+from zdiff.generation.oracle import decode_cache, loop
 
 
 def test_state_predecessors_follow_the_committed_tokens():
@@ -37,6 +38,6 @@ def test_delivered_tokens_stop_at_the_first_stop_token_within_the_budget():
 
 
 def test_the_engine_and_the_reference_loop_call_the_one_rule():
-    assert step_torch.state_predecessors is rules.state_predecessors is cache.state_predecessors
+    assert step_torch.state_predecessors is rules.state_predecessors is decode_cache.state_predecessors
     assert slots.rolled_state is rules.rolled_state is cache.rolled_state
     assert step_torch.delivered_tokens is rules.delivered_tokens is loop.delivered_tokens

@@ -10,8 +10,9 @@ import torch
 from conftest import assert_close
 from generation_helpers import VOCAB8_MOE16
 from zdiff.errors import ZdiffError
-from zdiff.generation import DecodeCache, SamplingParams, generate
-from zdiff.generation.loop import _Batch
+from zdiff.generation import SamplingParams
+from zdiff.generation.oracle import DecodeCache, generate
+from zdiff.generation.oracle.loop import _Batch
 from zdiff.pattern import BatchLayout, decode_pattern, prefill_pattern, training_pattern
 from zdiff.runtime import Transformer, build_model, init_weights
 from zdiff.runtime.moe import ExpertRestriction, draft_restriction
@@ -222,8 +223,8 @@ def test_lossless_tidar_with_budget_matches_exact_ar_distribution(monkeypatch):
     against exact enumeration of AR sampling passes, while the drafts really changed (fewer tokens per forward
     than without the budget) and a broken verifier under the same budget fails (power)."""
     from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution
-    from zdiff.generation import loop as loop_module
-    from zdiff.generation import sampling
+    from zdiff.generation.oracle import loop as loop_module
+    from zdiff.generation.oracle import sampling
     from zdiff.runtime import model as model_module
 
     spec = parse_spec(VOCAB8_MOE16)

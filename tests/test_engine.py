@@ -19,9 +19,10 @@ from generation_helpers import (
     tiny_vocab_model,
 )
 from zdiff.errors import ZdiffError
-from zdiff.generation import SamplingParams, batched_sampling, decode_step, generate, verify
+from zdiff.generation import SamplingParams, batched_sampling, decode_step, verify
 from zdiff.generation import engine as engine_module
 from zdiff.generation.engine import Engine, RequestParams, StepFailed
+from zdiff.generation.oracle import generate
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec
 

@@ -9,8 +9,9 @@ import torch
 
 from generation_helpers import chi_square_p_value, counts_against, exact_ar_distribution, tiny_moe16_model
 from zdiff.errors import ZdiffError
-from zdiff.generation import SamplingParams, decode_step, generate, verify
+from zdiff.generation import SamplingParams, decode_step, verify
 from zdiff.generation.engine import Engine, RequestParams
+from zdiff.generation.oracle import generate
 from zdiff.generation.proposals import ProposalPolicy, StepOption
 from zdiff.spec import load_spec
 

@@ -10,8 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 80
 LONG_FUNCTIONS = {  # "path:function" -> why it is still long
-    "zdiff/generation/loop.py:generate": "the reference loop (the oracle), kept in one piece to be read against "
-                                         "DESIGN.md; to split with the generation/ engine-oracle split",
 }
 
 

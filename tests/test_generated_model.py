@@ -9,7 +9,8 @@ from conftest import DEVICE, assert_close
 from training_helpers import MICRO_DENSE_SPEC, MICRO_SPEC
 from zdiff.codegen.compile import compile_spec
 from zdiff.codegen.render import load_module
-from zdiff.generation import SamplingParams, generate
+from zdiff.generation import SamplingParams
+from zdiff.generation.oracle import generate
 from zdiff.pattern import BatchLayout, training_pattern
 from zdiff.runtime import build_model
 from zdiff.spec import parse_spec

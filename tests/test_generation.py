@@ -12,9 +12,10 @@ from generation_helpers import (
     logit_mix_tables,
     tiny_vocab_model,
 )
-from zdiff.generation import DecodeCache, SamplingParams, generate, sampling
-from zdiff.generation import loop as loop_module
-from zdiff.generation.loop import _Batch
+from zdiff.generation import SamplingParams
+from zdiff.generation.oracle import DecodeCache, generate, sampling
+from zdiff.generation.oracle import loop as loop_module
+from zdiff.generation.oracle.loop import _Batch
 from zdiff.pattern import decode_pattern, prefill_pattern
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec

@@ -1,6 +1,7 @@
 """zdiff's packages import downward only: the import-linter contracts of pyproject.toml ([tool.importlinter]:
-the layers, and nothing inside zdiff importing the package root) hold over the real import graph, and the
-same contracts report an upward import and a root import in a small package that has them."""
+the layers, the engine never importing the reference oracle, and nothing inside zdiff importing the package
+root) hold over the real import graph, and the same contracts report an upward import, an engine module that
+imports the oracle and a root import in a small package that has them."""
 
 from __future__ import annotations
 
@@ -51,11 +52,17 @@ def test_the_contracts_report_an_upward_import_and_a_root_import(tmp_path):
         (package / name / "__init__.py").write_text("")
     (package / "errors" / "__init__.py").write_text("from .. import cli\n")  # upward: errors is the lowest layer
     (package / "spec" / "__init__.py").write_text("from .. import VERSION\n")  # the package root
+    (package / "generation" / "oracle").mkdir()
+    (package / "generation" / "oracle" / "__init__.py").write_text("")
+    for allowed in ("api", "cli_run"):  # the entry points may offer the reference loop
+        (package / "generation" / f"{allowed}.py").write_text("from . import oracle\n")
+    (package / "generation" / "engine.py").write_text("from .oracle import __name__\n")  # the engine may not
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
 
     result = lint_imports(tmp_path, tmp_path / "src")
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "2 broken" in result.stdout, result.stdout
+    assert "3 broken" in result.stdout, result.stdout
     assert "zdiff.errors -> zdiff.cli" in result.stdout, result.stdout
+    assert "zdiff.generation.engine -> zdiff.generation.oracle" in result.stdout, result.stdout
     assert "zdiff.spec -> zdiff" in result.stdout, result.stdout

@@ -11,7 +11,7 @@ import torch
 from launch_counter import count_launches
 from zdiff.codegen.compile import compile_spec
 from zdiff.codegen.render import load_module
-from zdiff.generation.cache import DecodeCache
+from zdiff.generation.oracle import DecodeCache
 from zdiff.pattern import BatchLayout, decode_pattern
 from zdiff.runtime import build_model
 from zdiff.spec import load_spec

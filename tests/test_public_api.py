@@ -42,7 +42,7 @@ def _readme_examples(checkpoint):
 
 def test_generate_stays_callable_and_examples_work_twice(tmp_path):
     names = _import_every_module()
-    assert {"zdiff.generation", "zdiff.generation.loop", "zdiff.generation.sampling"} <= set(names)
+    assert {"zdiff.generation", "zdiff.generation.oracle.loop", "zdiff.generation.oracle.sampling"} <= set(names)
     from zdiff.generation import SamplingParams  # noqa: F401 (the import that used to replace zdiff.generate)
 
     assert callable(zdiff.generate) and zdiff.generate.__module__ == "zdiff"

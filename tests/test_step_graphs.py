@@ -9,9 +9,10 @@ import torch
 from conftest import DEVICE
 from generation_helpers import tiny_vocab_model
 from zdiff.errors import GraphCaptureError
-from zdiff.generation import SamplingParams, generate
+from zdiff.generation import SamplingParams
 from zdiff.generation.decode_step import StepShape
 from zdiff.generation.engine import Engine, RequestParams
+from zdiff.generation.oracle import generate
 from zdiff.generation.proposals import StepOption
 from zdiff.generation.step_graphs import bucket, capture, slot_buckets, step_shapes
 

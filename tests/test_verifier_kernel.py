@@ -10,11 +10,11 @@ import torch
 from conftest import DEVICE
 from generation_helpers import chi_square_p_value
 from zdiff.errors import ZdiffError
-from zdiff.generation import sampling
 from zdiff.generation.batched_sampling import KIND_CODES
-from zdiff.generation.sampling import SamplingParams
+from zdiff.generation.oracle import sampling
 from zdiff.generation.verify import check_draft_ids, verify_slots
 from zdiff.generation.vocab_kernels import MAX_SAMPLE_SPLITS, MAX_STATS_SPLITS, vocab_splits
+from zdiff.sampler import SamplingParams
 
 
 def _case(B, M, V, kind, seed, **filters):

@@ -24,8 +24,8 @@ from ..checkpoint.store import load_model
 from ..checkpoint.tokenizer import checkpoint_tokenizer
 from ..errors import ZdiffError
 from ..generation.api import generate_on_engine
-from ..generation.sampling import SamplingParams
 from ..runtime.threads import fixed_threads
+from ..sampler import SamplingParams
 from ..spec import load_spec
 from ..train.data import split_corpus
 from ..train.evaluate import evaluate

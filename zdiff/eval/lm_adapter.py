@@ -40,7 +40,7 @@ class ZdiffLM(TemplateLM):
 
         from ..checkpoint.store import checkpoint_spec, load_model
         from ..generation.cli_run import checkpoint_tokenizer, stop_tokens_of
-        from ..generation.sampling import SamplingParams
+        from ..sampler import SamplingParams
 
         if unused:
             raise ZdiffError(f"zdiff lm-eval model: unknown model_args {', '.join(sorted(unused))}")

@@ -1,8 +1,10 @@
-"""Generation: KV + CCA decoding state, the speculative verifier, AR and TiDAR loops."""
+"""Generation: the decode engine (device-resident steps, the speculative verifier, continuous batching) and
+its Python entry point `generate`. The reference loop, the oracle the engine is tested against, is
+`zdiff.generation.oracle`."""
 
-from .cache import DecodeCache
-from .loop import generate
+from ..sampler import SamplingParams
+from .api import generate
+from .engine import Engine, RequestParams
 from .result import GenerationResult
-from .sampling import SamplingParams
 
-__all__ = ["DecodeCache", "GenerationResult", "SamplingParams", "generate"]
+__all__ = ["Engine", "GenerationResult", "RequestParams", "SamplingParams", "generate"]

@@ -1,6 +1,6 @@
 """`zdiff.generate`: decode prompts on the engine (or the reference loop), return a GenerationResult.
 
-The engine answers the same call the host-driven loop (`zdiff.generation.loop.generate`, the oracle)
+The engine answers the same call the host-driven loop (`zdiff.generation.oracle.generate`, the oracle)
 answers, so results and statistics compare one to one. Request i uses seed `seed + i`.
 """
 
@@ -10,13 +10,13 @@ import dataclasses
 import time
 
 from ..errors import ZdiffError
+from ..sampler import SamplingParams
 from ..spec import DiffusionSpec
 from .engine import MAX_SEED, Engine, RequestParams
-from .loop import checked_prompts
-from .loop import generate as reference_loop
+from .oracle import checked_prompts
+from .oracle import generate as reference_loop
 from .request_checks import is_integer
 from .result import GenerationResult
-from .sampling import SamplingParams
 
 
 def generate(model, prompts, params: SamplingParams | None = None, *, loop: str = "engine", **kwargs):
@@ -24,7 +24,7 @@ def generate(model, prompts, params: SamplingParams | None = None, *, loop: str 
     Defaults from `model.checkpoint` (zdiff.load_model): diffusion settings, spec, sampler, stop ids.
     loop="engine" (default): the decode engine (device-resident steps, continuous batching, graphs on a GPU),
     keyword arguments of `generate_on_engine`; loop="reference": the host-driven oracle
-    (zdiff.generation.loop.generate, which also takes verifier="fused")."""
+    (zdiff.generation.oracle.generate, which also takes verifier="fused")."""
     loops = {"engine": generate_on_engine, "reference": reference_loop}
     if loop not in loops:
         raise ZdiffError(f"loop must be engine or reference, got {loop!r}")

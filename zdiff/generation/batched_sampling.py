@@ -2,7 +2,7 @@
 
 Every slot carries its own parameters as (S,) tensors: sampler kind, temperature, top-k,
 top-p, mix weight and seed. Rows of a slot share its parameters. The maths is the one of
-`zdiff.generation.sampling` (whose `processed_logits` calls `process_logits` here, so the
+`zdiff.generation.oracle.sampling` (whose `processed_logits` calls `process_logits` here, so the
 reference and the engine cannot drift); only the randomness differs: every draw is keyed on (seed,
 token position, purpose) by `keyed_rng`, and every categorical draw is a Gumbel-max over the
 vocabulary, computed exactly as the fused kernels compute it (`verifier_kernel`, `draft_sampling`),

@@ -1,4 +1,4 @@
-"""Decoding state: a preallocated KV cache plus the CCA state, with commit and rollback.
+"""Per-layer decoding state: a preallocated KV cache plus the CCA state, with commit and rollback.
 
 Per layer it holds K/V of every committed token (up to `lengths[b]` per sequence) and, for
 CCGQA, the *projected* [q|k] rows and delayed-value halves of the last `receptive_field`
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..spec import ModelSpec
-from .rules import rolled_state, state_predecessors
+from .rules import rolled_state
 
 
 class LayerCache:
@@ -48,38 +48,3 @@ class LayerCache:
             count = torch.tensor([n], device=rows.device)
             for name, state in (("qk", self.state_qk), ("delayed", self.state_delayed)):
                 state[b] = rolled_state(state[b:b + 1], self.pending[name][b, rows][None], count)[0]
-
-
-class DecodeCache:
-    def __init__(self, spec: ModelSpec, batch: int, max_len: int, dtype=torch.float32, device=None):
-        self.max_len = max_len
-        self.lengths = [0] * batch
-        self.layers = [LayerCache(spec, batch, max_len, dtype, device) for _ in range(spec.num_layers)]
-        self.receptive_field = self.layers[0].receptive_field
-
-    def state_predecessors(self, b: int) -> list[int]:
-        """Predecessors of the state rows in the extended row space (-1 where the chain ends)."""
-        return state_predecessors(torch.tensor([self.lengths[b]]), self.receptive_field)[0].tolist()
-
-    def extended_index(self, b: int, pattern_row: int) -> int:
-        """Map a brute-force pattern row (context rows 0..C-1, then new rows) to the extended space."""
-        rf, C = self.receptive_field, self.lengths[b]
-        if pattern_row < 0:
-            return -1
-        if pattern_row >= C:
-            return rf + pattern_row - C
-        if rf == 0:
-            return -1  # plain GQA has no convolution state: predecessors are not read
-        assert pattern_row >= C - rf, "a predecessor chain reached past the CCA state"
-        return pattern_row - (C - rf)
-
-    def commit(self, b: int, rows: list[int]) -> None:
-        """Append this pass's new rows `rows` (in order) to sequence b."""
-        if not rows:
-            return
-        if self.lengths[b] + len(rows) > self.max_len:
-            raise RuntimeError(f"KV cache overflow: {self.lengths[b]} + {len(rows)} > {self.max_len}")
-        index = torch.tensor(rows, device=self.layers[0].k.device)
-        for layer in self.layers:
-            layer.commit(b, self.lengths[b], index)
-        self.lengths[b] += len(rows)

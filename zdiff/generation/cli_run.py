@@ -15,14 +15,13 @@ from ..checkpoint.tokenizer import Tokenizer
 from ..checkpoint.tokenizer import checkpoint_tokenizer as tokenizer_of_checkpoint
 from ..errors import ZdiffError
 from ..loading import load_model
-from ..sampler import SamplerConflict, sampler_at_temperature
+from ..sampler import SamplerConflict, SamplingParams, sampler_at_temperature
 from ..spec import load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from .api import generate_on_engine
 from .engine import resolve_device as engine_device
-from .loop import generate as reference_loop
+from .oracle import generate as reference_loop
 from .result import GenerationResult
-from .sampling import SamplingParams
 
 
 def checkpoint_tokenizer(checkpoint: Path, spec) -> Tokenizer:

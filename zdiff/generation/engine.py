@@ -12,7 +12,7 @@ Host work per step: admit queued requests into free slots (each prompt prefilled
 pick the step shape (slot bucket, verify rows, proposal blocks), launch `decode_step` (a graph
 replay on CUDA/ROCm), start one non-blocking copy of the (slots, b + 4) output packet, and read
 the previous step's packet. The device never waits for the host; the host waits for a step
-only when it has nothing else to do. The old host-driven loop (`zdiff.generation.loop`) stays
+only when it has nothing else to do. The old host-driven loop (`zdiff.generation.oracle`) stays
 as the oracle the engine is tested against.
 """
 

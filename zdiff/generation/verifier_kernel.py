@@ -15,7 +15,7 @@ keyed in the kernel, never positional in the batch (`keyed_rng`, the torch backe
 acceptance uniform of row i from (seed, first_position + i, ACCEPT) and the Gumbel noise of the
 resample / bonus draw from (seed, first_position + n, RESAMPLE) and the token id; or both are
 given explicitly (GIVEN_NOISE) so tests compare the kernels draw for draw with
-`zdiff.generation.sampling.verify_stochastic`.
+`zdiff.generation.oracle.sampling.verify_stochastic`.
 
 Glossary: B slots; M = padded drafts per slot (m_b <= M real ones); V vocabulary;
 ar_logits (B, M+1, V) rows 0..m_b; draft_logits (B, M, V); drafts (B, M); outputs

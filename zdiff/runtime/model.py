@@ -143,7 +143,7 @@ class Transformer(nn.Module):
         `layout` (a zdiff.pattern.BatchLayout) is what the kernels of the generated model read
         instead of `visible`; when `visible` is None it is built from the layout.
 
-        With a `DecodeCache` (zdiff.generation.cache), the rows are new tokens after the cached
+        With a `DecodeCache` (zdiff.generation.oracle), the rows are new tokens after the cached
         ones: predecessors index [cache state rows | new rows], visible is (B, T, cache slots + T),
         and the pass's K/V and CCA projections are stashed for `cache.commit`.
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ZdiffError
-from ..pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, prefill_pattern
-from ..spec import DiffusionSpec
-from .cache import DecodeCache
-from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
-from .result import GenerationResult
-from .rules import delivered_tokens
+from ...errors import ZdiffError
+from ...pattern import BatchLayout, Pattern, causal_pattern, decode_pattern, prefill_pattern
+from ...spec import DiffusionSpec
+from ..request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
+from ..result import GenerationResult
+from ..rules import delivered_tokens
+from .decode_cache import DecodeCache
 from .sampling import (
     SamplingParams,
     draw_gumbel,
@@ -132,73 +132,101 @@ def generate(model, prompts: list[list[int]], params: SamplingParams = SamplingP
     seqs = [SequenceState(prompt=list(p)) for p in prompts]
     cache = DecodeCache(model.spec, len(seqs), max(map(len, prompts)) + max_new_tokens + 2 * b + 2,
                         dtype=model.dtype, device=model.embed.weight.device)
-    batch = _Batch(model, cache, pad_id=mask_id if mask_id is not None else 0, block_size=b)
+    run = _Run(_Batch(model, cache, pad_id=mask_id if mask_id is not None else 0, block_size=b), cache, params,
+               generator, mode, b, levels, mask_id, verifier, max_new_tokens, tuple(stop_tokens))
     start = time.perf_counter()
-
-    # prefill: the prompt (causal) and, for TiDAR, one mask block whose slots 1..b-1 are the first drafts
-    plans = []
-    for s in seqs:
-        P = len(s.prompt)
-        if mode == "tidar":
-            plans.append((s.prompt + [mask_id] * b, prefill_pattern(P, b)))
-        else:
-            plans.append((s.prompt, causal_pattern(P)))
-    logits = batch.run(plans).cpu()
-    for i, s in enumerate(seqs):
-        P = len(s.prompt)
-        s.forward_passes += 1
-        cache.commit(i, list(range(P)))
-        s.pending = int(_sample(probabilities(logits[i, P - 1], params), params, generator))
-        s.generated.append(s.pending)
-        if mode == "tidar":
-            _take_drafts(s, logits[i, P + 1: P + b], params, generator)
-        _check_stop(s, max_new_tokens, stop_tokens)
-
+    _prefill(run, seqs)
     while not all(s.done for s in seqs):
-        plans = []
-        for i, s in enumerate(seqs):
-            if s.done:
-                plans.append(None)
-                continue
-            m = len(s.drafts)
-            lv = _usable_levels(levels, m) if mode == "tidar" else ()
-            row_ids = [s.pending] + s.drafts + [mask_id] * (b * len(lv))
-            plans.append((row_ids, decode_pattern(cache.lengths[i], m, b, lv)))
-        logits = batch.run(plans)
-        fused = _fused_verdicts(seqs, logits, params, generator) if verifier == "fused" else None
-        logits = logits.cpu()
-        for i, s in enumerate(seqs):
-            if s.done:
-                continue
-            m = len(s.drafts)
-            s.forward_passes += 1
-            if fused is not None:
-                n, token = fused[i]
-            else:
-                target = target_probs(logits[i, : m + 1], s.draft_logits, params)
-                drafts = torch.tensor(s.drafts, dtype=torch.long)
-                if params.sampler == "greedy":
-                    n, token = verify_greedy(target, drafts)
-                else:
-                    uniforms = torch.rand(m, generator=generator, dtype=torch.float64).float()
-                    n, token = verify_stochastic(target, s.draft_q, drafts, uniforms,
-                                                 draw_gumbel((m + 1, target.shape[-1]), generator))
-            cache.commit(i, list(range(n + 1)))  # c, d_1..d_n; rejected rows are dropped
-            s.accepted.append(n)
-            s.generated.extend(s.drafts[:n] + [token])
-            s.pending = token
-            if mode == "tidar":
-                lv = _usable_levels(levels, m)
-                a = max(x for x in lv if x <= n)
-                block_row = m + 1 + b * lv.index(a)
-                _take_drafts(s, logits[i, block_row + n - a + 1: block_row + b], params, generator)
-            _check_stop(s, max_new_tokens, stop_tokens)
+        _decode_round(run, seqs)
         if progress is not None:
             progress(sum(len(s.generated) for s in seqs))
-
     seconds = time.perf_counter() - start
     return GenerationResult([s.generated for s in seqs], [s.accepted for s in seqs],
                             [s.forward_passes for s in seqs], seconds, mode, b)
+
+
+@dataclass
+class _Run:
+    """What every step of one `generate` call reads."""
+
+    batch: _Batch
+    cache: DecodeCache
+    params: SamplingParams
+    generator: torch.Generator
+    mode: str
+    block_size: int
+    levels: tuple[int, ...]
+    mask_id: int | None
+    verifier: str
+    max_new_tokens: int
+    stop_tokens: tuple[int, ...]
+
+
+def _prefill(run: _Run, seqs: list[SequenceState]) -> None:
+    """The prompt (causal) and, for TiDAR, one mask block whose slots 1..b-1 are the first drafts."""
+    b, params = run.block_size, run.params
+    plans = []
+    for s in seqs:
+        P = len(s.prompt)
+        if run.mode == "tidar":
+            plans.append((s.prompt + [run.mask_id] * b, prefill_pattern(P, b)))
+        else:
+            plans.append((s.prompt, causal_pattern(P)))
+    logits = run.batch.run(plans).cpu()
+    for i, s in enumerate(seqs):
+        P = len(s.prompt)
+        s.forward_passes += 1
+        run.cache.commit(i, list(range(P)))
+        s.pending = int(_sample(probabilities(logits[i, P - 1], params), params, run.generator))
+        s.generated.append(s.pending)
+        if run.mode == "tidar":
+            _take_drafts(s, logits[i, P + 1: P + b], params, run.generator)
+        _check_stop(s, run.max_new_tokens, run.stop_tokens)
+
+
+def _decode_round(run: _Run, seqs: list[SequenceState]) -> None:
+    """One forward over every unfinished sequence: verify its drafts, commit, take the next drafts."""
+    b, params = run.block_size, run.params
+    plans = []
+    for i, s in enumerate(seqs):
+        if s.done:
+            plans.append(None)
+            continue
+        m = len(s.drafts)
+        lv = _usable_levels(run.levels, m) if run.mode == "tidar" else ()
+        row_ids = [s.pending] + s.drafts + [run.mask_id] * (b * len(lv))
+        plans.append((row_ids, decode_pattern(run.cache.lengths[i], m, b, lv)))
+    logits = run.batch.run(plans)
+    fused = _fused_verdicts(seqs, logits, params, run.generator) if run.verifier == "fused" else None
+    logits = logits.cpu()
+    for i, s in enumerate(seqs):
+        if s.done:
+            continue
+        m = len(s.drafts)
+        s.forward_passes += 1
+        n, token = fused[i] if fused is not None else _verdict(s, logits[i, : m + 1], params, run.generator)
+        run.cache.commit(i, list(range(n + 1)))  # c, d_1..d_n; rejected rows are dropped
+        s.accepted.append(n)
+        s.generated.extend(s.drafts[:n] + [token])
+        s.pending = token
+        if run.mode == "tidar":
+            lv = _usable_levels(run.levels, m)
+            a = max(x for x in lv if x <= n)
+            block_row = m + 1 + b * lv.index(a)
+            _take_drafts(s, logits[i, block_row + n - a + 1: block_row + b], params, run.generator)
+        _check_stop(s, run.max_new_tokens, run.stop_tokens)
+
+
+def _verdict(s: SequenceState, verify_logits: torch.Tensor, params: SamplingParams,
+             generator: torch.Generator) -> tuple[int, int]:
+    """(accepted drafts n, the token at position n) of one sequence, by the reference samplers."""
+    target = target_probs(verify_logits, s.draft_logits, params)
+    drafts = torch.tensor(s.drafts, dtype=torch.long)
+    if params.sampler == "greedy":
+        return verify_greedy(target, drafts)
+    uniforms = torch.rand(len(s.drafts), generator=generator, dtype=torch.float64).float()
+    return verify_stochastic(target, s.draft_q, drafts, uniforms, draw_gumbel((len(s.drafts) + 1, target.shape[-1]),
+                                                                              generator))
 
 
 def _usable_levels(levels: tuple[int, ...], drafts: int) -> tuple[int, ...]:
@@ -209,8 +237,8 @@ def _usable_levels(levels: tuple[int, ...], drafts: int) -> tuple[int, ...]:
 def _fused_verdicts(seqs, logits, params, generator) -> dict[int, tuple[int, int]]:
     """Verify every active sequence with one call of the engine's verifier (the fused kernels), each sequence
     keyed on its own seed drawn from the loop's generator."""
-    from .batched_sampling import KIND_CODES
-    from .verify import verify_slots
+    from ..batched_sampling import KIND_CODES
+    from ..verify import verify_slots
 
     active = [i for i, s in enumerate(seqs) if not s.done]
     M = max(len(seqs[i].drafts) for i in active)

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ZdiffError
-from ..sampler import SamplingParams
-from .logit_mix import mix_logits
+from ...errors import ZdiffError
+from ...sampler import SamplingParams
+from ..batched_sampling import process_logits
+from ..logit_mix import mix_logits
 
 
 def processed_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Temperature, banned ids, top-k and top-p as -inf masking, in fp32 (same for p and q).
 
     The arithmetic lives in `batched_sampling.process_logits` (the engine's), so both agree."""
-    from .batched_sampling import process_logits
-
     device = logits.device
     banned = torch.tensor(params.banned, dtype=torch.long, device=device) if params.banned else None
     filtered = bool(params.top_k) or params.top_p < 1.0
