@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zdiff.codegen.families.norms import norm_plan  # noqa: E402
 from zdiff.codegen.render import load_module, render  # noqa: E402
-from zdiff.generation.oracle import sampling  # noqa: E402
 from zdiff.generation.batched_sampling import KIND_CODES  # noqa: E402
+from zdiff.generation.oracle import sampling  # noqa: E402
 from zdiff.generation.verify import verify_slots  # noqa: E402
 from zdiff.runtime.norms import RMSNorm  # noqa: E402
 from zdiff.sampler import SamplingParams  # noqa: E402
