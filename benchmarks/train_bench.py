@@ -164,7 +164,8 @@ def layers_that_fit(spec, S: int, device) -> int:
     fits = 1
     for layers in range(1, spec.model.num_layers + 1):
         model = dataclasses.replace(spec.model, num_layers=layers)
-        estimate = estimate_training_memory(model, S, 1, "tidar", "bf16", "torch", device_type=device.type)
+        estimate = estimate_training_memory(model, S, 1, "tidar", "bf16", "torch", device_type=device.type,
+                                            distill=spec.diffusion.loss.distill_weight > 0)
         if estimate.total > 0.8 * capacity:
             break
         fits = layers
@@ -213,6 +214,7 @@ def step_case(spec, S: int, backend: str, checkpointing: bool, device, smoke: bo
         backend,
         activation_checkpointing=checkpointing,
         device_type=device.type,
+        distill=spec.diffusion.loss.distill_weight > 0,
     )
     peak_rate = TARGETS[device_target(device).name].nominal_tflops * 1e12 if cuda else float("nan")
     result = {

@@ -116,8 +116,9 @@ def test_objective_with_distillation_equals_float64_reference(backend, divergenc
         assert_close(got, ref, rtol=1e-4, atol=1e-6, what=f"d {name}")
 
 
-def test_default_targets_are_the_data_and_bad_weights_are_one_line_errors():
-    assert parse_spec(MICRO_SPEC).diffusion.loss == DiffusionLossSpec(1.0, 0.0, "forward_kl")
+def test_default_targets_mix_data_and_self_distillation_and_bad_weights_are_one_line_errors():
+    """The default is the recipe study's best (STUDY.md): data + self-distillation, forward KL, both at weight 1."""
+    assert parse_spec(MICRO_SPEC).diffusion.loss == DiffusionLossSpec(1.0, 1.0, "forward_kl")
     cases = [("{distill_weight: -0.5}", "diffusion.loss.distill_weight: must not be negative, got -0.5"),
              ("{data_weight: 0, distill_weight: 0}", "diffusion.loss.distill_weight: and data_weight are both 0"),
              ("{divergence: reverse_kl}", "diffusion.loss.divergence: must be one of forward_kl, tv, got"),

@@ -13,6 +13,7 @@ from conftest import assert_close
 from training_helpers import MICRO_DENSE_SPEC, MICRO_SPEC
 from zdiff.pattern import BatchLayout, Pattern, training_pattern
 from zdiff.spec import parse_spec
+from zdiff.spec.schema import DiffusionLossSpec
 from zdiff.train.memory import estimate_training_memory
 from zdiff.train.model_init import model_class, random_model
 from zdiff.train.objective import Objective
@@ -75,7 +76,9 @@ def _grads(model):
                          ids=["triton-tidar", "triton-ar", "torch-tidar", "triton-tidar-dense"])
 def test_chunked_objective_equals_the_full_logits_loss(backend, mode, batch, text, monkeypatch, tmp_path, request):
     spec = parse_spec(text)
-    spec = dataclasses.replace(spec, diffusion=dataclasses.replace(spec.diffusion, loss_alpha=0.5))
+    # data targets only: the self-distillation term has its own float64 reference (tests/test_distillation.py)
+    spec = dataclasses.replace(spec, diffusion=dataclasses.replace(spec.diffusion, loss_alpha=0.5,
+                                                                   loss=DiffusionLossSpec(1.0, 0.0)))
     model = _model(spec, backend, monkeypatch, tmp_path)
     window = torch.randint(0, 256, (batch, 6 + 1), generator=torch.Generator().manual_seed(1))  # S = 6: a ragged block
     want, halves = _full_logits_loss(model, spec, mode, window, layout_only=backend == "triton")
@@ -158,10 +161,13 @@ def _growth_ratio(peaks):
 LENGTHS = (256, 512, 1024)
 
 
+@pytest.mark.parametrize("distill_weight", [0.0, 1.0], ids=["data-targets", "self-distillation"])
 def test_peak_memory_per_sequence_is_linear_in_length_on_the_triton_path(
-    monkeypatch, tmp_path, no_dense_mask, kernels_not_run
+    distill_weight, monkeypatch, tmp_path, no_dense_mask, kernels_not_run
 ):
     spec = parse_spec(ONE_LAYER)
+    spec = dataclasses.replace(spec, diffusion=dataclasses.replace(spec.diffusion,
+                                                                   loss=DiffusionLossSpec(1.0, distill_weight)))
     model = _model(spec, "triton", monkeypatch, tmp_path)
     peaks = [_step_bytes(model, Objective(spec, "tidar", S, "triton"), S)[1] for S in LENGTHS]
     assert 1.95 < _growth_ratio(peaks) < 2.05, peaks
@@ -169,7 +175,8 @@ def test_peak_memory_per_sequence_is_linear_in_length_on_the_triton_path(
     rows = 2 * (LENGTHS[2] - LENGTHS[1])
     per_row = (peaks[2] - peaks[1]) / rows
     big, small = (
-        estimate_training_memory(spec.model, S, 1, "tidar", "fp32", "triton", device_type="cpu")
+        estimate_training_memory(spec.model, S, 1, "tidar", "fp32", "triton", device_type="cpu",
+                                 distill=spec.diffusion.loss.distill_weight > 0)
         for S in LENGTHS[2:0:-1]
     )
     formula = (big.activations + big.loss - small.activations - small.loss) / rows

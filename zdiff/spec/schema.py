@@ -146,7 +146,9 @@ class DiffusionLossSpec:
     gradient through it (self-distillation; NOTES.md, "Self-distillation")."""
 
     data_weight: float = 1.0
-    distill_weight: float = 0.0
+    # the recipe study (STUDY.md, 2026-12-06): data + self-distillation at weight 1 drafts better than data
+    # alone (zaya1-tiny, 200 conversion steps: lossless T/NFE +0.10 [+0.04, +0.16] paired, logit-mix 0.5 +0.08)
+    distill_weight: float = 1.0
     divergence: Literal["forward_kl", "tv"] = "forward_kl"
 
 

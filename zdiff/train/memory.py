@@ -33,6 +33,7 @@ from ..errors import ZdiffError
 from ..spec import ModelSpec
 from ..spec.counts import count_model
 from .linear_ce import chunk_rows
+from .linear_distill import CHUNK_ARRAYS
 
 GB = 1e9
 
@@ -75,7 +76,8 @@ def saved_bytes_per_row(spec: ModelSpec, compute_bytes: int) -> tuple[int, int]:
 
 def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int, mode: str = "tidar",
                              compute: str = "fp32", backend: str = "triton", world: int = 1, fsdp: bool = False,
-                             activation_checkpointing: bool = False, device_type: str = "cuda") -> MemoryEstimate:
+                             activation_checkpointing: bool = False, device_type: str = "cuda",
+                             distill: bool = False) -> MemoryEstimate:
     counts = count_model(spec, dtype_bytes=4)
     P, L, H, V = counts.total_params, spec.num_layers, spec.hidden_size, spec.vocab_size
     a = 2 if compute == "bf16" else 4
@@ -96,6 +98,12 @@ def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int,
     activations = rows * (kept + 4 * H)  # + the embedding output
     chunk = min(rows, chunk_rows(V))
     loss = chunk * V * (4 + a) + (a * V * H if a != 4 else 0) + rows * H * (a + 4)
+    if distill and mode == "tidar":
+        # self-distillation (linear_distill): the mask rows 1..S-1 and their teacher rows kept for backward, and
+        # a chunk of CHUNK_ARRAYS fp32 (rows, V) arrays, alive after the CE's chunk is freed (the larger counts)
+        pairs = batch_per_rank * (seq_len - 1)
+        distill_chunk = min(pairs, max(1, chunk_rows(V) // CHUNK_ARRAYS)) * V * 4 * CHUNK_ARRAYS
+        loss = max(loss, distill_chunk + (a * V * H if a != 4 else 0) + rows * H * (a + 4)) + 2 * pairs * H * a
 
     dense = 0
     if backend == "torch":

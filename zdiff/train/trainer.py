@@ -335,7 +335,7 @@ def check_memory(cfg: TrainConfig, spec: Spec, backend: str, device, world: int)
     """Refuse, with the numbers, a run whose expected peak memory exceeds the device (zdiff.train.memory)."""
     estimate = estimate_training_memory(
         spec.model, cfg.seq_len, cfg.batch_size // world, cfg.mode, cfg.dtype, backend, world, cfg.fsdp,
-        cfg.activation_checkpointing, device_type=device.type)
+        cfg.activation_checkpointing, device_type=device.type, distill=spec.diffusion.loss.distill_weight > 0)
     capacity, where = device_capacity(device)
     check_fits(estimate, capacity, f"{where} ({device})",
                f"--seq-len {cfg.seq_len} --batch-size {cfg.batch_size} ({cfg.batch_size // world} per rank) "
