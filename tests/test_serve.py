@@ -379,9 +379,11 @@ def test_queue_full_and_disconnects_free_slots(guarded):
     freed = _wait_for(guarded, lambda m: m["zdiff_active_slots"] == 0 and m["zdiff_queue_depth"] == 0)
     # the disconnect is noticed at the next chunk the server sends, the slot freed at the step after
     assert freed["zdiff_engine_steps_total"] - before <= 3
-    # a non-streamed client that gives up (timeout) frees its slot too
+    # a non-streamed client that gives up (timeout) frees its slot too; 100 tokens took ~1 s on a quiet 2-core
+    # machine (a 1 s timeout raced the answer), so the client gives up after a quarter of that
     with pytest.raises(openai.APITimeoutError):
-        c.with_options(timeout=1.0).completions.create(model=MODEL, prompt="def", max_tokens=100, temperature=0)
+        c.with_options(timeout=0.25, max_retries=0).completions.create(model=MODEL, prompt="def", max_tokens=100,
+                                                                       temperature=0, extra_body={"ignore_eos": True})
     _wait_for(guarded, lambda m: m["zdiff_active_slots"] == 0)
     assert c.completions.create(model=MODEL, prompt="ok", max_tokens=3).usage.completion_tokens >= 1
 

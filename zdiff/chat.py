@@ -128,7 +128,7 @@ class ChatSession:
         return self.tokenizer.encode(text).tolist()
 
     def turn(self, text: str, write) -> dict:
-        from .generation.engine import RequestParams
+        from .generation.requests import RequestParams
         from .serve.text_stream import TextStream
 
         self.messages.append({"role": "user", "content": text})

@@ -4,7 +4,8 @@ its Python entry point `generate`. The reference loop, the oracle the engine is 
 
 from ..sampler import SamplingParams
 from .api import generate
-from .engine import Engine, RequestParams
+from .engine import Engine
+from .requests import RequestParams
 from .result import GenerationResult
 
 __all__ = ["Engine", "GenerationResult", "RequestParams", "SamplingParams", "generate"]

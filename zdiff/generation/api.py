@@ -12,10 +12,11 @@ import time
 from ..errors import ZdiffError
 from ..sampler import SamplingParams
 from ..spec import DiffusionSpec
-from .engine import MAX_SEED, Engine, RequestParams
+from .engine import Engine
 from .oracle import checked_prompts
 from .oracle import generate as reference_loop
 from .request_checks import is_integer
+from .requests import MAX_SEED, RequestParams
 from .result import GenerationResult
 
 

@@ -19,7 +19,7 @@ from ..sampler import SamplerConflict, SamplingParams, sampler_at_temperature
 from ..spec import load_spec
 from ..targets import interpreter_needed, triton_interpreter
 from .api import generate_on_engine
-from .engine import resolve_device as engine_device
+from .engine_device import resolve_device as engine_device
 from .oracle import generate as reference_loop
 from .result import GenerationResult
 

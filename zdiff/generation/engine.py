@@ -19,7 +19,6 @@ as the oracle the engine is tested against.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,89 +28,28 @@ import torch
 
 from ..errors import ZdiffError
 from ..spec import DiffusionSpec, Spec
-from ..spec.schema import DEFAULT_MIX_WEIGHT
 from ..targets import GPU_TARGETS
 from .batched_sampling import GREEDY, KIND_CODES
 from .decode_step import StepConstants, StepShape, causal_chunk_inputs, decode_step
+from .engine_device import _engine_device, _free_memory, _runtime_target, resolve_device
 from .proposals import BUDGET_MODES, ProposalPolicy, StepOption
 from .request_checks import check_prompt_ids, check_sampling, effective_sampling, is_integer
+from .requests import (
+    MAX_SEED,
+    MAX_STOP_TOKENS,
+    MODES,
+    EngineStats,
+    RequestParams,
+    RequestResult,
+    StepFailed,
+    TokenEvent,
+)
 from .slot_state import ACCEPTED, COUNT, DONE, WAS_ACTIVE, SlotState
 from .slots import SlotCache, StepLayout
 from .step_graphs import bucket as slot_bucket
 from .step_graphs import capture_graphs, step_shapes
 
-MODES = ("tidar", "ar")
 VERIFIERS = ("fused", "torch")
-MAX_STOP_TOKENS = 16
-MAX_SEED = 2**63 - 1
-CPU_POLICY_TARGET = "h200"  # the cost model needs a card; on the CPU the policy plans for an H200
-
-
-@dataclass(frozen=True)
-class RequestParams:
-    max_new_tokens: int = 64
-    mode: str = "tidar"  # tidar | ar, per request (both mix in one batch)
-    sampler: str = "lossless"  # lossless | logit_mix | greedy
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    mix_weight: float = DEFAULT_MIX_WEIGHT  # logit_mix only (w = 1 is lossless)
-    seed: int = 0
-    stop_tokens: tuple[int, ...] = ()  # ids that end the request (kept in the output)
-    # MoE-aware TiDAR (lossless either way; speed only). verify_length: at most this many drafts verified per step
-    # (one of the engine's verify lengths; 0: the policy's choice). expert_budget: auto (the policy's choice) | on
-    # | off: the draft rows route only among the experts the step's verify rows chose (a step shared with an
-    # "off" request runs without it)
-    verify_length: int = 0
-    expert_budget: str = "auto"
-
-
-@dataclass
-class TokenEvent:
-    request_id: int
-    tokens: list[int]  # committed since this request's last event
-    finished: bool
-    finish_reason: str | None  # stop | length | cancelled | error | None
-
-
-@dataclass
-class RequestResult:
-    request_id: int
-    prompt: list[int]
-    tokens: list[int]
-    forward_passes: int  # decode steps this request took part in (each delivers >= 1 token)
-    accepted: list[int]  # drafts accepted (and delivered) per decode step
-    finish_reason: str
-    prefill_passes: int = 0  # prefill chunks (deliver no token; shared with the other admitted prompts)
-
-
-@dataclass
-class EngineStats:
-    max_slots: int
-    forward_passes: int = 0  # decode steps + prefill chunks
-    steps: int = 0
-    tokens: int = 0
-    step_seconds: float = 0.0  # host wall time of the last step() call, waits included
-    host_seconds: float = 0.0  # total host time in step() outside waits for the device
-    wait_seconds: float = 0.0  # total host time waiting for a step's packet
-    tokens_per_step: list[int] = field(default_factory=list)  # index k: slot-steps that delivered k+1 tokens
-    proposals_used: dict[int, int] = field(default_factory=dict)
-    steps_used: dict = field(default_factory=dict)  # steps per (P, d, budget) option (proposals.StepOption)
-    graph_replays: int = 0
-    eager_steps: int = 0
-    slot_moves: int = 0  # requests moved down into a finished request's slot (compaction)
-    active_slots: int = 0
-    queue_depth: int = 0
-
-
-class StepFailed(RuntimeError):
-    """An engine step raised (a bug or a device error, not a bad request). `events`: what the step would
-    have reported, the requests it ended with finish_reason "error" included; `recovered`: whether the
-    engine reset its slots and takes further requests."""
-
-    def __init__(self, message: str, events: list[TokenEvent], recovered: bool):
-        super().__init__(message)
-        self.events, self.recovered = events, recovered
 
 
 def _first_line(error: Exception, limit: int = 300) -> str:
@@ -585,46 +523,3 @@ def _check_sizes(**sizes: tuple[object, int]) -> None:
     for name, (value, least) in sizes.items():
         if not is_integer(value) or value < least:
             raise ZdiffError(f"{name} must be an integer >= {least}, got {value!r}")
-
-
-def _engine_device(model_device: torch.device, asked) -> torch.device:
-    """The device the engine runs on: the model's, or `asked` if it names the same kind of device."""
-    device = model_device if asked is None else resolve_device(asked)
-    if device.type != model_device.type:
-        raise ZdiffError(f"device: the model's weights are on {model_device}, the engine was asked to run on "
-                         f"{device}; move the model first (model.to(device))")
-    return device
-
-
-def resolve_device(asked) -> torch.device:
-    """A device the engine can run on, or one line saying why not."""
-    try:
-        device = torch.device(asked)
-    except (RuntimeError, TypeError, ValueError):
-        raise ZdiffError(f"device: not a torch device, got {asked!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ZdiffError(f"device: the engine runs on cpu or cuda (ROCm included), got {str(device)!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ZdiffError(f"device: {str(device)!r} asked for, but this torch sees no CUDA or ROCm GPU "
-                         f"(torch {torch.__version__}); use device='cpu'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ZdiffError(f"device: {str(device)!r} asked for, but this torch sees {torch.cuda.device_count()} GPU(s), "
-                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-def _free_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _runtime_target(device: torch.device) -> str:
-    if device.type != "cuda":
-        return CPU_POLICY_TARGET
-    from ..targets import device_target
-
-    return device_target(device).name

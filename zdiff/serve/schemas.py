@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..generation.engine import RequestParams
+from ..generation.requests import RequestParams
 from ..limits import MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE
 from ..sampler import DEFAULT_MIX_WEIGHT, SamplerConflict, SamplerName, sampler_at_temperature
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ZdiffError
-from ..generation.engine import Engine, RequestParams, RequestResult, StepFailed
+from ..generation.engine import Engine
+from ..generation.requests import RequestParams, RequestResult, StepFailed
 
 log = logging.getLogger("zdiff.serve")
 
