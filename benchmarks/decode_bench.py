@@ -227,10 +227,13 @@ def main() -> int:
 def step_bytes_row(spec, cost: CostModel, batch: int, context: int, proposals: int) -> dict:
     """Bytes per step outside the forward (by part) and the forward's, in GB, and their ratio."""
     parts = step_bytes_outside_forward(spec.model, spec.diffusion.block_size, batch, proposals)
+    filtered = sum(step_bytes_outside_forward(spec.model, spec.diffusion.block_size, batch, proposals,
+                                              filtered=True).values())
     forward = cost.forward(batch, context, proposals).bytes
     return {"outside_gb": sum(parts.values()) / 1e9, "forward_gb": forward / 1e9,
             "outside_over_forward": sum(parts.values()) / forward,
-            "outside_parts_gb": {name: n / 1e9 for name, n in parts.items()}}
+            "outside_parts_gb": {name: n / 1e9 for name, n in parts.items()},
+            "filtered_outside_gb": filtered / 1e9, "filtered_over_forward": filtered / forward}
 
 
 def bytes_table(spec, context: int, batches: list[int], proposals: list[int], out: Path) -> int:
@@ -239,13 +242,16 @@ def bytes_table(spec, context: int, batches: list[int], proposals: list[int], ou
     rows = [{"batch": b, "proposals": p, **step_bytes_row(spec, cost, b, context, p)} for b in batches
             for p in proposals]
     names = list(rows[0]["outside_parts_gb"])
-    lines = [f"{spec.name}, context {context}: GB per decode step (analytic; unfiltered samplers)", "",
-             "| batch | P | forward | outside | outside / forward | " + " | ".join(names) + " |",
-             "|---|---|---|---|---|" + "---|" * len(names)]
+    lines = [f"{spec.name}, context {context}: GB per decode step (analytic; the parts are for unfiltered "
+             "samplers; 'with top-k / top-p' adds the filter kernel's passes, an upper bound)", "",
+             "| batch | P | forward | outside | outside / forward | " + " | ".join(names)
+             + " | with top-k / top-p | its / forward |",
+             "|---|---|---|---|---|" + "---|" * (len(names) + 2)]
     for r in rows:
         lines.append(f"| {r['batch']} | {r['proposals']} | {r['forward_gb']:.2f} | {r['outside_gb']:.3f} | "
                      f"{r['outside_over_forward']:.1%} | "
-                     + " | ".join(f"{r['outside_parts_gb'][n]:.3f}" for n in names) + " |")
+                     + " | ".join(f"{r['outside_parts_gb'][n]:.3f}" for n in names)
+                     + f" | {r['filtered_outside_gb']:.3f} | {r['filtered_over_forward']:.1%} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bytes.json").write_text(json.dumps(rows, indent=2))
     (out / "bytes.md").write_text("\n".join(lines) + "\n")

@@ -60,6 +60,8 @@ def test_decode_bench_bytes_only_at_zaya1_8b(tmp_path):
     # model-dtype logits and fused draft sampling: ~1.9 GB against the forward's ~23 GB (was ~12 GB before issue 19)
     assert 1.5 < big["outside_gb"] < 2.5 and 20 < big["forward_gb"] < 26
     assert big["outside_over_forward"] <= 0.10
+    # with a top-k / top-p slot: the filter's passes on top, reported next to it (an upper bound)
+    assert big["filtered_outside_gb"] > 4 * big["outside_gb"] and big["filtered_over_forward"] < 1.0
     assert "| 32 | 3 |" in (tmp_path / "bytes.md").read_text()
 
 
