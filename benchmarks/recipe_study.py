@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def row_spec(name: str, recipe: dict, out: Path) -> Path:
     if recipe["block_size"]:
         diffusion = dataclasses.replace(diffusion, block_size=recipe["block_size"], acceptance_levels=None)
     path = out / f"{name}.yaml"
-    path.write_text(dump_spec(dataclasses.replace(spec, diffusion=diffusion)).replace("acceptance_levels: null\n", ""))
+    # a null acceptance_levels line dropped whole (the loader then picks the block size's default levels)
+    text = dump_spec(dataclasses.replace(spec, diffusion=diffusion))
+    path.write_text(re.sub(r"^[ \t]*acceptance_levels: null\n", "", text, flags=re.M))
     return path
 
 

@@ -30,3 +30,16 @@ def test_recipe_study_script_smoke(tmp_path):
     mix = study["mix-tv-200"]["samplers"]["lossless"]
     difference = mix["tokens_per_forward"] - lossless["tokens_per_forward"]
     assert f"| {difference:+.2f} [" in table[3] and "| - |" in table[2]  # paired against the first row
+
+
+def test_block_16_rows_write_a_spec_that_loads_with_that_block_size(tmp_path):
+    """The rows that change the block size drop the old acceptance levels (the loader picks the new size's)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recipe_study import BASE, RECIPES, row_spec
+
+    from zdiff.spec import load_spec
+
+    for name in ("data-200-block16", "mix-200-block16"):
+        spec = load_spec(row_spec(name, {**BASE, **RECIPES[name]}, tmp_path))
+        assert spec.diffusion.block_size == 16 and max(spec.diffusion.acceptance_levels) < 16
+        assert spec.diffusion.loss_alpha == 1.0
