@@ -160,6 +160,7 @@ def launch_filter(logits: torch.Tensor, kind: torch.Tensor, temperature: torch.T
         return out
     block_v = min(block_v, triton.next_power_of_2(V))
     mixing = mix_logits is not None and mix_logits.shape[1] > 0
+    # without mixing (MIX_ROWS = 0) nothing read through the mix pointers is used: any tensor of the right type will do
     mix = mix_logits if mixing else logits
     filter_logits_kernel[(S * N,)](
         logits, mix, out, num_drafts if mixing else kind, kind, temperature, top_k, top_p,

@@ -403,13 +403,13 @@ def fused_verify_slots(ar_logits: torch.Tensor, draft_logits: torch.Tensor, draf
     (some slot uses top-k / top-p): `filter_kernel` mixes, tempers, bans and filters both sides first (one
     launch each, fp32 at unit scale)."""
     M = ar_logits.shape[1] - 1
-    draft_logits, drafts = draft_logits[:, :M], drafts[:, :M]
+    draft_logits, drafts = draft_logits[:, :M].contiguous(), drafts[:, :M]
     ar = ar_logits
     if filtered:  # two more launches: the mixed targets and the draft rows, filtered at unit scale
-        ar = launch_filter(ar_logits, kind, temperature, top_k, top_p, banned_id, draft_logits.contiguous(),
-                           num_drafts, mix_weight)
-        draft_logits = launch_filter(draft_logits.contiguous(), kind, temperature, top_k, top_p, banned_id)
-    return launch_verify(ar.contiguous(), draft_logits.contiguous(), drafts.contiguous(), num_drafts, kind,
+        ar = launch_filter(ar_logits, kind, temperature, top_k, top_p, banned_id, draft_logits, num_drafts,
+                           mix_weight)
+        draft_logits = launch_filter(draft_logits, kind, temperature, top_k, top_p, banned_id)
+    return launch_verify(ar.contiguous(), draft_logits, drafts.contiguous(), num_drafts, kind,
                          temperature, mix_weight, seed, first_position, banned_id, filtered, given, **launch)
 
 

@@ -96,14 +96,16 @@ def estimate_training_memory(spec: ModelSpec, seq_len: int, batch_per_rank: int,
     per_row, inputs = saved_bytes_per_row(spec, a)
     kept = L * inputs + per_row if activation_checkpointing else L * per_row
     activations = rows * (kept + 4 * H)  # + the embedding output
-    chunk = min(rows, chunk_rows(V))
-    loss = chunk * V * (4 + a) + (a * V * H if a != 4 else 0) + rows * H * (a + 4)
+    workspace = min(rows, chunk_rows(V)) * V * (4 + a)  # the chunked CE's logits chunk
+    loss = (a * V * H if a != 4 else 0) + rows * H * (a + 4)
     if distill and mode == "tidar":
         # self-distillation (linear_distill): the mask rows 1..S-1 and their teacher rows kept for backward, and
         # a chunk of CHUNK_ARRAYS fp32 (rows, V) arrays, alive after the CE's chunk is freed (the larger counts)
         pairs = batch_per_rank * (seq_len - 1)
         distill_chunk = min(pairs, max(1, chunk_rows(V) // CHUNK_ARRAYS)) * V * 4 * CHUNK_ARRAYS
-        loss = max(loss, distill_chunk + (a * V * H if a != 4 else 0) + rows * H * (a + 4)) + 2 * pairs * H * a
+        workspace = max(workspace, distill_chunk)
+        loss += 2 * pairs * H * a
+    loss += workspace
 
     dense = 0
     if backend == "torch":
