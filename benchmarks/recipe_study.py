@@ -4,8 +4,9 @@ measured by the acceptance benchmark (zdiff.eval.acceptance). Issue 20, item 4.
     PYTHONPATH=. python benchmarks/recipe_study.py --out runs/study                    # every recipe (hours)
     PYTHONPATH=. python benchmarks/recipe_study.py --out runs/study --rows data-200 mix-200 --ar-steps 360
 
-A recipe changes the conversion only: steps, lr, the diffusion targets (spec diffusion.loss), the AR weight
-alpha, and the block size (with its default acceptance levels). The AR stage is the demo's (360 steps,
+A recipe changes the conversion only: steps, lr, the diffusion targets (spec diffusion.loss), the slot
+weights (diffusion.loss.draft_acceptance), the AR weight alpha, and the block size (with its default acceptance
+levels). --spec picks the model (zaya1-tiny unless told; a larger spec gets its own --out). The AR stage is the demo's (360 steps,
 batch 32 x 128, lr 3e-3) unless told; it is trained once into --out/ar and reused when present. Every stage
 runs on --threads torch threads (1 by default), so rows are bit-reproducible. Rows already in
 --out/study.json are not rerun: use a fresh --out when changing --steps-scale or the AR stage. Writes --out/study.json,
@@ -29,21 +30,24 @@ from zdiff.spec import dump_spec, load_spec  # noqa: E402
 from zdiff.spec.schema import DiffusionLossSpec  # noqa: E402
 from zdiff.train import TrainConfig, train  # noqa: E402
 
-BASE = dict(steps=200, lr=1e-3, loss=(1.0, 0.0, "forward_kl"), alpha=1.0, block_size=None)
+BASE = dict(steps=200, lr=1e-3, loss=(1.0, 0.0, "forward_kl"), alpha=1.0, block_size=None, slots=None)
 RECIPES = {
     "data-200": {}, "self-200": dict(loss=(0.0, 1.0, "forward_kl")), "mix-200": dict(loss=(1.0, 1.0, "forward_kl")),
     "mix-tv-200": dict(loss=(1.0, 1.0, "tv")), "data-800": dict(steps=800),
     "mix-800": dict(steps=800, loss=(1.0, 1.0, "forward_kl")),
     "data-3200": dict(steps=3200), "mix-3200": dict(steps=3200, loss=(1.0, 1.0, "forward_kl")),
     "data-200-alpha0.25": dict(alpha=0.25), "data-200-alpha4": dict(alpha=4.0),
+    "mix-200-alpha0.25": dict(alpha=0.25, loss=(1.0, 1.0, "forward_kl")),
+    "data-200-slots0.5": dict(slots=0.5), "mix-200-slots0.5": dict(slots=0.5, loss=(1.0, 1.0, "forward_kl")),
     "data-200-lr3e-3": dict(lr=3e-3),
     "data-200-block16": dict(block_size=16), "mix-200-block16": dict(block_size=16, loss=(1.0, 1.0, "forward_kl")),
 }
 
 
-def row_spec(name: str, recipe: dict, out: Path) -> Path:
-    spec = load_spec("zaya1-tiny")
-    diffusion = dataclasses.replace(spec.diffusion, loss=DiffusionLossSpec(*recipe["loss"]), loss_alpha=recipe["alpha"])
+def row_spec(name: str, recipe: dict, out: Path, base_spec: str = "zaya1-tiny") -> Path:
+    spec = load_spec(base_spec)
+    loss = DiffusionLossSpec(*recipe["loss"], draft_acceptance=recipe["slots"])
+    diffusion = dataclasses.replace(spec.diffusion, loss=loss, loss_alpha=recipe["alpha"])
     if recipe["block_size"]:
         diffusion = dataclasses.replace(diffusion, block_size=recipe["block_size"], acceptance_levels=None)
     path = out / f"{name}.yaml"
@@ -56,6 +60,7 @@ def row_spec(name: str, recipe: dict, out: Path) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--spec", default="zaya1-tiny", help="the model: a spec name or file")
     p.add_argument("--data", default="stdlib", help="training corpus (its held-out split gives the prompts)")
     p.add_argument("--rows", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--ar-steps", type=int, default=360)
@@ -70,7 +75,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(spec="zaya1-tiny", data=args.data, batch_size=args.batch_size, seq_len=args.seq_len,
+    common = dict(spec=args.spec, data=args.data, batch_size=args.batch_size, seq_len=args.seq_len,
                   eval_windows=args.eval_windows, warmup=30, checkpoint_every=1000, threads=args.threads)
     if not (out / "ar" / "final").is_dir():
         train(TrainConfig(mode="ar", steps=args.ar_steps, out=str(out / "ar"), lr=3e-3, **common))
@@ -83,7 +88,7 @@ def main(argv=None) -> int:
         recipe["steps"] = max(1, round(recipe["steps"] * args.steps_scale))
         if name not in study:
             run = out / name
-            cfg = {**common, "spec": str(row_spec(name, recipe, out))}
+            cfg = {**common, "spec": str(row_spec(name, recipe, out, args.spec))}
             if not (run / "final").is_dir():
                 train(TrainConfig(mode="tidar", steps=recipe["steps"], out=str(run), lr=recipe["lr"],
                                   init=str(out / "ar" / "final"), **cfg))
@@ -93,15 +98,15 @@ def main(argv=None) -> int:
     (out / "study.md").write_text(table(study))
     print(table(study), end="")
     acceptance_by_position({n: r["samplers"]["lossless"] for n, r in study.items()}, out / "study_acceptance.png",
-                           "zaya1-tiny conversions: lossless acceptance by draft position")
+                           f"{Path(args.spec).stem} conversions: lossless acceptance by draft position")
     return 0
 
 
 def table(study: dict) -> str:
     """One row per recipe; the last column is T/NFE lossless minus the first row's, on the same prompts."""
-    rows = ["| recipe | steps | lr | targets (data, distill, D) | alpha | b | T/NFE lossless [95% CI] | "
+    rows = ["| recipe | steps | lr | targets (data, distill, D) | slot weights r | alpha | b | T/NFE lossless [95% CI] | "
             "T/NFE mix 0.5 [95% CI] | lossless minus first row [95% CI, paired] | AR bits/byte before -> after |",
-            "|" + "---|" * 10]
+            "|" + "---|" * 11]
     first = next(iter(study.values()), None)
     for name, r in study.items():
         rec, s = r["recipe"], r["samplers"]
@@ -111,7 +116,8 @@ def table(study: dict) -> str:
         if r is not first and r["plan"] == first["plan"]:
             d = paired_difference(first["samplers"]["lossless"], s["lossless"])
             paired = f"{d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-        rows.append(f"| {name} | {rec['steps']} | {rec['lr']:g} | {tuple(rec['loss'])} | {rec['alpha']:g} | "
+        slots = "uniform" if rec.get("slots") is None else f"{rec['slots']:g}"
+        rows.append(f"| {name} | {rec['steps']} | {rec['lr']:g} | {tuple(rec['loss'])} | {slots} | {rec['alpha']:g} | "
                     f"{r['block_size']} | {cells[0]} | {cells[1]} | {paired} | {r['ar_bits_per_byte_before']:.4f} -> "
                     f"{r['heldout_ar_bits_per_byte']:.4f} |")
     return "\n".join(rows) + "\n"

@@ -68,8 +68,10 @@ def test_distillation_sends_no_gradient_to_the_teacher_rows():
     assert_close(term, distillation, rtol=0, what="distill-only term")
 
 
-def _float64_objective(model, spec, window, layout_only):
-    """Full logits in float64: alpha * CE_AR + data_weight * CE_diff + distill_weight * D(p_{j-1} || q_j)."""
+def _float64_objective(model, spec, window, layout_only, reduce=None):
+    """Full logits in float64: alpha * CE_AR + data_weight * CE_diff + distill_weight * D(p_{j-1} || q_j);
+    `reduce(values (B, n), n)` averages the last n mask rows' terms (a plain mean unless given)."""
+    reduce = reduce or (lambda values, n: values.mean())
     x, labels = window[:, :-1], window[:, 1:]
     (B, S), diffusion, weights = x.shape, spec.diffusion, spec.diffusion.loss
     pattern = training_pattern(S, diffusion.block_size)
@@ -79,12 +81,12 @@ def _float64_objective(model, spec, window, layout_only):
                    layout=BatchLayout.training(B, S, diffusion.block_size)).double()
     log_probs = torch.log_softmax(logits, -1)
     ar = -log_probs[:, :S].gather(-1, labels[..., None]).mean()
-    data = -log_probs[:, S:].gather(-1, x[..., None]).mean()
+    data = reduce(-log_probs[:, S:].gather(-1, x[..., None])[..., 0], S)
     log_p, log_q = log_probs[:, :S - 1].detach(), log_probs[:, S + 1:]
     if weights.divergence == "forward_kl":
-        distill = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        distill = reduce((log_p.exp() * (log_p - log_q)).sum(-1), S - 1)
     else:
-        distill = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1).mean()
+        distill = reduce(0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1), S - 1)
     term = weights.data_weight * data + weights.distill_weight * distill
     return (diffusion.loss_alpha * ar + term) / (1 + diffusion.loss_alpha), distill
 

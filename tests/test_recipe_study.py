@@ -22,7 +22,7 @@ def test_recipe_study_script_smoke(tmp_path):
     assert list(study) == ["data-200", "mix-tv-200"]
     assert study["mix-tv-200"]["recipe"]["loss"] == [1.0, 1.0, "tv"] and study["data-200"]["recipe"]["steps"] == 2
     spec = (tmp_path / "study" / "mix-tv-200" / "final" / "spec.yaml").read_text()
-    assert "divergence: tv" in spec and "distill_weight: 1.0" in spec
+    assert "divergence: tv" in spec and "distill_weight: 1.0" in spec and "draft_acceptance: null" in spec
     table = (tmp_path / "study" / "study.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| data-200 | 2 |")
     lossless = study["data-200"]["samplers"]["lossless"]
@@ -43,3 +43,13 @@ def test_block_16_rows_write_a_spec_that_loads_with_that_block_size(tmp_path):
         spec = load_spec(row_spec(name, {**BASE, **RECIPES[name]}, tmp_path))
         assert spec.diffusion.block_size == 16 and max(spec.diffusion.acceptance_levels) < 16
         assert spec.diffusion.loss_alpha == 1.0
+
+
+def test_slot_weight_rows_write_the_rate_into_the_spec(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recipe_study import BASE, RECIPES, row_spec
+
+    from zdiff.spec import load_spec
+
+    spec = load_spec(row_spec("mix-200-slots0.5", {**BASE, **RECIPES["mix-200-slots0.5"]}, tmp_path))
+    assert spec.diffusion.loss.draft_acceptance == 0.5 and spec.diffusion.loss.distill_weight == 1.0

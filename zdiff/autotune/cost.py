@@ -301,16 +301,45 @@ def expected_tokens(accept: list[float], levels: tuple[int, ...], block_size: in
     if len(accept) != block_size:
         raise ValueError(f"accept has {len(accept)} entries, block_size is {block_size}")
     outcomes = offset_outcomes(accept) if outcomes is None else outcomes
-    floor = np.array([max(a for a in levels if a <= k) for k in range(block_size)])
-    jump = np.zeros((block_size, block_size))
-    jump[np.arange(block_size), np.arange(block_size) - floor] = 1.0
-    move = outcomes @ jump  # offset d -> offset d'
     gain = outcomes @ (np.arange(block_size) + 1.0)
-    system = np.vstack([move.T - np.eye(block_size), np.ones(block_size)])
-    rhs = np.zeros(block_size + 1)
+    return float(_stationary_offsets(outcomes, levels) @ gain)
+
+
+def _stationary_offsets(outcomes: np.ndarray, levels: tuple[int, ...]) -> np.ndarray:
+    """Long-run share of decode steps whose drafts sit at each offset d (the chain of `expected_tokens`)."""
+    b = len(outcomes)
+    floor = np.array([max(a for a in levels if a <= k) for k in range(b)])
+    jump = np.zeros((b, b))
+    jump[np.arange(b), np.arange(b) - floor] = 1.0
+    move = outcomes @ jump  # offset d -> offset d'
+    system = np.vstack([move.T - np.eye(b), np.ones(b)])
+    rhs = np.zeros(b + 1)
     rhs[-1] = 1.0
-    stationary = np.linalg.lstsq(system, rhs, rcond=None)[0]
-    return float(stationary @ gain)
+    return np.linalg.lstsq(system, rhs, rcond=None)[0]
+
+
+def geometric_acceptance(rate: float, block_size: int) -> list[float]:
+    """The aligned accepted-count distribution when each draft is accepted with probability `rate`,
+    independently: P(n) = rate^n (1 - rate) for n < b-1, and rate^(b-1) for all b-1 drafts."""
+    m = block_size - 1
+    return [rate ** n * (1 - rate) for n in range(m)] + [rate ** m]
+
+
+def draft_slot_weights(levels: tuple[int, ...], block_size: int, rate: float) -> list[float]:
+    """How often decoding judges the draft of each slot of a proposal block, per step, in the long run:
+    the weight of slot s in the training loss (spec `diffusion.loss.draft_acceptance`).
+
+    Each draft is accepted with probability `rate`. At offset d the drafts on offer are slots d+1..b-1, and
+    the one in slot s is judged when the s-d-1 drafts before it were all accepted; the offset follows the
+    chain of `expected_tokens` (the next block is the one at the largest level <= accepted). Slot 0 is
+    never a draft: it sits where the verifier samples its own token. Normalised to mean 1 over the b slots,
+    so that uniform weights would be all ones."""
+    outcomes = offset_outcomes(geometric_acceptance(rate, block_size))
+    at_offset = _stationary_offsets(outcomes, levels).clip(min=0)
+    judged = np.array([[rate ** (s - d - 1) if s > d else 0.0 for s in range(block_size)]
+                       for d in range(block_size)])
+    weights = at_offset @ judged
+    return (weights * block_size / weights.sum()).tolist()
 
 
 EXHAUSTIVE_LIMIT = 1500  # level sets tried exhaustively per P; beyond, grow the best set greedily

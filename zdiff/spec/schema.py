@@ -150,6 +150,9 @@ class DiffusionLossSpec:
     # alone (zaya1-tiny, 200 conversion steps: lossless T/NFE +0.10 [+0.04, +0.16] paired, logit-mix 0.5 +0.08)
     distill_weight: float = 1.0
     divergence: Literal["forward_kl", "tv"] = "forward_kl"
+    # null: every mask slot weighs the same (TiDAR). r in (0, 1): slot s weighs how often decoding judges its
+    # draft when each draft is accepted with probability r, under the acceptance levels (objective.py)
+    draft_acceptance: float | None = None
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,10 @@ def _validate_diffusion(diff, vocab_size: int):
             raise SpecError(f"diffusion.loss.{name}", getattr(diff.loss, name), "must not be negative")
     if diff.loss.data_weight + diff.loss.distill_weight == 0:
         raise SpecError("diffusion.loss.distill_weight", 0.0, "and data_weight are both 0: the drafts get no target")
+    rate = diff.loss.draft_acceptance
+    if rate is not None and not 0 < rate < 1:
+        raise SpecError("diffusion.loss.draft_acceptance", rate,
+                        "must be in (0, 1) (a per-draft acceptance probability) or null (uniform slot weights)")
     return dataclasses.replace(diff, acceptance_levels=levels)
 
 

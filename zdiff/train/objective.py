@@ -7,7 +7,12 @@ predicts x_{j+1} (AR), mask row j predicts x_j (diffusion, no shift).
 The diffusion term (spec `diffusion.loss`) is data_weight * CE(x_j) + distill_weight * D(p_j || q_j):
 self-distillation toward p_j = the model's own AR distribution of x_j, read from clean row j - 1 of the
 same forward with no gradient through it (zdiff.train.linear_distill); mask row 0 has no teacher. The
-logged diffusion loss stays the data cross-entropy, so runs with different targets compare.
+logged diffusion loss stays the unweighted data cross-entropy, so runs with different targets compare.
+
+With `diffusion.loss.draft_acceptance` = r, both terms average the mask rows weighted by their block slot:
+slot s weighs how often decoding judges that slot's draft when each draft is accepted with probability r
+and the next drafts come from the spec's acceptance levels (zdiff.autotune.cost.draft_slot_weights).
+Uniform weights are TiDAR's loss; these spend the capacity where decoding looks.
 
 Losses come from the final hidden states and the LM head in chunks (zdiff.train.linear_ce):
 no (B, rows, V) logits. Backend "torch" (the reference model) also gets the dense visibility
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..autotune.cost import draft_slot_weights
 from ..errors import ZdiffError
 from ..loading import BACKENDS
 from ..pattern import BatchLayout, training_pattern
@@ -62,6 +68,11 @@ class Objective:
             self.positions = pattern.positions()
             self.predecessors = pattern.predecessors()
             self.visible = pattern.dense_mask() if backend == "torch" else None
+            self.slot_weights = None  # per mask row; None: uniform
+            if self.targets.draft_acceptance is not None:
+                by_slot = torch.tensor(draft_slot_weights(spec.diffusion.acceptance_levels, self.block_size,
+                                                          self.targets.draft_acceptance))
+                self.slot_weights = by_slot[torch.arange(seq_len) % self.block_size]
 
     def __call__(self, model, window: torch.Tensor) -> LossParts:
         """window: (B, S + 1) token ids."""
@@ -87,10 +98,17 @@ class Objective:
         S, x, labels = self.seq_len, window[:, :-1], window[:, 1:]
         nll = linear_cross_entropy(hidden, head, torch.cat([labels, x], dim=1))  # (B, 2S)
         ar, diffusion = nll[:, :S].mean(), nll[:, S:].mean()
-        weights = self.targets
+        weights, slots = self.targets, self.slot_weights
+        data = diffusion if slots is None else _weighted_mean(nll[:, S:], slots)
         if weights.distill_weight == 0 or S < 2:
-            return ar, diffusion, None, diffusion if weights.data_weight == 1 else weights.data_weight * diffusion
+            return ar, diffusion, None, data if weights.data_weight == 1 else weights.data_weight * data
         # mask row j (index S + j) drafts x_j; clean row j - 1 holds p(x_j | x_<j): the teacher, detached
-        distillation = linear_divergence(hidden[:, S + 1:], hidden[:, :S - 1].detach(), head,
-                                         weights.divergence).mean()
-        return ar, diffusion, distillation, weights.data_weight * diffusion + weights.distill_weight * distillation
+        per_row = linear_divergence(hidden[:, S + 1:], hidden[:, :S - 1].detach(), head, weights.divergence)
+        distillation = per_row.mean() if slots is None else _weighted_mean(per_row, slots[1:])
+        return ar, diffusion, distillation, weights.data_weight * data + weights.distill_weight * distillation
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the weights-weighted average of values (B, n) along n."""
+    weights = weights.to(values.device, values.dtype)
+    return (values * weights).sum(-1).mean() / weights.sum()
