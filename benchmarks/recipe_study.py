@@ -5,12 +5,13 @@ measured by the acceptance benchmark (zdiff.eval.acceptance). Issue 20, item 4.
     PYTHONPATH=. python benchmarks/recipe_study.py --out runs/study --rows data-200 mix-200 --ar-steps 360
 
 A recipe changes the conversion only: steps, lr, the diffusion targets (spec diffusion.loss), the slot
-weights (diffusion.loss.draft_acceptance), the AR weight alpha, and the block size (with its default acceptance
-levels). --spec picks the model (zaya1-tiny unless told; a larger spec gets its own --out). The AR stage is the demo's (360 steps,
-batch 32 x 128, lr 3e-3) unless told; it is trained once into --out/ar and reused when present. Every stage
-runs on --threads torch threads (1 by default), so rows are bit-reproducible. Rows already in
---out/study.json are not rerun: use a fresh --out when changing --steps-scale or the AR stage. Writes --out/study.json,
---out/study.md (the table) and --out/study_acceptance.png (lossless acceptance by position, one line per row).
+weights (diffusion.loss.draft_acceptance), the AR weight alpha, and the block size (with its default
+acceptance levels). --spec picks the model (zaya1-tiny unless told; a larger spec gets its own --out). The AR
+stage is the demo's (360 steps, batch 32 x 128, lr 3e-3) unless told; it is trained once into --out/ar and
+reused when present. Every stage runs on --threads torch threads (1 by default), so rows are bit-reproducible.
+Rows already in --out/study.json are not rerun: use a fresh --out when changing --steps-scale or the AR stage.
+Writes --out/study.json, --out/study.md (the table) and --out/study_acceptance.png (lossless acceptance by
+position, one line per row).
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def main(argv=None) -> int:
 
 def table(study: dict) -> str:
     """One row per recipe; the last column is T/NFE lossless minus the first row's, on the same prompts."""
-    rows = ["| recipe | steps | lr | targets (data, distill, D) | slot weights r | alpha | b | T/NFE lossless [95% CI] | "
-            "T/NFE mix 0.5 [95% CI] | lossless minus first row [95% CI, paired] | AR bits/byte before -> after |",
+    rows = ["| recipe | steps | lr | targets (data, distill, D) | slot weights r | alpha | b | "
+            "T/NFE lossless [95% CI] | T/NFE mix 0.5 [95% CI] | lossless minus first row [95% CI, paired] | "
+            "AR bits/byte before -> after |",
             "|" + "---|" * 11]
     first = next(iter(study.values()), None)
     for name, r in study.items():
