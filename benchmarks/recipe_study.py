@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ceiling", help="draft_ceiling.py --out JSON: draw the perfect drafter's curve in the plot")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every recipe's conversion steps "
                    "(a quick look at the trend; the table records the steps run)")
     args = p.parse_args(argv)
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     (out / "study.md").write_text(table(study))
     print(table(study), end="")
     acceptance_by_position({n: r["samplers"]["lossless"] for n, r in study.items()}, out / "study_acceptance.png",
-                           f"{Path(args.spec).stem} conversions: lossless acceptance by draft position")
+                           f"{Path(args.spec).stem} conversions: lossless acceptance by draft position",
+                           json.loads(Path(args.ceiling).read_text())["ceiling"] if args.ceiling else None)
     return 0
 
 

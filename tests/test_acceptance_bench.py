@@ -135,3 +135,19 @@ def test_paired_difference_recounts_and_is_tighter_than_separate_intervals():
     assert 0 < lo <= want <= hi  # every prompt got faster: the paired interval excludes 0
     with pytest.raises(ZdiffError, match="same prompts: 40 and 39 requests"):
         paired_difference(report(steps), report(steps[:-1]))
+
+
+@pytest.mark.skipif(not plots.available(), reason="matplotlib is an optional extra")
+def test_acceptance_plot_draws_the_perfect_drafters_curve(tmp_path, monkeypatch):
+    drawn = {}
+
+    def keep(plt, fig, ax, path, title):
+        drawn["lines"] = [(line.get_label(), list(line.get_ydata())) for line in ax.get_lines()]
+        plt.close(fig)
+        return True
+    monkeypatch.setattr(plots, "_finish", keep)
+    report = {"acceptance_by_position": [0.5, 0.3, 0.1], "tokens_per_forward": 1.9,
+              "acceptance_by_position_ci95": [[0.45, 0.55], [0.25, 0.35], [0.05, 0.15]]}
+    assert plots.acceptance_by_position({"lossless": report}, tmp_path / "a.png", "t", ceiling=0.6)
+    (ceiling,) = [y for label, y in drawn["lines"] if label.startswith("perfect drafter")]
+    assert ceiling == pytest.approx([0.6, 0.36, 0.216])

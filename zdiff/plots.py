@@ -89,9 +89,10 @@ def acceptance_histogram(results: dict, path: Path, title: str) -> bool:
     return True
 
 
-def acceptance_by_position(samplers: dict, path: Path, title: str) -> bool:
+def acceptance_by_position(samplers: dict, path: Path, title: str, ceiling: float | None = None) -> bool:
     """Acceptance rate by draft position with 95% intervals, one line per sampler (the acceptance benchmark's
-    report: name -> {"acceptance_by_position": [...], "acceptance_by_position_ci95": [[lo, hi], ...]})."""
+    report: name -> {"acceptance_by_position": [...], "acceptance_by_position_ci95": [[lo, hi], ...]}).
+    `ceiling` c (benchmarks/draft_ceiling.py) adds the perfect drafter's rough curve c^j for reference."""
     plt = _pyplot()
     lines = {name: r for name, r in samplers.items() if r["acceptance_by_position"]}
     if plt is None or not lines:
@@ -104,6 +105,11 @@ def acceptance_by_position(samplers: dict, path: Path, title: str) -> bool:
         high = [hi - v for v, (_, hi) in zip(rate, r["acceptance_by_position_ci95"])]
         ax.errorbar(positions, rate, yerr=[low, high], marker="o", capsize=3,
                     label=f"{name} (T/NFE {r['tokens_per_forward']:.2f})")
+    if ceiling is not None:
+        longest = max(len(r["acceptance_by_position"]) for r in lines.values())
+        positions = range(1, longest + 1)
+        ax.plot(positions, [ceiling ** j for j in positions], "k--",
+                label=f"perfect drafter, first-draft ceiling {ceiling:.2f} to the power j")
     ax.set_xlabel("draft position j (share of decode steps that accepted at least j drafts)")
     ax.set_ylabel("acceptance rate")
     ax.set_ylim(0, 1)
