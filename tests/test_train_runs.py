@@ -126,7 +126,7 @@ def test_data_parallel_on_the_kernels_matches_single_process(kernel_run_inputs, 
     b = [r for r in _records(out) if "loss" in r]
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b):
-        for key in ("loss", "ar_loss", "diffusion_loss"):
+        for key in ("loss", "ar_loss", "diffusion_loss", "distill_loss"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
     wa = load_file(root / "single" / "final" / "model.safetensors")
     wb = load_file(out / "final" / "model.safetensors")
@@ -168,6 +168,8 @@ def test_conversion_from_an_ar_checkpoint(tmp_path):
     assert "initialised from" in info["note"]
     first = _records(tmp_path / "td")[0]
     assert first["diffusion_loss"] is not None and first["ar_loss"] < _records(tmp_path / "ar")[0]["ar_loss"]
+    # the default targets distil: the divergence is logged next to the data cross-entropy (AR runs: null)
+    assert first["distill_loss"] > 0 and _records(tmp_path / "ar")[0]["distill_loss"] is None
 
 
 def test_bf16_autocast_trains(tmp_path):

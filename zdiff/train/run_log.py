@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ZdiffError
 from ..spec.counts import count_model
 
-TRAIN_SCALARS = ("loss", "ar_loss", "diffusion_loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+TRAIN_SCALARS = ("loss", "ar_loss", "diffusion_loss", "distill_loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 
 
 def step_flops(spec, mode: str, batch_size: int, seq_len: int) -> float:

@@ -480,17 +480,19 @@ def _train_step(s: _Session, step: int, rows: slice, autocast) -> dict:
     s.optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(s.wrapped.parameters(), cfg.clip)
-    diffusion = parts.diffusion if parts.diffusion is not None else torch.zeros_like(parts.ar)
-    stats = _all_sum(torch.stack([parts.total.detach(), parts.ar, diffusion]).float()) / s.world
+    diffusion, distillation = (torch.zeros_like(parts.ar) if term is None else term
+                               for term in (parts.diffusion, parts.distillation))
+    stats = _all_sum(torch.stack([parts.total.detach(), parts.ar, diffusion, distillation]).float()) / s.world
     # the step's one host sync: logging, and the finiteness check before the optimizer applies the step
-    loss, ar_loss, diff_loss, norm = torch.cat([stats, _full(grad_norm).float().view(1)]).tolist()
+    loss, ar_loss, diff_loss, distill_loss, norm = torch.cat([stats, _full(grad_norm).float().view(1)]).tolist()
     if not all(map(math.isfinite, (loss, ar_loss, diff_loss, norm))):
         raise ZdiffError(_non_finite_message(step + 1, loss, ar_loss, diff_loss, norm, s.run))
     s.optimizer.step()
     if s.spec.model.moe is not None:  # a dense model has no router to balance
         update_balancing_bias(s.model, _all_sum(expert_load(parts.routings, s.spec.model.moe.num_experts)))
     return {"step": step + 1, "loss": loss, "ar_loss": ar_loss,
-            "diffusion_loss": diff_loss if parts.diffusion is not None else None, "lr": lr, "grad_norm": norm}
+            "diffusion_loss": diff_loss if parts.diffusion is not None else None,
+            "distill_loss": distill_loss if parts.distillation is not None else None, "lr": lr, "grad_norm": norm}
 
 
 def _evaluate_and_checkpoint(s: _Session, step: int, metrics_file, tensorboard) -> None:
