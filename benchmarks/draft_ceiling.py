@@ -3,15 +3,18 @@
 A TiDAR step's drafts come from mask rows of the previous forward, which could not see the token that forward's
 verifier sampled: the first draft of a step predicts position t + 2 from a context that ends at t, while the
 verifier judges it against p(x_{t+2} | x_{<=t+1}) with x_{t+1} the token actually sampled. So even a perfect
-drafter can only output the marginal q*(y) = sum_x p(x | ctx) p(y | ctx, x), and its expected lossless acceptance
-is
+drafter outputs one q(y) that cannot depend on x, and its expected lossless acceptance is at most
 
-    ceiling = E_{x ~ p(. | ctx)} [ sum_y min(p(y | ctx, x), q*(y)) ],
+    ceiling = max_q E_{x ~ p(. | ctx)} [ sum_y min(p(y | ctx, x), q(y)) ],
 
-a property of the verifier's own AR distribution, not of the conversion recipe. This script computes it exactly
-on the acceptance benchmark's held-out prompts (one forward of ctx, one batch of ctx + [x] for every id x; the
-mask id is banned as the engine bans it) and prints it next to the measured first-draft acceptance of the
-recipe study's rows, so a plateau across recipes can be read against it.
+a property of the verifier's own AR distribution, not of the conversion recipe. The objective is concave and
+piecewise linear in q, and separable over y, so the maximum is a fractional knapsack (`best_blind_draft`). The
+marginal q(y) = sum_x p(x | ctx) p(y | ctx, x), which distillation toward the model's own AR rows trains the mask
+rows toward, is one feasible q and is reported next to it: the best q can beat it (it concentrates on the y that
+most x agree on). This script computes both exactly on the acceptance benchmark's held-out prompts (one forward
+of ctx, one batch of ctx + [x] for every id x; the mask id is banned as the engine bans it) and prints them next
+to the measured first-draft acceptance of the recipe study's rows, so a plateau across recipes can be read
+against them.
 
     PYTHONPATH=. python benchmarks/draft_ceiling.py runs/study/mix-200/final --study runs/study/study.json
 """
@@ -43,6 +46,23 @@ def next_token_probs(model, ids: torch.Tensor, banned: int | None) -> torch.Tens
     return torch.softmax(logits, dim=-1)
 
 
+def best_blind_draft(p_x: torch.Tensor, p_y_given_x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(q, its acceptance): the draft distribution q maximising sum_x p_x[x] sum_y min(p_y_given_x[x, y], q[y]).
+
+    For one y the objective grows with q[y] at the rate w(t) = sum of p_x over the x with p(y | x) > t, which falls
+    as t passes each value p(y | x): a concave, piecewise linear function with one segment per x. Spending the
+    budget sum_y q[y] = 1 on the segments of all y in decreasing order of rate is optimal (fractional knapsack
+    over concave pieces), and the segments of one y are then taken in order because their rates fall."""
+    values, order = p_y_given_x.sort(dim=0)  # per y, ascending over x
+    rates = p_x[order].flip(0).cumsum(0).flip(0)  # segment i of y: the weight of the x at or above values[i, y]
+    lengths = torch.diff(values, dim=0, prepend=torch.zeros_like(values[:1]))
+    rate, pick = rates.flatten().sort(descending=True, stable=True)
+    length = lengths.flatten()[pick]
+    taken = (1.0 - (length.cumsum(0) - length)).clamp(0, 1).minimum(length)  # what is left of the budget, capped
+    q = torch.zeros(values.numel(), dtype=values.dtype).index_add_(0, pick, taken).view_as(values).sum(0)
+    return q, float((rate * taken).sum())
+
+
 @torch.no_grad()
 def first_draft_ceiling(model, context: list[int], banned: int | None, batch: int = 512) -> dict:
     """For one context: the ideal first draft's lossless acceptance, and the entropies (nats) it depends on."""
@@ -51,10 +71,11 @@ def first_draft_ceiling(model, context: list[int], banned: int | None, batch: in
     p1 = next_token_probs(model, ctx, banned)[0]
     p2 = torch.cat([next_token_probs(model, torch.cat([ctx.expand(len(xs), -1), xs[:, None]], 1), banned)
                     for xs in torch.arange(V).split(batch)])  # (V, V): row x = p(. | ctx, x)
-    q = p1 @ p2  # the marginal: the best a drafter that cannot see x can output
-    accept = (p1 * torch.minimum(p2, q[None, :]).sum(-1)).sum()
+    q = p1 @ p2  # the marginal: what self-distillation trains a blind drafter toward
+    marginal = (p1 * torch.minimum(p2, q[None, :]).sum(-1)).sum()
+    _, best = best_blind_draft(p1, p2)
     entropy = lambda p: float(-(p * p.clamp_min(1e-300).log()).sum(-1).mean())  # noqa: E731
-    return {"ceiling": float(accept), "entropy_next": entropy(p1), "entropy_marginal": entropy(q),
+    return {"ceiling": best, "marginal": float(marginal), "entropy_next": entropy(p1), "entropy_marginal": entropy(q),
             "entropy_after_x": float((p1 * -(p2 * p2.clamp_min(1e-300).log()).sum(-1)).sum())}
 
 
@@ -80,10 +101,11 @@ def main(argv=None) -> int:
     interval = percentile_interval(ceilings[bootstrap_indices(len(ceilings), 0)].mean(-1))
     result = {"checkpoint": str(directory), "prompts": len(rows), "ceiling": float(ceilings.mean()),
               "ceiling_ci95": interval.tolist(),
-              **{k: float(np.mean([r[k] for r in rows])) for k in ("entropy_next", "entropy_marginal",
+              **{k: float(np.mean([r[k] for r in rows])) for k in ("marginal", "entropy_next", "entropy_marginal",
                                                                   "entropy_after_x")}}
     print(f"{directory}: the ideal first draft's lossless acceptance {result['ceiling']:.3f} "
-          f"[{interval[0]:.3f}, {interval[1]:.3f}] over {len(rows)} held-out prompts; entropies (nats): next token "
+          f"[{interval[0]:.3f}, {interval[1]:.3f}] over {len(rows)} held-out prompts (the marginal drafter's "
+          f"{result['marginal']:.3f}); entropies (nats): next token "
           f"{result['entropy_next']:.2f}, the token after it given the next {result['entropy_after_x']:.2f}, "
           f"its marginal {result['entropy_marginal']:.2f}")
     if args.study:
