@@ -39,6 +39,7 @@ RECIPES = {
     "data-3200": dict(steps=3200), "mix-3200": dict(steps=3200, loss=(1.0, 1.0, "forward_kl")),
     "data-200-alpha0.25": dict(alpha=0.25), "data-200-alpha4": dict(alpha=4.0),
     "mix-200-alpha0.25": dict(alpha=0.25, loss=(1.0, 1.0, "forward_kl")),
+    "mix-200-alpha0.5": dict(alpha=0.5, loss=(1.0, 1.0, "forward_kl")),
     "data-200-slots0.5": dict(slots=0.5), "mix-200-slots0.5": dict(slots=0.5, loss=(1.0, 1.0, "forward_kl")),
     "data-200-lr3e-3": dict(lr=3e-3),
     "data-200-block16": dict(block_size=16), "mix-200-block16": dict(block_size=16, loss=(1.0, 1.0, "forward_kl")),
