@@ -25,13 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from onpolicy_corpus import onpolicy_corpus  # noqa: E402
+
 from zdiff.eval.acceptance import BenchPlan, paired_difference, run_benchmark  # noqa: E402
 from zdiff.plots import acceptance_by_position  # noqa: E402
 from zdiff.spec import dump_spec, load_spec  # noqa: E402
 from zdiff.spec.schema import DiffusionLossSpec  # noqa: E402
 from zdiff.train import TrainConfig, train  # noqa: E402
+from zdiff.train.shards import MANIFEST  # noqa: E402
 
-BASE = dict(steps=200, lr=1e-3, loss=(1.0, 0.0, "forward_kl"), alpha=1.0, block_size=None, slots=None)
+BASE = dict(steps=200, lr=1e-3, loss=(1.0, 0.0, "forward_kl"), alpha=1.0, block_size=None, slots=None, onpolicy=0.0)
 RECIPES = {
     "data-200": {}, "self-200": dict(loss=(0.0, 1.0, "forward_kl")), "mix-200": dict(loss=(1.0, 1.0, "forward_kl")),
     "mix-tv-200": dict(loss=(1.0, 1.0, "tv")), "data-800": dict(steps=800),
@@ -40,6 +43,9 @@ RECIPES = {
     "data-200-alpha0.25": dict(alpha=0.25), "data-200-alpha4": dict(alpha=4.0),
     "mix-200-alpha0.25": dict(alpha=0.25, loss=(1.0, 1.0, "forward_kl")),
     "mix-200-alpha0.5": dict(alpha=0.5, loss=(1.0, 1.0, "forward_kl")),
+    # onpolicy w: a share w of the conversion's rows from the AR checkpoint's own samples (onpolicy_corpus.py)
+    "mix-200-onpolicy0.5": dict(onpolicy=0.5, loss=(1.0, 1.0, "forward_kl")),
+    "mix-200-onpolicy1": dict(onpolicy=1.0, loss=(1.0, 1.0, "forward_kl")),
     "data-200-slots0.5": dict(slots=0.5), "mix-200-slots0.5": dict(slots=0.5, loss=(1.0, 1.0, "forward_kl")),
     "data-200-lr3e-3": dict(lr=3e-3),
     "data-200-block16": dict(block_size=16), "mix-200-block16": dict(block_size=16, loss=(1.0, 1.0, "forward_kl")),
@@ -72,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--onpolicy-sequences", type=int, default=1024, help="samples of the AR checkpoint written "
+                   "for the on-policy rows (each seq_len / 2 training tokens + --new-tokens sampled ones)")
     p.add_argument("--ceiling", help="draft_ceiling.py --out JSON: draw the perfect drafter's curve in the plot")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every recipe's conversion steps "
                    "(a quick look at the trend; the table records the steps run)")
@@ -91,7 +99,8 @@ def main(argv=None) -> int:
         recipe["steps"] = max(1, round(recipe["steps"] * args.steps_scale))
         if name not in study:
             run = out / name
-            cfg = {**common, "spec": str(row_spec(name, recipe, out, args.spec))}
+            cfg = {**common, "spec": str(row_spec(name, recipe, out, args.spec)),
+                   "data": training_data(recipe, args, out)}
             if not (run / "final").is_dir():
                 train(TrainConfig(mode="tidar", steps=recipe["steps"], out=str(run), lr=recipe["lr"],
                                   init=str(out / "ar" / "final"), **cfg))
@@ -104,6 +113,18 @@ def main(argv=None) -> int:
                            f"{Path(args.spec).stem} conversions: lossless acceptance by draft position",
                            json.loads(Path(args.ceiling).read_text())["ceiling"] if args.ceiling else None)
     return 0
+
+
+def training_data(recipe: dict, args, out: Path) -> str:
+    """--data of a row's conversion: the corpus, or a mixture with the AR checkpoint's own samples."""
+    share = recipe.get("onpolicy", 0.0)
+    if not share:
+        return args.data
+    corpus = out / "onpolicy"
+    if not (corpus / MANIFEST).is_file():
+        onpolicy_corpus(out / "ar" / "final", corpus, args.data, args.onpolicy_sequences,
+                        prompt_tokens=args.seq_len // 2, new_tokens=args.new_tokens, threads=args.threads)
+    return str(corpus) if share == 1 else f"{args.data}:{1 - share:g},{corpus}:{share:g}"
 
 
 def table(study: dict) -> str:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,47 @@ def tokenize_corpus(data: str, out: str | Path, tokenizer: Tokenizer, workers: i
     t, h = manifest["train"], manifest["heldout"]
     log(f"[tokenize] {t['documents'] + h['documents']:,} documents, {t['tokens']:,} training + {h['tokens']:,} "
         f"held-out tokens ({manifest['dtype']}) -> {out / MANIFEST}")
+    return manifest
+
+
+def write_token_documents(out: str | Path, documents: Iterable, tokenizer: Tokenizer, source: str,
+                          log=print) -> dict:
+    """Documents that are token ids already (a model's own samples: benchmarks/onpolicy_corpus.py) as a one-unit
+    shard set at `out`, usable as --data. All go to the training split (the held-out split is then carved from
+    its tail, as for any corpus whose documents all hashed into one split). Built in a temporary directory
+    beside `out` and renamed into place, so `out` is whole or absent."""
+    out = Path(out)
+    if out.exists():
+        raise ZdiffError(f"{out} already exists; choose another OUT")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        plan = {"source": source, "field": "token ids", "tokenizer": tokenizer_identity(tokenizer),
+                "dtype": token_dtype(tokenizer.vocab_size)}
+        stem = tmp / unit_stem(0)
+        stem.parent.mkdir(parents=True)
+        writers = {split: _SplitWriter(stem.with_name(f"{stem.name}.{split}"), plan["dtype"]) for split in SPLITS}
+        try:
+            for ids in documents:
+                ids = np.asarray(ids, dtype=np.int64)
+                if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+                    raise ZdiffError(f"{source}: a document holds token ids outside 0..{tokenizer.vocab_size - 1}")
+                text_bytes = len(tokenizer.decode(ids.tolist()).encode("utf-8", "replace"))
+                if tokenizer.separator is not None:
+                    ids = np.append(ids, tokenizer.separator)
+                writers["train"].add(ids, text_bytes)
+            stats = {split: writer.commit() for split, writer in writers.items()}
+        finally:
+            for writer in writers.values():
+                writer.discard()
+        manifest = build_manifest(plan, [stats])
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"[tokenize] {manifest['train']['documents']:,} documents, {manifest['train']['tokens']:,} training + "
+        f"{manifest['heldout']['tokens']:,} held-out tokens -> {out / MANIFEST}")
     return manifest
 
 
