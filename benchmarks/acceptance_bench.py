@@ -63,10 +63,14 @@ def main(argv=None) -> int:
         p.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
     p.add_argument("--mix-weights", type=float, nargs="+", default=list(defaults.mix_weights))
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: OMP_NUM_THREADS, else cores)")
+    p.add_argument("--acceptance-levels", type=int, nargs="+", help="decode with proposal blocks at these levels "
+                   "(e.g. 0 1 2 3 4 5 6 7: every level, so the next drafts always start at their block's slot 1) "
+                   "instead of the checkpoint's")
     args = p.parse_args(argv)
     plan = BenchPlan(prompts=args.prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                      mix_weights=tuple(args.mix_weights), eval_windows=args.eval_windows, seq_len=args.seq_len,
-                     seed=args.seed, threads=args.threads)
+                     seed=args.seed, threads=args.threads,
+                     acceptance_levels=None if args.acceptance_levels is None else tuple(args.acceptance_levels))
     try:
         report = run_benchmark(args.checkpoint, args.data, plan)
     except ZdiffError as err:

@@ -10,8 +10,8 @@ acceptance levels). --spec picks the model (zaya1-tiny unless told; a larger spe
 stage is the demo's (360 steps, batch 32 x 128, lr 3e-3) unless told; it is trained once into --out/ar and
 reused when present. Every stage runs on --threads torch threads (1 by default), so rows are bit-reproducible.
 Rows already in --out/study.json are not rerun: use a fresh --out when changing --steps-scale or the AR stage.
-Writes --out/study.json, --out/study.md (the table) and --out/study_acceptance.png (lossless acceptance by
-position, one line per row).
+Writes --out/study.json, --out/study.md (the table) and --out/study_acceptance.png / study_acceptance_mix.png
+(lossless / logit-mix 0.5 acceptance by position, one line per row of --plot-rows).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--onpolicy-sequences", type=int, default=1024, help="samples of the AR checkpoint written "
                    "for the on-policy rows (each seq_len / 2 training tokens + --new-tokens sampled ones)")
+    p.add_argument("--plot-rows", nargs="+", help="rows drawn in the plots (default: every row of study.json)")
     p.add_argument("--ceiling", help="draft_ceiling.py --out JSON: draw the perfect drafter's curve in the plot")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every recipe's conversion steps "
                    "(a quick look at the trend; the table records the steps run)")
@@ -109,9 +110,12 @@ def main(argv=None) -> int:
             (out / "study.json").write_text(json.dumps(study, indent=1))
     (out / "study.md").write_text(table(study))
     print(table(study), end="")
-    acceptance_by_position({n: r["samplers"]["lossless"] for n, r in study.items()}, out / "study_acceptance.png",
-                           f"{Path(args.spec).stem} conversions: lossless acceptance by draft position",
-                           json.loads(Path(args.ceiling).read_text())["ceiling"] if args.ceiling else None)
+    ceiling = json.loads(Path(args.ceiling).read_text())["ceiling"] if args.ceiling else None
+    drawn = [n for n in (args.plot_rows or study) if n in study]
+    for sampler, suffix in (("lossless", ""), ("logit_mix_0.5", "_mix")):
+        acceptance_by_position({n: study[n]["samplers"][sampler] for n in drawn}, out / f"study_acceptance{suffix}.png",
+                               f"{Path(args.spec).stem} conversions: {sampler} acceptance by draft position",
+                               ceiling if sampler == "lossless" else None)
     return 0
 
 

@@ -117,6 +117,26 @@ def test_bad_settings_are_one_line_errors(checkpoint, tmp_path):
     assert not (tmp_path / "acceptance.json").exists()
 
 
+def test_decoding_with_other_acceptance_levels(checkpoint, tmp_path):
+    """--acceptance-levels replaces the checkpoint's proposal levels for decoding (the micro spec's are 0 2)."""
+    ckpt, corpus, _ = checkpoint
+    reports = {}
+    for name, extra in (("own", ()), ("all", ("--acceptance-levels", "0", "1", "2", "3"))):
+        result = _bench(ckpt, corpus, tmp_path / name, extra=extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[name] = json.loads((tmp_path / name / "acceptance.json").read_text())
+    own, every = reports["own"], reports["all"]
+    assert (own["proposals"], own["acceptance_levels"]) == (2, [0, 2]) and "acceptance_levels" not in own["plan"]
+    assert (every["proposals"], every["acceptance_levels"]) == (4, [0, 1, 2, 3])
+    assert every["plan"]["acceptance_levels"] == [0, 1, 2, 3]
+    # AR decoding never uses the levels; TiDAR decoding reads its next drafts from other blocks
+    assert every["samplers"]["ar"]["tokens_per_forward"] == own["samplers"]["ar"]["tokens_per_forward"] == 1.0
+    assert every["samplers"]["lossless"]["requests"] != own["samplers"]["lossless"]["requests"]
+    bad = _bench(ckpt, corpus, tmp_path / "bad", extra=("--acceptance-levels", "0", "7"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith("error: --acceptance-levels 0 7: diffusion.acceptance_levels"), bad.stderr
+
+
 def test_paired_difference_recounts_and_is_tighter_than_separate_intervals():
     from zdiff.eval.acceptance import paired_difference
 

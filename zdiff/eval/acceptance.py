@@ -13,6 +13,7 @@ divided by the share at j-1. Both follow from the histogram; T/NFE = sum of toke
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from tqdm import tqdm
 from ..checkpoint.context import CheckpointContext
 from ..checkpoint.store import load_model
 from ..checkpoint.tokenizer import checkpoint_tokenizer
-from ..errors import ZdiffError
+from ..errors import SpecError, ZdiffError
 from ..generation.api import generate_on_engine
 from ..runtime.threads import fixed_threads
 from ..sampler import SamplingParams
 from ..spec import load_spec
+from ..spec.validate import validate
 from ..train.data import split_corpus
 from ..train.evaluate import evaluate
 from ..train.objective import Objective
@@ -45,6 +47,8 @@ class BenchPlan:
     seq_len: int = 128
     seed: int = 0
     threads: int | None = None  # torch intra-op threads (zdiff.runtime.threads)
+    # decode with these proposal levels instead of the checkpoint's (a decoding setting: the weights are the same)
+    acceptance_levels: tuple[int, ...] | None = None
 
     def check(self) -> None:
         for name in ("prompts", "prompt_tokens", "new_tokens", "eval_windows", "seq_len"):
@@ -148,8 +152,23 @@ def decode_all(model, spec, prompts: list[list[int]], plan: BenchPlan, stop_toke
 
 
 def plan_dict(plan: BenchPlan) -> dict:
-    return {**asdict(plan), "mix_weights": list(plan.mix_weights), "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+    """The plan as reported. acceptance_levels only when given, so reports of the checkpoint's own levels
+    compare with those written before the option existed (recipe_study pairs rows whose plans are equal)."""
+    levels = {} if plan.acceptance_levels is None else {"acceptance_levels": list(plan.acceptance_levels)}
+    return {**{k: v for k, v in asdict(plan).items() if k != "acceptance_levels"}, **levels,
+            "mix_weights": list(plan.mix_weights), "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
             "confidence": CONFIDENCE}
+
+
+def with_levels(spec, levels: tuple[int, ...] | None):
+    """`spec` decoding with proposal blocks at `levels` (checked like the spec field), or unchanged for None."""
+    if levels is None:
+        return spec
+    diffusion = dataclasses.replace(spec.diffusion, proposals=len(levels), acceptance_levels=tuple(levels))
+    try:
+        return validate(dataclasses.replace(spec, diffusion=diffusion))
+    except SpecError as exc:
+        raise ZdiffError(f"--acceptance-levels {' '.join(map(str, levels))}: {exc}") from None
 
 
 def heldout_prompts(data: str, tokenizer, plan: BenchPlan):
@@ -170,7 +189,7 @@ def run_benchmark(checkpoint, data: str = "stdlib", plan: BenchPlan = BenchPlan(
     directory = Path(checkpoint)
     with fixed_threads(plan.threads) as threads:
         model = load_model(directory).eval()
-        spec = load_spec(directory / "spec.yaml")
+        spec = with_levels(load_spec(directory / "spec.yaml"), plan.acceptance_levels)
         if spec.diffusion.mask_token_id is None:
             raise ZdiffError(f"{directory}: an AR checkpoint (diffusion.mask_token_id is null) has no drafts to "
                              "measure; convert it first (zdiff train --mode tidar --init ...)")
@@ -184,5 +203,6 @@ def run_benchmark(checkpoint, data: str = "stdlib", plan: BenchPlan = BenchPlan(
         with tqdm(total=total, desc="acceptance", unit="tok", leave=False) as bar:
             reports = decode_all(model, spec, prompts, plan, stop, bar)
     return {"checkpoint": str(directory), "spec": spec.name, "spec_hash": spec.hash(), "data": data,
-            "block_size": spec.diffusion.block_size, "proposals": spec.diffusion.proposals, "threads": threads,
+            "block_size": spec.diffusion.block_size, "proposals": spec.diffusion.proposals,
+            "acceptance_levels": list(spec.diffusion.acceptance_levels), "threads": threads,
             "plan": plan_dict(plan), **quality, "samplers": reports}
