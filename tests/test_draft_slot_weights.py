@@ -7,14 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_distillation import _float64_objective, _spec
-from test_train_triton import _grads, _model, no_dense_mask  # noqa: F401 (a fixture)
+from test_distillation import _float64_objective, _spec, check_objective_against_float64
+from test_train_triton import no_dense_mask  # noqa: F401 (a fixture)
 
 from conftest import assert_close
 from training_helpers import MICRO_SPEC
 from zdiff.autotune.cost import draft_slot_weights
 from zdiff.errors import SpecError
-from zdiff.runtime.model import ForwardOutput
 from zdiff.spec import parse_spec
 from zdiff.train.objective import Objective
 
@@ -98,26 +97,8 @@ def _float64_weighted_objective(model, spec, window, layout_only):
 
 @pytest.mark.parametrize("backend,batch", [("torch", 2), ("triton", 1)])
 def test_weighted_objective_equals_float64_reference(backend, batch, monkeypatch, tmp_path, request):
-    spec = _weighted(0.45)
-    model = _model(spec, backend, monkeypatch, tmp_path)
-    with torch.no_grad():
-        model.embed.weight.mul_(20)
-    window = torch.randint(0, 256, (batch, 6 + 1), generator=torch.Generator().manual_seed(4))  # S = 6: ragged
-    want, want_distill = _float64_weighted_objective(model, spec, window, layout_only=backend == "triton")
-    want.backward()
-    want_grads = _grads(model)
-    if backend == "triton":
-        request.getfixturevalue("no_dense_mask")
-
-    def no_logits(_):
-        raise AssertionError("full logits were built")
-    monkeypatch.setattr(ForwardOutput, "logits", property(no_logits))
-    parts = Objective(spec, "tidar", 6, backend)(model, window)
-    parts.total.backward()
-    assert_close(parts.total, want, rtol=1e-5, what="loss")
-    assert_close(parts.distillation, want_distill, rtol=1e-5, what="weighted distillation")
-    for (name, _), got, ref in zip(model.named_parameters(), _grads(model), want_grads):
-        assert_close(got, ref, rtol=1e-4, atol=1e-6, what=f"d {name}")
+    check_objective_against_float64(_weighted(0.45), backend, batch, 4, _float64_weighted_objective,
+                                    monkeypatch, tmp_path, request)
 
 
 @pytest.mark.parametrize("value,message", [
