@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
 def training_data(recipe: dict, args, out: Path) -> str:
     """--data of a row's conversion: the corpus, or a mixture with the AR checkpoint's own samples."""
-    share = recipe.get("onpolicy", 0.0)
+    share = recipe["onpolicy"]
     if not share:
         return args.data
     corpus = out / "onpolicy"
